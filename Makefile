@@ -1,0 +1,28 @@
+# The README's two commands: `make train` (the embedded default run) and `make test`.
+# Both create .venv on first use. TORCH_SPEC picks the torch build installed before everything
+# else (GPU users: e.g. make TORCH_SPEC="torch==2.5.1" train, or preinstall torch in .venv).
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: train test install clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+train: $(STAMP)
+	$(VENV)/bin/grpo-train $(ARGS)
+
+test: $(STAMP)
+	WANDB_MODE=offline HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf outputs multirun .pytest_cache

@@ -1,0 +1,187 @@
+"""The policy interface and its Hugging Face causal-LM implementation.
+
+The training step only needs four things from a policy, so the math never depends on where
+the policy comes from:
+
+* ``encode_prompts(texts)``: left-padded prompt ids and mask;
+* ``sample(prompt_ids, prompt_mask, sampling)``: completion ids (no grad, eval mode);
+* ``decode(completion_ids, completion_mask)``: completion texts;
+* ``token_scores(batch, ...)``: log-probs (and entropy) of completion tokens, under the policy
+  or under its frozen reference.
+
+:class:`CausalLMPolicy` implements it for any ``AutoModelForCausalLM`` with its tokenizer.
+"""
+
+from __future__ import annotations
+
+import copy
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Optional
+
+import torch
+from torch import Tensor, nn
+
+from grpo_lightning.config import ConfigError, ModelConfig
+from grpo_lightning.logprobs import completion_token_scores
+
+if TYPE_CHECKING:
+    from grpo_lightning.rollout import TokenBatch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to draw completions. ``do_sample=False`` is greedy decoding."""
+
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    do_sample: bool = True
+
+
+class Policy(nn.Module, ABC):
+    """What GRPOModule needs from a generative policy."""
+
+    eos_token_ids: list[int]
+
+    @abstractmethod
+    def encode_prompts(self, texts: list[str]) -> tuple[Tensor, Tensor]:
+        """Left-padded prompt ids [B, P] and attention mask [B, P]."""
+
+    @abstractmethod
+    def sample(self, prompt_ids: Tensor, prompt_mask: Tensor, sampling: SamplingParams) -> Tensor:
+        """Completion ids [B, T] (T <= max_new_tokens), padded after the end of each row."""
+
+    @abstractmethod
+    def decode(self, completion_ids: Tensor, completion_mask: Tensor) -> list[str]:
+        """Completion texts, special tokens removed."""
+
+    @abstractmethod
+    def token_scores(self, batch: "TokenBatch", *, temperature: float, with_entropy: bool,
+                     reference: bool = False) -> tuple[Tensor, Optional[Tensor]]:
+        """Log-probs [B, T] (and entropy [B, T] or None) of the batch's completion tokens."""
+
+    @abstractmethod
+    def enable_reference(self) -> None:
+        """Freeze a copy of the current weights as the KL reference."""
+
+    @abstractmethod
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        """The parameters the optimizer updates."""
+
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _looks_local(name_or_path: str) -> bool:
+    return name_or_path.startswith((".", "/", "~")) or Path(name_or_path).exists()
+
+
+class CausalLMPolicy(Policy):
+    """A Hugging Face causal LM and its tokenizer as a GRPO policy."""
+
+    def __init__(self, model: nn.Module, tokenizer, *, logprob_chunk_size: int = 64):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.logprob_chunk_size = logprob_chunk_size
+        self.reference_model: Optional[nn.Module] = None
+        if tokenizer.pad_token_id is None:
+            # Batched generation needs a pad id; EOS is the usual stand-in (masks use first EOS).
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "left"
+        eos = model.generation_config.eos_token_id if model.generation_config else None
+        eos = eos if eos is not None else tokenizer.eos_token_id
+        self.eos_token_ids = list(eos) if isinstance(eos, (list, tuple)) else [eos]
+        if self.eos_token_ids == [None]:
+            raise ConfigError("the model has no EOS token id (model.generation_config.eos_token_id "
+                              "and tokenizer.eos_token_id are both unset); completions could never end")
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> "CausalLMPolicy":
+        """Load ``cfg.name_or_path`` (hub id or local directory) with ``from_pretrained``."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        name = cfg.name_or_path
+        if _looks_local(name) and not (Path(name).expanduser() / "config.json").is_file():
+            raise ConfigError(f"model.name_or_path={name!r}: no config.json there; point it at a "
+                              "directory written by save_pretrained, or at a hub id")
+        kwargs = dict(dtype=_DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code)
+        if cfg.attn_implementation is not None:
+            kwargs["attn_implementation"] = cfg.attn_implementation
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=cfg.trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+        except OSError as error:
+            raise ConfigError(f"model.name_or_path={name!r} could not be loaded: {error}. Give a "
+                              "local directory written by save_pretrained, or a hub id that is "
+                              "cached or reachable") from None
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return cls(model, tokenizer, logprob_chunk_size=cfg.logprob_chunk_size)
+
+    def encode_prompts(self, texts: list[str]) -> tuple[Tensor, Tensor]:
+        encoded = self.tokenizer(texts, return_tensors="pt", padding=True)
+        device = next(self.model.parameters()).device
+        return encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
+
+    @torch.no_grad()
+    def sample(self, prompt_ids: Tensor, prompt_mask: Tensor, sampling: SamplingParams) -> Tensor:
+        from transformers import GenerationConfig
+
+        was_training = self.model.training
+        self.model.eval()
+        # A full GenerationConfig, so no default hidden in the checkpoint (e.g. top_k=50) applies.
+        generation = GenerationConfig(
+            max_new_tokens=sampling.max_new_tokens,
+            do_sample=sampling.do_sample,
+            temperature=sampling.temperature if sampling.do_sample else None,
+            top_p=sampling.top_p if sampling.do_sample else None,
+            top_k=sampling.top_k if sampling.do_sample else None,
+            eos_token_id=self.eos_token_ids,
+            pad_token_id=self.tokenizer.pad_token_id,
+            use_cache=True,
+        )
+        try:
+            sequences = self.model.generate(input_ids=prompt_ids, attention_mask=prompt_mask,
+                                            generation_config=generation)
+        finally:
+            self.model.train(was_training)
+        return sequences[:, prompt_ids.size(1):]                                # [B, T]
+
+    def decode(self, completion_ids: Tensor, completion_mask: Tensor) -> list[str]:
+        rows = [ids[mask.bool()].tolist() for ids, mask in zip(completion_ids.cpu(), completion_mask.cpu())]
+        return self.tokenizer.batch_decode(rows, skip_special_tokens=True)
+
+    def token_scores(self, batch: "TokenBatch", *, temperature: float, with_entropy: bool,
+                     reference: bool = False) -> tuple[Tensor, Optional[Tensor]]:
+        model = self.model
+        if reference:
+            if self.reference_model is None:
+                raise RuntimeError("no reference policy: call enable_reference() first (beta > 0)")
+            model = self.reference_model
+        return completion_token_scores(model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
+                                       batch.completion_mask, temperature=temperature,
+                                       with_entropy=with_entropy, chunk_size=self.logprob_chunk_size)
+
+    def enable_reference(self) -> None:
+        reference = copy.deepcopy(self.model).eval()
+        reference.requires_grad_(False)
+        self.reference_model = reference
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        return (p for p in self.model.parameters() if p.requires_grad)
+
+    def train(self, mode: bool = True) -> "CausalLMPolicy":
+        # Lightning switches every submodule to train mode; the reference must stay frozen.
+        super().train(mode)
+        if self.reference_model is not None:
+            self.reference_model.eval()
+        return self
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write the policy in Hugging Face format, loadable by ``from_pretrained``."""
+        self.model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)

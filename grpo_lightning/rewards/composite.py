@@ -1,0 +1,104 @@
+"""Weighted sum of named reward functions, with the checks that keep a bad reward loud."""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Any, Optional, Protocol, Sequence
+
+import torch
+from torch import Tensor
+
+from grpo_lightning.config import ConfigError, RewardConfig, import_object
+
+
+class RewardFunction(Protocol):
+    def __call__(self, prompts: list[str], completions: list[str], **columns: list[Any]
+                 ) -> Sequence[Optional[float]]: ...
+
+
+class RewardError(RuntimeError):
+    """A reward function failed or returned something unusable; the message says which."""
+
+
+@dataclass
+class RewardScores:
+    """Rewards of one batch of completions."""
+
+    total: Tensor                   # [B] weighted sum, None counted as 0
+    per_function: dict[str, Tensor]  # name -> [B] raw values (0 where not applicable)
+    applicable: dict[str, Tensor]    # name -> [B] bool, False where the function returned None
+
+
+class WeightedReward:
+    """Calls each named function on a batch and combines them: total = sum_k w_k * r_k."""
+
+    def __init__(self, functions: dict[str, tuple[RewardFunction, float]]):
+        if not functions:
+            raise ConfigError("reward.functions is empty; add at least one reward function")
+        self.functions = functions
+
+    @classmethod
+    def from_config(cls, cfg: RewardConfig) -> "WeightedReward":
+        functions = {}
+        for name, spec in cfg.functions.items():
+            fn = import_object(spec.fn, f"reward.functions.{name}.fn")
+            if not callable(fn):
+                raise ConfigError(f"reward.functions.{name}.fn={spec.fn!r} is not callable")
+            if spec.kwargs:
+                fn = functools.partial(fn, **spec.kwargs)
+            functions[name] = (fn, float(spec.weight))
+        return cls(functions)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.functions)
+
+    def __call__(self, prompts: list[str], completions: list[str], columns: dict[str, list[Any]],
+                 device: torch.device | str = "cpu") -> RewardScores:
+        total = torch.zeros(len(completions), dtype=torch.float32)
+        per_function, applicable = {}, {}
+        for name, (fn, weight) in self.functions.items():
+            values = self._call_one(name, fn, prompts, completions, columns)
+            mask = torch.tensor([v is not None for v in values])
+            scores = torch.tensor([0.0 if v is None else float(v) for v in values], dtype=torch.float32)
+            total += weight * scores
+            per_function[name], applicable[name] = scores.to(device), mask.to(device)
+        return RewardScores(total.to(device), per_function, applicable)
+
+    @staticmethod
+    def _call_one(name: str, fn: RewardFunction, prompts: list[str], completions: list[str],
+                  columns: dict[str, list[Any]]) -> list[Optional[float]]:
+        try:
+            values = list(fn(prompts, completions, **columns))
+        except Exception as error:
+            raise RewardError(_describe_failure(name, fn, prompts, completions, columns, error)) from error
+        if len(values) != len(completions):
+            raise RewardError(f"reward function {name!r} returned {len(values)} values for "
+                              f"{len(completions)} completions; it must return one per completion")
+        for index, value in enumerate(values):
+            if value is None:
+                continue
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                raise RewardError(f"reward function {name!r} returned {value!r} ({type(value).__name__}) "
+                                  f"for prompt {prompts[index]!r}; return a float or None") from None
+            if not math.isfinite(number):
+                raise RewardError(f"reward function {name!r} returned {number} for prompt "
+                                  f"{prompts[index]!r}; rewards must be finite")
+        return values
+
+
+def _describe_failure(name: str, fn: RewardFunction, prompts: list[str], completions: list[str],
+                      columns: dict[str, list[Any]], error: Exception) -> str:
+    """Find the first completion the function fails on alone, to name its prompt."""
+    for index in range(len(completions)):
+        try:
+            fn(prompts[index:index + 1], completions[index:index + 1],
+               **{key: values[index:index + 1] for key, values in columns.items()})
+        except Exception as single_error:
+            return (f"reward function {name!r} raised {type(single_error).__name__}: {single_error} "
+                    f"on prompt {prompts[index]!r} with completion {completions[index]!r}")
+    return f"reward function {name!r} raised {type(error).__name__}: {error} on a batch of {len(completions)}"

@@ -1,0 +1,95 @@
+"""Generation: a batch of prompts x G -> completions, their token masks and group ids.
+
+Each prompt is tokenized once and repeated G times, and all N*G rows are sampled in one
+``generate`` call with a KV cache, stopping as soon as every row has produced EOS. The G
+completions of a prompt sit next to each other (row i belongs to prompt i // G), which is
+the layout the vectorized advantage estimator relies on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+from grpo_lightning.policy import Policy, SamplingParams
+
+
+@dataclass
+class TokenBatch:
+    """The tensors one forward pass needs; every field has the batch as its first dimension."""
+
+    prompt_ids: Tensor        # [B, P] left-padded
+    prompt_mask: Tensor       # [B, P]
+    completion_ids: Tensor    # [B, T] right-padded
+    completion_mask: Tensor   # [B, T] 1 on completion tokens up to and including EOS
+
+    def rows(self, index: Tensor) -> "TokenBatch":
+        """The rows ``index`` of every tensor field."""
+        return replace(self, **{f.name: getattr(self, f.name)[index] for f in fields(self)
+                                if isinstance(getattr(self, f.name), Tensor)})
+
+
+@dataclass
+class UpdateBatch(TokenBatch):
+    """A scored rollout, ready for the policy update."""
+
+    advantages: Optional[Tensor] = None      # [B] or [B, T]
+    old_logprobs: Optional[Tensor] = None    # [B, T]; None: the current log-probs, detached
+    ref_logprobs: Optional[Tensor] = None    # [B, T]; None: no KL term
+
+
+@dataclass
+class Rollout:
+    """Sampled completions with the text and columns the reward functions see."""
+
+    tokens: TokenBatch
+    prompts: list[str]              # [B] the prompt of each row (repeated G times)
+    completions: list[str]          # [B]
+    columns: dict[str, list[Any]]   # each [B], the dataset's other columns, repeated like prompts
+    group_ids: Tensor               # [B] index of the prompt within the batch
+    truncated: Tensor               # [B] bool: hit max_new_tokens before EOS
+
+    @property
+    def lengths(self) -> Tensor:
+        return self.tokens.completion_mask.sum(dim=1)                          # [B]
+
+
+def completion_mask_from_eos(completion_ids: Tensor, eos_token_ids: list[int]) -> tuple[Tensor, Tensor]:
+    """Mask [B, T] of tokens up to and including the first EOS, and whether each row lacks one.
+
+    Padding after EOS may itself be the EOS id (many tokenizers pad with EOS), so the mask is
+    built from the first EOS position, not from comparing with the pad id.
+    """
+    is_eos = torch.isin(completion_ids, torch.tensor(eos_token_ids, device=completion_ids.device))
+    has_eos = is_eos.any(dim=1)                                                # [B]
+    length = completion_ids.size(1)
+    first_eos = torch.where(has_eos, is_eos.int().argmax(dim=1), length - 1)    # [B]
+    positions = torch.arange(length, device=completion_ids.device)
+    mask = (positions.unsqueeze(0) <= first_eos.unsqueeze(1)).long()           # [B, T]
+    return mask, ~has_eos
+
+
+def _repeat_each(values: list[Any], times: int) -> list[Any]:
+    return [value for value in values for _ in range(times)]
+
+
+def generate_rollout(policy: Policy, prompts: list[str], columns: dict[str, list[Any]],
+                     group_size: int, sampling: SamplingParams) -> Rollout:
+    """Sample ``group_size`` completions for each prompt."""
+    prompt_ids, prompt_mask = policy.encode_prompts(prompts)                   # [N, P]
+    prompt_ids = prompt_ids.repeat_interleave(group_size, dim=0)                # [N*G, P]
+    prompt_mask = prompt_mask.repeat_interleave(group_size, dim=0)
+    completion_ids = policy.sample(prompt_ids, prompt_mask, sampling)          # [N*G, T]
+    completion_mask, truncated = completion_mask_from_eos(completion_ids, policy.eos_token_ids)
+    tokens = TokenBatch(prompt_ids, prompt_mask, completion_ids, completion_mask)
+    return Rollout(
+        tokens=tokens,
+        prompts=_repeat_each(prompts, group_size),
+        completions=policy.decode(completion_ids, completion_mask),
+        columns={name: _repeat_each(values, group_size) for name, values in columns.items()},
+        group_ids=torch.arange(len(prompts), device=prompt_ids.device).repeat_interleave(group_size),
+        truncated=truncated,
+    )

@@ -1,0 +1,152 @@
+"""The Hydra entry point: ``grpo-train`` (or ``python -m grpo_lightning.train``).
+
+    grpo-train                                          # the embedded default, on CPU
+    grpo-train algorithm.beta=0.04 trainer.max_steps=200
+    grpo-train -m algorithm.clip_range=0.1,0.3 seed=0,1  # a sweep, one directory per job
+    grpo-train logger=wandb                              # W&B (WANDB_MODE=offline works)
+    grpo-train --cfg job                                 # print the composed config
+
+Configs live in ``conf/`` (``config.yaml`` holds the defaults list). Each run writes
+``metrics.csv``, ``checkpoints/`` and the trained policy (``policy/``, Hugging Face format)
+to its Hydra output directory, and ends by printing a short summary.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import hydra
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from grpo_lightning.config import ConfigError, TrainConfig, register_configs, to_train_config
+from grpo_lightning.data import PromptDataModule
+from grpo_lightning.loggers import build_logger
+from grpo_lightning.module import GRPOModule
+from grpo_lightning.policy import CausalLMPolicy
+from grpo_lightning.rewards import RewardError, WeightedReward
+
+VAL_METRIC = "val/reward/mean"
+
+
+def config_dir() -> str:
+    """``conf/`` of a source checkout, else the copy installed inside the package."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package.parent / "conf", package / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return str(candidate)
+    raise FileNotFoundError(f"no conf/config.yaml next to {package}")
+
+
+def load_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose ``conf/config.yaml`` with command-line style overrides, outside ``grpo-train``.
+
+    ``output_dir`` must be among the overrides (Hydra's job directory does not exist here).
+    """
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def optimizer_steps_per_batch(cfg: TrainConfig) -> int:
+    """Optimizer steps in one training step: passes x mini-batches."""
+    rollout_size = cfg.data.batch_size * cfg.algorithm.group_size
+    return cfg.algorithm.num_iterations * (rollout_size // (cfg.algorithm.mini_batch_size or rollout_size))
+
+
+def build_trainer(cfg: TrainConfig) -> L.Trainer:
+    """A Trainer whose step counts are in training steps (batches of prompts).
+
+    Under manual optimization Lightning's global_step counts optimizer steps, of which one
+    GRPO training step takes optimizer_steps_per_batch(cfg); the limits are scaled to match.
+    """
+    run_dir = Path(cfg.output_dir)
+    per_batch = optimizer_steps_per_batch(cfg)
+    callbacks = []
+    if cfg.checkpoint.enabled:
+        callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
+                                         every_n_train_steps=cfg.checkpoint.every_n_steps * per_batch))
+    t = cfg.trainer
+    return L.Trainer(
+        max_steps=t.max_steps * per_batch, max_epochs=-1, accelerator=t.accelerator, devices=t.devices,
+        strategy=t.strategy, num_nodes=t.num_nodes, precision=t.precision,
+        val_check_interval=t.val_every_n_steps, check_val_every_n_epoch=None,
+        limit_val_batches=t.limit_val_batches, num_sanity_val_steps=0,
+        log_every_n_steps=t.log_every_n_steps, enable_progress_bar=t.enable_progress_bar,
+        deterministic=t.deterministic, enable_checkpointing=cfg.checkpoint.enabled,
+        logger=build_logger(cfg.logger, str(run_dir)) or False, callbacks=callbacks,
+        default_root_dir=str(run_dir),
+        # Metric states first created under validate()'s inference mode could not be updated
+        # by the validation runs inside fit(); no_grad is all generation needs.
+        inference_mode=False,
+    )
+
+
+def _val_reward(trainer: L.Trainer) -> Optional[float]:
+    value = trainer.callback_metrics.get(VAL_METRIC)
+    return None if value is None else float(value)
+
+
+def train(dict_cfg: DictConfig) -> dict[str, float]:
+    """Build everything from the config, train, export the policy; return the final metrics."""
+    cfg = to_train_config(dict_cfg)
+    # The frozen reference policy is in eval mode on purpose.
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+    started = time.perf_counter()
+    L.seed_everything(cfg.seed, workers=True)
+    policy = CausalLMPolicy.from_config(cfg.model)
+    reward = WeightedReward.from_config(cfg.reward)
+    data = PromptDataModule.from_config(cfg.data)
+    module = GRPOModule(policy, reward, algorithm=cfg.algorithm, generation=cfg.generation,
+                        optim=cfg.optim, prompt_key=cfg.data.prompt_key)
+    trainer = build_trainer(cfg)
+    if trainer.logger is not None:
+        trainer.logger.log_hyperparams(OmegaConf.to_container(dict_cfg, resolve=True))
+
+    first_val = None
+    if cfg.validate_before_training and cfg.ckpt_path is None:
+        trainer.validate(module, datamodule=data, verbose=False)
+        first_val = _val_reward(trainer)
+    trainer.fit(module, datamodule=data, ckpt_path=cfg.ckpt_path)
+    if module.validated_at_step != trainer.global_step:
+        trainer.validate(module, datamodule=data, verbose=False)  # the last step's validation
+    metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
+
+    run_dir = Path(cfg.output_dir)
+    if trainer.is_global_zero:
+        policy.save_pretrained(run_dir / "policy")
+        _print_summary(first_val, _val_reward(trainer), trainer.global_step // optimizer_steps_per_batch(cfg),
+                       time.perf_counter() - started, run_dir)
+    return metrics
+
+
+def _print_summary(first_val: Optional[float], last_val: Optional[float], steps: int, seconds: float,
+                   run_dir: Path) -> None:
+    def fmt(value: Optional[float]) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
+    print(f"\nGRPO finished: {steps} steps in {seconds:.0f} s\n"
+          f"  {VAL_METRIC}: {fmt(first_val)} -> {fmt(last_val)}\n"
+          f"  outputs: {run_dir} (metrics.csv, checkpoints/, policy/)", flush=True)
+
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
+def main(cfg: DictConfig) -> Any:
+    try:
+        train(cfg)
+    except (ConfigError, RewardError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

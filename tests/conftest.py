@@ -1,0 +1,50 @@
+"""Shared fixtures: a tiny random policy with the arithmetic tokenizer, and composed configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_SILENT", "true")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def random_arith_dir(tmp_path_factory) -> Path:
+    """A randomly initialised arithmetic decoder in Hugging Face format (saved once)."""
+    from transformers import LlamaForCausalLM
+
+    from grpo_lightning.tasks.arithmetic import build_tokenizer, model_config
+
+    torch.manual_seed(0)
+    directory = tmp_path_factory.mktemp("random_arith")
+    LlamaForCausalLM(model_config()).save_pretrained(directory)
+    build_tokenizer().save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture
+def arith_policy(random_arith_dir):
+    from grpo_lightning.config import ModelConfig
+    from grpo_lightning.policy import CausalLMPolicy
+
+    return CausalLMPolicy.from_config(ModelConfig(name_or_path=str(random_arith_dir)))
+
+
+@pytest.fixture
+def compose_config(tmp_path):
+    """compose_config(*overrides) -> the real Hydra config, written to tmp_path, shrunk for CPU tests."""
+    from grpo_lightning.train import load_config
+
+    def compose_with(*overrides: str):
+        small = [f"output_dir={tmp_path}", "trainer.max_steps=2", "trainer.val_every_n_steps=1",
+                 "trainer.enable_progress_bar=false", "data.batch_size=4", "data.val_batch_size=16",
+                 "trainer.limit_val_batches=1"]
+        return load_config(small + list(overrides))
+
+    return compose_with

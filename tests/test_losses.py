@@ -1,0 +1,127 @@
+"""The GRPO loss on hand-computed tensors."""
+
+import math
+
+import pytest
+import torch
+
+from grpo_lightning.losses import grpo_loss, kl_k3, sequence_then_token_mean
+
+LOG = math.log
+
+
+def _loss(logp, old, adv, mask, **kw):
+    kw = {"beta": 0.0, "entropy_coef": 0.0} | kw
+    return grpo_loss(torch.tensor(logp), torch.tensor(old), torch.tensor(adv), torch.tensor(mask), **kw)
+
+
+def test_ratio_one_is_reinforce():
+    # ratio = 1: the value is -mean(A) and the gradient is -A * grad(logp) / n_tokens
+    logp = torch.tensor([[-1.0, -2.0], [-0.5, -0.7]], requires_grad=True)
+    adv = torch.tensor([2.0, -1.0])
+    mask = torch.ones(2, 2)
+    loss, stats = grpo_loss(logp, logp.detach(), adv, mask, beta=0.0, entropy_coef=0.0)
+    loss.backward()
+    assert loss.item() == pytest.approx(-(2.0 - 1.0) / 2)
+    # d loss / d logp[i,t] = -A_i / (T_i * B) with B=2, T=2
+    torch.testing.assert_close(logp.grad, torch.tensor([[-0.5, -0.5], [0.25, 0.25]]))
+    assert stats["clip_frac"].item() == 0.0
+    assert stats["ratio_mean"].item() == 1.0
+    assert stats["approx_kl"].item() == 0.0
+
+
+def test_positive_advantage_clipped_above():
+    # ratio 1.5 > 1.2, A = 1: min(1.5, 1.2) = 1.2 -> loss -1.2; clipped -> no gradient
+    logp = torch.tensor([[LOG(1.5)]], requires_grad=True)
+    loss, stats = grpo_loss(logp, torch.zeros(1, 1), torch.tensor([1.0]), torch.ones(1, 1),
+                            clip_range=0.2, beta=0.0, entropy_coef=0.0)
+    loss.backward()
+    assert loss.item() == pytest.approx(-1.2)
+    assert logp.grad.abs().sum() == 0
+    assert stats["clip_frac"].item() == 1.0
+
+
+def test_negative_advantage_clipping_as_ppo_defines():
+    # A = -1. ratio 0.5 < 0.8: min(-0.5, -0.8) = -0.8 -> loss 0.8, clipped (no gradient)
+    logp = torch.tensor([[LOG(0.5)]], requires_grad=True)
+    loss, stats = grpo_loss(logp, torch.zeros(1, 1), torch.tensor([-1.0]), torch.ones(1, 1), beta=0.0,
+                            entropy_coef=0.0)
+    loss.backward()
+    assert loss.item() == pytest.approx(0.8)
+    assert logp.grad.abs().sum() == 0
+    assert stats["clip_frac"].item() == 1.0
+    # A = -1, ratio 1.5 > 1.2: min(-1.5, -1.2) = -1.5 -> loss 1.5, NOT clipped (gradient flows)
+    logp = torch.tensor([[LOG(1.5)]], requires_grad=True)
+    loss, stats = grpo_loss(logp, torch.zeros(1, 1), torch.tensor([-1.0]), torch.ones(1, 1), beta=0.0,
+                            entropy_coef=0.0)
+    loss.backward()
+    assert loss.item() == pytest.approx(1.5)
+    assert logp.grad.item() == pytest.approx(1.5)  # d(ratio * 1)/dlogp = ratio
+    assert stats["clip_frac"].item() == 0.0
+
+
+def test_masking_and_sequence_then_token_mean():
+    # seq 0 (A=1): valid ratios 1 and 2; the second is clipped to 1.2 -> surrogates -1, -1.2
+    # seq 1 (A=-1): one valid token, ratio 1 -> surrogate 1; the padded positions must not count
+    logp = [[0.0, LOG(2.0), 5.0], [0.0, 9.0, 9.0]]
+    old = [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]
+    mask = [[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]]
+    loss, stats = _loss(logp, old, [1.0, -1.0], mask, clip_range=0.2)
+    seq0 = (-1.0 + -1.2) / 2
+    seq1 = 1.0
+    assert loss.item() == pytest.approx((seq0 + seq1) / 2)
+    assert stats["policy_loss"].item() == pytest.approx((seq0 + seq1) / 2)
+    assert stats["clip_frac"].item() == pytest.approx(1 / 3)  # 1 of 3 valid tokens
+    assert stats["ratio_mean"].item() == pytest.approx((1 + 2 + 1) / 3)
+    approx_kl = ((2 - 1) - LOG(2.0)) / 3
+    assert stats["approx_kl"].item() == pytest.approx(approx_kl)
+
+
+def test_padding_values_do_not_leak():
+    base = _loss([[0.0, 0.0]], [[0.0, 0.0]], [1.0], [[1.0, 0.0]])[0]
+    noisy = _loss([[0.0, 50.0]], [[0.0, -50.0]], [1.0], [[1.0, 0.0]])[0]
+    assert base.item() == noisy.item()
+
+
+def test_kl_k3_by_hand_and_penalty():
+    logp = torch.tensor([[LOG(0.5), LOG(0.25)]])
+    ref = torch.tensor([[LOG(0.25), LOG(0.25)]])
+    # x = ref - logp = log(0.5): exp(x) - x - 1 = 0.5 - log 0.5 - 1
+    expected = torch.tensor([[0.5 - LOG(0.5) - 1, 0.0]])
+    torch.testing.assert_close(kl_k3(logp, ref), expected)
+    loss, stats = grpo_loss(logp, logp, torch.tensor([0.0]), torch.ones(1, 2), ref_logprobs=ref,
+                            beta=0.1, entropy_coef=0.0)
+    assert stats["grpo_kl"].item() == pytest.approx(expected.mean().item())
+    assert stats["kl_penalty"].item() == pytest.approx(0.1 * expected.mean().item())
+    assert loss.item() == pytest.approx(0.1 * expected.mean().item())  # A = 0: only the KL term
+
+
+def test_kl_k3_is_zero_at_equality_and_nonnegative():
+    x = torch.randn(4, 5)
+    assert torch.equal(kl_k3(x, x), torch.zeros(4, 5))
+    assert (kl_k3(x, torch.randn(4, 5)) >= 0).all()
+
+
+def test_entropy_bonus_subtracts():
+    ent = torch.tensor([[2.0, 4.0]])
+    loss, stats = grpo_loss(torch.zeros(1, 2), torch.zeros(1, 2), torch.tensor([0.0]), torch.ones(1, 2),
+                            entropy=ent, beta=0.0, entropy_coef=0.1)
+    assert loss.item() == pytest.approx(-0.1 * 3.0)
+    assert stats["entropy"].item() == pytest.approx(3.0)
+
+
+def test_optional_stats_only_when_inputs_given():
+    _, stats = _loss([[0.0]], [[0.0]], [1.0], [[1.0]])
+    assert set(stats) == {"policy_loss", "clip_frac", "approx_kl", "ratio_mean"}
+    assert all(not v.requires_grad for v in stats.values())
+
+
+def test_token_level_advantages():
+    loss, _ = _loss([[0.0, 0.0]], [[0.0, 0.0]], [[1.0, 3.0]], [[1.0, 1.0]])
+    assert loss.item() == pytest.approx(-2.0)
+
+
+def test_sequence_then_token_mean_weights_sequences_equally():
+    values = torch.tensor([[1.0, 1.0, 1.0], [4.0, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    assert sequence_then_token_mean(values, mask).item() == pytest.approx((1.0 + 4.0) / 2)

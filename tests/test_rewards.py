@@ -1,0 +1,77 @@
+"""The reward contract: weighted sums, None as not applicable, loud failures."""
+
+import math
+
+import pytest
+import torch
+
+from grpo_lightning.config import ConfigError, RewardConfig, RewardFunctionConfig
+from grpo_lightning.rewards import RewardError, WeightedReward
+
+
+def length_reward(prompts, completions, **columns):
+    return [float(len(c)) for c in completions]
+
+
+def answer_match(prompts, completions, answer, **columns):
+    return [1.0 if c == a else 0.0 for c, a in zip(completions, answer)]
+
+
+def only_even(prompts, completions, **columns):
+    return [1.0 if len(c) % 2 == 0 else None for c in completions]
+
+
+def scaled(prompts, completions, factor, **columns):
+    return [factor] * len(completions)
+
+
+def test_weighted_sum_and_columns():
+    reward = WeightedReward({"len": (length_reward, 0.5), "match": (answer_match, 2.0)})
+    scores = reward(["p", "q"], ["ab", "xyz"], {"answer": ["ab", "no"]})
+    torch.testing.assert_close(scores.total, torch.tensor([0.5 * 2 + 2.0 * 1, 0.5 * 3 + 0.0]))
+    torch.testing.assert_close(scores.per_function["len"], torch.tensor([2.0, 3.0]))
+
+
+def test_none_is_left_out_of_mean_and_zero_in_total():
+    reward = WeightedReward({"even": (only_even, 1.0)})
+    scores = reward(["p", "q", "r"], ["ab", "abc", "abcd"], {})
+    assert scores.applicable["even"].tolist() == [True, False, True]
+    torch.testing.assert_close(scores.total, torch.tensor([1.0, 0.0, 1.0]))
+
+
+def test_from_config_binds_kwargs_by_import_path():
+    cfg = RewardConfig(functions={"k": RewardFunctionConfig(fn="tests.test_rewards.scaled", weight=3.0,
+                                                            kwargs={"factor": 0.5})})
+    scores = WeightedReward.from_config(cfg)(["p"], ["c"], {})
+    assert scores.total.item() == pytest.approx(1.5)
+
+
+def test_unresolvable_import_path_names_the_field():
+    cfg = RewardConfig(functions={"bad": RewardFunctionConfig(fn="tests.nowhere.fn")})
+    with pytest.raises(ConfigError, match=r"reward.functions.bad.fn='tests.nowhere.fn' does not resolve"):
+        WeightedReward.from_config(cfg)
+
+
+def test_exception_names_function_and_offending_prompt():
+    def picky(prompts, completions, **columns):
+        return [1.0 / (len(c) - 3) for c in completions]
+
+    reward = WeightedReward({"picky": (picky, 1.0)})
+    with pytest.raises(RewardError, match=r"'picky' raised ZeroDivisionError.*prompt 'second'"):
+        reward(["first", "second"], ["ab", "abc"], {})
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda p, c, **k: [1.0], "returned 1 values for 2 completions"),
+    (lambda p, c, **k: [math.nan, 1.0], "returned nan for prompt 'a'"),
+    (lambda p, c, **k: [1.0, math.inf], "returned inf for prompt 'b'"),
+    (lambda p, c, **k: ["yes", 1.0], "return a float or None"),
+])
+def test_bad_return_values_fail_loudly(bad, message):
+    with pytest.raises(RewardError, match=message):
+        WeightedReward({"bad": (bad, 1.0)})(["a", "b"], ["x", "y"], {})
+
+
+def test_booleans_and_ints_are_numbers():
+    scores = WeightedReward({"b": (lambda p, c, **k: [True, 0], 1.0)})(["a", "b"], ["x", "y"], {})
+    assert scores.total.tolist() == [1.0, 0.0]
