@@ -412,6 +412,11 @@ def _validate_lora(lora: LoRAConfig) -> None:
     _require(0 <= lora.dropout < 1, f"model.lora.dropout must be in [0, 1) (got {lora.dropout})")
     _require(lora.target_modules is None or len(lora.target_modules) > 0,
              "model.lora.target_modules is empty; list module names or use null for all linear layers")
+    if lora.r == 0:
+        changed = [f.name for f in dataclasses.fields(LoRAConfig)
+                   if f.name != "r" and getattr(lora, f.name) != getattr(LoRAConfig(), f.name)]
+        _require(not changed, f"model.lora.{changed[0] if changed else ''} is set but model.lora.r=0 "
+                 "(full fine-tuning); set model.lora.r > 0 to train LoRA adapters")
 
 
 def _validate_data_source(data: DataConfig) -> None:
@@ -428,10 +433,9 @@ def _validate_data_source(data: DataConfig) -> None:
     _require(data.val_split is None or data.val_path is None,
              "set at most one of data.val_split and data.val_path")
     if data.builder is not None:
-        file_only = {"config_name": None, "val_split": None, "val_path": None, "answer_key": None}
-        for name, default in file_only.items():
-            _require(getattr(data, name) == default, f"data.{name} applies to data.path only; with "
-                     f"data.builder={data.builder!r} the builder chooses the rows (unset it)")
+        for name in ("config_name", "split", "val_split", "val_path", "val_fraction", "answer_key"):
+            _require(getattr(data, name) == getattr(DataConfig(), name), f"data.{name} applies to "
+                     f"data.path only; with data.builder={data.builder!r} the builder chooses the rows")
 
 
 def _validate_validation_sampling(gen: GenerationConfig, reward: RewardConfig) -> None:

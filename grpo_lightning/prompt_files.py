@@ -29,9 +29,11 @@ def read_rows(path: str, *, split: str = "train", config_name: Optional[str] = N
 
     local = Path(path).expanduser()
     fmt = FILE_FORMATS.get(local.suffix.lower())
-    if fmt is not None or path.startswith((".", "/", "~")):
-        if not local.exists():
-            raise ConfigError(f"{field_name}={path!r}: no such file or directory")
+    if (fmt is not None or path.startswith((".", "/", "~"))) and not local.exists():
+        raise ConfigError(f"{field_name}={path!r}: no such file or directory")
+    if fmt is not None and split != "train":
+        raise ConfigError(f"data.split={split!r}: a single {local.suffix} file is one split; use "
+                          "data.val_path or data.val_fraction for validation rows")
     try:
         if fmt is not None:
             # A single file is one split, which datasets calls "train" whatever it holds.
@@ -68,8 +70,6 @@ def load_splits(cfg: DataConfig, seed: int = 0) -> tuple[list[Row], list[Row]]:
                               "out a validation split; add rows or give data.val_path")
         num_val = min(len(train_rows) - 1, max(1, round(len(train_rows) * cfg.val_fraction)))
         val_rows, train_rows = train_rows[:num_val], train_rows[num_val:]
-    if cfg.max_val_prompts is not None:
-        val_rows = val_rows[:cfg.max_val_prompts]
     if cfg.answer_key is not None:
         train_rows = rename_answer(train_rows, cfg.answer_key, "train")
         val_rows = rename_answer(val_rows, cfg.answer_key, "validation")

@@ -115,6 +115,9 @@ def _reload_and_generate(policy_dir: Path) -> None:
 
 
 def test_train_chat_prompts_change_parameters_log_and_export(tiny_dir, prompts_file, tmp_path):
+    if tiny_dir.name.startswith("qwen2"):  # a chat-format prompt column
+        rows = [row | {"question": [{"role": "user", "content": row["question"]}]} for row in math_rows()]
+        prompts_file = write_jsonl(tmp_path / "chat.jsonl", rows)
     run_dir = tmp_path / "run"
     cfg = _hf_config(tiny_dir, prompts_file, run_dir, "data.apply_chat_template=true",
                      "data.system_prompt=Answer in tags.", "algorithm.beta=0.04")
@@ -212,6 +215,8 @@ def test_lora_merged_export_reloads_without_peft(llama_dir, prompts_file, tmp_pa
 def test_missing_model_and_data_paths_fail_at_start(llama_dir, prompts_file, tmp_path):
     with pytest.raises(ConfigError, match="model.name_or_path"):
         train(_hf_config(tmp_path / "nowhere", prompts_file, tmp_path / "a"))
+    with pytest.raises(ConfigError, match="model.name_or_path='no-such-org/no-such-model' could not be loaded"):
+        train(_hf_config("no-such-org/no-such-model", prompts_file, tmp_path / "d"))
     with pytest.raises(ConfigError, match="data.path"):
         train(_hf_config(llama_dir, tmp_path / "missing.jsonl", tmp_path / "b"))
     with pytest.raises(ConfigError, match="data.val_path"):

@@ -48,8 +48,26 @@ def test_shuffle_follows_the_seed_and_val_path_is_used(tmp_path):
     assert load_splits(cfg, seed=1) == load_splits(cfg, seed=1)
     assert load_splits(cfg, seed=1)[0] != load_splits(cfg, seed=2)[0]
     val_path = _write(tmp_path / "v.csv", ROWS[:3])
-    train, val = load_splits(DataConfig(path=str(path), val_path=str(val_path), max_val_prompts=2))
-    assert len(train) == 20 and len(val) == 2
+    data = PromptDataModule.from_config(DataConfig(path=str(path), prompt_key="q", val_path=str(val_path),
+                                                   max_val_prompts=2, batch_size=4))
+    assert len(data.train_rows) == 20 and len(data.val_rows) == 2
+
+
+def test_dataset_directory_with_named_splits(tmp_path):
+    import datasets
+
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(ROWS[:12]),
+                          "test": datasets.Dataset.from_list(ROWS[12:])}).save_to_disk(str(tmp_path / "ds"))
+    train, val = load_splits(DataConfig(path=str(tmp_path / "ds"), val_split="test", answer_key="sol"))
+    assert len(train) == 12 and len(val) == 8 and "answer" in val[0]
+    with pytest.raises(ConfigError, match="data.split='dev'"):
+        load_splits(DataConfig(path=str(_write(tmp_path / "p.jsonl", ROWS)), split="dev"))
+
+
+def test_unknown_hub_dataset_fails_with_the_field(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError, match="data.path='no-such-org/no-such-dataset' could not be read"):
+        load_splits(DataConfig(path="no-such-org/no-such-dataset"))
 
 
 def test_bad_columns_and_paths_name_the_field(tmp_path):
@@ -80,6 +98,10 @@ def test_data_config_errors_at_load(compose_config, tmp_path):
         to_train_config(compose_config("model.name_or_path=/x", "data.answer_key=answer"))
     with pytest.raises(ConfigError, match="val_do_sample=true"):
         to_train_config(compose_config(*base, "data.path=a.jsonl", "generation.val_num_samples=4"))
+    with pytest.raises(ConfigError, match="data.val_fraction applies to data.path only"):
+        to_train_config(compose_config("model.name_or_path=/x", "data.val_fraction=0.2"))
+    with pytest.raises(ConfigError, match="model.lora.alpha is set but model.lora.r=0"):
+        to_train_config(compose_config(*base, "data.path=a.jsonl", "model.lora.alpha=32"))
     with pytest.raises(ConfigError, match="model.lora.dropout"):
         to_train_config(compose_config(*base, "data.path=a.jsonl", "model.lora.r=8", "model.lora.dropout=1.0"))
 
@@ -120,3 +142,12 @@ def test_chat_template_system_prompt_and_message_lists():
         PromptFormatter(build_tokenizer(), apply_chat_template=True)
     with pytest.raises(ConfigError, match="data.system_prompt"):
         PromptFormatter(build_tokenizer(), system_prompt="be brief")
+
+
+def test_templated_prompts_are_encoded_without_a_second_bos(arith_policy):
+    bos = arith_policy.tokenizer.bos_token_id
+    ids, _ = arith_policy.encode_prompts(["1+2="])
+    assert ids[0, 0].item() == bos
+    arith_policy.add_special_tokens = False   # what train() sets after a chat template
+    ids, mask = arith_policy.encode_prompts(["1+2="])
+    assert bos not in ids[0].tolist() and mask.sum().item() == 4
