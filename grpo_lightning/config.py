@@ -412,11 +412,11 @@ def _validate_lora(lora: LoRAConfig) -> None:
     _require(0 <= lora.dropout < 1, f"model.lora.dropout must be in [0, 1) (got {lora.dropout})")
     _require(lora.target_modules is None or len(lora.target_modules) > 0,
              "model.lora.target_modules is empty; list module names or use null for all linear layers")
-    if lora.r == 0:
-        changed = [f.name for f in dataclasses.fields(LoRAConfig)
-                   if f.name != "r" and getattr(lora, f.name) != getattr(LoRAConfig(), f.name)]
-        _require(not changed, f"model.lora.{changed[0] if changed else ''} is set but model.lora.r=0 "
-                 "(full fine-tuning); set model.lora.r > 0 to train LoRA adapters")
+    unused = [f.name for f in dataclasses.fields(LoRAConfig)
+              if lora.r == 0 and getattr(lora, f.name) != getattr(LoRAConfig(), f.name)]
+    if unused:
+        raise ConfigError(f"model.lora.{unused[0]} is set but model.lora.r=0 (full fine-tuning); set "
+                          "model.lora.r > 0 to train LoRA adapters")
 
 
 def _validate_data_source(data: DataConfig) -> None:

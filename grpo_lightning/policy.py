@@ -90,10 +90,9 @@ class CausalLMPolicy(Policy):
         self.model = model
         self.tokenizer = tokenizer
         self.logprob_chunk_size = logprob_chunk_size
-        self.save_merged = save_merged
-        """With LoRA: export merged weights (True) or the adapters alone (False)."""
+        self.save_merged = save_merged  # LoRA export: merged weights, or the adapters alone
+        # False for chat-templated prompts: the template already wrote BOS and the like.
         self.add_special_tokens = True
-        """Whether encode_prompts adds BOS etc.; False for chat-templated prompts, which have them."""
         self.reference_model: Optional[nn.Module] = None
         self.reference_is_base = False  # LoRA: the reference is self.model with adapters disabled
         if tokenizer.pad_token_id is None:
