@@ -61,6 +61,8 @@ class PromptDataModule(L.LightningDataModule):
         if cfg.max_val_prompts is not None:
             val_rows = val_rows[:cfg.max_val_prompts]
         if prepare is not None:
+            check_rows(train_rows, cfg.prompt_key, "train")
+            check_rows(val_rows, cfg.prompt_key, "validation")
             train_rows, val_rows = prepare(train_rows, "train"), prepare(val_rows, "validation")
         return cls(train_rows, val_rows, batch_size=cfg.batch_size, val_batch_size=cfg.val_batch_size,
                    prompt_key=cfg.prompt_key, shuffle=cfg.shuffle, num_workers=cfg.num_workers)

@@ -202,7 +202,8 @@ def test_lora_run_changes_only_adapters_and_exports_them(llama_dir, prompts_file
 def test_lora_merged_export_reloads_without_peft(llama_dir, prompts_file, tmp_path):
     run_dir = tmp_path / "run"
     train(_hf_config(llama_dir, prompts_file, run_dir, "model.lora.r=4", "model.lora.alpha=8",
-                     "model.lora.target_modules=[q_proj,v_proj]", "algorithm.beta=0.0"))
+                     "model.lora.target_modules=[q_proj,v_proj]", "algorithm.beta=0.0",
+                     "model.gradient_checkpointing=true"))
     policy_dir = run_dir / "policy"
     assert not (policy_dir / "adapter_config.json").exists()
     before, after = load_file(llama_dir / "model.safetensors"), load_file(policy_dir / "model.safetensors")
@@ -219,14 +220,17 @@ def test_missing_model_and_data_paths_fail_at_start(llama_dir, prompts_file, tmp
         train(_hf_config("no-such-org/no-such-model", prompts_file, tmp_path / "d"))
     with pytest.raises(ConfigError, match="data.path"):
         train(_hf_config(llama_dir, tmp_path / "missing.jsonl", tmp_path / "b"))
+    with pytest.raises(ConfigError, match="data.prompt_key='prompt' is not a column"):
+        train(_hf_config(llama_dir, prompts_file, tmp_path / "e", "data.prompt_key=prompt"))
     with pytest.raises(ConfigError, match="data.val_path"):
         train(_hf_config(llama_dir, prompts_file, tmp_path / "c", f"data.val_path={tmp_path / 'no.csv'}"))
 
 
-def test_validation_sampling_logs_pass_at_k(llama_dir, prompts_file, tmp_path):
+def test_validation_sampling_logs_pass_at_k_in_bfloat16(llama_dir, prompts_file, tmp_path):
     run_dir = tmp_path / "run"
     train(_hf_config(llama_dir, prompts_file, run_dir, "trainer.max_steps=1", "generation.val_do_sample=true",
-                     "generation.val_num_samples=3", "generation.val_pass_reward=math"))
+                     "generation.val_num_samples=3", "generation.val_pass_reward=math", "model.dtype=bfloat16",
+                     "model.attn_implementation=eager"))
     rows = _metrics(run_dir)
     assert _logged(rows, "val/pass@3") and _logged(rows, "val/reward/math/mean")
 
