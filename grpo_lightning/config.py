@@ -78,6 +78,16 @@ class GenerationConfig:
     """Keep the k most likely tokens; 0 disables it."""
     val_do_sample: bool = False
     """Validation samples with the settings above when true; greedy decoding when false."""
+    val_num_samples: int = 1
+    """Completions per validation prompt (k). With k > 1 (which needs val_do_sample=true)
+    val/reward/* average all k and ``val/pass@<k>`` is logged: the fraction of prompts with at
+    least one passing completion (Chen et al. 2021, arXiv:2107.03374)."""
+    val_pass_reward: Optional[str] = None
+    """Reward function (a name under reward.functions) that decides whether a validation
+    completion passes, for pass@k; None judges the total reward. Setting it also logs
+    ``val/pass@1`` when val_num_samples is 1."""
+    val_pass_threshold: float = 1.0
+    """A completion passes when the judged reward is >= this value."""
 
 
 @dataclass
@@ -90,6 +100,26 @@ class OptimConfig:
     eps: float = 1e-8
     warmup_steps: int = 0
     """Linear warm-up from 0 over this many optimizer steps, then constant."""
+
+
+@dataclass
+class LoRAConfig:
+    """Low-rank adapters (Hu et al. 2021, arXiv:2106.09685) through peft. Only the adapters
+    train; the KL reference is the same model with the adapters disabled, so no second copy of
+    the base weights is held."""
+
+    r: int = 0
+    """Adapter rank; 0 trains the full model (no LoRA)."""
+    alpha: float = 16.0
+    """Scaling numerator: the adapter update is multiplied by alpha / r."""
+    dropout: float = 0.0
+    """Dropout on the adapter's input during training."""
+    target_modules: Optional[List[str]] = None
+    """Module names (or name suffixes) that get adapters, e.g. [q_proj, v_proj]; None adapts
+    every linear layer except the output head (peft's "all-linear")."""
+    save_merged: bool = True
+    """Export the final policy with the adapters merged into the weights (a plain checkpoint);
+    false writes the adapters alone (adapter_config.json, loaded on top of the base model)."""
 
 
 @dataclass
@@ -110,15 +140,18 @@ class ModelConfig:
     logprob_chunk_size: int = 64
     """Completions per chunk when turning logits into log-probs and entropy, so the float32
     log-softmax over the vocabulary is never held for the whole batch at once."""
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    """Train low-rank adapters instead of the full model (model.lora.r > 0)."""
 
 
 @dataclass
 class DataConfig:
     """Prompts: where they come from and how many go into one training step."""
 
-    builder: str = MISSING
+    builder: Optional[str] = None
     """Import path of a function returning (train_rows, val_rows), each a list of dicts with a
-    prompt column and any other columns (passed to reward functions as keyword lists)."""
+    prompt column and any other columns (passed to reward functions as keyword lists). Set
+    either this or ``path``."""
     builder_kwargs: Dict[str, Any] = field(default_factory=dict)
     """Keyword arguments for the builder."""
     prompt_key: str = "prompt"
@@ -131,6 +164,34 @@ class DataConfig:
     """Shuffle training prompts each epoch (seeded by ``seed``)."""
     num_workers: int = 0
     """DataLoader worker processes (prompts are small; 0 is usually fastest)."""
+    path: Optional[str] = None
+    """Prompt file (JSONL, JSON, CSV or Parquet, by extension) or, with data=hf, a dataset
+    directory or hub id, read with the ``datasets`` library. Set either this or ``builder``."""
+    config_name: Optional[str] = None
+    """Dataset configuration of a hub dataset (e.g. ``main`` for openai/gsm8k)."""
+    split: str = "train"
+    """Split of ``path`` used for training."""
+    val_split: Optional[str] = None
+    """Split of ``path`` used for validation (e.g. ``test``); else val_path or val_fraction."""
+    val_path: Optional[str] = None
+    """Separate validation file, in the same formats as ``path``."""
+    val_fraction: float = 0.05
+    """Without val_split or val_path: this fraction of the shuffled training rows is held out."""
+    max_val_prompts: Optional[int] = None
+    """Keep at most this many validation prompts (after shuffling); None keeps all."""
+    answer_key: Optional[str] = None
+    """Column with the reference answer; renamed to ``answer``, the keyword built-in rewards
+    read. None leaves the columns as they are."""
+    apply_chat_template: bool = False
+    """Format each prompt with the tokenizer's chat template (user turn + generation prompt).
+    Needed for instruct models, and for chat-format prompts (lists of role/content messages)."""
+    system_prompt: Optional[str] = None
+    """System message put before each prompt by the chat template."""
+    max_prompt_length: Optional[int] = None
+    """Longest prompt in tokens (after formatting); None keeps every prompt whole."""
+    overlong_prompts: str = "drop"
+    """What to do with prompts longer than max_prompt_length: ``drop`` them (the count is
+    logged) or ``truncate`` them, keeping their last tokens (where generation starts)."""
 
 
 @dataclass
@@ -276,6 +337,7 @@ def to_train_config(cfg: DictConfig) -> "TrainConfig":
 
 
 LOGGER_KINDS = ("csv", "wandb", "none")
+OVERLONG_PROMPTS = ("drop", "truncate")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -322,6 +384,9 @@ def validate_config(cfg: TrainConfig) -> None:
     _require(cfg.model.dtype in DTYPES, f"model.dtype={cfg.model.dtype!r} is unknown; choose one of {DTYPES}")
     _require(cfg.model.logprob_chunk_size >= 1,
              f"model.logprob_chunk_size must be >= 1 (got {cfg.model.logprob_chunk_size})")
+    _validate_lora(cfg.model.lora)
+    _validate_data_source(data)
+    _validate_validation_sampling(gen, cfg.reward)
     _require(len(cfg.reward.functions) > 0, "reward.functions is empty; add at least one reward "
              "function (see conf/reward/arithmetic.yaml)")
     for name, spec in cfg.reward.functions.items():
@@ -339,3 +404,45 @@ def validate_config(cfg: TrainConfig) -> None:
              f"checkpoint.every_n_steps must be >= 1 (got {cfg.checkpoint.every_n_steps})")
     _require(cfg.logger.kind in LOGGER_KINDS,
              f"logger.kind={cfg.logger.kind!r} is unknown; choose one of {LOGGER_KINDS}")
+
+
+def _validate_lora(lora: LoRAConfig) -> None:
+    _require(lora.r >= 0, f"model.lora.r must be >= 0, 0 disables LoRA (got {lora.r})")
+    _require(lora.alpha > 0, f"model.lora.alpha must be > 0 (got {lora.alpha})")
+    _require(0 <= lora.dropout < 1, f"model.lora.dropout must be in [0, 1) (got {lora.dropout})")
+    _require(lora.target_modules is None or len(lora.target_modules) > 0,
+             "model.lora.target_modules is empty; list module names or use null for all linear layers")
+    unused = [f.name for f in dataclasses.fields(LoRAConfig)
+              if lora.r == 0 and getattr(lora, f.name) != getattr(LoRAConfig(), f.name)]
+    if unused:
+        raise ConfigError(f"model.lora.{unused[0]} is set but model.lora.r=0 (full fine-tuning); set "
+                          "model.lora.r > 0 to train LoRA adapters")
+
+
+def _validate_data_source(data: DataConfig) -> None:
+    _require((data.builder is None) != (data.path is None),
+             "set exactly one of data.builder and data.path (e.g. data=jsonl data.path=prompts.jsonl, "
+             f"or data=arithmetic); got builder={data.builder!r}, path={data.path!r}")
+    _require(0 < data.val_fraction < 1, f"data.val_fraction must be in (0, 1) (got {data.val_fraction})")
+    _require(data.max_val_prompts is None or data.max_val_prompts >= 1,
+             f"data.max_val_prompts must be >= 1 or null (got {data.max_val_prompts})")
+    _require(data.max_prompt_length is None or data.max_prompt_length >= 1,
+             f"data.max_prompt_length must be >= 1 or null (got {data.max_prompt_length})")
+    _require(data.overlong_prompts in OVERLONG_PROMPTS, f"data.overlong_prompts={data.overlong_prompts!r} "
+             f"is unknown; choose one of {OVERLONG_PROMPTS}")
+    _require(data.val_split is None or data.val_path is None,
+             "set at most one of data.val_split and data.val_path")
+    if data.builder is not None:
+        for name in ("config_name", "split", "val_split", "val_path", "val_fraction", "answer_key"):
+            _require(getattr(data, name) == getattr(DataConfig(), name), f"data.{name} applies to "
+                     f"data.path only; with data.builder={data.builder!r} the builder chooses the rows")
+
+
+def _validate_validation_sampling(gen: GenerationConfig, reward: RewardConfig) -> None:
+    _require(gen.val_num_samples >= 1, f"generation.val_num_samples must be >= 1 (got {gen.val_num_samples})")
+    _require(gen.val_num_samples == 1 or gen.val_do_sample,
+             f"generation.val_num_samples={gen.val_num_samples} with greedy validation would repeat one "
+             "completion; set generation.val_do_sample=true")
+    _require(gen.val_pass_reward is None or gen.val_pass_reward in reward.functions,
+             f"generation.val_pass_reward={gen.val_pass_reward!r} is not among reward.functions "
+             f"({sorted(reward.functions)})")

@@ -35,6 +35,7 @@ from torch import Tensor
 
 from grpo_lightning.advantages import get_adv_estimator
 from grpo_lightning.config import GenerationConfig, GRPOConfig, OptimConfig
+from grpo_lightning.evaluation import pass_at_k
 from grpo_lightning.losses import grpo_loss
 from grpo_lightning.metrics import StageMeans
 from grpo_lightning.policy import Policy, SamplingParams
@@ -63,8 +64,11 @@ class GRPOModule(L.LightningModule):
         if self.algorithm.beta > 0:
             policy.enable_reference()
         self.train_means = StageMeans(self._train_metric_names())
-        self.val_means = StageMeans(["val/reward/mean"] + [f"val/reward/{n}/mean" for n in reward.names])
         gen = self.generation
+        self.val_k = gen.val_num_samples  # completions per validation prompt
+        self.val_pass_metric = f"val/pass@{self.val_k}" if self.val_k > 1 or gen.val_pass_reward else None
+        self.val_means = StageMeans(["val/reward/mean"] + [f"val/reward/{n}/mean" for n in reward.names]
+                                    + ([self.val_pass_metric] if self.val_pass_metric else []))
         self.train_sampling = SamplingParams(gen.max_new_tokens, gen.temperature, gen.top_p, gen.top_k)
         self.val_sampling = SamplingParams(gen.max_new_tokens, gen.temperature, gen.top_p, gen.top_k,
                                            do_sample=gen.val_do_sample)
@@ -192,9 +196,14 @@ class GRPOModule(L.LightningModule):
     # -- validation ------------------------------------------------------------------------
 
     def validation_step(self, batch: dict[str, list[Any]], batch_idx: int) -> None:
-        rollout = self._rollout(batch, 1, self.val_sampling)
+        rollout = self._rollout(batch, self.val_k, self.val_sampling)
         scores = self.reward(rollout.prompts, rollout.completions, rollout.columns, device=self.device)
         size = len(rollout.prompts)
+        if self.val_pass_metric is not None:
+            gen = self.generation
+            judged = scores.total if gen.val_pass_reward is None else scores.per_function[gen.val_pass_reward]
+            passed = (judged >= gen.val_pass_threshold).view(-1, self.val_k)          # [N, k]
+            self.val_means[self.val_pass_metric].update(pass_at_k(passed, self.val_k))
         self.val_means["val/reward/mean"].update(scores.total)
         for name, values in scores.per_function.items():
             applicable = scores.applicable[name]

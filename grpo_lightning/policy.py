@@ -9,7 +9,9 @@ the policy comes from:
 * ``token_scores(batch, ...)``: log-probs (and entropy) of completion tokens, under the policy
   or under its frozen reference.
 
-:class:`CausalLMPolicy` implements it for any ``AutoModelForCausalLM`` with its tokenizer.
+:class:`CausalLMPolicy` implements it for any ``AutoModelForCausalLM`` with its tokenizer,
+optionally with LoRA adapters (peft): then only the adapters train and the reference policy is
+the same model with its adapters disabled, so the base weights exist once.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING, Iterator, Optional
 import torch
 from torch import Tensor, nn
 
-from grpo_lightning.config import ConfigError, ModelConfig
+from grpo_lightning.config import ConfigError, LoRAConfig, ModelConfig
 from grpo_lightning.logprobs import completion_token_scores
 
 if TYPE_CHECKING:
@@ -82,12 +84,17 @@ def _looks_local(name_or_path: str) -> bool:
 class CausalLMPolicy(Policy):
     """A Hugging Face causal LM and its tokenizer as a GRPO policy."""
 
-    def __init__(self, model: nn.Module, tokenizer, *, logprob_chunk_size: int = 64):
+    def __init__(self, model: nn.Module, tokenizer, *, logprob_chunk_size: int = 64,
+                 save_merged: bool = True):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
         self.logprob_chunk_size = logprob_chunk_size
+        self.save_merged = save_merged  # LoRA export: merged weights, or the adapters alone
+        # False for chat-templated prompts: the template already wrote BOS and the like.
+        self.add_special_tokens = True
         self.reference_model: Optional[nn.Module] = None
+        self.reference_is_base = False  # LoRA: the reference is self.model with adapters disabled
         if tokenizer.pad_token_id is None:
             # Batched generation needs a pad id; EOS is the usual stand-in (masks use first EOS).
             tokenizer.pad_token = tokenizer.eos_token
@@ -120,10 +127,20 @@ class CausalLMPolicy(Policy):
                               "cached or reachable") from None
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        return cls(model, tokenizer, logprob_chunk_size=cfg.logprob_chunk_size)
+        if cfg.lora.r > 0:
+            model = add_lora(model, cfg.lora)
+        return cls(model, tokenizer, logprob_chunk_size=cfg.logprob_chunk_size,
+                   save_merged=cfg.lora.save_merged)
+
+    @property
+    def is_lora(self) -> bool:
+        from peft import PeftModel
+
+        return isinstance(self.model, PeftModel)
 
     def encode_prompts(self, texts: list[str]) -> tuple[Tensor, Tensor]:
-        encoded = self.tokenizer(texts, return_tensors="pt", padding=True)
+        encoded = self.tokenizer(texts, return_tensors="pt", padding=True,
+                                 add_special_tokens=self.add_special_tokens)
         device = next(self.model.parameters()).device
         return encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
 
@@ -157,16 +174,26 @@ class CausalLMPolicy(Policy):
 
     def token_scores(self, batch: "TokenBatch", *, temperature: float, with_entropy: bool,
                      reference: bool = False) -> tuple[Tensor, Optional[Tensor]]:
-        model = self.model
-        if reference:
-            if self.reference_model is None:
-                raise RuntimeError("no reference policy: call enable_reference() first (beta > 0)")
-            model = self.reference_model
-        return completion_token_scores(model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
-                                       batch.completion_mask, temperature=temperature,
-                                       with_entropy=with_entropy, chunk_size=self.logprob_chunk_size)
+        def score(model: nn.Module) -> tuple[Tensor, Optional[Tensor]]:
+            return completion_token_scores(model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
+                                           batch.completion_mask, temperature=temperature,
+                                           with_entropy=with_entropy, chunk_size=self.logprob_chunk_size)
+
+        if not reference:
+            return score(self.model)
+        if self.reference_is_base:
+            with torch.no_grad(), self.model.disable_adapter():
+                return score(self.model)
+        if self.reference_model is None:
+            raise RuntimeError("no reference policy: call enable_reference() first (beta > 0)")
+        return score(self.reference_model)
 
     def enable_reference(self) -> None:
+        """Freeze the current policy as the KL reference: a frozen copy of the model, or with
+        LoRA the base model itself (adapters disabled while scoring), which costs no memory."""
+        if self.is_lora:
+            self.reference_is_base = True
+            return
         reference = copy.deepcopy(self.model).eval()
         reference.requires_grad_(False)
         self.reference_model = reference
@@ -182,6 +209,28 @@ class CausalLMPolicy(Policy):
         return self
 
     def save_pretrained(self, directory: str | Path) -> None:
-        """Write the policy in Hugging Face format, loadable by ``from_pretrained``."""
+        """Write the policy in Hugging Face format, loadable by ``from_pretrained``.
+
+        With LoRA and ``save_merged`` the adapters are folded into the weights first, in place:
+        the policy then holds the merged model and has no adapters (call it when training is
+        done). Without ``save_merged`` only the adapters are written (``adapter_config.json``
+        names the base model), loadable by peft's ``AutoPeftModelForCausalLM.from_pretrained``.
+        """
+        if self.is_lora and self.save_merged:
+            self.model = self.model.merge_and_unload()
+            self.reference_is_base = False
         self.model.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
+
+
+def add_lora(model: nn.Module, cfg: LoRAConfig) -> nn.Module:
+    """``model`` wrapped with trainable LoRA adapters; its own weights are frozen."""
+    from peft import LoraConfig, get_peft_model
+
+    target = cfg.target_modules if cfg.target_modules is not None else "all-linear"
+    config = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=target,
+                        task_type="CAUSAL_LM")
+    try:
+        return get_peft_model(model, config)
+    except ValueError as error:
+        raise ConfigError(f"model.lora.target_modules={cfg.target_modules}: {error}") from None

@@ -5,6 +5,8 @@
     grpo-train -m algorithm.clip_range=0.1,0.3 seed=0,1  # a sweep, one directory per job
     grpo-train logger=wandb                              # W&B (WANDB_MODE=offline works)
     grpo-train --cfg job                                 # print the composed config
+    grpo-train model=hf model.name_or_path=Qwen/Qwen2.5-0.5B-Instruct data=jsonl data.path=train.jsonl
+    grpo-train +experiment=gsm8k_qwen                    # Qwen2.5-0.5B-Instruct on GSM8K (GPU)
 
 Configs live in ``conf/`` (``config.yaml`` holds the defaults list). Each run writes
 ``metrics.csv``, ``checkpoints/`` and the trained policy (``policy/``, Hugging Face format)
@@ -29,6 +31,7 @@ from grpo_lightning.data import PromptDataModule
 from grpo_lightning.loggers import build_logger
 from grpo_lightning.module import GRPOModule
 from grpo_lightning.policy import CausalLMPolicy
+from grpo_lightning.prompts import PromptFormatter
 from grpo_lightning.rewards import RewardError, WeightedReward
 
 VAL_METRIC = "val/reward/mean"
@@ -102,7 +105,9 @@ def train(dict_cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     policy = CausalLMPolicy.from_config(cfg.model)
     reward = WeightedReward.from_config(cfg.reward)
-    data = PromptDataModule.from_config(cfg.data)
+    formatter = PromptFormatter.from_config(cfg.data, policy.tokenizer)
+    policy.add_special_tokens = formatter.add_special_tokens
+    data = PromptDataModule.from_config(cfg.data, seed=cfg.seed, prepare=formatter.prepare)
     module = GRPOModule(policy, reward, algorithm=cfg.algorithm, generation=cfg.generation,
                         optim=cfg.optim, prompt_key=cfg.data.prompt_key)
     trainer = build_trainer(cfg)

@@ -38,15 +38,23 @@ class WeightedReward:
         if not functions:
             raise ConfigError("reward.functions is empty; add at least one reward function")
         self.functions = functions
+        self._device = torch.device("cpu")
 
     @classmethod
     def from_config(cls, cfg: RewardConfig) -> "WeightedReward":
+        """A function is bound to its kwargs; a class (e.g. RewardModel, which loads a model
+        once) is instantiated with them and the instance is the function."""
         functions = {}
         for name, spec in cfg.functions.items():
             fn = import_object(spec.fn, f"reward.functions.{name}.fn")
             if not callable(fn):
                 raise ConfigError(f"reward.functions.{name}.fn={spec.fn!r} is not callable")
-            if spec.kwargs:
+            if isinstance(fn, type):
+                try:
+                    fn = fn(**spec.kwargs)
+                except TypeError as error:
+                    raise ConfigError(f"reward.functions.{name}.kwargs do not fit {spec.fn}: {error}") from None
+            elif spec.kwargs:
                 fn = functools.partial(fn, **spec.kwargs)
             functions[name] = (fn, float(spec.weight))
         return cls(functions)
@@ -55,8 +63,19 @@ class WeightedReward:
     def names(self) -> list[str]:
         return list(self.functions)
 
+    def to(self, device: torch.device | str) -> "WeightedReward":
+        """Move functions that hold a model (those with a ``to`` method) to ``device``."""
+        device = torch.device(device)
+        if device != self._device:
+            for fn, _ in self.functions.values():
+                if callable(getattr(fn, "to", None)):
+                    fn.to(device)
+            self._device = device
+        return self
+
     def __call__(self, prompts: list[str], completions: list[str], columns: dict[str, list[Any]],
                  device: torch.device | str = "cpu") -> RewardScores:
+        self.to(device)  # learned rewards run where the policy does
         total = torch.zeros(len(completions), dtype=torch.float32)
         per_function, applicable = {}, {}
         for name, (fn, weight) in self.functions.items():
