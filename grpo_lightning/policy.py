@@ -60,8 +60,10 @@ class Policy(nn.Module, ABC):
 
     @abstractmethod
     def token_scores(self, batch: "TokenBatch", *, temperature: float, with_entropy: bool,
-                     reference: bool = False) -> tuple[Tensor, Optional[Tensor]]:
-        """Log-probs [B, T] (and entropy [B, T] or None) of the batch's completion tokens."""
+                     reference: bool = False, entropy_grad: bool = True) -> tuple[Tensor, Optional[Tensor]]:
+        """Log-probs [B, T] (and entropy [B, T] or None) of the batch's completion tokens.
+
+        ``entropy_grad=False``: the entropy is only logged, so it may be computed without grad."""
 
     @abstractmethod
     def enable_reference(self) -> None:
@@ -156,7 +158,7 @@ class CausalLMPolicy(Policy):
         return self.tokenizer.batch_decode(rows, skip_special_tokens=True)
 
     def token_scores(self, batch: "TokenBatch", *, temperature: float, with_entropy: bool,
-                     reference: bool = False) -> tuple[Tensor, Optional[Tensor]]:
+                     reference: bool = False, entropy_grad: bool = True) -> tuple[Tensor, Optional[Tensor]]:
         model = self.model
         if reference:
             if self.reference_model is None:
@@ -164,7 +166,8 @@ class CausalLMPolicy(Policy):
             model = self.reference_model
         return completion_token_scores(model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
                                        batch.completion_mask, temperature=temperature,
-                                       with_entropy=with_entropy, chunk_size=self.logprob_chunk_size)
+                                       with_entropy=with_entropy, chunk_size=self.logprob_chunk_size,
+                                       entropy_grad=entropy_grad)
 
     def enable_reference(self) -> None:
         reference = copy.deepcopy(self.model).eval()
