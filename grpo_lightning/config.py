@@ -95,11 +95,12 @@ class GRPOConfig:
     max_generation_rounds: Optional[int] = None
     """Most generation rounds per training step under filter_zero_std_groups (None: 3). If the batch
     is still short, it is filled with dropped groups (their advantages are 0)."""
-    overlong_buffer_len: Optional[int] = None
-    """DAPO soft overlong punishment: completions longer than max_new_tokens - overlong_buffer_len
-    get a penalty growing linearly to -overlong_penalty_factor at max_new_tokens. None disables it."""
+    overlong_buffer_frac: Optional[float] = None
+    """DAPO soft overlong punishment: the last overlong_buffer_frac * max_new_tokens tokens (at least
+    1) are a buffer in which the reward gets a penalty growing linearly to -overlong_penalty_factor
+    at max_new_tokens (DAPO: 4096 of 20480 tokens, 0.2). None disables it."""
     overlong_penalty_factor: float = 1.0
-    """Largest overlong penalty (at max_new_tokens). Only with overlong_buffer_len."""
+    """Largest overlong penalty (at max_new_tokens). Only with overlong_buffer_frac."""
     mask_truncated_completions: bool = False
     """Exclude completions cut at max_new_tokens (no EOS) from the loss [DAPO overlong filtering]."""
 
@@ -429,12 +430,11 @@ def _validate_variant(alg: GRPOConfig, gen: GenerationConfig) -> None:
              "enable it or set max_generation_rounds=null")
     _require(alg.max_generation_rounds is None or alg.max_generation_rounds >= 1,
              f"algorithm.max_generation_rounds must be >= 1 (got {alg.max_generation_rounds})")
-    if alg.overlong_buffer_len is None:
+    if alg.overlong_buffer_frac is None:
         _require(alg.overlong_penalty_factor == 1.0, "algorithm.overlong_penalty_factor has no effect "
-                 "without algorithm.overlong_buffer_len; set the buffer length (e.g. max_new_tokens // 4)")
+                 "without algorithm.overlong_buffer_frac; set it (DAPO uses 0.2)")
     else:
-        _require(0 < alg.overlong_buffer_len <= gen.max_new_tokens,
-                 f"algorithm.overlong_buffer_len must be in [1, generation.max_new_tokens={gen.max_new_tokens}] "
-                 f"(got {alg.overlong_buffer_len})")
+        _require(0 < alg.overlong_buffer_frac <= 1,
+                 f"algorithm.overlong_buffer_frac must be in (0, 1] (got {alg.overlong_buffer_frac})")
         _require(alg.overlong_penalty_factor >= 0,
                  f"algorithm.overlong_penalty_factor must be >= 0 (got {alg.overlong_penalty_factor})")

@@ -90,7 +90,7 @@ class GRPOModule(L.LightningModule):
         actor += ["actor/loss", "actor/adv_mean", "actor/adv_std", "actor/grad_norm", "actor/lr"]
         reward = ["reward/mean", "reward/std", "reward/frac_zero_std"]
         reward += [f"reward/{name}/mean" for name in self.reward.names]
-        if alg.overlong_buffer_len is not None:
+        if alg.overlong_buffer_frac is not None:
             reward.append("reward/overlong_penalty")
         if alg.filter_zero_std_groups:
             reward += ["sampling/rounds", "sampling/kept_group_frac"]
@@ -125,9 +125,10 @@ class GRPOModule(L.LightningModule):
             prompts = batch if round_index == 0 else self._more_prompts(batch)
             rollout = self._rollout(prompts, alg.group_size, self.train_sampling)
             scores = self.reward(rollout.prompts, rollout.completions, rollout.columns, device=self.device)
-            if alg.overlong_buffer_len is not None:
-                penalty = overlong_penalty(rollout.lengths, self.generation.max_new_tokens,
-                                           alg.overlong_buffer_len, alg.overlong_penalty_factor)   # [B]
+            if alg.overlong_buffer_frac is not None:
+                max_length = self.generation.max_new_tokens
+                buffer = max(1, round(alg.overlong_buffer_frac * max_length))
+                penalty = overlong_penalty(rollout.lengths, max_length, buffer, alg.overlong_penalty_factor)  # [B]
                 scores = replace(scores, total=scores.total + penalty)
                 self.train_means.update({"reward/overlong_penalty": penalty.mean()}, weight=penalty.numel())
             return rollout, scores
