@@ -141,7 +141,7 @@ def scale_by_batch_std(advantages: Tensor, eps: float) -> Tensor:
     Population std, like the group case. A batch whose centred rewards are all 0 stays 0.
     """
     std = advantages.std(unbiased=False)
-    return advantages / (std + eps) if std > 0 else advantages
+    return torch.where(std > 0, advantages / (std + eps), advantages)
 
 
 def compute_advantages(estimator_name: str, rewards: Tensor, *, group_ids: Tensor, group_size: int,
@@ -185,7 +185,7 @@ def reinforce_pp(rewards: Tensor, *, group_ids: Tensor, group_size: int, eps: fl
     """REINFORCE++: (r_i - mean_batch(r)) / (std_batch(r) + eps), no per-prompt baseline."""
     centred = rewards - rewards.mean()                                      # [N]
     std = rewards.std(unbiased=False)
-    return centred / (std + eps) if std > 0 else centred
+    return torch.where(std > 0, centred / (std + eps), centred)
 
 
 def discounted_returns(token_rewards: Tensor, mask: Tensor, gamma: float) -> Tensor:
@@ -200,8 +200,10 @@ def discounted_returns(token_rewards: Tensor, mask: Tensor, gamma: float) -> Ten
 
 
 def token_level_advantages(token_rewards: Tensor, mask: Tensor, *, group_ids: Tensor, gamma: float,
-                           eps: float, normalize_by_std: bool) -> Tensor:
-    """Process rewards: per-token returns, normalized over all valid tokens of each group.
+                           eps: float, scale_rewards: str = "group") -> Tensor:
+    """Process rewards: per-token returns, centred on the mean over all valid tokens of each group
+    and scaled by the std of those tokens (``group``), of all valid tokens of the batch
+    (``batch``), or not at all (``none``).
 
     Args:
         token_rewards: [N, T] reward of each completion token (0 where none is given).
@@ -217,8 +219,16 @@ def token_level_advantages(token_rewards: Tensor, mask: Tensor, *, group_ids: Te
     count = zeros.index_add(0, index, mask.sum(dim=1)).clamp(min=1)         # [K] valid tokens
     mean = zeros.index_add(0, index, returns.sum(dim=1)) / count            # [K]
     centred = (returns - mean[index].unsqueeze(1)) * mask                   # [N, T]
-    if normalize_by_std:
+    if scale_rewards == "group":
         var = zeros.index_add(0, index, centred.square().sum(dim=1)) / count
         std = var.sqrt()[index].unsqueeze(1)                                # [N, 1]
         centred = torch.where(std > 0, centred / (std + eps), centred)
+    elif scale_rewards == "batch":
+        std = (centred.square().sum() / mask.sum().clamp(min=1)).sqrt()
+        centred = torch.where(std > 0, centred / (std + eps), centred)
     return centred
+
+
+TOKEN_LEVEL_SCALE = {"grpo": None, "grpo_vectorized": None, "dr_grpo": "none"}
+"""Estimators whose token-level form is :func:`token_level_advantages`, and the scale each forces
+(None: ``algorithm.scale_rewards``)."""

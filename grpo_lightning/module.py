@@ -37,7 +37,8 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from grpo_lightning.advantages import compute_advantages, get_adv_estimator, token_level_advantages
+from grpo_lightning.advantages import (TOKEN_LEVEL_SCALE, compute_advantages, get_adv_estimator,
+                                       token_level_advantages)
 from grpo_lightning.config import GenerationConfig, GRPOConfig, OptimConfig
 from grpo_lightning.experience import (Experience, experience_from_rollout, external_experience, is_external,
                                        overlong_penalty)
@@ -190,9 +191,12 @@ class GRPOModule(L.LightningModule):
             self.train_means.update({"actor/grpo_kl": mean_kl, "actor/kl_penalty": alg.beta * mean_kl},
                                     weight=num_rows)
         if token_rewards is not None:
+            if alg.adv_estimator not in TOKEN_LEVEL_SCALE:
+                raise ValueError(f"this batch carries token_rewards, which algorithm.adv_estimator="
+                                 f"{alg.adv_estimator} does not handle; use one of {sorted(TOKEN_LEVEL_SCALE)}")
+            scale = TOKEN_LEVEL_SCALE[alg.adv_estimator] or self._scale_rewards()
             advantages = token_level_advantages(token_rewards, mask, group_ids=experience.group_ids,
-                                                gamma=alg.gamma, eps=alg.adv_eps,
-                                                normalize_by_std=self._scale_rewards() == "group")   # [B, T]
+                                                gamma=alg.gamma, eps=alg.adv_eps, scale_rewards=scale)  # [B, T]
         else:
             advantages = compute_advantages(alg.adv_estimator, rewards, group_ids=experience.group_ids,
                                             group_size=experience.group_size, eps=alg.adv_eps,

@@ -70,10 +70,10 @@ def test_token_level_advantages_normalize_over_the_groups_tokens():
     rewards = torch.tensor([[0.0, 1.0], [0.0, 0.0]])
     mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
     adv = token_level_advantages(rewards, mask, group_ids=torch.tensor([0, 0]), gamma=1.0, eps=0.0,
-                                 normalize_by_std=False)
+                                 scale_rewards="none")
     # returns (1, 1) and (0, pad): mean over 3 valid tokens 2/3
     torch.testing.assert_close(adv, torch.tensor([[1 / 3, 1 / 3], [-2 / 3, 0.0]]))
     scaled = token_level_advantages(rewards, mask, group_ids=torch.tensor([0, 0]), gamma=1.0, eps=0.0,
-                                    normalize_by_std=True)
+                                    scale_rewards="group")
     std = math.sqrt((1 / 9 + 1 / 9 + 4 / 9) / 3)
     torch.testing.assert_close(scaled, adv / std)
