@@ -40,7 +40,7 @@ from grpo_lightning.kl import KLEstimator, kl_k3
 
 __all__ = ["grpo_loss", "policy_objective", "masked_mean", "sequence_then_token_mean", "kl_k3",
            "POLICY_LOSSES", "register_policy_loss", "get_policy_loss", "ClippedSurrogate", "GSPOLoss",
-           "CISPOLoss", "LOSS_AGGREGATIONS", "LossAggregation", "get_loss_aggregation"]
+           "CISPOLoss", "build_policy_loss", "LOSS_AGGREGATIONS", "LossAggregation", "get_loss_aggregation"]
 
 
 def masked_mean(values: Tensor, mask: Tensor) -> Tensor:

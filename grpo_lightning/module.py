@@ -73,6 +73,7 @@ class GRPOModule(L.LightningModule):
         self.loss_aggregation = get_loss_aggregation(self.algorithm.loss_agg)
         self.kl_estimator = get_kl_estimator(self.algorithm.kl_estimator)
         self._refill: Optional[Any] = None  # iterator over more prompts for dynamic sampling
+        self._warned_gamma = False
         if self.algorithm.beta > 0:
             policy.enable_reference()
         self.train_means = StageMeans(self._train_metric_names())
@@ -117,7 +118,7 @@ class GRPOModule(L.LightningModule):
     def _generate_experience(self, batch: dict[str, list[Any]]) -> Experience:
         """Sample and score; with dynamic sampling, more rounds until the groups carry signal."""
         alg = self.algorithm
-        if alg.gamma != 1.0 and not getattr(self, "_warned_gamma", False):
+        if alg.gamma != 1.0 and not self._warned_gamma:
             warnings.warn("algorithm.gamma only applies to token-level rewards (external batches with "
                           "token_rewards); generated rollouts have outcome rewards only", stacklevel=2)
             self._warned_gamma = True
@@ -177,7 +178,7 @@ class GRPOModule(L.LightningModule):
         old = experience.sampling_logprobs
         if old is None and needs_old:
             old = self._score_in_chunks(tokens, reference=False)
-        ref = experience.ref_logprobs
+        ref = experience.ref_logprobs if alg.beta > 0 else None  # beta = 0: no KL, given or not
         if ref is None and alg.beta > 0:
             ref = self._score_in_chunks(tokens, reference=True)
         mask = tokens.completion_mask.float()                                       # [B, T]

@@ -49,19 +49,20 @@ def _fit(policy, batches, tmp_path, **algorithm):
     return trainer.callback_metrics
 
 
-@pytest.mark.parametrize("with_ref", [False, True])
-def test_external_batch_runs_the_update_with_its_own_group_size(arith_policy, tmp_path, with_ref):
+@pytest.mark.parametrize("with_ref, beta", [(False, 0.0), (True, 0.04), (True, 0.0)])
+def test_external_batch_runs_the_update_with_its_own_group_size(arith_policy, tmp_path, with_ref, beta):
     # group_size 2 in the batch overrides the config's 4 (the 4 rows form 2 groups of 2; with 4
     # they would be one group)
     batches = _external_batches(arith_policy, 2, with_ref)
-    metrics = _fit(arith_policy, batches, tmp_path, beta=0.04 if with_ref else 0.0, entropy_coef=0.0)
+    metrics = _fit(arith_policy, batches, tmp_path, beta=beta, entropy_coef=0.0)
     assert "actor/policy_loss" in metrics and "reward/mean" in metrics
     rewards = batches[0]["rewards"]
     # rewards (0, 1), (2, 0): both groups have spread -> frac_zero_std 0 with groups of 2
     assert metrics["reward/frac_zero_std"].item() == 0.0
     assert metrics["reward/mean"].item() == pytest.approx(rewards.mean().item())
     assert metrics["actor/ratio_mean"].item() == pytest.approx(1.0, abs=1e-4)  # given log-probs = current
-    if with_ref:
+    assert ("actor/grpo_kl" in metrics) == (beta > 0)   # beta = 0: given ref log-probs are unused
+    if beta > 0:
         # the batch's reference log-probs are used: k3 at log pi_ref - log pi = -0.1 on every token
         x = -0.1
         assert metrics["actor/grpo_kl"].item() == pytest.approx(torch.tensor(x).exp().item() - x - 1, rel=1e-3)
