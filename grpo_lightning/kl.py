@@ -12,7 +12,7 @@ Register more with :func:`register_kl_estimator`; pick one with ``algorithm.kl_e
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -57,3 +57,18 @@ def kl_k3(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
     """exp(x) - x - 1 with x = log pi_ref - log pi: unbiased, always >= 0.  [B, T] -> [B, T]"""
     log_ratio = ref_logprobs - logprobs
     return torch.exp(log_ratio) - log_ratio - 1
+
+
+def kl_penalized_rewards(rewards: Tensor, token_rewards: Optional[Tensor], kl: Tensor, mask: Tensor,
+                         beta: float) -> tuple[Tensor, Optional[Tensor]]:
+    """``kl_in_reward``: the KL as a cost in the reward instead of a term of the loss.
+
+    Args:
+        rewards: [B] outcome rewards; become r_i - beta * sum_t kl_{i,t}.
+        token_rewards: [B, T] or None; become r_{i,t} - beta * kl_{i,t}.
+        kl: [B, T] per-token KL estimate (from the sampling policy's log-probs, no grad).
+        mask: [B, T] 1 on completion tokens.
+    """
+    kl = kl * mask                                                              # [B, T]
+    penalized_tokens = None if token_rewards is None else token_rewards - beta * kl
+    return rewards - beta * kl.sum(dim=1), penalized_tokens

@@ -42,7 +42,7 @@ from grpo_lightning.advantages import (TOKEN_LEVEL_SCALE, compute_advantages, ge
 from grpo_lightning.config import GenerationConfig, GRPOConfig, OptimConfig
 from grpo_lightning.experience import (Experience, experience_from_rollout, external_experience, is_external,
                                        overlong_penalty)
-from grpo_lightning.kl import get_kl_estimator
+from grpo_lightning.kl import get_kl_estimator, kl_penalized_rewards
 from grpo_lightning.losses import build_policy_loss, get_loss_aggregation, policy_objective
 from grpo_lightning.metrics import StageMeans
 from grpo_lightning.policy import Policy, SamplingParams
@@ -185,9 +185,7 @@ class GRPOModule(L.LightningModule):
         rewards, token_rewards = experience.rewards, experience.token_rewards
         if alg.kl_in_reward:
             kl = self.kl_estimator(old, ref) * mask                                 # [B, T]
-            if token_rewards is not None:
-                token_rewards = token_rewards - alg.beta * kl
-            rewards = rewards - alg.beta * kl.sum(dim=1)
+            rewards, token_rewards = kl_penalized_rewards(rewards, token_rewards, kl, mask, alg.beta)
             mean_kl = kl.sum() / mask.sum().clamp(min=1)
             self.train_means.update({"actor/grpo_kl": mean_kl, "actor/kl_penalty": alg.beta * mean_kl},
                                     weight=num_rows)

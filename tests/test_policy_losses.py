@@ -151,3 +151,25 @@ def test_register_custom_policy_loss_from_user_code():
             register_policy_loss("test_reinforce")(Reinforce)
     finally:
         POLICY_LOSSES.pop("test_reinforce")
+
+
+def test_kl_in_reward_by_hand():
+    from grpo_lightning.kl import kl_penalized_rewards
+
+    kl = torch.tensor([[0.5, 1.0, 9.0], [2.0, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    rewards, tokens = kl_penalized_rewards(torch.tensor([1.0, 0.0]), torch.ones(2, 3), kl, mask, beta=0.1)
+    torch.testing.assert_close(rewards, torch.tensor([1.0 - 0.1 * 1.5, -0.1 * 2.0]))   # padding's 9 not counted
+    torch.testing.assert_close(tokens, torch.tensor([[0.95, 0.9, 1.0], [0.8, 1.0, 1.0]]))
+
+
+def test_entropy_without_grad_has_the_same_values():
+    from grpo_lightning.logprobs import token_scores_from_logits
+
+    logits = torch.randn(3, 4, 7, requires_grad=True)
+    ids = torch.randint(0, 7, (3, 4))
+    lp, ent = token_scores_from_logits(logits, ids, with_entropy=True, chunk_size=2)
+    lp2, ent2 = token_scores_from_logits(logits, ids, with_entropy=True, chunk_size=2, entropy_grad=False)
+    assert ent.requires_grad and not ent2.requires_grad and lp2.requires_grad
+    torch.testing.assert_close(ent.detach(), ent2)
+    torch.testing.assert_close(lp, lp2)
