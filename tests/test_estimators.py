@@ -2,7 +2,6 @@
 
 import math
 
-import pytest
 import torch
 
 from grpo_lightning.advantages import (compute_advantages, discounted_returns, get_adv_estimator,
