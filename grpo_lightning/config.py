@@ -61,6 +61,48 @@ class GRPOConfig:
     max_grad_norm: Optional[float] = 1.0
     """Clip the global gradient norm to this before each optimizer step; None disables clipping
     (the norm is still logged as actor/grad_norm)."""
+    scale_rewards: Optional[str] = None
+    """How group-centred rewards are scaled: ``group`` (the group's std [GRPO]), ``batch`` (the
+    batch's std of the centred rewards, as REINFORCE++-baseline), ``none`` (no scaling [Dr. GRPO]).
+    None follows normalize_by_std. Only for estimators that take a scale (grpo, grpo_vectorized and
+    custom ones registered with scale_rewards=True)."""
+    gamma: float = 1.0
+    """Discount of token-level (process) rewards: per-token returns sum_k gamma^k r_{t+k}. Applies to
+    batches that carry ``token_rewards`` (rollouts from elsewhere); outcome rewards have none."""
+    policy_loss: str = "clip"
+    """Name in the policy-loss registry (``grpo_lightning.losses``): ``clip`` [PPO], ``gspo``
+    (Zheng et al. 2025, arXiv:2507.18071), ``cispo`` (MiniMax 2025, arXiv:2506.13585)."""
+    clip_range_low: Optional[float] = None
+    """Lower clip epsilon: ratios below 1 - clip_range_low are clipped. None means clip_range."""
+    clip_range_high: Optional[float] = None
+    """Upper clip epsilon; DAPO's clip-higher (Yu et al. 2025, arXiv:2503.14476) uses 0.28 with
+    clip_range_low 0.2 to keep exploration alive. None means clip_range."""
+    clip_ratio_c: Optional[float] = None
+    """Dual-clip constant c > 1 (Ye et al. 2020, arXiv:1912.09729): for negative advantages the
+    per-token loss is capped at -c * A. None disables it. Only with policy_loss=clip."""
+    loss_agg: str = "seq-mean-token-mean"
+    """How per-token losses become one number: ``seq-mean-token-mean`` [GRPO], ``token-mean``
+    [DAPO], ``seq-mean-token-sum``, ``seq-mean-token-sum-norm`` (token sum / max_new_tokens
+    [Dr. GRPO]). Length bias of each: docs/algorithms.md."""
+    kl_estimator: str = "k3"
+    """Per-token KL estimator to the reference [k3]: ``k1``, ``k2`` or ``k3``. Needs beta > 0."""
+    kl_in_reward: bool = False
+    """Subtract beta * sum_t KL_t from each completion's reward (before advantages) instead of
+    adding the KL to the loss. Needs beta > 0."""
+    filter_zero_std_groups: bool = False
+    """DAPO dynamic sampling: drop groups whose rewards are all equal (no signal) and sample more
+    prompts until data.batch_size groups remain, for up to max_generation_rounds rounds."""
+    max_generation_rounds: Optional[int] = None
+    """Most generation rounds per training step under filter_zero_std_groups (None: 3). If the batch
+    is still short, it is filled with dropped groups (their advantages are 0)."""
+    overlong_buffer_frac: Optional[float] = None
+    """DAPO soft overlong punishment: the last overlong_buffer_frac * max_new_tokens tokens (at least
+    1) are a buffer in which the reward gets a penalty growing linearly to -overlong_penalty_factor
+    at max_new_tokens (DAPO: 4096 of 20480 tokens, 0.2). None disables it."""
+    overlong_penalty_factor: float = 1.0
+    """Largest overlong penalty (at max_new_tokens). Only with overlong_buffer_frac."""
+    mask_truncated_completions: bool = False
+    """Exclude completions cut at max_new_tokens (no EOS) from the loss [DAPO overlong filtering]."""
 
 
 @dataclass
@@ -363,6 +405,7 @@ def validate_config(cfg: TrainConfig) -> None:
              f"is unknown; choose one of {sorted(ADV_ESTIMATORS)}")
     _require(alg.max_grad_norm is None or alg.max_grad_norm > 0,
              f"algorithm.max_grad_norm must be > 0 or null (got {alg.max_grad_norm})")
+    _validate_variant(alg, gen)
     _require(data.batch_size >= 1, f"data.batch_size must be >= 1 (got {data.batch_size})")
     _require(data.val_batch_size >= 1, f"data.val_batch_size must be >= 1 (got {data.val_batch_size})")
     rollout_size = data.batch_size * alg.group_size
@@ -446,3 +489,59 @@ def _validate_validation_sampling(gen: GenerationConfig, reward: RewardConfig) -
     _require(gen.val_pass_reward is None or gen.val_pass_reward in reward.functions,
              f"generation.val_pass_reward={gen.val_pass_reward!r} is not among reward.functions "
              f"({sorted(reward.functions)})")
+
+
+def _validate_variant(alg: GRPOConfig, gen: GenerationConfig) -> None:
+    """The GRPO-family options: names exist, ranges hold, and none is set where it has no effect."""
+    from grpo_lightning.advantages import SCALE_REWARDS, SELF_SCALED
+    from grpo_lightning.kl import KL_ESTIMATORS
+    from grpo_lightning.losses import LOSS_AGGREGATIONS, POLICY_LOSSES
+
+    _require(alg.policy_loss in POLICY_LOSSES, f"algorithm.policy_loss={alg.policy_loss!r} is unknown; "
+             f"choose one of {sorted(POLICY_LOSSES)}")
+    _require(alg.loss_agg in LOSS_AGGREGATIONS, f"algorithm.loss_agg={alg.loss_agg!r} is unknown; "
+             f"choose one of {sorted(LOSS_AGGREGATIONS)}")
+    _require(alg.kl_estimator in KL_ESTIMATORS, f"algorithm.kl_estimator={alg.kl_estimator!r} is unknown; "
+             f"choose one of {sorted(KL_ESTIMATORS)}")
+    _require(alg.scale_rewards is None or alg.scale_rewards in SCALE_REWARDS,
+             f"algorithm.scale_rewards={alg.scale_rewards!r} is unknown; choose one of {list(SCALE_REWARDS)} or null")
+    if alg.adv_estimator in SELF_SCALED:
+        _require(alg.scale_rewards is None, f"algorithm.scale_rewards={alg.scale_rewards!r} has no effect with "
+                 f"algorithm.adv_estimator={alg.adv_estimator}, which fixes its own scale; set "
+                 "algorithm.scale_rewards=null or use adv_estimator=grpo_vectorized")
+        _require(alg.normalize_by_std or alg.adv_estimator != "reinforce_pp",
+                 "algorithm.normalize_by_std=false has no effect with adv_estimator=reinforce_pp, which "
+                 "always whitens over the batch; use adv_estimator=dr_grpo for unscaled advantages")
+    else:
+        _require(alg.scale_rewards != "group" or alg.normalize_by_std,
+                 "algorithm.scale_rewards=group contradicts algorithm.normalize_by_std=false; set one of them")
+    for name in ("clip_range_low", "clip_range_high"):
+        value = getattr(alg, name)
+        _require(value is None or value > 0, f"algorithm.{name} must be > 0 or null (got {value})")
+    low = alg.clip_range if alg.clip_range_low is None else alg.clip_range_low
+    _require(alg.policy_loss == "cispo" or low < 1, f"algorithm.clip_range_low must be < 1 (got {low}) "
+             "so that 1 - clip_range_low stays a positive ratio")
+    if alg.clip_ratio_c is not None:
+        _require(alg.policy_loss == "clip", f"algorithm.clip_ratio_c (dual-clip) only applies to "
+                 f"policy_loss=clip, not {alg.policy_loss!r}; set algorithm.clip_ratio_c=null")
+        _require(alg.clip_ratio_c > 1, f"algorithm.clip_ratio_c must be > 1 (got {alg.clip_ratio_c}); "
+                 "the dual-clip paper uses 3")
+    _require(0 < alg.gamma <= 1, f"algorithm.gamma must be in (0, 1] (got {alg.gamma})")
+    _require(alg.beta > 0 or alg.kl_estimator == "k3",
+             f"algorithm.kl_estimator={alg.kl_estimator} has no effect with algorithm.beta=0 (no KL term); "
+             "set algorithm.beta > 0 or leave kl_estimator=k3")
+    _require(alg.beta > 0 or not alg.kl_in_reward,
+             "algorithm.kl_in_reward=true has no effect with algorithm.beta=0; set algorithm.beta > 0")
+    _require(alg.filter_zero_std_groups or alg.max_generation_rounds is None,
+             "algorithm.max_generation_rounds only applies with algorithm.filter_zero_std_groups=true; "
+             "enable it or set max_generation_rounds=null")
+    _require(alg.max_generation_rounds is None or alg.max_generation_rounds >= 1,
+             f"algorithm.max_generation_rounds must be >= 1 (got {alg.max_generation_rounds})")
+    if alg.overlong_buffer_frac is None:
+        _require(alg.overlong_penalty_factor == 1.0, "algorithm.overlong_penalty_factor has no effect "
+                 "without algorithm.overlong_buffer_frac; set it (DAPO uses 0.2)")
+    else:
+        _require(0 < alg.overlong_buffer_frac <= 1,
+                 f"algorithm.overlong_buffer_frac must be in (0, 1] (got {alg.overlong_buffer_frac})")
+        _require(alg.overlong_penalty_factor >= 0,
+                 f"algorithm.overlong_penalty_factor must be >= 0 (got {alg.overlong_penalty_factor})")

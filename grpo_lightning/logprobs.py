@@ -28,25 +28,31 @@ def _chunk_scores(logits: Tensor, token_ids: Tensor, temperature: float,
 
 
 def token_scores_from_logits(logits: Tensor, token_ids: Tensor, *, temperature: float = 1.0,
-                             with_entropy: bool = False, chunk_size: int = 64
+                             with_entropy: bool = False, chunk_size: int = 64, entropy_grad: bool = True
                              ) -> tuple[Tensor, Optional[Tensor]]:
     """Log-prob of each ``token_ids`` entry and (optionally) the entropy of its distribution.
 
     Args:
         logits: [B, T, V] logits whose position t predicts token_ids[:, t].
         token_ids: [B, T].
+        entropy_grad: False computes the entropy under no_grad (it is only logged), outside the
+            checkpointed chunk, so the backward pass neither keeps nor recomputes it.
     Returns:
         logprobs [B, T] (float32), entropy [B, T] or None.
     """
     logprob_chunks, entropy_chunks = [], []
     recompute_in_backward = torch.is_grad_enabled() and logits.requires_grad
+    entropy_apart = with_entropy and not entropy_grad and recompute_in_backward
     for start in range(0, logits.size(0), chunk_size):
         args = (logits[start:start + chunk_size], token_ids[start:start + chunk_size],
-                temperature, with_entropy)
+                temperature, with_entropy and not entropy_apart)
         if recompute_in_backward:
             lp, ent = checkpoint(_chunk_scores, *args, use_reentrant=False)
         else:
             lp, ent = _chunk_scores(*args)
+        if entropy_apart:
+            with torch.no_grad():
+                ent = _chunk_scores(*args[:3], True)[1]
         logprob_chunks.append(lp)
         entropy_chunks.append(ent)
     logprobs = torch.cat(logprob_chunks)
@@ -56,7 +62,7 @@ def token_scores_from_logits(logits: Tensor, token_ids: Tensor, *, temperature: 
 def completion_token_scores(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor,
                             completion_ids: Tensor, completion_mask: Tensor, *,
                             temperature: float = 1.0, with_entropy: bool = False,
-                            chunk_size: int = 64) -> tuple[Tensor, Optional[Tensor]]:
+                            chunk_size: int = 64, entropy_grad: bool = True) -> tuple[Tensor, Optional[Tensor]]:
     """Score left-padded prompts [B, P] followed by right-padded completions [B, T].
 
     Returns log-probs [B, T] and entropy [B, T] (or None) of the completion tokens.
@@ -69,4 +75,4 @@ def completion_token_scores(model: nn.Module, prompt_ids: Tensor, prompt_mask: T
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                    logits_to_keep=num_completion + 1, use_cache=False).logits   # [B, T+1, V]
     return token_scores_from_logits(logits[:, :-1], completion_ids, temperature=temperature,
-                                    with_entropy=with_entropy, chunk_size=chunk_size)
+                                    with_entropy=with_entropy, chunk_size=chunk_size, entropy_grad=entropy_grad)

@@ -2,9 +2,11 @@
 
     generate G completions per prompt (eval mode, no grad)     rollout.generate_rollout
       -> score them with the reward functions                  rewards.WeightedReward
-      -> group-relative advantages                             advantages registry
+         (or DAPO dynamic sampling: rounds until the groups      sampling.dynamic_sample
+          carry signal; or a batch with completions already:   experience.external_experience)
       -> old / reference log-probs (only when needed)          policy.token_scores
-      -> num_iterations x mini-batches: clipped loss, backward  losses.grpo_loss
+      -> reward shaping (overlong, KL in reward), advantages   experience / advantages registry
+      -> num_iterations x mini-batches: policy loss, backward   losses registry (algorithm.policy_loss)
          (micro-batches accumulate), clip, optimizer step
       -> log the step's means                                  metrics.StageMeans
 
@@ -27,23 +29,30 @@ Python use, without Hydra::
 from __future__ import annotations
 
 import time
+import warnings
+from dataclasses import replace
 from typing import Any, Optional
 
 import lightning as L
 import torch
 from torch import Tensor
 
-from grpo_lightning.advantages import get_adv_estimator
+from grpo_lightning.advantages import (TOKEN_LEVEL_SCALE, compute_advantages, get_adv_estimator,
+                                       token_level_advantages)
 from grpo_lightning.config import GenerationConfig, GRPOConfig, OptimConfig
 from grpo_lightning.evaluation import pass_at_k
-from grpo_lightning.losses import grpo_loss
+from grpo_lightning.experience import (Experience, experience_from_rollout, external_experience, is_external,
+                                       overlong_penalty)
+from grpo_lightning.kl import get_kl_estimator, kl_penalized_rewards
+from grpo_lightning.losses import build_policy_loss, get_loss_aggregation, policy_objective
 from grpo_lightning.metrics import StageMeans
 from grpo_lightning.policy import Policy, SamplingParams
-from grpo_lightning.rewards import RewardScores, WeightedReward
+from grpo_lightning.rewards import WeightedReward
 from grpo_lightning.rollout import Rollout, TokenBatch, UpdateBatch, generate_rollout
+from grpo_lightning.sampling import dynamic_sample
 
-ACTOR_STATS = ("policy_loss", "clip_frac", "approx_kl", "ratio_mean", "entropy")
 KL_STATS = ("grpo_kl", "kl_penalty")
+DEFAULT_MAX_GENERATION_ROUNDS = 3
 
 
 class GRPOModule(L.LightningModule):
@@ -61,6 +70,11 @@ class GRPOModule(L.LightningModule):
         self.optim = optim or OptimConfig()
         self.prompt_key = prompt_key
         self.adv_estimator = get_adv_estimator(self.algorithm.adv_estimator)
+        self.policy_loss = build_policy_loss(self.algorithm.policy_loss, self.algorithm)
+        self.loss_aggregation = get_loss_aggregation(self.algorithm.loss_agg)
+        self.kl_estimator = get_kl_estimator(self.algorithm.kl_estimator)
+        self._refill: Optional[Any] = None  # iterator over more prompts for dynamic sampling
+        self._warned_gamma = False
         if self.algorithm.beta > 0:
             policy.enable_reference()
         self.train_means = StageMeans(self._train_metric_names())
@@ -75,12 +89,17 @@ class GRPOModule(L.LightningModule):
         self.validated_at_step: Optional[int] = None  # Lightning global_step of the last validation
 
     def _train_metric_names(self) -> list[str]:
-        actor = [f"actor/{name}" for name in ACTOR_STATS]
-        if self.algorithm.beta > 0:
+        alg = self.algorithm
+        actor = [f"actor/{name}" for name in self.policy_loss.stat_names] + ["actor/entropy"]
+        if alg.beta > 0:
             actor += [f"actor/{name}" for name in KL_STATS]
         actor += ["actor/loss", "actor/adv_mean", "actor/adv_std", "actor/grad_norm", "actor/lr"]
         reward = ["reward/mean", "reward/std", "reward/frac_zero_std"]
         reward += [f"reward/{name}/mean" for name in self.reward.names]
+        if alg.overlong_buffer_frac is not None:
+            reward.append("reward/overlong_penalty")
+        if alg.filter_zero_std_groups:
+            reward += ["sampling/rounds", "sampling/kept_group_frac"]
         rest = ["response_length/mean", "response_length/clip_ratio", "perf/step_time_s", "perf/tokens_per_s"]
         return actor + reward + rest
 
@@ -88,19 +107,63 @@ class GRPOModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, list[Any]], batch_idx: int) -> None:
         started = time.perf_counter()
-        alg = self.algorithm
-        rollout = self._rollout(batch, alg.group_size, self.train_sampling)
-        scores = self.reward(rollout.prompts, rollout.completions, rollout.columns, device=self.device)
-        advantages = self.adv_estimator(scores.total, group_ids=rollout.group_ids, group_size=alg.group_size,
-                                        eps=alg.adv_eps, normalize_by_std=alg.normalize_by_std)   # [B]
-        update = self._prepare_update(rollout.tokens, advantages)
         self.train_means.reset()
+        experience = external_experience(batch, self.algorithm.group_size) if is_external(batch) \
+            else self._generate_experience(batch)
+        update = self._prepare_update(experience)
         self._update_policy(update)
-        self._record_rollout(rollout, scores, advantages)
+        self._record_experience(experience, update.advantages)
         elapsed = time.perf_counter() - started
         self.train_means.update({"perf/step_time_s": elapsed,
-                                 "perf/tokens_per_s": rollout.lengths.sum().item() / elapsed})
-        self.log_dict(self.train_means.compute(), on_step=True, on_epoch=False, batch_size=len(rollout.prompts))
+                                 "perf/tokens_per_s": experience.lengths.sum().item() / elapsed})
+        self.log_dict(self.train_means.compute(), on_step=True, on_epoch=False,
+                      batch_size=experience.rewards.numel())
+
+    def _generate_experience(self, batch: dict[str, list[Any]]) -> Experience:
+        """Sample and score; with dynamic sampling, more rounds until the groups carry signal."""
+        alg = self.algorithm
+        if alg.gamma != 1.0 and not self._warned_gamma:
+            warnings.warn("algorithm.gamma only applies to token-level rewards (external batches with "
+                          "token_rewards); generated rollouts have outcome rewards only", stacklevel=2)
+            self._warned_gamma = True
+
+        def draw(round_index: int):
+            prompts = batch if round_index == 0 else self._more_prompts(batch)
+            rollout = self._rollout(prompts, alg.group_size, self.train_sampling)
+            scores = self.reward(rollout.prompts, rollout.completions, rollout.columns, device=self.device)
+            if alg.overlong_buffer_frac is not None:
+                max_length = self.generation.max_new_tokens
+                buffer = max(1, round(alg.overlong_buffer_frac * max_length))
+                penalty = overlong_penalty(rollout.lengths, max_length, buffer, alg.overlong_penalty_factor)  # [B]
+                scores = replace(scores, total=scores.total + penalty)
+                self.train_means.update({"reward/overlong_penalty": penalty.mean()}, weight=penalty.numel())
+            return rollout, scores
+
+        if not alg.filter_zero_std_groups:
+            rollout, scores = draw(0)
+        else:
+            num_groups = len(batch[self.prompt_key])
+            rounds_cap = alg.max_generation_rounds or DEFAULT_MAX_GENERATION_ROUNDS
+            rollout, scores, rounds, kept = dynamic_sample(draw, num_groups, alg.group_size, rounds_cap)
+            self.train_means.update({"sampling/rounds": rounds, "sampling/kept_group_frac": kept})
+        return experience_from_rollout(rollout, scores, alg.group_size)
+
+    def _more_prompts(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        """The next batch of training prompts for another dynamic-sampling round.
+
+        Drawn from the datamodule's training loader (a second iterator, cycled); without a
+        datamodule, the step's own prompts are sampled again.
+        """
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is None:
+            return batch
+        if self._refill is None:
+            self._refill = iter(datamodule.train_dataloader())
+        try:
+            return next(self._refill)
+        except StopIteration:
+            self._refill = iter(datamodule.train_dataloader())
+            return next(self._refill)
 
     def _rollout(self, batch: dict[str, list[Any]], group_size: int, sampling: SamplingParams) -> Rollout:
         prompts = batch[self.prompt_key]
@@ -108,16 +171,49 @@ class GRPOModule(L.LightningModule):
         return generate_rollout(self.policy, prompts, columns, group_size, sampling)
 
     @torch.no_grad()
-    def _prepare_update(self, tokens: TokenBatch, advantages: Tensor) -> UpdateBatch:
-        """Old and reference log-probs, computed once per batch and only when they are used."""
+    def _prepare_update(self, experience: Experience) -> UpdateBatch:
+        """Old and reference log-probs (computed once per batch, only when used), then advantages."""
         alg = self.algorithm
+        tokens = experience.tokens
         # After the first optimizer step the policy has moved, so a second pass or a second
         # mini-batch needs the sampling policy's log-probs from before any step.
         num_rows = tokens.prompt_ids.size(0)
-        needs_old = alg.num_iterations > 1 or (alg.mini_batch_size or num_rows) < num_rows
-        old = self._score_in_chunks(tokens, reference=False) if needs_old else None
-        ref = self._score_in_chunks(tokens, reference=True) if alg.beta > 0 else None
-        return UpdateBatch(**vars(tokens), advantages=advantages, old_logprobs=old, ref_logprobs=ref)
+        needs_old = alg.num_iterations > 1 or (alg.mini_batch_size or num_rows) < num_rows or alg.kl_in_reward
+        old = experience.sampling_logprobs
+        if old is None and needs_old:
+            old = self._score_in_chunks(tokens, reference=False)
+        ref = experience.ref_logprobs if alg.beta > 0 else None  # beta = 0: no KL, given or not
+        if ref is None and alg.beta > 0:
+            ref = self._score_in_chunks(tokens, reference=True)
+        mask = tokens.completion_mask.float()                                       # [B, T]
+        rewards, token_rewards = experience.rewards, experience.token_rewards
+        if alg.kl_in_reward:
+            kl = self.kl_estimator(old, ref) * mask                                 # [B, T]
+            rewards, token_rewards = kl_penalized_rewards(rewards, token_rewards, kl, mask, alg.beta)
+            mean_kl = kl.sum() / mask.sum().clamp(min=1)
+            self.train_means.update({"actor/grpo_kl": mean_kl, "actor/kl_penalty": alg.beta * mean_kl},
+                                    weight=num_rows)
+        if token_rewards is not None:
+            if alg.adv_estimator not in TOKEN_LEVEL_SCALE:
+                raise ValueError(f"this batch carries token_rewards, which algorithm.adv_estimator="
+                                 f"{alg.adv_estimator} does not handle; use one of {sorted(TOKEN_LEVEL_SCALE)}")
+            scale = TOKEN_LEVEL_SCALE[alg.adv_estimator] or self._scale_rewards()
+            advantages = token_level_advantages(token_rewards, mask, group_ids=experience.group_ids,
+                                                gamma=alg.gamma, eps=alg.adv_eps, scale_rewards=scale)  # [B, T]
+        else:
+            advantages = compute_advantages(alg.adv_estimator, rewards, group_ids=experience.group_ids,
+                                            group_size=experience.group_size, eps=alg.adv_eps,
+                                            scale_rewards=self._scale_rewards())                     # [B]
+        if alg.mask_truncated_completions and experience.truncated is not None:
+            tokens = replace(tokens, completion_mask=tokens.completion_mask * ~experience.truncated.unsqueeze(1))
+        return UpdateBatch(**vars(tokens), advantages=advantages, old_logprobs=old,
+                           ref_logprobs=None if alg.kl_in_reward else ref)
+
+    def _scale_rewards(self) -> str:
+        alg = self.algorithm
+        if alg.scale_rewards is not None:
+            return alg.scale_rewards
+        return "group" if alg.normalize_by_std else "none"
 
     def _score_in_chunks(self, tokens: TokenBatch, reference: bool) -> Tensor:
         rows = torch.arange(tokens.prompt_ids.size(0), device=tokens.prompt_ids.device)
@@ -133,16 +229,22 @@ class GRPOModule(L.LightningModule):
         num_rows = update.prompt_ids.size(0)
         mini = alg.mini_batch_size or num_rows
         micro = alg.micro_batch_size or mini
+        if num_rows % mini or mini % micro:
+            raise ValueError(f"this batch has {num_rows} completions, which algorithm.mini_batch_size={mini} "
+                             f"and algorithm.micro_batch_size={micro} must divide in turn")
         for _ in range(alg.num_iterations):
             order = torch.randperm(num_rows, device=self.device) if mini < num_rows else \
                 torch.arange(num_rows, device=self.device)
             for mini_rows in order.split(mini):
                 optimizer.zero_grad(set_to_none=True)
+                mini_units = self.loss_aggregation.units(update.completion_mask[mini_rows].float())
                 for micro_rows in mini_rows.split(micro):
                     part = update.rows(micro_rows)
                     loss, stats = self._micro_batch_loss(part)
-                    # Scale so the accumulated gradient is that of the mini-batch mean.
-                    self.manual_backward(loss * (micro_rows.numel() / mini_rows.numel()))
+                    # Scale so the accumulated gradient is that of the mini-batch's aggregate
+                    # (a mean over sequences or over tokens, per algorithm.loss_agg).
+                    units = self.loss_aggregation.units(part.completion_mask.float())
+                    self.manual_backward(loss * (units / mini_units.clamp(min=1)))
                     self.train_means.update({f"actor/{k}": v for k, v in stats.items()} | {"actor/loss": loss.detach()},
                                             weight=micro_rows.numel())
                 grad_norm = self._clip_gradients()
@@ -152,14 +254,15 @@ class GRPOModule(L.LightningModule):
 
     def _micro_batch_loss(self, part: UpdateBatch) -> tuple[Tensor, dict[str, Tensor]]:
         alg = self.algorithm
+        # With no entropy bonus the entropy is only logged: computed without grad.
         logprobs, entropy = self.policy.token_scores(part, temperature=self.generation.temperature,
-                                                     with_entropy=True)          # [b, T] each
-        if alg.entropy_coef == 0:
-            entropy = entropy.detach()  # logged only
+                                                     with_entropy=True,
+                                                     entropy_grad=alg.entropy_coef != 0)  # [b, T] each
         old = part.old_logprobs if part.old_logprobs is not None else logprobs.detach()
-        return grpo_loss(logprobs, old, part.advantages, part.completion_mask, ref_logprobs=part.ref_logprobs,
-                         entropy=entropy, clip_range=alg.clip_range, beta=alg.beta,
-                         entropy_coef=alg.entropy_coef)
+        return policy_objective(self.policy_loss, logprobs, old, part.advantages, part.completion_mask,
+                                aggregation=self.loss_aggregation, max_length=self.generation.max_new_tokens,
+                                ref_logprobs=part.ref_logprobs, kl_estimator=self.kl_estimator, beta=alg.beta,
+                                entropy=entropy, entropy_coef=alg.entropy_coef)
 
     def _clip_gradients(self) -> Tensor:
         """Clip to max_grad_norm (if set) and return the norm before clipping."""
@@ -172,21 +275,25 @@ class GRPOModule(L.LightningModule):
                 "produced a non-finite value. Lower optim.lr, check the rewards, or use 32-true precision.")
         return norm
 
-    def _record_rollout(self, rollout: Rollout, scores: RewardScores, advantages: Tensor) -> None:
-        size = len(rollout.prompts)
-        rewards = scores.total
-        grouped = rewards.view(-1, self.algorithm.group_size)                       # [N, G]
+    def _record_experience(self, experience: Experience, advantages: Tensor) -> None:
+        rewards = experience.rewards
+        size = rewards.numel()
+        grouped = rewards.view(-1, experience.group_size)                           # [N, G]
         zero_std = (grouped.amax(dim=1) == grouped.amin(dim=1)).float()             # [N]
-        lengths = rollout.lengths.float()
+        lengths = experience.lengths.float()
         self.train_means.update({
             "reward/mean": rewards.mean(),
             "reward/std": rewards.std(unbiased=False),
             "actor/adv_mean": advantages.mean(),
             "actor/adv_std": advantages.std(unbiased=False),
             "response_length/mean": lengths.mean(),
-            "response_length/clip_ratio": rollout.truncated.float().mean(),
         }, weight=size)
+        if experience.truncated is not None:
+            self.train_means.update({"response_length/clip_ratio": experience.truncated.float().mean()}, weight=size)
         self.train_means.update({"reward/frac_zero_std": zero_std.mean()}, weight=zero_std.numel())
+        scores = experience.scores
+        if scores is None:
+            return
         for name, values in scores.per_function.items():
             applicable = scores.applicable[name]
             if applicable.any():

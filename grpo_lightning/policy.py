@@ -62,8 +62,10 @@ class Policy(nn.Module, ABC):
 
     @abstractmethod
     def token_scores(self, batch: "TokenBatch", *, temperature: float, with_entropy: bool,
-                     reference: bool = False) -> tuple[Tensor, Optional[Tensor]]:
-        """Log-probs [B, T] (and entropy [B, T] or None) of the batch's completion tokens."""
+                     reference: bool = False, entropy_grad: bool = True) -> tuple[Tensor, Optional[Tensor]]:
+        """Log-probs [B, T] (and entropy [B, T] or None) of the batch's completion tokens.
+
+        ``entropy_grad=False``: the entropy is only logged, so it may be computed without grad."""
 
     @abstractmethod
     def enable_reference(self) -> None:
@@ -173,11 +175,12 @@ class CausalLMPolicy(Policy):
         return self.tokenizer.batch_decode(rows, skip_special_tokens=True)
 
     def token_scores(self, batch: "TokenBatch", *, temperature: float, with_entropy: bool,
-                     reference: bool = False) -> tuple[Tensor, Optional[Tensor]]:
+                     reference: bool = False, entropy_grad: bool = True) -> tuple[Tensor, Optional[Tensor]]:
         def score(model: nn.Module) -> tuple[Tensor, Optional[Tensor]]:
             return completion_token_scores(model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
                                            batch.completion_mask, temperature=temperature,
-                                           with_entropy=with_entropy, chunk_size=self.logprob_chunk_size)
+                                           with_entropy=with_entropy, chunk_size=self.logprob_chunk_size,
+                                           entropy_grad=entropy_grad)
 
         if not reference:
             return score(self.model)

@@ -5,6 +5,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from grpo_lightning.config import ConfigError, TrainConfig, to_train_config
+from grpo_lightning.train import load_config
 
 
 def _validate(cfg):
@@ -23,15 +24,30 @@ def test_default_config_composes_with_documented_keys(compose_config):
     assert isinstance(OmegaConf.to_object(cfg), TrainConfig)
 
 
-def test_algorithm_seed_defaults(compose_config):
-    """conf/algorithm/grpo.yaml carries the seed defaults; config.yaml overrides them for the demo."""
-    from pathlib import Path
+def test_algorithm_presets_carry_their_papers_settings():
+    """conf/algorithm/grpo.yaml carries the project's GRPO defaults (a contract); arithmetic.yaml
+    (the default) adapts it to the task; the other presets carry their papers' defining keys and
+    are not overridden by config.yaml."""
+    from grpo_lightning.config import to_train_config
 
-    from grpo_lightning.train import config_dir
+    def algorithm(*overrides):
+        return to_train_config(load_config(["output_dir=/tmp/unused", "model.name_or_path=unused", *overrides])).algorithm
 
-    grpo = OmegaConf.load(Path(config_dir()) / "algorithm" / "grpo.yaml")
+    grpo = algorithm("algorithm=grpo")
     assert (grpo.group_size, grpo.clip_range, grpo.beta, grpo.entropy_coef, grpo.normalize_by_std,
-            grpo.num_iterations) == (4, 0.2, 0.01, 0.01, True, 1)
+            grpo.num_iterations, grpo.kl_estimator, grpo.loss_agg) == (4, 0.2, 0.01, 0.01, True, 1, "k3",
+                                                                        "seq-mean-token-mean")
+    default = algorithm()
+    assert (default.group_size, default.beta, default.entropy_coef, default.clip_range) == (8, 0.0, 0.0, 0.2)
+    dapo = algorithm("algorithm=dapo")
+    assert (dapo.group_size, dapo.clip_range_low, dapo.clip_range_high, dapo.loss_agg, dapo.beta,
+            dapo.filter_zero_std_groups, dapo.overlong_buffer_frac) == (16, 0.2, 0.28, "token-mean", 0.0, True, 0.2)
+    dr = algorithm("algorithm=dr_grpo")
+    assert (dr.adv_estimator, dr.loss_agg, dr.beta) == ("dr_grpo", "seq-mean-token-sum-norm", 0.0)
+    gspo = algorithm("algorithm=gspo")
+    assert (gspo.policy_loss, gspo.clip_range_low, gspo.clip_range_high) == ("gspo", 3e-4, 4e-4)
+    rloo = algorithm("algorithm=rloo")
+    assert (rloo.adv_estimator, rloo.kl_in_reward, rloo.kl_estimator, rloo.group_size) == ("rloo", True, "k1", 4)
 
 
 @pytest.mark.parametrize("override, message", [

@@ -104,3 +104,22 @@ def test_bad_config_exits_with_a_message_not_a_traceback(tmp_path):
     assert result.returncode == 2
     assert "algorithm.group_size must be >= 2" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_every_algorithm_preset_trains(random_arith_dir, tmp_path):
+    result = _grpo_train("-m", "algorithm=grpo,dr_grpo,dapo,gspo,rloo", "trainer.max_steps=2",
+                         f"model.name_or_path={random_arith_dir}", f"hydra.sweep.dir={tmp_path}/sweep",
+                         "validate_before_training=false", "trainer.val_every_n_steps=2",
+                         "trainer.limit_val_batches=1", "data.batch_size=2", "data.val_batch_size=8",
+                         "trainer.enable_progress_bar=false", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted((tmp_path / "sweep").glob("*/metrics.csv"), key=lambda p: int(p.parent.name))
+    assert len(jobs) == 5
+    for job, preset in zip(jobs, ["grpo", "dr_grpo", "dapo", "gspo", "rloo"]):
+        rows = _read_metrics(job.parent)
+        assert len(_column(rows, "actor/policy_loss")) == 2, preset
+        if preset == "dapo":
+            assert _column(rows, "sampling/rounds") and _column(rows, "reward/overlong_penalty")
+        if preset in ("grpo", "rloo"):  # beta > 0: the KL is computed (rloo folds it into the reward)
+            assert _column(rows, "actor/grpo_kl"), preset

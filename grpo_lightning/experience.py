@@ -1,0 +1,110 @@
+"""What one policy update learns from, whether generated here or produced elsewhere.
+
+:class:`Experience` is the common form: tokens, rewards, group layout and, when known, the
+sampling and reference log-probs. :func:`experience_from_rollout` builds it from our own
+generation and scoring; :func:`external_experience` from a batch that already carries
+completions (an external inference server's rollouts, the seed trainer's ``train_step(batch)``
+form), so the module skips generation and scoring for it.
+
+An external batch is a dict of tensors (the DataLoader's output)::
+
+    prompt_ids      [B, P] left-padded        prompt_mask      [B, P]
+    completion_ids  [B, T] right-padded       completion_mask  [B, T]
+    logprobs        [B, T] log-probs of the completion tokens under the sampling policy
+    rewards         [B]    outcome rewards    and/or  token_rewards [B, T] process rewards
+    ref_logprobs    [B, T] optional; computed here when beta > 0 and it is missing
+    truncated       [B]    optional bool: the completion hit the length limit
+    group_size      int    optional; overrides algorithm.group_size for this batch
+
+Rows are laid out as consecutive groups: row i belongs to prompt i // group_size.
+
+The overlong reward shaping of DAPO (Yu et al. 2025, arXiv:2503.14476, section 3.4) lives
+here too (:func:`overlong_penalty`) because it only needs completion lengths.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+from grpo_lightning.rewards import RewardScores
+from grpo_lightning.rollout import Rollout, TokenBatch
+
+EXTERNAL_KEYS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "logprobs")
+
+
+@dataclass
+class Experience:
+    tokens: TokenBatch
+    rewards: Tensor                           # [B] outcome reward of each completion
+    group_ids: Tensor                         # [B] prompt index, consecutive groups
+    group_size: int
+    token_rewards: Optional[Tensor] = None    # [B, T] process rewards, or None
+    truncated: Optional[Tensor] = None        # [B] bool, or None when unknown
+    scores: Optional[RewardScores] = None     # per-function rewards (generated rollouts only)
+    sampling_logprobs: Optional[Tensor] = None  # [B, T], or None: recompute when needed
+    ref_logprobs: Optional[Tensor] = None     # [B, T], or None: compute when beta > 0
+
+    @property
+    def lengths(self) -> Tensor:
+        return self.tokens.completion_mask.sum(dim=1)                          # [B]
+
+
+def is_external(batch: dict[str, Any]) -> bool:
+    """A batch that already carries completions (as opposed to a batch of prompts)."""
+    return "completion_ids" in batch
+
+
+def experience_from_rollout(rollout: Rollout, scores: RewardScores, group_size: int) -> Experience:
+    return Experience(tokens=rollout.tokens, rewards=scores.total, group_ids=rollout.group_ids,
+                      group_size=group_size, truncated=rollout.truncated, scores=scores)
+
+
+def external_experience(batch: dict[str, Any], default_group_size: int) -> Experience:
+    """Check and wrap an external batch; a ValueError names the missing or misshapen key."""
+    missing = [key for key in EXTERNAL_KEYS if key not in batch]
+    if "rewards" not in batch and "token_rewards" not in batch:
+        missing.append("rewards (or token_rewards)")
+    if missing:
+        raise ValueError(f"an external rollout batch needs {missing}; see grpo_lightning.experience")
+    completion_ids = batch["completion_ids"]
+    rows, length = completion_ids.shape
+    for key in ("completion_mask", "logprobs", "ref_logprobs", "token_rewards"):
+        if key in batch and tuple(batch[key].shape) != (rows, length):
+            raise ValueError(f"external batch: {key} has shape {tuple(batch[key].shape)}, expected {(rows, length)}")
+    group_size = int(batch.get("group_size", default_group_size))
+    if group_size < 2 or rows % group_size:
+        raise ValueError(f"external batch: {rows} rows do not form groups of group_size={group_size} (>= 2)")
+    mask = batch["completion_mask"]
+    token_rewards = batch.get("token_rewards")
+    rewards = batch["rewards"].float() if "rewards" in batch else (token_rewards * mask).sum(dim=1)
+    if rewards.shape != (rows,):
+        raise ValueError(f"external batch: rewards has shape {tuple(rewards.shape)}, expected {(rows,)}")
+    truncated = batch.get("truncated")
+    return Experience(
+        tokens=TokenBatch(batch["prompt_ids"], batch["prompt_mask"], completion_ids, mask),
+        rewards=rewards,
+        group_ids=torch.arange(rows // group_size, device=completion_ids.device).repeat_interleave(group_size),
+        group_size=group_size,
+        token_rewards=None if token_rewards is None else token_rewards.float(),
+        truncated=None if truncated is None else truncated.bool(),
+        sampling_logprobs=batch["logprobs"].float(),
+        ref_logprobs=None if batch.get("ref_logprobs") is None else batch["ref_logprobs"].float(),
+    )
+
+
+def overlong_penalty(lengths: Tensor, max_length: int, buffer: int, factor: float) -> Tensor:
+    """DAPO soft overlong punishment, added to the reward.  lengths [B] -> [B]
+
+        0                                        if L <= max_length - buffer
+        -factor * (L - (max_length - buffer)) / buffer   otherwise (reaching -factor at max_length)
+    """
+    excess = (lengths.float() - (max_length - buffer)).clamp(min=0)
+    return -factor * (excess / buffer).clamp(max=1.0)
+
+
+def with_rewards(experience: Experience, rewards: Tensor) -> Experience:
+    return replace(experience, rewards=rewards)

@@ -1,0 +1,104 @@
+"""DAPO dynamic sampling: keep only groups that carry a learning signal.
+
+A group whose G rewards are all equal gets advantage 0 everywhere, so it only dilutes the
+batch. With ``algorithm.filter_zero_std_groups`` such groups are dropped and more prompts are
+generated, round after round, until ``data.batch_size`` groups remain or
+``algorithm.max_generation_rounds`` rounds have run (Yu et al. 2025, arXiv:2503.14476,
+section 3.2). A batch still short after the last round is filled with dropped groups, so the
+update keeps its configured size (mini-batch divisibility); their advantages are 0, so they
+contribute only the KL and entropy terms.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from grpo_lightning.rewards import RewardScores
+from grpo_lightning.rollout import Rollout, TokenBatch
+
+
+def zero_std_groups(rewards: Tensor, group_size: int) -> Tensor:
+    """Which groups have all rewards equal.  rewards [N*G] -> [N] bool"""
+    grouped = rewards.view(-1, group_size)                                     # [N, G]
+    return grouped.amax(dim=1) == grouped.amin(dim=1)
+
+
+def _pad_tokens(parts: list[TokenBatch]) -> TokenBatch:
+    """Concatenate rows: prompts padded on the left, completions on the right (mask 0)."""
+    prompt_len = max(part.prompt_ids.size(1) for part in parts)
+    completion_len = max(part.completion_ids.size(1) for part in parts)
+
+    def left(x: Tensor) -> Tensor:
+        return F.pad(x, (prompt_len - x.size(1), 0))
+
+    def right(x: Tensor) -> Tensor:
+        return F.pad(x, (0, completion_len - x.size(1)))
+
+    return TokenBatch(torch.cat([left(p.prompt_ids) for p in parts]), torch.cat([left(p.prompt_mask) for p in parts]),
+                      torch.cat([right(p.completion_ids) for p in parts]),
+                      torch.cat([right(p.completion_mask) for p in parts]))
+
+
+def _select_groups(rollout: Rollout, scores: RewardScores, groups: Tensor, group_size: int
+                   ) -> tuple[Rollout, RewardScores]:
+    """The rows of the given group indices [K], in that order."""
+    rows = (groups.unsqueeze(1) * group_size + torch.arange(group_size, device=groups.device)).view(-1)
+    index = rows.tolist()
+    picked = Rollout(tokens=rollout.tokens.rows(rows), prompts=[rollout.prompts[i] for i in index],
+                     completions=[rollout.completions[i] for i in index],
+                     columns={k: [v[i] for i in index] for k, v in rollout.columns.items()},
+                     group_ids=rollout.group_ids[rows], truncated=rollout.truncated[rows])
+    picked_scores = RewardScores(scores.total[rows], {k: v[rows] for k, v in scores.per_function.items()},
+                                 {k: v[rows] for k, v in scores.applicable.items()})
+    return picked, picked_scores
+
+
+def concat(parts: list[tuple[Rollout, RewardScores]], group_size: int) -> tuple[Rollout, RewardScores]:
+    """Join scored rollouts; group ids are renumbered 0..K-1 in order."""
+    rollouts = [r for r, _ in parts]
+    scores = [s for _, s in parts]
+    tokens = _pad_tokens([r.tokens for r in rollouts])
+    rows = tokens.prompt_ids.size(0)
+    rollout = Rollout(tokens=tokens, prompts=sum((r.prompts for r in rollouts), []),
+                      completions=sum((r.completions for r in rollouts), []),
+                      columns={k: sum((r.columns[k] for r in rollouts), []) for k in rollouts[0].columns},
+                      group_ids=torch.arange(rows // group_size, device=tokens.prompt_ids.device
+                                             ).repeat_interleave(group_size),
+                      truncated=torch.cat([r.truncated for r in rollouts]))
+    total = RewardScores(torch.cat([s.total for s in scores]),
+                         {k: torch.cat([s.per_function[k] for s in scores]) for k in scores[0].per_function},
+                         {k: torch.cat([s.applicable[k] for s in scores]) for k in scores[0].applicable})
+    return rollout, total
+
+
+def dynamic_sample(draw: Callable[[int], tuple[Rollout, RewardScores]], num_groups: int, group_size: int,
+                   max_rounds: int) -> tuple[Rollout, RewardScores, int, float]:
+    """Draw rounds (``draw(round_index)`` -> one scored rollout) until ``num_groups`` groups with
+    non-constant rewards are kept or ``max_rounds`` ran.
+
+    Returns (rollout, scores, rounds used, fraction of generated groups that were kept). The
+    result has exactly ``num_groups`` groups when enough were generated in total.
+    """
+    kept, dropped = [], []
+    kept_groups = generated_groups = 0
+    rounds = 0
+    while rounds < max_rounds and kept_groups < num_groups:
+        rollout, scores = draw(rounds)
+        rounds += 1
+        constant = zero_std_groups(scores.total, group_size)                   # [N]
+        generated_groups += constant.numel()
+        keep = (~constant).nonzero().view(-1)
+        kept.append(_select_groups(rollout, scores, keep, group_size))
+        dropped.append(_select_groups(rollout, scores, constant.nonzero().view(-1), group_size))
+        kept_groups += keep.numel()
+    rollout, scores = concat(kept + dropped, group_size)
+    available = scores.total.numel() // group_size
+    if available > num_groups:
+        rollout, scores = _select_groups(rollout, scores, torch.arange(num_groups, device=scores.total.device),
+                                         group_size)
+        rollout.group_ids = torch.arange(num_groups, device=scores.total.device).repeat_interleave(group_size)
+    return rollout, scores, rounds, kept_groups / max(generated_groups, 1)

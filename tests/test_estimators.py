@@ -1,0 +1,78 @@
+"""dr_grpo, rloo, reinforce_pp, scale_rewards and token-level returns on hand-computed tensors."""
+
+import math
+
+import torch
+
+from grpo_lightning.advantages import (compute_advantages, discounted_returns, get_adv_estimator,
+                                       scale_by_batch_std, token_level_advantages)
+
+IDS = torch.tensor([0, 0, 0, 1, 1, 1])
+R = torch.tensor([1.0, 0.0, 2.0, 3.0, 3.0, 0.0])  # group means 1 and 2
+
+
+def _run(name, rewards=R, ids=IDS, group_size=3, scale="group", eps=0.0):
+    return compute_advantages(name, rewards, group_ids=ids, group_size=group_size, eps=eps, scale_rewards=scale)
+
+
+def test_dr_grpo_only_centres():
+    torch.testing.assert_close(_run("dr_grpo"), torch.tensor([0.0, -1.0, 1.0, 1.0, 1.0, -2.0]))
+
+
+def test_rloo_baseline_is_mean_of_the_others():
+    # r_0 = 1, others {0, 2}: mean 1 -> 0 ; r_1 = 0, others {1, 2} -> -1.5 ; r_2 = 2, others {1, 0} -> 1.5
+    # r_3 = 3, others {3, 0} -> 1.5 ; r_5 = 0, others {3, 3} -> -3
+    expected = torch.tensor([0.0, -1.5, 1.5, 1.5, 1.5, -3.0])
+    torch.testing.assert_close(_run("rloo"), expected)
+    # = G / (G - 1) * (r - mean)
+    torch.testing.assert_close(expected, 1.5 * _run("dr_grpo"))
+
+
+def test_rloo_any_order_and_singleton_group():
+    adv = get_adv_estimator("rloo")(torch.tensor([4.0, 1.0, 2.0]), group_ids=torch.tensor([5, 9, 5]),
+                                    group_size=2, eps=0.0, normalize_by_std=False)
+    torch.testing.assert_close(adv, torch.tensor([2.0, 0.0, -2.0]))
+
+
+def test_reinforce_pp_whitens_over_the_batch():
+    rewards = torch.tensor([1.0, 0.0, 0.0, 3.0])  # mean 1, population std sqrt((0+1+1+4)/4)
+    std = math.sqrt(6 / 4)
+    adv = _run("reinforce_pp", rewards, torch.tensor([0, 0, 1, 1]), 2)
+    torch.testing.assert_close(adv, torch.tensor([0.0, -1.0, -1.0, 2.0]) / std)
+
+
+def test_scale_rewards_group_batch_none():
+    group = _run("grpo_vectorized", scale="group")
+    # group 0: centred (0, -1, 1), std sqrt(2/3); group 1: (1, 1, -2), std sqrt(2)
+    torch.testing.assert_close(group, torch.tensor([0.0, -1.0, 1.0, 1 / math.sqrt(2), 1 / math.sqrt(2),
+                                                    -2 / math.sqrt(2)]) * torch.tensor([math.sqrt(1.5)] * 3 + [1.0] * 3))
+    none = _run("grpo_vectorized", scale="none")
+    torch.testing.assert_close(none, torch.tensor([0.0, -1.0, 1.0, 1.0, 1.0, -2.0]))
+    batch = _run("grpo", scale="batch")
+    batch_std = math.sqrt((0 + 1 + 1 + 1 + 1 + 4) / 6)  # centred values have mean 0
+    torch.testing.assert_close(batch, none / batch_std)
+
+
+def test_batch_scale_keeps_all_zero_batch_zero():
+    assert torch.equal(scale_by_batch_std(torch.zeros(4), eps=0.0), torch.zeros(4))
+
+
+def test_discounted_returns_by_hand():
+    rewards = torch.tensor([[1.0, 0.0, 2.0, 9.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    # G_2 = 2, G_1 = 0 + 0.5 * 2 = 1, G_0 = 1 + 0.5 * 1 = 1.5; padding is 0 and does not leak
+    torch.testing.assert_close(discounted_returns(rewards, mask, 0.5), torch.tensor([[1.5, 1.0, 2.0, 0.0]]))
+
+
+def test_token_level_advantages_normalize_over_the_groups_tokens():
+    # one group of two completions; outcome reward on the last token, gamma 1
+    rewards = torch.tensor([[0.0, 1.0], [0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    adv = token_level_advantages(rewards, mask, group_ids=torch.tensor([0, 0]), gamma=1.0, eps=0.0,
+                                 scale_rewards="none")
+    # returns (1, 1) and (0, pad): mean over 3 valid tokens 2/3
+    torch.testing.assert_close(adv, torch.tensor([[1 / 3, 1 / 3], [-2 / 3, 0.0]]))
+    scaled = token_level_advantages(rewards, mask, group_ids=torch.tensor([0, 0]), gamma=1.0, eps=0.0,
+                                    scale_rewards="group")
+    std = math.sqrt((1 / 9 + 1 / 9 + 4 / 9) / 3)
+    torch.testing.assert_close(scaled, adv / std)

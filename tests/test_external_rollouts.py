@@ -1,0 +1,98 @@
+"""Rollouts from elsewhere: a batch that carries completions, log-probs and rewards skips generation."""
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from grpo_lightning.config import GRPOConfig, GenerationConfig
+from grpo_lightning.module import GRPOModule
+from grpo_lightning.policy import SamplingParams
+from grpo_lightning.rewards import WeightedReward
+from grpo_lightning.rollout import generate_rollout
+
+
+def never_called(prompts, completions, **columns):
+    raise AssertionError("an external batch must not be scored again")
+
+
+def _external_batches(policy, group_size, with_ref, token_rewards=False):
+    torch.manual_seed(0)
+    rollout = generate_rollout(policy, ["12+34=", "50+7="], {}, group_size, SamplingParams(max_new_tokens=4))
+    tokens = rollout.tokens
+    with torch.no_grad():
+        logprobs, _ = policy.token_scores(tokens, temperature=1.0, with_entropy=False)
+    batch = {"prompt_ids": tokens.prompt_ids, "prompt_mask": tokens.prompt_mask,
+             "completion_ids": tokens.completion_ids, "completion_mask": tokens.completion_mask,
+             "logprobs": logprobs, "group_size": group_size}
+    rewards = torch.arange(tokens.completion_ids.size(0), dtype=torch.float32) % 3
+    if token_rewards:
+        batch["token_rewards"] = torch.zeros_like(logprobs)
+        batch["token_rewards"][:, 0] = rewards
+    else:
+        batch["rewards"] = rewards
+    if with_ref:
+        batch["ref_logprobs"] = logprobs - 0.1
+    return [batch]
+
+
+def _fit(policy, batches, tmp_path, **algorithm):
+    reward = WeightedReward({"never": (never_called, 1.0)})
+    module = GRPOModule(policy, reward, algorithm=GRPOConfig(group_size=4, **algorithm),
+                        generation=GenerationConfig(max_new_tokens=4))
+    before = {k: v.clone() for k, v in policy.model.state_dict().items()}
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        limit_val_batches=0, default_root_dir=tmp_path)
+    trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
+    after = policy.model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before), "no parameter changed"
+    return trainer.callback_metrics
+
+
+@pytest.mark.parametrize("with_ref, beta", [(False, 0.0), (True, 0.04), (True, 0.0)])
+def test_external_batch_runs_the_update_with_its_own_group_size(arith_policy, tmp_path, with_ref, beta):
+    # group_size 2 in the batch overrides the config's 4 (the 4 rows form 2 groups of 2; with 4
+    # they would be one group)
+    batches = _external_batches(arith_policy, 2, with_ref)
+    metrics = _fit(arith_policy, batches, tmp_path, beta=beta, entropy_coef=0.0)
+    assert "actor/policy_loss" in metrics and "reward/mean" in metrics
+    rewards = batches[0]["rewards"]
+    # rewards (0, 1), (2, 0): both groups have spread -> frac_zero_std 0 with groups of 2
+    assert metrics["reward/frac_zero_std"].item() == 0.0
+    assert metrics["reward/mean"].item() == pytest.approx(rewards.mean().item())
+    assert metrics["actor/ratio_mean"].item() == pytest.approx(1.0, abs=1e-4)  # given log-probs = current
+    assert ("actor/grpo_kl" in metrics) == (beta > 0)   # beta = 0: given ref log-probs are unused
+    if beta > 0:
+        # the batch's reference log-probs are used: k3 at log pi_ref - log pi = -0.1 on every token
+        x = -0.1
+        assert metrics["actor/grpo_kl"].item() == pytest.approx(torch.tensor(x).exp().item() - x - 1, rel=1e-3)
+
+
+def test_external_token_rewards(arith_policy, tmp_path):
+    metrics = _fit(arith_policy, _external_batches(arith_policy, 4, False, token_rewards=True), tmp_path,
+                   beta=0.0, entropy_coef=0.0, gamma=0.9)
+    assert "actor/adv_mean" in metrics
+
+
+def test_external_batch_missing_keys_is_a_clear_error():
+    from grpo_lightning.experience import external_experience
+
+    with pytest.raises(ValueError, match="logprobs"):
+        external_experience({"completion_ids": torch.zeros(4, 2)}, 2)
+
+
+def test_mask_truncated_completions_removes_them_from_the_loss(arith_policy, tmp_path):
+    batches = _external_batches(arith_policy, 2, False)
+    batches[0]["truncated"] = torch.ones(4, dtype=torch.bool)   # every completion cut: nothing to learn
+    reward = WeightedReward({"never": (never_called, 1.0)})
+    module = GRPOModule(arith_policy, reward, algorithm=GRPOConfig(beta=0.0, entropy_coef=0.0,
+                                                                  mask_truncated_completions=True),
+                        generation=GenerationConfig(max_new_tokens=4))
+    before = {k: v.clone() for k, v in arith_policy.model.state_dict().items()}
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        limit_val_batches=0, default_root_dir=tmp_path)
+    trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
+    after = arith_policy.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert trainer.callback_metrics["actor/policy_loss"].item() == 0.0
+    assert trainer.callback_metrics["response_length/clip_ratio"].item() == 1.0

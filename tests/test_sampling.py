@@ -1,0 +1,85 @@
+"""DAPO dynamic sampling, with rewards that make some groups constant; overlong shaping."""
+
+import csv
+
+import pytest
+import torch
+
+from grpo_lightning.experience import overlong_penalty
+from grpo_lightning.rewards import RewardScores
+from grpo_lightning.rollout import Rollout, TokenBatch
+from grpo_lightning.sampling import dynamic_sample, zero_std_groups
+from grpo_lightning.train import train
+
+G = 2
+
+
+def _scored(group_rewards: list[list[float]], tag: str, prompt_len: int, completion_len: int):
+    """One round: len(group_rewards) prompts named tag0, tag1, ... with G completions each."""
+    rows = len(group_rewards) * G
+    tokens = TokenBatch(torch.ones(rows, prompt_len, dtype=torch.long), torch.ones(rows, prompt_len, dtype=torch.long),
+                        torch.ones(rows, completion_len, dtype=torch.long),
+                        torch.ones(rows, completion_len, dtype=torch.long))
+    prompts = [f"{tag}{i}" for i in range(len(group_rewards)) for _ in range(G)]
+    rollout = Rollout(tokens=tokens, prompts=prompts, completions=["c"] * rows, columns={"answer": list(prompts)},
+                      group_ids=torch.arange(len(group_rewards)).repeat_interleave(G),
+                      truncated=torch.zeros(rows, dtype=torch.bool))
+    total = torch.tensor([r for group in group_rewards for r in group])
+    return rollout, RewardScores(total, {"f": total}, {"f": torch.ones(rows, dtype=torch.bool)})
+
+
+def test_zero_std_groups():
+    assert zero_std_groups(torch.tensor([1.0, 1.0, 0.0, 1.0, 2.0, 2.0]), 2).tolist() == [True, False, True]
+
+
+def test_constant_groups_are_replaced_by_later_rounds():
+    rounds = [_scored([[1, 1], [0, 1], [0, 0]], "a", 3, 2),      # keeps a1
+              _scored([[2, 2], [1, 0], [0, 2]], "b", 5, 4)]      # keeps b1, b2 -> 3 groups
+    rollout, scores, used, kept_frac = dynamic_sample(lambda i: rounds[i], num_groups=3, group_size=G, max_rounds=5)
+    assert used == 2
+    assert kept_frac == pytest.approx(3 / 6)
+    assert rollout.prompts == ["a1", "a1", "b1", "b1", "b2", "b2"]
+    assert rollout.columns["answer"] == rollout.prompts
+    assert scores.total.tolist() == [0, 1, 1, 0, 0, 2]
+    assert not zero_std_groups(scores.total, G).any()
+    assert rollout.group_ids.tolist() == [0, 0, 1, 1, 2, 2]
+    # rounds of different lengths are padded: prompts on the left, completions on the right
+    assert rollout.tokens.prompt_ids.shape == (6, 5) and rollout.tokens.completion_ids.shape == (6, 4)
+    assert rollout.tokens.prompt_mask[0].tolist() == [0, 0, 1, 1, 1]
+    assert rollout.tokens.completion_mask[0].tolist() == [1, 1, 0, 0]
+
+
+def test_short_batch_is_filled_with_dropped_groups_after_the_last_round():
+    rounds = [_scored([[1, 1], [0, 1]], "a", 2, 2), _scored([[0, 0], [3, 3]], "b", 2, 2)]
+    rollout, scores, used, kept_frac = dynamic_sample(lambda i: rounds[i], num_groups=2, group_size=G, max_rounds=2)
+    assert used == 2 and kept_frac == pytest.approx(1 / 4)
+    assert rollout.prompts[:2] == ["a1", "a1"] and len(rollout.prompts) == 2 * G
+    assert rollout.group_ids.tolist() == [0, 0, 1, 1]
+
+
+def test_overlong_penalty_by_hand():
+    # max 10, buffer 4: no penalty up to 6, then -(L - 6) / 4 * factor, -factor at 10
+    lengths = torch.tensor([3, 6, 7, 8, 10])
+    torch.testing.assert_close(overlong_penalty(lengths, 10, 4, 0.5), torch.tensor([0.0, 0.0, -0.125, -0.25, -0.5]))
+
+
+def constant_for_even_first_digit(prompts, completions, **columns):
+    """A reward under which every prompt starting with an even digit forms a constant group."""
+    return [0.5 if int(p[0]) % 2 == 0 else float(sum(map(ord, c)) % 3) for p, c in zip(prompts, completions)]
+
+
+def test_dynamic_sampling_end_to_end(compose_config, random_arith_dir, tmp_path):
+    cfg = compose_config(f"model.name_or_path={random_arith_dir}", "algorithm.group_size=4",
+                         "algorithm.filter_zero_std_groups=true", "algorithm.max_generation_rounds=4",
+                         f"reward.functions.correct.fn={__name__}.constant_for_even_first_digit",
+                         "generation.max_new_tokens=6",
+                         "trainer.max_steps=2", "validate_before_training=false")
+    train(cfg)
+    with open(tmp_path / "metrics.csv") as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get("sampling/rounds")]
+    assert len(rows) == 2
+    for row in rows:
+        rounds, kept = float(row["sampling/rounds"]), float(row["sampling/kept_group_frac"])
+        assert 1 <= rounds <= 4 and 0 < kept < 1          # some groups were constant and dropped
+        if rounds < 4:                                     # the batch filled up: no constant group left
+            assert float(row["reward/frac_zero_std"]) == 0.0
