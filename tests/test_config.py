@@ -1,5 +1,7 @@
 """Config composition: typed schema, defaults, and clear errors naming the field."""
 
+import re
+
 import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
@@ -78,5 +80,5 @@ def test_unknown_keys_and_wrong_types_fail_at_load(compose_config, override, mes
 ])
 def test_bad_values_name_the_field(compose_config, override, message):
     cfg = compose_config(override)
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         _validate(cfg)
