@@ -50,6 +50,8 @@ class PromptDataModule(L.LightningDataModule):
     def from_config(cls, cfg: DataConfig) -> "PromptDataModule":
         builder: Callable[..., tuple[list[Row], list[Row]]] = import_object(cfg.builder, "data.builder")
         train_rows, val_rows = builder(**cfg.builder_kwargs)
+        if cfg.overfit_rows is not None:
+            train_rows = val_rows = train_rows[:cfg.overfit_rows]
         return cls(train_rows, val_rows, batch_size=cfg.batch_size, val_batch_size=cfg.val_batch_size,
                    prompt_key=cfg.prompt_key, shuffle=cfg.shuffle, num_workers=cfg.num_workers)
 

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from grpo_lightning.advantages import get_adv_estimator
+from grpo_lightning.callbacks import RolloutSample
 from grpo_lightning.config import GenerationConfig, GRPOConfig, OptimConfig
 from grpo_lightning.losses import grpo_loss
 from grpo_lightning.metrics import StageMeans
@@ -69,6 +70,7 @@ class GRPOModule(L.LightningModule):
         self.val_sampling = SamplingParams(gen.max_new_tokens, gen.temperature, gen.top_p, gen.top_k,
                                            do_sample=gen.val_do_sample)
         self.validated_at_step: Optional[int] = None  # Lightning global_step of the last validation
+        self.last_rollout: Optional[RolloutSample] = None  # for callbacks (W&B completions table)
 
     def _train_metric_names(self) -> list[str]:
         actor = [f"actor/{name}" for name in ACTOR_STATS]
@@ -93,6 +95,8 @@ class GRPOModule(L.LightningModule):
         self.train_means.reset()
         self._update_policy(update)
         self._record_rollout(rollout, scores, advantages)
+        self.last_rollout = RolloutSample(rollout.prompts, rollout.completions, scores.per_function,
+                                          scores.applicable, scores.total, advantages, rollout.lengths)
         elapsed = time.perf_counter() - started
         self.train_means.update({"perf/step_time_s": elapsed,
                                  "perf/tokens_per_s": rollout.lengths.sum().item() / elapsed})
