@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import matplotlib
+import matplotlib.lines
 # Figure without pyplot: no GUI backend is touched (clusters have no display, notebooks keep theirs).
 from matplotlib.figure import Figure
 
@@ -36,9 +37,10 @@ class RunCurves:
 def read_curves(run_dir: Path, label: Optional[str] = None) -> RunCurves:
     """Every metric column of ``run_dir/metrics.csv`` as (training step, value) points.
 
-    Lightning writes a training step's metrics under the number of steps finished before it
-    (0 for the first) and a validation's under the number finished before it ran: training
-    points move one step right, so that step k's reward and the validation after step k line up.
+    Lightning writes training step k's metrics under step k - 1, and a validation under k - 1
+    or k depending on whether it ran inside ``fit``. Rows are in the order they were logged, so
+    training points take step + 1 and a validation takes the step of the training row before it
+    (0 for the baseline before training): step k's reward and the validation after it line up.
     """
     run_dir = Path(run_dir)
     path = run_dir / "metrics.csv"
@@ -48,12 +50,17 @@ def read_curves(run_dir: Path, label: Optional[str] = None) -> RunCurves:
     with open(path) as handle:
         rows = list(csv.DictReader(handle))
     curves: dict[str, tuple[list[float], list[float]]] = {}
+    last_train_step = 0
     for row in rows:
-        for name, value in row.items():
-            if name not in ("step", "epoch") and value not in (None, ""):
-                steps, values = curves.setdefault(name, ([], []))
-                steps.append(int(row["step"]) + (0 if name.startswith("val/") else 1))
-                values.append(float(value))
+        logged = {name: float(value) for name, value in row.items()
+                  if name not in ("step", "epoch") and value not in (None, "")}
+        is_validation = all(name.startswith("val/") for name in logged)
+        step = last_train_step if is_validation else int(row["step"]) + 1
+        last_train_step = step
+        for name, value in logged.items():
+            steps, values = curves.setdefault(name, ([], []))
+            steps.append(step)
+            values.append(value)
     return RunCurves(label or _label(run_dir), curves)
 
 
@@ -76,25 +83,32 @@ def plot_runs(runs: Sequence[RunCurves], out: Path, title: Optional[str] = None)
               if any(metric in run.curves for run in runs for metric, _ in lines)]
     if not panels:
         raise ValueError("none of the runs logged reward, KL or response-length metrics")
-    fig = Figure(figsize=(4.2 * len(panels), 3.4))
+    many = len(runs) > 1
+    fig = Figure(figsize=(4.2 * len(panels), 3.6 + (0.25 * len(runs) if many else 0)))
     axes = fig.subplots(1, len(panels), squeeze=False)
     colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
-    styles = ["-", "--", ":"]
+    styles = [("-", "solid"), ("--", "dashed"), (":", "dotted")]
     for ax, (panel, lines) in zip(axes[0], panels):
         for index, run in enumerate(runs):
-            for style, (metric, line_label) in zip(styles, lines):
-                if metric not in run.curves:
-                    continue
-                steps, values = run.curves[metric]
-                label = line_label if len(runs) == 1 else f"{run.label}: {line_label}"
-                ax.plot(steps, values, style, color=colors[index % len(colors)], label=label,
-                        marker="o" if metric.startswith("val/") else None, markersize=3)
-        ax.set_title(panel)
+            for (style, _), (metric, line_label) in zip(styles, lines):
+                if metric in run.curves:
+                    ax.plot(*run.curves[metric], style, color=colors[index % len(colors)],
+                            label=None if many else line_label,
+                            marker="o" if metric.startswith("val/") else None, markersize=3)
+        if many:  # colour = run (one legend below), line style = metric (in the title)
+            logged = {metric for run in runs for metric in run.curves}
+            key = ", ".join(f"{word}: {label}" for (_, word), (metric, label) in zip(styles, lines) if metric in logged)
+            ax.set_title(f"{panel}\n({key})" if len(lines) > 1 else panel, fontsize=9)
+        else:
+            ax.set_title(panel)
+            ax.legend(fontsize=7)
         ax.set_xlabel("training step")
-        ax.legend(fontsize=7)
+    if many:
+        handles = [matplotlib.lines.Line2D([], [], color=colors[i % len(colors)]) for i in range(len(runs))]
+        fig.legend(handles, [run.label for run in runs], loc="lower center", ncol=min(len(runs), 3), fontsize=8)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06 * ((len(runs) + 2) // 3) if many else 0, 1, 1))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)

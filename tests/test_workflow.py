@@ -123,8 +123,8 @@ def test_optuna_sweep_runs_two_trials_and_returns_the_metric(random_arith_dir, t
     assert result.returncode == 0, result.stderr[-3000:]
     best = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
     assert 0.0 <= best["best_value"] <= 1.0
-    assert set(best["best_params"]) == {"optim.lr", "algorithm.group_size", "algorithm.clip_range",
-                                        "algorithm.beta"}
+    # algorithm.group_size is fixed on the command line (TINY), which takes it out of the search.
+    assert set(best["best_params"]) == {"optim.lr", "algorithm.clip_range", "algorithm.beta"}
     assert len(find_runs([tmp_path / "sweep"])) == 2
     out = tmp_path / "sweep.png"
     grpo_plot([str(tmp_path / "sweep"), "-o", str(out)])
@@ -159,20 +159,21 @@ def test_run_writes_reward_curve_and_periodic_console_lines(compose_config, rand
     train(cfg)  # pytest's captured stdout is not a terminal: lines, not a bar
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
     assert [line.split(" | ")[0] for line in lines] == ["step 2/3", "step 3/3"]
+    assert all(" | reward " in line and " | kl " in line and " s/step | " in line for line in lines), lines
     assert _is_png(tmp_path / "reward_curve.png")
     curves = read_curves(tmp_path).curves
     assert curves["reward/mean"][0] == [1.0, 2.0, 3.0]  # training steps, one point each
-    assert curves["val/reward/mean"][0][0] == 0.0       # the baseline before the first update
+    assert curves["val/reward/mean"][0] == [0, 1, 2, 3]  # the baseline, then after each step
 
 
 def test_read_curves_lines_up_training_steps_and_validations(tmp_path):
-    # Lightning's rows: validation before training (step 0), training steps 1 and 2 (logged
-    # under 0 and 1), the validation after step 2 (logged under 2).
+    # As Lightning writes them: the baseline validation (step 0), training steps 1-3 (under
+    # 0-2), the validation inside fit after step 3 (under 2), the one after fit (under 3).
     (tmp_path / "metrics.csv").write_text("epoch,reward/mean,step,val/reward/mean\n"
-                                          ",,0,0.1\n0,0.2,0,\n0,0.4,1,\n0,,2,0.5\n")
+                                          "0,,0,0.1\n0,0.2,0,\n0,0.3,1,\n0,0.4,2,\n0,,2,0.5\n0,,3,0.6\n")
     curves = read_curves(tmp_path).curves
-    assert curves["reward/mean"] == ([1, 2], [0.2, 0.4])
-    assert curves["val/reward/mean"] == ([0, 2], [0.1, 0.5])
+    assert curves["reward/mean"] == ([1, 2, 3], [0.2, 0.3, 0.4])
+    assert curves["val/reward/mean"] == ([0, 3, 3], [0.1, 0.5, 0.6])
 
 
 def test_grpo_plot_reports_a_directory_without_runs(tmp_path, capsys):
