@@ -43,6 +43,10 @@ def _fmt(label: str, value: float) -> str:
 class GRPOProgressBar(RichProgressBar):
     """Lightning's rich bar with reward, KL and step time in its postfix."""
 
+    def _get_train_description(self, current_epoch: int) -> str:
+        # Runs are bounded by steps (max_epochs=-1): Lightning's "Epoch 0/-2" would mislead.
+        return f"GRPO (data epoch {current_epoch})"
+
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         metrics = super().get_metrics(trainer, pl_module)
         metrics.pop("v_num", None)
