@@ -234,6 +234,9 @@ class DataConfig:
     overlong_prompts: str = "drop"
     """What to do with prompts longer than max_prompt_length: ``drop`` them (the count is
     logged) or ``truncate`` them, keeping their last tokens (where generation starts)."""
+    overfit_rows: Optional[int] = None
+    """Train and validate on the first N training rows only (``debug=overfit``): a pipeline that
+    cannot drive the reward up on a few memorisable prompts has a bug. None uses the splits."""
 
 
 @dataclass
@@ -274,6 +277,11 @@ class TrainerConfig:
     log_every_n_steps: int = 1
     enable_progress_bar: bool = True
     deterministic: bool = False
+    console_log_every_n_steps: int = 10
+    """When stdout is not a terminal (CI, SLURM logs) the progress bar is replaced by one line
+    every this many training steps; 0 silences it. Needs enable_progress_bar."""
+    profiler: Optional[str] = None
+    """Lightning profiler: simple, advanced or pytorch (``debug=profile``); None disables it."""
 
 
 @dataclass
@@ -299,6 +307,9 @@ class LoggerConfig:
     """W&B run id; set it to resume a run in place."""
     offline: bool = False
     """Write W&B runs locally (``wandb sync`` later); WANDB_MODE=offline does the same."""
+    log_completions_every: int = 10
+    """W&B only: every this many training steps, log a table of the step's prompts, completions,
+    each reward, total reward and advantage, with reward and length histograms; 0 disables it."""
 
 
 @dataclass
@@ -321,6 +332,9 @@ class TrainConfig:
     """Resume from this Lightning checkpoint, or ``last`` for the newest in output_dir."""
     validate_before_training: bool = True
     """Run validation once before the first update, so the learning curve has a baseline."""
+    optimized_metric: Optional[str] = None
+    """Metric that ``grpo-train`` returns to Hydra, e.g. ``val/reward/mean`` for the Optuna
+    sweeper (``hparams_search=optuna``). A name the run never logs is an error."""
 
 
 def import_object(path: str, field_name: str) -> Any:
@@ -380,6 +394,7 @@ def to_train_config(cfg: DictConfig) -> "TrainConfig":
 
 LOGGER_KINDS = ("csv", "wandb", "none")
 OVERLONG_PROMPTS = ("drop", "truncate")
+PROFILERS = ("simple", "advanced", "pytorch")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -447,6 +462,14 @@ def validate_config(cfg: TrainConfig) -> None:
              f"checkpoint.every_n_steps must be >= 1 (got {cfg.checkpoint.every_n_steps})")
     _require(cfg.logger.kind in LOGGER_KINDS,
              f"logger.kind={cfg.logger.kind!r} is unknown; choose one of {LOGGER_KINDS}")
+    _require(cfg.logger.log_completions_every >= 0,
+             f"logger.log_completions_every must be >= 0, 0 disables it (got {cfg.logger.log_completions_every})")
+    _require(cfg.trainer.console_log_every_n_steps >= 0, "trainer.console_log_every_n_steps must be >= 0, "
+             f"0 silences it (got {cfg.trainer.console_log_every_n_steps})")
+    _require(cfg.trainer.profiler is None or cfg.trainer.profiler in PROFILERS,
+             f"trainer.profiler={cfg.trainer.profiler!r} is unknown; choose one of {PROFILERS} or null")
+    _require(data.overfit_rows is None or data.overfit_rows >= data.batch_size,
+             f"data.overfit_rows={data.overfit_rows} must be >= data.batch_size ({data.batch_size}) or null")
 
 
 def _validate_lora(lora: LoRAConfig) -> None:

@@ -58,6 +58,8 @@ class PromptDataModule(L.LightningDataModule):
         else:
             builder: Callable[..., tuple[list[Row], list[Row]]] = import_object(cfg.builder, "data.builder")
             train_rows, val_rows = builder(**cfg.builder_kwargs)
+        if cfg.overfit_rows is not None:
+            train_rows = val_rows = train_rows[:cfg.overfit_rows]
         if cfg.max_val_prompts is not None:
             val_rows = val_rows[:cfg.max_val_prompts]
         if prepare is not None:

@@ -47,6 +47,8 @@ class Experience:
     scores: Optional[RewardScores] = None     # per-function rewards (generated rollouts only)
     sampling_logprobs: Optional[Tensor] = None  # [B, T], or None: recompute when needed
     ref_logprobs: Optional[Tensor] = None     # [B, T], or None: compute when beta > 0
+    prompts: Optional[list[str]] = None       # [B] texts (generated rollouts only)
+    completions: Optional[list[str]] = None   # [B]
 
     @property
     def lengths(self) -> Tensor:
@@ -60,7 +62,8 @@ def is_external(batch: dict[str, Any]) -> bool:
 
 def experience_from_rollout(rollout: Rollout, scores: RewardScores, group_size: int) -> Experience:
     return Experience(tokens=rollout.tokens, rewards=scores.total, group_ids=rollout.group_ids,
-                      group_size=group_size, truncated=rollout.truncated, scores=scores)
+                      group_size=group_size, truncated=rollout.truncated, scores=scores,
+                      prompts=rollout.prompts, completions=rollout.completions)
 
 
 def external_experience(batch: dict[str, Any], default_group_size: int) -> Experience:

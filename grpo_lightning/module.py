@@ -39,6 +39,7 @@ from torch import Tensor
 
 from grpo_lightning.advantages import (TOKEN_LEVEL_SCALE, compute_advantages, get_adv_estimator,
                                        token_level_advantages)
+from grpo_lightning.callbacks import RolloutSample
 from grpo_lightning.config import GenerationConfig, GRPOConfig, OptimConfig
 from grpo_lightning.evaluation import pass_at_k
 from grpo_lightning.experience import (Experience, experience_from_rollout, external_experience, is_external,
@@ -87,6 +88,7 @@ class GRPOModule(L.LightningModule):
         self.val_sampling = SamplingParams(gen.max_new_tokens, gen.temperature, gen.top_p, gen.top_k,
                                            do_sample=gen.val_do_sample)
         self.validated_at_step: Optional[int] = None  # Lightning global_step of the last validation
+        self.last_rollout: Optional[RolloutSample] = None  # for callbacks (W&B completions table)
 
     def _train_metric_names(self) -> list[str]:
         alg = self.algorithm
@@ -113,6 +115,10 @@ class GRPOModule(L.LightningModule):
         update = self._prepare_update(experience)
         self._update_policy(update)
         self._record_experience(experience, update.advantages)
+        if experience.scores is not None:
+            self.last_rollout = RolloutSample(experience.prompts, experience.completions,
+                                              experience.scores.per_function, experience.scores.applicable,
+                                              experience.rewards, update.advantages, experience.lengths)
         elapsed = time.perf_counter() - started
         self.train_means.update({"perf/step_time_s": elapsed,
                                  "perf/tokens_per_s": experience.lengths.sum().item() / elapsed})

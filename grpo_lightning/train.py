@@ -6,11 +6,16 @@
     grpo-train logger=wandb                              # W&B (WANDB_MODE=offline works)
     grpo-train --cfg job                                 # print the composed config
     grpo-train model=hf model.name_or_path=Qwen/Qwen2.5-0.5B-Instruct data=jsonl data.path=train.jsonl
-    grpo-train +experiment=gsm8k_qwen                    # Qwen2.5-0.5B-Instruct on GSM8K (GPU)
+    grpo-train experiment=gsm8k_qwen                    # Qwen2.5-0.5B-Instruct on GSM8K (GPU)
+    grpo-train -m hparams_search=optuna                  # Optuna search for val/reward/mean
+    grpo-train experiment=arith_kl                       # a named experiment (conf/experiment/)
+    grpo-train debug=fast                                # one tiny step end to end
 
 Configs live in ``conf/`` (``config.yaml`` holds the defaults list). Each run writes
-``metrics.csv``, ``checkpoints/`` and the trained policy (``policy/``, Hugging Face format)
-to its Hydra output directory, and ends by printing a short summary.
+``metrics.csv``, ``checkpoints/``, the trained policy (``policy/``, Hugging Face format) and
+``reward_curve.png`` to its Hydra output directory, and ends by printing a short summary.
+With ``optimized_metric`` set, ``grpo-train`` returns that metric's final value to Hydra (what
+a sweeper such as Optuna optimizes).
 """
 
 from __future__ import annotations
@@ -19,19 +24,22 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import hydra
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
+from grpo_lightning.callbacks import CompletionsTable, wandb_logger
 from grpo_lightning.config import ConfigError, TrainConfig, register_configs, to_train_config
 from grpo_lightning.data import PromptDataModule
 from grpo_lightning.loggers import build_logger
 from grpo_lightning.module import GRPOModule
+from grpo_lightning.plots import plot_reward_curve
 from grpo_lightning.policy import CausalLMPolicy
 from grpo_lightning.prompts import PromptFormatter
+from grpo_lightning.progress import progress_callbacks
 from grpo_lightning.rewards import RewardError, WeightedReward
 
 VAL_METRIC = "val/reward/mean"
@@ -76,12 +84,18 @@ def build_trainer(cfg: TrainConfig) -> L.Trainer:
         callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
                                          every_n_train_steps=cfg.checkpoint.every_n_steps * per_batch))
     t = cfg.trainer
+    progress = progress_callbacks(t.enable_progress_bar, t.console_log_every_n_steps, t.max_steps, per_batch)
+    callbacks += progress
+    if cfg.logger.kind == "wandb" and cfg.logger.log_completions_every > 0:
+        callbacks.append(CompletionsTable(cfg.logger.log_completions_every))
     return L.Trainer(
         max_steps=t.max_steps * per_batch, max_epochs=-1, accelerator=t.accelerator, devices=t.devices,
         strategy=t.strategy, num_nodes=t.num_nodes, precision=t.precision,
         val_check_interval=t.val_every_n_steps, check_val_every_n_epoch=None,
         limit_val_batches=t.limit_val_batches, num_sanity_val_steps=0,
-        log_every_n_steps=t.log_every_n_steps, enable_progress_bar=t.enable_progress_bar,
+        log_every_n_steps=t.log_every_n_steps, profiler=t.profiler,
+        # Lightning would add its tqdm bar; off a terminal the progress is ConsoleLog's lines.
+        enable_progress_bar=any(isinstance(c, ProgressBar) for c in progress),
         deterministic=t.deterministic, enable_checkpointing=cfg.checkpoint.enabled,
         logger=build_logger(cfg.logger, str(run_dir)) or False, callbacks=callbacks,
         default_root_dir=str(run_dir),
@@ -110,25 +124,55 @@ def train(dict_cfg: DictConfig) -> dict[str, float]:
     data = PromptDataModule.from_config(cfg.data, seed=cfg.seed, prepare=formatter.prepare)
     module = GRPOModule(policy, reward, algorithm=cfg.algorithm, generation=cfg.generation,
                         optim=cfg.optim, prompt_key=cfg.data.prompt_key)
+    check_optimized_metric(cfg.optimized_metric, module.train_means.names + module.val_means.names)
     trainer = build_trainer(cfg)
-    if trainer.logger is not None:
-        trainer.logger.log_hyperparams(OmegaConf.to_container(dict_cfg, resolve=True))
-
-    first_val = None
-    if cfg.validate_before_training and cfg.ckpt_path is None:
-        trainer.validate(module, datamodule=data, verbose=False)
-        first_val = _val_reward(trainer)
-    trainer.fit(module, datamodule=data, ckpt_path=cfg.ckpt_path)
-    if module.validated_at_step != trainer.global_step:
-        trainer.validate(module, datamodule=data, verbose=False)  # the last step's validation
+    try:
+        for logger in trainer.loggers:
+            logger.log_hyperparams(OmegaConf.to_container(dict_cfg, resolve=True))
+        first_val = None
+        if cfg.validate_before_training and cfg.ckpt_path is None:
+            trainer.validate(module, datamodule=data, verbose=False)
+            first_val = _val_reward(trainer)
+        trainer.fit(module, datamodule=data, ckpt_path=cfg.ckpt_path)
+        if module.validated_at_step != trainer.global_step:
+            trainer.validate(module, datamodule=data, verbose=False)  # the last step's validation
+    finally:
+        _finish_wandb(trainer)
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
 
     run_dir = Path(cfg.output_dir)
     if trainer.is_global_zero:
         policy.save_pretrained(run_dir / "policy")
+        if (run_dir / "metrics.csv").is_file():
+            plot_reward_curve(run_dir)
         _print_summary(first_val, _val_reward(trainer), trainer.global_step // optimizer_steps_per_batch(cfg),
                        time.perf_counter() - started, run_dir)
     return metrics
+
+
+def _finish_wandb(trainer: L.Trainer) -> None:
+    """End the W&B run, so that it is complete on disk and the next run in this process (a
+    sweep's next job, a notebook's next cell) starts a new one instead of appending to it."""
+    logger = wandb_logger(trainer)
+    if logger is not None and trainer.is_global_zero:
+        logger.experiment.finish()
+
+
+def check_optimized_metric(name: Optional[str], declared: Sequence[str]) -> None:
+    """Before training: ``optimized_metric`` must be a metric the module logs."""
+    if name is not None and name not in declared:
+        raise ConfigError(f"optimized_metric={name!r} is not a metric this run logs; choose one of "
+                          f"{sorted(declared)} (e.g. optimized_metric=val/reward/mean)")
+
+
+def optimized_value(metrics: dict[str, float], name: Optional[str]) -> Optional[float]:
+    """The value ``main`` returns to Hydra's sweeper; loud when the run never logged it."""
+    if name is None:
+        return None
+    if name not in metrics:
+        raise ConfigError(f"optimized_metric={name!r} was never logged by this run (logged: "
+                          f"{sorted(metrics)}); a validation metric needs at least one validation run")
+    return metrics[name]
 
 
 def _print_summary(first_val: Optional[float], last_val: Optional[float], steps: int, seconds: float,
@@ -138,16 +182,16 @@ def _print_summary(first_val: Optional[float], last_val: Optional[float], steps:
 
     print(f"\nGRPO finished: {steps} steps in {seconds:.0f} s\n"
           f"  {VAL_METRIC}: {fmt(first_val)} -> {fmt(last_val)}\n"
-          f"  outputs: {run_dir} (metrics.csv, checkpoints/, policy/)", flush=True)
+          f"  outputs: {run_dir} (metrics.csv, reward_curve.png, checkpoints/, policy/)", flush=True)
 
 
 register_configs()
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
-def main(cfg: DictConfig) -> Any:
+def main(cfg: DictConfig) -> Optional[float]:
     try:
-        train(cfg)
+        return optimized_value(train(cfg), cfg.get("optimized_metric"))
     except (ConfigError, RewardError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

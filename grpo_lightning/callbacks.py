@@ -1,0 +1,73 @@
+"""W&B completions tables and histograms, from the last rollout the module kept.
+
+The module stays an orchestrator: each training step it stores a :class:`RolloutSample` (the
+step's prompts, completions, rewards and advantages, detached) in ``module.last_rollout``; this
+callback turns it into a ``wandb.Table`` every ``logger.log_completions_every`` steps, on rank 0.
+Each logged table is a new object under the key ``completions``, so W&B keeps one version per
+step (``media/table/completions_<step>_*.table.json``) instead of overwriting the last one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import lightning as L
+from lightning.pytorch.loggers import WandbLogger
+from torch import Tensor
+
+
+@dataclass
+class RolloutSample:
+    """One training step's completions, as the reward functions and the estimator saw them."""
+
+    prompts: list[str]              # [B] one per completion (each prompt repeated G times)
+    completions: list[str]          # [B]
+    rewards: dict[str, Tensor]      # name -> [B] raw values
+    applicable: dict[str, Tensor]   # name -> [B] bool, False where the function returned None
+    total: Tensor                   # [B] weighted sum
+    advantages: Tensor              # [B]
+    lengths: Tensor                 # [B] completion tokens
+
+    def columns(self) -> list[str]:
+        return ["prompt", "completion", *(f"reward/{name}" for name in self.rewards), "reward", "advantage",
+                "length"]
+
+    def rows(self) -> list[list[Any]]:
+        """Table rows; a reward that did not apply to a completion is None, not 0."""
+        per_function = [[value if ok else None for value, ok in zip(values.tolist(), self.applicable[name].tolist())]
+                        for name, values in self.rewards.items()]
+        columns = [self.prompts, self.completions, *per_function, self.total.tolist(),
+                   self.advantages.tolist(), self.lengths.tolist()]
+        return [list(row) for row in zip(*columns)]
+
+
+def wandb_logger(trainer: L.Trainer) -> Optional[WandbLogger]:
+    return next((logger for logger in trainer.loggers if isinstance(logger, WandbLogger)), None)
+
+
+class CompletionsTable(L.Callback):
+    """Every ``every_n_steps`` training steps: a completions table and reward/length histograms."""
+
+    def __init__(self, every_n_steps: int):
+        self.every_n_steps = every_n_steps
+        self.steps_seen = 0
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self.steps_seen += 1
+        sample: Optional[RolloutSample] = getattr(pl_module, "last_rollout", None)
+        logger = wandb_logger(trainer)
+        if sample is None or logger is None or not trainer.is_global_zero:
+            return
+        if (self.steps_seen - 1) % self.every_n_steps:
+            return
+        import wandb
+
+        logger.experiment.log({
+            "completions": wandb.Table(columns=sample.columns(), data=sample.rows()),
+            "histograms/reward": wandb.Histogram(sample.total.float().cpu().numpy()),
+            "histograms/response_length": wandb.Histogram(sample.lengths.float().cpu().numpy()),
+            # The x-axis Lightning's WandbLogger gives every metric (training steps so far).
+            "trainer/global_step": trainer.fit_loop.epoch_loop._batches_that_stepped,
+        })
