@@ -110,6 +110,11 @@ class ModelConfig:
     logprob_chunk_size: int = 64
     """Completions per chunk when turning logits into log-probs and entropy, so the float32
     log-softmax over the vocabulary is never held for the whole batch at once."""
+    chunked_lm_head: bool = True
+    """Apply the output head to the decoder's hidden states ``logprob_chunk_size`` completions at
+    a time, so the [B, T, vocab] logits (and their gradient) never exist for the whole batch.
+    Used for model types whose logits are the plain head output (Llama, Qwen2/3, Mistral); other
+    models fall back to full logits, chunked only in the log-softmax. Same numbers either way."""
 
 
 @dataclass

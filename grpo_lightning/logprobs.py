@@ -70,3 +70,57 @@ def completion_token_scores(model: nn.Module, prompt_ids: Tensor, prompt_mask: T
                    logits_to_keep=num_completion + 1, use_cache=False).logits   # [B, T+1, V]
     return token_scores_from_logits(logits[:, :-1], completion_ids, temperature=temperature,
                                     with_entropy=with_entropy, chunk_size=chunk_size)
+
+
+HIDDEN_HEAD_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "mistral", "mixtral"})
+"""Model types whose logits are exactly ``lm_head(decoder(...).last_hidden_state)``: no logit
+soft-capping or scaling after the head, so applying the head per chunk gives the same numbers."""
+
+
+def supports_hidden_head(model: nn.Module) -> bool:
+    """Whether :func:`completion_token_scores_from_hidden` may be used for ``model``."""
+    config = getattr(model, "config", None)
+    return (getattr(config, "model_type", None) in HIDDEN_HEAD_MODEL_TYPES
+            and callable(getattr(model, "get_decoder", None))
+            and callable(getattr(model, "get_output_embeddings", None)))
+
+
+def _head_chunk_scores(head: nn.Module, hidden: Tensor, token_ids: Tensor, temperature: float,
+                       with_entropy: bool) -> tuple[Tensor, Tensor]:
+    return _chunk_scores(head(hidden), token_ids, temperature, with_entropy)   # logits [b, T, V]
+
+
+def completion_token_scores_from_hidden(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor,
+                                        completion_ids: Tensor, completion_mask: Tensor, *,
+                                        temperature: float = 1.0, with_entropy: bool = False,
+                                        chunk_size: int = 64) -> tuple[Tensor, Optional[Tensor]]:
+    """Same result as :func:`completion_token_scores`, but the ``[B, T, V]`` logits never exist.
+
+    The decoder runs once and returns hidden states [B, T, H]; the output head is then applied
+    ``chunk_size`` completions at a time, each chunk turned into log-probs at once and, under
+    autograd, recomputed in the backward pass. Peak memory for the head is that of one chunk's
+    logits instead of the whole batch's logits and their gradient. Only for models where
+    :func:`supports_hidden_head` holds.
+    """
+    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)                  # [B, P+T]
+    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)           # [B, P+T]
+    position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+    num_prompt, num_completion = prompt_ids.size(1), completion_ids.size(1)
+    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
+                                 position_ids=position_ids, use_cache=False).last_hidden_state
+    # Position t predicts token t + 1, so the completion is predicted from P-1 .. P+T-2.
+    hidden = hidden[:, num_prompt - 1:num_prompt + num_completion - 1]          # [B, T, H]
+    head = model.get_output_embeddings()
+    recompute_in_backward = torch.is_grad_enabled() and hidden.requires_grad
+    logprob_chunks, entropy_chunks = [], []
+    for start in range(0, hidden.size(0), chunk_size):
+        args = (head, hidden[start:start + chunk_size], completion_ids[start:start + chunk_size],
+                temperature, with_entropy)
+        if recompute_in_backward:
+            lp, ent = checkpoint(_head_chunk_scores, *args, use_reentrant=False)
+        else:
+            lp, ent = _head_chunk_scores(*args)
+        logprob_chunks.append(lp)
+        entropy_chunks.append(ent)
+    logprobs = torch.cat(logprob_chunks)                                        # [B, T]
+    return logprobs, torch.cat(entropy_chunks) if with_entropy else None

@@ -24,7 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from grpo_lightning.config import ConfigError, ModelConfig
-from grpo_lightning.logprobs import completion_token_scores
+from grpo_lightning.logprobs import (completion_token_scores, completion_token_scores_from_hidden,
+                                     supports_hidden_head)
 
 if TYPE_CHECKING:
     from grpo_lightning.rollout import TokenBatch
@@ -82,11 +83,13 @@ def _looks_local(name_or_path: str) -> bool:
 class CausalLMPolicy(Policy):
     """A Hugging Face causal LM and its tokenizer as a GRPO policy."""
 
-    def __init__(self, model: nn.Module, tokenizer, *, logprob_chunk_size: int = 64):
+    def __init__(self, model: nn.Module, tokenizer, *, logprob_chunk_size: int = 64,
+                 chunked_lm_head: bool = True):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
         self.logprob_chunk_size = logprob_chunk_size
+        self.chunked_lm_head = chunked_lm_head
         self.reference_model: Optional[nn.Module] = None
         if tokenizer.pad_token_id is None:
             # Batched generation needs a pad id; EOS is the usual stand-in (masks use first EOS).
@@ -120,7 +123,8 @@ class CausalLMPolicy(Policy):
                               "cached or reachable") from None
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        return cls(model, tokenizer, logprob_chunk_size=cfg.logprob_chunk_size)
+        return cls(model, tokenizer, logprob_chunk_size=cfg.logprob_chunk_size,
+                   chunked_lm_head=cfg.chunked_lm_head)
 
     def encode_prompts(self, texts: list[str]) -> tuple[Tensor, Tensor]:
         encoded = self.tokenizer(texts, return_tensors="pt", padding=True)
@@ -162,9 +166,11 @@ class CausalLMPolicy(Policy):
             if self.reference_model is None:
                 raise RuntimeError("no reference policy: call enable_reference() first (beta > 0)")
             model = self.reference_model
-        return completion_token_scores(model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
-                                       batch.completion_mask, temperature=temperature,
-                                       with_entropy=with_entropy, chunk_size=self.logprob_chunk_size)
+        score = completion_token_scores
+        if self.chunked_lm_head and supports_hidden_head(model):
+            score = completion_token_scores_from_hidden
+        return score(model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask,
+                     temperature=temperature, with_entropy=with_entropy, chunk_size=self.logprob_chunk_size)
 
     def enable_reference(self) -> None:
         reference = copy.deepcopy(self.model).eval()
