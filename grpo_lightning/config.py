@@ -78,6 +78,10 @@ class GenerationConfig:
     """Keep the k most likely tokens; 0 disables it."""
     val_do_sample: bool = False
     """Validation samples with the settings above when true; greedy decoding when false."""
+    backend: str = "loop"
+    """How completions are sampled: "loop" (grpo_lightning/sampling.py: a lean KV-cache loop,
+    the same tokens as generate for the same seed, less per-token overhead) or "hf"
+    (transformers' ``model.generate``, for models whose generation needs its extras)."""
 
 
 @dataclass
@@ -115,6 +119,10 @@ class ModelConfig:
     a time, so the [B, T, vocab] logits (and their gradient) never exist for the whole batch.
     Used for model types whose logits are the plain head output (Llama, Qwen2/3, Mistral); other
     models fall back to full logits, chunked only in the log-softmax. Same numbers either way."""
+    compile: bool = False
+    """``torch.compile`` the decoder (dynamic shapes) for generation and scoring. Costs a
+    compilation at the first steps (and a C++ compiler on CPU); pays off on a GPU with a
+    model large enough for kernel fusion to matter."""
 
 
 @dataclass
@@ -282,6 +290,7 @@ def to_train_config(cfg: DictConfig) -> "TrainConfig":
 
 LOGGER_KINDS = ("csv", "wandb", "none")
 DTYPES = ("float32", "bfloat16", "float16")
+GENERATION_BACKENDS = ("loop", "hf")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -320,6 +329,8 @@ def validate_config(cfg: TrainConfig) -> None:
     _require(gen.temperature > 0, f"generation.temperature must be > 0 for sampling (got "
              f"{gen.temperature}); greedy validation is generation.val_do_sample=false")
     _require(0 < gen.top_p <= 1, f"generation.top_p must be in (0, 1] (got {gen.top_p})")
+    _require(gen.backend in GENERATION_BACKENDS, f"generation.backend={gen.backend!r} is unknown; choose "
+             f"one of {GENERATION_BACKENDS} (a vLLM backend is not available in this version)")
     _require(gen.top_k >= 0, f"generation.top_k must be >= 0, 0 disables it (got {gen.top_k})")
     _require(cfg.optim.lr > 0, f"optim.lr must be > 0 (got {cfg.optim.lr})")
     _require(len(cfg.optim.betas) == 2, f"optim.betas must have two values (got {list(cfg.optim.betas)})")

@@ -65,9 +65,10 @@ class GRPOModule(L.LightningModule):
         self.train_means = StageMeans(self._train_metric_names())
         self.val_means = StageMeans(["val/reward/mean"] + [f"val/reward/{n}/mean" for n in reward.names])
         gen = self.generation
-        self.train_sampling = SamplingParams(gen.max_new_tokens, gen.temperature, gen.top_p, gen.top_k)
+        self.train_sampling = SamplingParams(gen.max_new_tokens, gen.temperature, gen.top_p, gen.top_k,
+                                             backend=gen.backend)
         self.val_sampling = SamplingParams(gen.max_new_tokens, gen.temperature, gen.top_p, gen.top_k,
-                                           do_sample=gen.val_do_sample)
+                                           do_sample=gen.val_do_sample, backend=gen.backend)
         self.validated_at_step: Optional[int] = None  # Lightning global_step of the last validation
 
     def _train_metric_names(self) -> list[str]:

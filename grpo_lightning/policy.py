@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from grpo_lightning.config import ConfigError, ModelConfig
 from grpo_lightning.logprobs import (completion_token_scores, completion_token_scores_from_hidden,
                                      supports_hidden_head)
+from grpo_lightning.sampling import sample_with_kv_cache
 
 if TYPE_CHECKING:
     from grpo_lightning.rollout import TokenBatch
@@ -40,6 +41,8 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = 0
     do_sample: bool = True
+    backend: str = "hf"
+    """"hf": ``model.generate``; "loop": grpo_lightning.sampling's lean KV-cache loop."""
 
 
 class Policy(nn.Module, ABC):
@@ -123,6 +126,8 @@ class CausalLMPolicy(Policy):
                               "cached or reachable") from None
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.compile:
+            model.get_decoder().compile(dynamic=True)  # lazy: compiles at the first call
         return cls(model, tokenizer, logprob_chunk_size=cfg.logprob_chunk_size,
                    chunked_lm_head=cfg.chunked_lm_head)
 
@@ -137,6 +142,15 @@ class CausalLMPolicy(Policy):
 
         was_training = self.model.training
         self.model.eval()
+        if sampling.backend == "loop":
+            try:
+                return sample_with_kv_cache(
+                    self.model, prompt_ids, prompt_mask, max_new_tokens=sampling.max_new_tokens,
+                    eos_token_ids=self.eos_token_ids, pad_token_id=self.tokenizer.pad_token_id,
+                    do_sample=sampling.do_sample, temperature=sampling.temperature, top_k=sampling.top_k,
+                    top_p=sampling.top_p)
+            finally:
+                self.model.train(was_training)
         # A full GenerationConfig, so no default hidden in the checkpoint (e.g. top_k=50) applies.
         generation = GenerationConfig(
             max_new_tokens=sampling.max_new_tokens,

@@ -112,3 +112,13 @@ def test_policy_uses_the_hidden_state_path_only_when_asked(arith_policy):
     arith_policy.chunked_lm_head = False
     full, _ = arith_policy.token_scores(batch, temperature=1.0, with_entropy=False)
     torch.testing.assert_close(chunked, full, rtol=1e-5, atol=1e-5)
+
+
+def test_model_compile_wraps_the_decoder_lazily(random_arith_dir):
+    from grpo_lightning.config import ModelConfig
+    from grpo_lightning.policy import CausalLMPolicy
+
+    plain = CausalLMPolicy.from_config(ModelConfig(name_or_path=str(random_arith_dir)))
+    compiled = CausalLMPolicy.from_config(ModelConfig(name_or_path=str(random_arith_dir), compile=True))
+    assert plain.model.get_decoder()._compiled_call_impl is None
+    assert compiled.model.get_decoder()._compiled_call_impl is not None  # not run here: no compile on CPU CI
