@@ -63,3 +63,11 @@ def test_policy_sample_dispatches_on_the_backend(arith_policy):
         outs.append(arith_policy.sample(prompt_ids, prompt_mask, SamplingParams(5, backend=backend)))
     torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
     assert arith_policy.model.training  # sample restores the mode it found
+
+
+def test_unknown_generation_backend_is_refused_at_load(compose_config, random_arith_dir):
+    from grpo_lightning.config import ConfigError, to_train_config
+
+    assert to_train_config(compose_config(f"model.name_or_path={random_arith_dir}")).generation.backend == "loop"
+    with pytest.raises(ConfigError, match=r"generation.backend='vllm' is unknown.*vLLM backend is not available"):
+        to_train_config(compose_config(f"model.name_or_path={random_arith_dir}", "generation.backend=vllm"))
