@@ -103,14 +103,20 @@ def test_models_with_post_head_scaling_fall_back_to_logits():
     assert not supports_hidden_head(torch.nn.Linear(2, 2))
 
 
-def test_policy_uses_the_hidden_state_path_only_when_asked(arith_policy):
+def test_policy_uses_the_hidden_state_path_only_when_asked(arith_policy, monkeypatch):
+    import grpo_lightning.policy as policy_module
     from grpo_lightning.rollout import TokenBatch
 
+    used = []
+    for name in ("completion_token_scores", "completion_token_scores_from_hidden"):
+        real = getattr(policy_module, name)
+        monkeypatch.setattr(policy_module, name, lambda *a, _real=real, _name=name, **k: used.append(_name) or _real(*a, **k))
     batch = TokenBatch(*arith_policy.encode_prompts(["12+3=", "45+67="]),
                        torch.tensor([[5, 6, 2], [7, 2, 2]]), torch.tensor([[1, 1, 1], [1, 1, 0]]))
     chunked, _ = arith_policy.token_scores(batch, temperature=1.0, with_entropy=False)
     arith_policy.chunked_lm_head = False
     full, _ = arith_policy.token_scores(batch, temperature=1.0, with_entropy=False)
+    assert used == ["completion_token_scores_from_hidden", "completion_token_scores"]
     torch.testing.assert_close(chunked, full, rtol=1e-5, atol=1e-5)
 
 
