@@ -4,6 +4,8 @@ Only completion positions are scored: the model is asked for the last T+1 positi
 (``logits_to_keep``), never the prompt's. The float32 log-softmax over the vocabulary is
 formed ``chunk_size`` rows at a time, and under autograd each chunk is recomputed in the
 backward pass (activation checkpointing), so the float32 ``[B, T, V]`` tensor never exists.
+:func:`completion_token_scores_from_hidden` goes further for models whose logits are the plain
+head output: it applies the head itself per chunk, so not even the model-dtype logits exist.
 """
 
 from __future__ import annotations
