@@ -11,6 +11,7 @@ median over ``--calls`` calls after one warm-up call each, with the min and max.
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -36,8 +37,11 @@ def main() -> None:
     from grpo_lightning.config import ModelConfig
     from grpo_lightning.policy import CausalLMPolicy, SamplingParams
 
-    model_dir = build_checkpoint(args.size, Path(tempfile.mkdtemp(prefix="bench_generation-")))
-    policy = CausalLMPolicy.from_config(ModelConfig(name_or_path=str(model_dir)))
+    scratch = Path(tempfile.mkdtemp(prefix="bench_generation-"))
+    try:
+        policy = CausalLMPolicy.from_config(ModelConfig(name_or_path=str(build_checkpoint(args.size, scratch))))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     prompt_ids, prompt_mask = policy.encode_prompts(["12+34=", "56+78=", "90+12=", "34+5="] * (args.rows // 4))
     print(f"{args.size} model, {prompt_ids.size(0)} rows, max {args.max_new_tokens} new tokens, "
           f"{args.threads} thread(s), median of {args.calls} calls (min, max)")

@@ -13,6 +13,7 @@ reported next to max_new_tokens: tokens per second is the fair throughput figure
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -54,18 +55,21 @@ def main() -> None:
     args = parser.parse_args()
 
     scratch = Path(tempfile.mkdtemp(prefix="bench_scaling-"))
-    model_dir = build_checkpoint(args.size, scratch / f"model-{args.size}")
-    print(f"{args.size} model, {args.device}, {args.precision}, {args.threads} thread(s), "
-          f"{args.steps} steps per point, first {args.warmup} not timed\n")
-    print("| swept | completions/step | mean length | step ms (min-max) | completions/s | tokens/s | peak RSS MiB |")
-    print("|---|---|---|---|---|---|---|")
-    for completions in args.completions:
-        overrides = [f"data.batch_size={completions // GROUP_SIZE}"]
-        report("completions", completions, completions, measure(overrides, completions, args, model_dir, scratch))
-    base = 8 * GROUP_SIZE
-    for new_tokens in args.new_tokens:
-        overrides = [f"generation.max_new_tokens={new_tokens}"]
-        report("max_new_tokens", new_tokens, base, measure(overrides, base, args, model_dir, scratch))
+    try:
+        model_dir = build_checkpoint(args.size, scratch / f"model-{args.size}")
+        print(f"{args.size} model, {args.device}, {args.precision}, {args.threads} thread(s), "
+              f"{args.steps} steps per point, first {args.warmup} not timed\n")
+        print("| swept | completions/step | mean length | step ms (min-max) | completions/s | tokens/s | peak RSS MiB |")
+        print("|---|---|---|---|---|---|---|")
+        for completions in args.completions:
+            overrides = [f"data.batch_size={completions // GROUP_SIZE}"]
+            report("completions", completions, completions, measure(overrides, completions, args, model_dir, scratch))
+        base = 8 * GROUP_SIZE
+        for new_tokens in args.new_tokens:
+            overrides = [f"generation.max_new_tokens={new_tokens}"]
+            report("max_new_tokens", new_tokens, base, measure(overrides, base, args, model_dir, scratch))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":

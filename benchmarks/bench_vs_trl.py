@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -254,6 +255,13 @@ def _summary(values: list[float]) -> str:
 
 def drive(args: argparse.Namespace) -> None:
     scratch = Path(tempfile.mkdtemp(prefix="bench_vs_trl-"))
+    try:
+        _drive(args, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)  # checkpoints and run directories
+
+
+def _drive(args: argparse.Namespace, scratch: Path) -> None:
     model_dir = build_checkpoint(args.size, scratch / f"model-{args.size}")
     if args.build_only:
         from transformers import AutoModelForCausalLM, AutoTokenizer
