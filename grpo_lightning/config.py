@@ -130,6 +130,10 @@ class GenerationConfig:
     ``val/pass@1`` when val_num_samples is 1."""
     val_pass_threshold: float = 1.0
     """A completion passes when the judged reward is >= this value."""
+    backend: str = "hf"
+    """How completions are sampled: "hf" (transformers' ``model.generate``) or "loop"
+    (grpo_lightning/generation_loop.py: a lean KV-cache loop, the same tokens as generate for
+    the same seed with less per-token overhead; for plain decoder models such as Llama/Qwen2)."""
 
 
 @dataclass
@@ -184,6 +188,15 @@ class ModelConfig:
     log-softmax over the vocabulary is never held for the whole batch at once."""
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     """Train low-rank adapters instead of the full model (model.lora.r > 0)."""
+    chunked_lm_head: bool = True
+    """Apply the output head to the decoder's hidden states ``logprob_chunk_size`` completions at
+    a time, so the [B, T, vocab] logits (and their gradient) never exist for the whole batch.
+    Used for model types whose logits are the plain head output (Llama, Qwen2/3, Mistral); other
+    models fall back to full logits, chunked only in the log-softmax. Same numbers either way."""
+    compile: bool = False
+    """``torch.compile`` the decoder (dynamic shapes) for generation and scoring. Costs a
+    compilation at the first steps (and a C++ compiler on CPU); pays off on a GPU with a
+    model large enough for kernel fusion to matter."""
 
 
 @dataclass
@@ -396,6 +409,7 @@ LOGGER_KINDS = ("csv", "wandb", "none")
 OVERLONG_PROMPTS = ("drop", "truncate")
 PROFILERS = ("simple", "advanced", "pytorch")
 DTYPES = ("float32", "bfloat16", "float16")
+GENERATION_BACKENDS = ("loop", "hf")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -435,6 +449,8 @@ def validate_config(cfg: TrainConfig) -> None:
     _require(gen.temperature > 0, f"generation.temperature must be > 0 for sampling (got "
              f"{gen.temperature}); greedy validation is generation.val_do_sample=false")
     _require(0 < gen.top_p <= 1, f"generation.top_p must be in (0, 1] (got {gen.top_p})")
+    _require(gen.backend in GENERATION_BACKENDS, f"generation.backend={gen.backend!r} is unknown; choose "
+             f"one of {GENERATION_BACKENDS} (a vLLM backend is not available in this version)")
     _require(gen.top_k >= 0, f"generation.top_k must be >= 0, 0 disables it (got {gen.top_k})")
     _require(cfg.optim.lr > 0, f"optim.lr must be > 0 (got {cfg.optim.lr})")
     _require(len(cfg.optim.betas) == 2, f"optim.betas must have two values (got {list(cfg.optim.betas)})")

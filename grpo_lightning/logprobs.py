@@ -1,18 +1,29 @@
 """Log-probs and entropy of completion tokens under a causal LM.
 
-Only completion positions are scored: the model is asked for the last T+1 positions' logits
-(``logits_to_keep``), never the prompt's. The float32 log-softmax over the vocabulary is
-formed ``chunk_size`` rows at a time, and under autograd each chunk is recomputed in the
-backward pass (activation checkpointing), so the float32 ``[B, T, V]`` tensor never exists.
+Only completion positions are scored, never the prompt's. Two paths give the same numbers:
+
+* :func:`completion_token_scores_from_hidden` (``model.chunked_lm_head=true``, for model types
+  whose logits are the plain head output): the decoder returns hidden states and the output
+  head is applied ``chunk_size`` completions at a time, so the ``[B, T, V]`` logits never exist;
+* :func:`completion_token_scores`: the model returns logits for the last T+1 positions only
+  (``logits_to_keep``).
+
+Either way the float32 log-softmax over the vocabulary is formed one chunk at a time and,
+under autograd, recomputed in the backward pass (activation checkpointing), so the float32
+``[B, T, V]`` tensor never exists.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
+
+HIDDEN_HEAD_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "mistral", "mixtral"})
+"""Model types whose logits are exactly ``lm_head(decoder(...).last_hidden_state)``: no logit
+soft-capping or scaling after the head, so applying the head per chunk gives the same numbers."""
 
 
 def _chunk_scores(logits: Tensor, token_ids: Tensor, temperature: float,
@@ -27,6 +38,35 @@ def _chunk_scores(logits: Tensor, token_ids: Tensor, temperature: float,
     return token_logprobs, entropy
 
 
+def _scores_in_chunks(to_logits: Callable[[Tensor], Tensor], inputs: Tensor, token_ids: Tensor, *,
+                      temperature: float, with_entropy: bool, chunk_size: int, entropy_grad: bool
+                      ) -> tuple[Tensor, Optional[Tensor]]:
+    """inputs [B, T, *] (logits, or hidden states with ``to_logits`` the output head)."""
+
+    def scores(chunk: Tensor, ids: Tensor, want_entropy: bool) -> tuple[Tensor, Tensor]:
+        return _chunk_scores(to_logits(chunk), ids, temperature, want_entropy)
+
+    recompute_in_backward = torch.is_grad_enabled() and inputs.requires_grad
+    # An entropy that is only logged is computed apart, under no_grad, so the backward pass
+    # neither keeps nor recomputes it.
+    entropy_apart = with_entropy and not entropy_grad and recompute_in_backward
+    logprob_chunks, entropy_chunks = [], []
+    for start in range(0, inputs.size(0), chunk_size):
+        chunk, ids = inputs[start:start + chunk_size], token_ids[start:start + chunk_size]
+        want_entropy = with_entropy and not entropy_apart
+        if recompute_in_backward:
+            lp, ent = checkpoint(scores, chunk, ids, want_entropy, use_reentrant=False)
+        else:
+            lp, ent = scores(chunk, ids, want_entropy)
+        if entropy_apart:
+            with torch.no_grad():
+                ent = scores(chunk, ids, True)[1]
+        logprob_chunks.append(lp)
+        entropy_chunks.append(ent)
+    logprobs = torch.cat(logprob_chunks)                                        # [B, T]
+    return logprobs, torch.cat(entropy_chunks) if with_entropy else None
+
+
 def token_scores_from_logits(logits: Tensor, token_ids: Tensor, *, temperature: float = 1.0,
                              with_entropy: bool = False, chunk_size: int = 64, entropy_grad: bool = True
                              ) -> tuple[Tensor, Optional[Tensor]]:
@@ -35,28 +75,22 @@ def token_scores_from_logits(logits: Tensor, token_ids: Tensor, *, temperature: 
     Args:
         logits: [B, T, V] logits whose position t predicts token_ids[:, t].
         token_ids: [B, T].
-        entropy_grad: False computes the entropy under no_grad (it is only logged), outside the
-            checkpointed chunk, so the backward pass neither keeps nor recomputes it.
+        entropy_grad: False computes the entropy under no_grad (it is only logged).
     Returns:
         logprobs [B, T] (float32), entropy [B, T] or None.
     """
-    logprob_chunks, entropy_chunks = [], []
-    recompute_in_backward = torch.is_grad_enabled() and logits.requires_grad
-    entropy_apart = with_entropy and not entropy_grad and recompute_in_backward
-    for start in range(0, logits.size(0), chunk_size):
-        args = (logits[start:start + chunk_size], token_ids[start:start + chunk_size],
-                temperature, with_entropy and not entropy_apart)
-        if recompute_in_backward:
-            lp, ent = checkpoint(_chunk_scores, *args, use_reentrant=False)
-        else:
-            lp, ent = _chunk_scores(*args)
-        if entropy_apart:
-            with torch.no_grad():
-                ent = _chunk_scores(*args[:3], True)[1]
-        logprob_chunks.append(lp)
-        entropy_chunks.append(ent)
-    logprobs = torch.cat(logprob_chunks)
-    return logprobs, torch.cat(entropy_chunks) if with_entropy else None
+    return _scores_in_chunks(lambda chunk: chunk, logits, token_ids, temperature=temperature,
+                             with_entropy=with_entropy, chunk_size=chunk_size, entropy_grad=entropy_grad)
+
+
+def _model_inputs(prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
+                  completion_mask: Tensor) -> dict[str, Tensor]:
+    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)                  # [B, P+T]
+    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)           # [B, P+T]
+    # Left padding shifts positions; count them from each row's first real token, as generate does.
+    position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
+            "use_cache": False}
 
 
 def completion_token_scores(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor,
@@ -67,12 +101,35 @@ def completion_token_scores(model: nn.Module, prompt_ids: Tensor, prompt_mask: T
 
     Returns log-probs [B, T] and entropy [B, T] (or None) of the completion tokens.
     """
-    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)                  # [B, P+T]
-    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)           # [B, P+T]
-    # Left padding shifts positions; count them from each row's first real token, as generate does.
-    position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
     num_completion = completion_ids.size(1)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                   logits_to_keep=num_completion + 1, use_cache=False).logits   # [B, T+1, V]
+    logits = model(**_model_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask),
+                   logits_to_keep=num_completion + 1).logits                    # [B, T+1, V]
     return token_scores_from_logits(logits[:, :-1], completion_ids, temperature=temperature,
                                     with_entropy=with_entropy, chunk_size=chunk_size, entropy_grad=entropy_grad)
+
+
+def supports_hidden_head(model: nn.Module) -> bool:
+    """Whether :func:`completion_token_scores_from_hidden` may be used for ``model``."""
+    config = getattr(model, "config", None)
+    return (getattr(config, "model_type", None) in HIDDEN_HEAD_MODEL_TYPES
+            and callable(getattr(model, "get_decoder", None))
+            and callable(getattr(model, "get_output_embeddings", None)))
+
+
+def completion_token_scores_from_hidden(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor,
+                                        completion_ids: Tensor, completion_mask: Tensor, *,
+                                        temperature: float = 1.0, with_entropy: bool = False,
+                                        chunk_size: int = 64, entropy_grad: bool = True
+                                        ) -> tuple[Tensor, Optional[Tensor]]:
+    """Same result as :func:`completion_token_scores`, but the ``[B, T, V]`` logits never exist.
+
+    The decoder runs once and returns hidden states [B, P+T, H]; the output head is applied
+    ``chunk_size`` completions at a time. Only for models where :func:`supports_hidden_head`.
+    """
+    num_prompt, num_completion = prompt_ids.size(1), completion_ids.size(1)
+    hidden = model.get_decoder()(**_model_inputs(prompt_ids, prompt_mask, completion_ids,
+                                                 completion_mask)).last_hidden_state
+    # Position t predicts token t + 1, so the completion is predicted from P-1 .. P+T-2.
+    hidden = hidden[:, num_prompt - 1:num_prompt + num_completion - 1]          # [B, T, H]
+    return _scores_in_chunks(model.get_output_embeddings(), hidden, completion_ids, temperature=temperature,
+                             with_entropy=with_entropy, chunk_size=chunk_size, entropy_grad=entropy_grad)

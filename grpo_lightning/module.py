@@ -84,9 +84,10 @@ class GRPOModule(L.LightningModule):
         self.val_pass_metric = f"val/pass@{self.val_k}" if self.val_k > 1 or gen.val_pass_reward else None
         self.val_means = StageMeans(["val/reward/mean"] + [f"val/reward/{n}/mean" for n in reward.names]
                                     + ([self.val_pass_metric] if self.val_pass_metric else []))
-        self.train_sampling = SamplingParams(gen.max_new_tokens, gen.temperature, gen.top_p, gen.top_k)
+        self.train_sampling = SamplingParams(gen.max_new_tokens, gen.temperature, gen.top_p, gen.top_k,
+                                             backend=gen.backend)
         self.val_sampling = SamplingParams(gen.max_new_tokens, gen.temperature, gen.top_p, gen.top_k,
-                                           do_sample=gen.val_do_sample)
+                                           do_sample=gen.val_do_sample, backend=gen.backend)
         self.validated_at_step: Optional[int] = None  # Lightning global_step of the last validation
         self.last_rollout: Optional[RolloutSample] = None  # for callbacks (W&B completions table)
 

@@ -26,7 +26,9 @@ import torch
 from torch import Tensor, nn
 
 from grpo_lightning.config import ConfigError, LoRAConfig, ModelConfig
-from grpo_lightning.logprobs import completion_token_scores
+from grpo_lightning.generation_loop import sample_with_kv_cache
+from grpo_lightning.logprobs import (completion_token_scores, completion_token_scores_from_hidden,
+                                     supports_hidden_head)
 
 if TYPE_CHECKING:
     from grpo_lightning.rollout import TokenBatch
@@ -41,6 +43,8 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = 0
     do_sample: bool = True
+    backend: str = "hf"
+    """"hf": ``model.generate``; "loop": grpo_lightning.sampling's lean KV-cache loop."""
 
 
 class Policy(nn.Module, ABC):
@@ -87,7 +91,7 @@ class CausalLMPolicy(Policy):
     """A Hugging Face causal LM and its tokenizer as a GRPO policy."""
 
     def __init__(self, model: nn.Module, tokenizer, *, logprob_chunk_size: int = 64,
-                 save_merged: bool = True):
+                 save_merged: bool = True, chunked_lm_head: bool = True):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
@@ -95,6 +99,7 @@ class CausalLMPolicy(Policy):
         self.save_merged = save_merged  # LoRA export: merged weights, or the adapters alone
         # False for chat-templated prompts: the template already wrote BOS and the like.
         self.add_special_tokens = True
+        self.chunked_lm_head = chunked_lm_head
         self.reference_model: Optional[nn.Module] = None
         self.reference_is_base = False  # LoRA: the reference is self.model with adapters disabled
         if tokenizer.pad_token_id is None:
@@ -131,8 +136,10 @@ class CausalLMPolicy(Policy):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if cfg.lora.r > 0:
             model = add_lora(model, cfg.lora)
+        if cfg.compile:
+            model.get_decoder().compile(dynamic=True)  # lazy: compiles at the first call
         return cls(model, tokenizer, logprob_chunk_size=cfg.logprob_chunk_size,
-                   save_merged=cfg.lora.save_merged)
+                   save_merged=cfg.lora.save_merged, chunked_lm_head=cfg.chunked_lm_head)
 
     @property
     def is_lora(self) -> bool:
@@ -152,6 +159,15 @@ class CausalLMPolicy(Policy):
 
         was_training = self.model.training
         self.model.eval()
+        if sampling.backend == "loop":
+            try:
+                return sample_with_kv_cache(
+                    self.model, prompt_ids, prompt_mask, max_new_tokens=sampling.max_new_tokens,
+                    eos_token_ids=self.eos_token_ids, pad_token_id=self.tokenizer.pad_token_id,
+                    do_sample=sampling.do_sample, temperature=sampling.temperature, top_k=sampling.top_k,
+                    top_p=sampling.top_p)
+            finally:
+                self.model.train(was_training)
         # A full GenerationConfig, so no default hidden in the checkpoint (e.g. top_k=50) applies.
         generation = GenerationConfig(
             max_new_tokens=sampling.max_new_tokens,
@@ -177,10 +193,12 @@ class CausalLMPolicy(Policy):
     def token_scores(self, batch: "TokenBatch", *, temperature: float, with_entropy: bool,
                      reference: bool = False, entropy_grad: bool = True) -> tuple[Tensor, Optional[Tensor]]:
         def score(model: nn.Module) -> tuple[Tensor, Optional[Tensor]]:
-            return completion_token_scores(model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
-                                           batch.completion_mask, temperature=temperature,
-                                           with_entropy=with_entropy, chunk_size=self.logprob_chunk_size,
-                                           entropy_grad=entropy_grad)
+            scorer = completion_token_scores
+            if self.chunked_lm_head and supports_hidden_head(model):
+                scorer = completion_token_scores_from_hidden
+            return scorer(model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
+                          batch.completion_mask, temperature=temperature, with_entropy=with_entropy,
+                          chunk_size=self.logprob_chunk_size, entropy_grad=entropy_grad)
 
         if not reference:
             return score(self.model)

@@ -45,3 +45,86 @@ def test_completion_scores_with_left_padding_match_unpadded():
     full = torch.log_softmax(model(alone).logits, dim=-1)[0, 1:4]              # predicts 3, 4, 1
     expected = full.gather(-1, torch.tensor([[3], [4], [1]])).squeeze(-1)
     torch.testing.assert_close(lp[0], expected, rtol=1e-5, atol=1e-5)
+
+
+def _tiny_llama(tie: bool) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=23, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32,
+                                        tie_word_embeddings=tie))
+
+
+@pytest.mark.parametrize("tie", [True, False])
+@pytest.mark.parametrize("chunk_size", [1, 2, 64])
+def test_hidden_state_scores_match_full_logits(tie, chunk_size):
+    from grpo_lightning.logprobs import completion_token_scores_from_hidden, supports_hidden_head
+
+    model = _tiny_llama(tie)
+    assert supports_hidden_head(model)
+    prompt = torch.tensor([[0, 0, 5, 6], [7, 8, 9, 10], [0, 3, 4, 5]])
+    prompt_mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1], [0, 1, 1, 1]])
+    completion = torch.tensor([[3, 4, 1], [2, 2, 0], [9, 0, 0]])
+    completion_mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0]])
+    args = (prompt, prompt_mask, completion, completion_mask)
+
+    # direct: full logits of the whole sequence, plain log-softmax, no chunking anywhere
+    logits = model(input_ids=torch.cat([prompt, completion], 1),
+                   attention_mask=torch.cat([prompt_mask, completion_mask], 1),
+                   position_ids=(torch.cat([prompt_mask, completion_mask], 1).cumsum(1) - 1).clamp(min=0)).logits
+    logp = torch.log_softmax(logits[:, 3:-1] / 0.7, dim=-1)                      # predicts the completion
+    expected_lp = logp.gather(-1, completion.unsqueeze(-1)).squeeze(-1)
+    expected_ent = -(logp.exp() * logp).sum(-1)
+    weights = torch.randn(3, 3, generator=torch.Generator().manual_seed(1))
+    (expected_lp * weights + expected_ent).sum().backward()
+    expected_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+
+    lp, ent = completion_token_scores_from_hidden(model, *args, temperature=0.7, with_entropy=True,
+                                                  chunk_size=chunk_size)
+    torch.testing.assert_close(lp, expected_lp, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ent, expected_ent, rtol=1e-5, atol=1e-5)
+    (lp * weights + ent).sum().backward()
+    for got, want in zip((p.grad for p in model.parameters()), expected_grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+    # and the logits path of the policy agrees with it
+    lp_logits, _ = completion_token_scores(model, *args, temperature=0.7)
+    torch.testing.assert_close(lp.detach(), lp_logits.detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_models_with_post_head_scaling_fall_back_to_logits():
+    from transformers import GemmaConfig, GemmaForCausalLM
+
+    from grpo_lightning.logprobs import supports_hidden_head
+
+    gemma = GemmaForCausalLM(GemmaConfig(vocab_size=11, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1, head_dim=4))
+    assert not supports_hidden_head(gemma)
+    assert not supports_hidden_head(torch.nn.Linear(2, 2))
+
+
+def test_policy_uses_the_hidden_state_path_only_when_asked(arith_policy, monkeypatch):
+    import grpo_lightning.policy as policy_module
+    from grpo_lightning.rollout import TokenBatch
+
+    used = []
+    for name in ("completion_token_scores", "completion_token_scores_from_hidden"):
+        real = getattr(policy_module, name)
+        monkeypatch.setattr(policy_module, name, lambda *a, _real=real, _name=name, **k: used.append(_name) or _real(*a, **k))
+    batch = TokenBatch(*arith_policy.encode_prompts(["12+3=", "45+67="]),
+                       torch.tensor([[5, 6, 2], [7, 2, 2]]), torch.tensor([[1, 1, 1], [1, 1, 0]]))
+    chunked, _ = arith_policy.token_scores(batch, temperature=1.0, with_entropy=False)
+    arith_policy.chunked_lm_head = False
+    full, _ = arith_policy.token_scores(batch, temperature=1.0, with_entropy=False)
+    assert used == ["completion_token_scores_from_hidden", "completion_token_scores"]
+    torch.testing.assert_close(chunked, full, rtol=1e-5, atol=1e-5)
+
+
+def test_model_compile_wraps_the_decoder_lazily(random_arith_dir):
+    from grpo_lightning.config import ModelConfig
+    from grpo_lightning.policy import CausalLMPolicy
+
+    plain = CausalLMPolicy.from_config(ModelConfig(name_or_path=str(random_arith_dir)))
+    compiled = CausalLMPolicy.from_config(ModelConfig(name_or_path=str(random_arith_dir), compile=True))
+    assert plain.model.get_decoder()._compiled_call_impl is None
+    assert compiled.model.get_decoder()._compiled_call_impl is not None  # not run here: no compile on CPU CI

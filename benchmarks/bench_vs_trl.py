@@ -1,0 +1,348 @@
+"""grpo-lightning against TRL's GRPOTrainer: step time, throughput and peak memory, side by side.
+
+One random model and the arithmetic tokenizer are saved once; both trainers then train that
+same checkpoint on the built-in addition prompts with the same settings:
+
+    8 prompts x 4 completions per step, at most 8 new tokens, sampling at temperature 1,
+    beta 0.04 (both keep a frozen reference model), clip 0.2, advantages scaled by the group
+    std, per-sequence loss aggregation (TRL loss_type="grpo" = our seq-mean-token-mean),
+    AdamW lr 1e-4 constant, no weight decay, grad-norm clip 1.0, one update per batch, fp32,
+    no gradient checkpointing, no vLLM, metrics logged every step, no eval, no checkpoints.
+
+TRL's own defaults differ (beta 0, loss_type "dapo", bf16 on, gradient checkpointing on,
+lr 1e-6), so every one of them is set explicitly below.
+
+Each (trainer, step count) runs in its own subprocess, so the peak RSS (VmHWM of the worker)
+is that trainer's alone. Steady-state time per step comes from timestamps taken at the end of
+every optimizer step (a Lightning hook on our side, a TrainerCallback on TRL's): the median
+interval after the first ``--warmup`` steps, so interpreter start-up, imports, model loading,
+the first-step warm-up and the final export are all left out. (Differencing the wall time of
+an N-step and a 2N-step run, the other usual way, proved too noisy on a shared CPU: start-up
+alone varied by more than a step.) Both trainers run one after the other within each repeat,
+so a change of machine load hits both, and the ratios are reported per repeat (median, range).
+Each step end also records the worker's CPU time (all its threads); on a CPU shared with other
+jobs the CPU time per step is the load-robust figure, the wall time the one a user waits for.
+
+    /work/venv-bench/bin/python benchmarks/bench_vs_trl.py                 # tiny model, CPU
+    /work/venv-bench/bin/python benchmarks/bench_vs_trl.py --steps 10 --repeats 3
+    python benchmarks/bench_vs_trl.py --size 0.5b --device cuda --precision bf16   # on a GPU
+    python benchmarks/bench_vs_trl.py --size 0.5b --build-only             # construct + load only
+
+TRL comes from the optional extra: ``pip install -e .[bench]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULT_TAG = "BENCH_RESULT "
+PROMPTS_PER_STEP = 8
+GROUP_SIZE = 4
+MAX_NEW_TOKENS = 8
+BETA = 0.04
+LR = 1e-4
+
+
+# -- the shared checkpoint -------------------------------------------------------------------
+
+def build_checkpoint(size: str, directory: Path) -> Path:
+    """Save a random model of ``size`` and the arithmetic tokenizer to ``directory``."""
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    from grpo_lightning.tasks.arithmetic import build_tokenizer, model_config
+
+    tokenizer = build_tokenizer()
+    if size == "tiny":
+        config = model_config()  # the 0.66M-parameter Llama of the built-in task
+    else:
+        # Qwen2.5-0.5B's shape (494M parameters with its 151,936-token vocabulary). The
+        # character tokenizer covers the first ids; the rest are never produced by a prompt,
+        # and sampled ones decode to nothing, which only lowers the reward.
+        config = Qwen2Config(vocab_size=151_936, hidden_size=896, intermediate_size=4864,
+                             num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+                             max_position_embeddings=4096, tie_word_embeddings=True,
+                             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                             pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+# -- workers: one training run each, in a subprocess ---------------------------------------
+
+def _proc_status_mib(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status (the benchmark reads memory the Linux way)")
+
+
+def _peak_rss_mib() -> float:
+    return _proc_status_mib("VmHWM")
+
+
+def _rss_mib() -> float:
+    return _proc_status_mib("VmRSS")
+
+
+def _clocks() -> tuple[float, float]:
+    """Wall time and this process's CPU time (all threads), in seconds."""
+    return time.perf_counter(), time.process_time()
+
+
+_RSS_AFTER_IMPORT: list[float] = []
+"""RSS once the trainer's libraries are imported: the fixed cost of torch + Lightning or TRL."""
+
+
+def run_ours(args: argparse.Namespace) -> dict:
+    """``grpo-train`` itself (its Hydra entry point), with the shared settings as overrides."""
+    import csv
+
+    from grpo_lightning.module import GRPOModule
+    from grpo_lightning.train import main
+
+    _RSS_AFTER_IMPORT.append(_rss_mib())
+    step_ends: list[float] = []
+    GRPOModule.on_train_batch_end = lambda self, *_: step_ends.append(_clocks())
+    work = Path(args.work_dir)
+    accelerator = "gpu" if args.device == "cuda" else "cpu"
+    precision = "bf16-mixed" if args.precision == "bf16" else "32-true"
+    sys.argv = ["grpo-train", f"hydra.run.dir={work}", f"model.name_or_path={args.model_dir}",
+                f"data.batch_size={PROMPTS_PER_STEP}", f"algorithm.group_size={GROUP_SIZE}",
+                f"generation.max_new_tokens={MAX_NEW_TOKENS}", "generation.temperature=1.0",
+                "generation.top_p=1.0", "generation.top_k=0", "generation.backend=loop",
+                f"algorithm.beta={BETA}", "algorithm.entropy_coef=0.0", "algorithm.clip_range=0.2",
+                "algorithm.normalize_by_std=true", "algorithm.num_iterations=1",
+                "algorithm.mini_batch_size=null", "algorithm.micro_batch_size=null",
+                "algorithm.max_grad_norm=1.0", f"optim.lr={LR}", "optim.warmup_steps=0",
+                "optim.weight_decay=0.0", "model.dtype=float32", "model.gradient_checkpointing=false",
+                f"trainer.accelerator={accelerator}", f"trainer.precision={precision}",
+                f"trainer.max_steps={args.steps}", "trainer.val_every_n_steps=1000000",
+                "trainer.limit_val_batches=1", "validate_before_training=false",
+                "checkpoint.enabled=false", "trainer.enable_progress_bar=false",
+                "trainer.log_every_n_steps=1", "logger=csv", f"seed={args.seed}",
+                *args.ours_override]
+    try:
+        main()
+    except SystemExit as stop:
+        if stop.code not in (0, None):
+            raise
+    lengths = [float(row["response_length/mean"]) for row in csv.DictReader(open(work / "metrics.csv"))
+               if row.get("response_length/mean")]
+    return {"mean_completion_length": statistics.fmean(lengths), "step_ends": step_ends}
+
+
+def run_trl(args: argparse.Namespace) -> dict:
+    """TRL's GRPOTrainer with every setting that differs from ours set explicitly."""
+    import datasets
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from grpo_lightning.tasks.arithmetic import correct_answer, load_splits
+
+    _RSS_AFTER_IMPORT.append(_rss_mib())
+    train_rows, _ = load_splits(num_val=200, seed=0)
+    config = GRPOConfig(
+        output_dir=args.work_dir,
+        per_device_train_batch_size=PROMPTS_PER_STEP * GROUP_SIZE,  # completions, not prompts
+        num_generations=GROUP_SIZE,
+        gradient_accumulation_steps=1,
+        steps_per_generation=1,                  # one optimizer step per generated batch
+        num_iterations=1,
+        max_completion_length=MAX_NEW_TOKENS,
+        temperature=1.0, top_p=1.0, top_k=0,
+        beta=BETA,                               # TRL default 0: no reference model
+        epsilon=0.2,
+        scale_rewards="group",
+        loss_type="grpo",                        # TRL default "dapo"; ours is per-sequence mean
+        entropy_coef=0.0,
+        learning_rate=LR,                        # TRL default 1e-6
+        lr_scheduler_type="constant", warmup_steps=0,
+        optim="adamw_torch", weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8,
+        max_grad_norm=1.0,
+        bf16=args.precision == "bf16",           # TRL default True
+        fp16=False,
+        gradient_checkpointing=False,            # TRL default True
+        use_vllm=False,
+        use_cpu=args.device == "cpu",
+        model_init_kwargs={"dtype": "float32"},
+        logging_steps=1,                         # TRL default 10
+        eval_strategy="no",
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        log_completions=False,
+        max_steps=args.steps,
+        seed=args.seed,
+        dataloader_num_workers=0,
+    )
+    step_ends: list[float] = []
+
+    class StepClock(TrainerCallback):
+        def on_step_end(self, *_, **__):
+            step_ends.append(_clocks())
+
+    trainer = GRPOTrainer(model=args.model_dir, reward_funcs=correct_answer, args=config,
+                          train_dataset=datasets.Dataset.from_list(train_rows), callbacks=[StepClock()])
+    trainer.train()
+    lengths = [entry["completions/mean_length"] for entry in trainer.state.log_history
+               if "completions/mean_length" in entry]
+    return {"mean_completion_length": statistics.fmean(lengths), "step_ends": step_ends}
+
+
+WORKERS = {"ours": run_ours, "trl": run_trl}
+
+
+def worker_main(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    figures = WORKERS[args.worker](args)
+    figures.update(peak_rss_mib=_peak_rss_mib(), import_rss_mib=_RSS_AFTER_IMPORT[0],
+                   train_wall_s=time.perf_counter() - started)
+    print(RESULT_TAG + json.dumps(figures), flush=True)
+
+
+# -- driver ----------------------------------------------------------------------------------
+
+def _run_worker(side: str, steps: int, args: argparse.Namespace, model_dir: Path, scratch: Path) -> dict:
+    work = Path(tempfile.mkdtemp(prefix=f"{side}-{steps}-", dir=scratch))
+    python = args.trl_python if side == "trl" else sys.executable
+    command = [python, __file__, "--worker", side, "--steps", str(steps), "--model-dir", str(model_dir),
+               "--work-dir", str(work), "--threads", str(args.threads), "--device", args.device,
+               "--precision", args.precision, "--seed", str(args.seed)]
+    command += [f"--ours-override={o}" for o in args.ours_override]
+    env = dict(os.environ, WANDB_MODE="offline", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
+               PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                           os.environ.get("PYTHONPATH", "")]))
+    started = time.perf_counter()
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    tagged = [line for line in done.stdout.splitlines() if line.startswith(RESULT_TAG)]
+    if done.returncode != 0 or not tagged:
+        raise RuntimeError(f"{side} worker ({steps} steps) failed with exit code {done.returncode}:\n"
+                           f"{done.stderr[-4000:]}")
+    return json.loads(tagged[-1][len(RESULT_TAG):]) | {"wall_s": wall}
+
+
+def step_intervals(step_ends: list[list[float]], warmup: int) -> tuple[list[float], list[float]]:
+    """Wall and CPU seconds between consecutive step ends, the first ``warmup`` steps left out."""
+    ends = step_ends[warmup:]
+    wall = [later[0] - earlier[0] for earlier, later in zip(ends, ends[1:])]
+    cpu = [later[1] - earlier[1] for earlier, later in zip(ends, ends[1:])]
+    return wall, cpu
+
+
+def _summary(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4g}"
+    return f"{statistics.median(values):.4g} (min {min(values):.4g}, max {max(values):.4g})"
+
+
+def drive(args: argparse.Namespace) -> None:
+    scratch = Path(tempfile.mkdtemp(prefix="bench_vs_trl-"))
+    try:
+        _drive(args, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)  # checkpoints and run directories
+
+
+def _drive(args: argparse.Namespace, scratch: Path) -> None:
+    model_dir = build_checkpoint(args.size, scratch / f"model-{args.size}")
+    if args.build_only:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model = AutoModelForCausalLM.from_pretrained(model_dir)
+        AutoTokenizer.from_pretrained(model_dir)
+        print(f"built and loaded {args.size}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M "
+              f"parameters at {model_dir}")
+        return
+    per_step_completions = PROMPTS_PER_STEP * GROUP_SIZE
+    per_repeat: list[dict] = []
+    for repeat in range(args.repeats):
+        row: dict[str, dict] = {}
+        for side in args.sides:
+            run = _run_worker(side, args.steps, args, model_dir, scratch)
+            intervals, cpu_intervals = step_intervals(run["step_ends"], args.warmup)
+            step_s = statistics.median(intervals)
+            length = run["mean_completion_length"]
+            row[side] = {"step_s": step_s, "step_s_min": min(intervals), "step_s_max": max(intervals),
+                         "cpu_step_s": statistics.median(cpu_intervals),
+                         "completions_per_s": per_step_completions / step_s,
+                         "tokens_per_s": per_step_completions * length / step_s,
+                         "mean_completion_length": length, "peak_rss_mib": run["peak_rss_mib"],
+                         "import_rss_mib": run["import_rss_mib"],
+                         "working_rss_mib": run["peak_rss_mib"] - run["import_rss_mib"],
+                         "wall_s": run["wall_s"]}
+        per_repeat.append(row)
+        print(f"repeat {repeat + 1}/{args.repeats}: " + "; ".join(
+            f"{side} {r['step_s'] * 1000:.1f} ms/step ({r['cpu_step_s'] * 1000:.1f} CPU ms), "
+            f"{r['peak_rss_mib']:.0f} MiB" for side, r in row.items()),
+            flush=True)
+
+    print(f"\n{args.size} model, {args.device}, {args.precision}, {args.threads} threads, "
+          f"{args.steps} steps, first {args.warmup} not timed, {args.repeats} repeats (median (min, max) "
+          "over repeats; each repeat's step time is the median of its step intervals)")
+    for side in args.sides:
+        rows = [r[side] for r in per_repeat]
+        print(f"  {side:>4}: step {_summary([r['step_s'] * 1000 for r in rows])} ms, "
+              f"CPU {_summary([r['cpu_step_s'] * 1000 for r in rows])} ms | "
+              f"{_summary([r['completions_per_s'] for r in rows])} completions/s | "
+              f"{_summary([r['tokens_per_s'] for r in rows])} tokens/s | "
+              f"peak RSS {_summary([r['peak_rss_mib'] for r in rows])} MiB "
+              f"(after imports {_summary([r['import_rss_mib'] for r in rows])} MiB)")
+    if {"ours", "trl"} <= set(args.sides):
+        time_ratio = [r["ours"]["step_s"] / r["trl"]["step_s"] for r in per_repeat]
+        cpu_ratio = [r["ours"]["cpu_step_s"] / r["trl"]["cpu_step_s"] for r in per_repeat]
+        rss_ratio = [r["ours"]["peak_rss_mib"] / r["trl"]["peak_rss_mib"] for r in per_repeat]
+        print(f"  ours/trl step time: {_summary(time_ratio)}   (target <= 0.5)")
+        print(f"  ours/trl step CPU time: {_summary(cpu_ratio)}")
+        working_ratio = [r["ours"]["working_rss_mib"] / r["trl"]["working_rss_mib"] for r in per_repeat]
+        print(f"  ours/trl peak RSS:  {_summary(rss_ratio)}   (target <= 0.7)")
+        print(f"  ours/trl peak RSS above the import footprint: {_summary(working_ratio)}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "repeats": per_repeat}, indent=2))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", choices=["tiny", "0.5b"], default="tiny",
+                        help="tiny: the 0.66M Llama of the arithmetic task; 0.5b: Qwen2.5-0.5B-shaped (GPU)")
+    parser.add_argument("--steps", type=int, default=12, help="training steps per run")
+    parser.add_argument("--warmup", type=int, default=2, help="first steps left out of the timing")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads of each worker (1: no oversubscription on a shared CPU)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--sides", nargs="+", choices=sorted(WORKERS), default=["ours", "trl"])
+    parser.add_argument("--trl-python", default=sys.executable,
+                        help="interpreter with TRL installed (default: this one)")
+    parser.add_argument("--ours-override", action="append", default=[],
+                        help="extra grpo-train override for our side (repeatable)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", help="also write every figure to this file")
+    parser.add_argument("--build-only", action="store_true", help="build and load the model, then stop")
+    parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    parser.add_argument("--model-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--work-dir", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    arguments = parse_args()
+    worker_main(arguments) if arguments.worker else drive(arguments)

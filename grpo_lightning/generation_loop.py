@@ -1,0 +1,77 @@
+"""A lean sampling loop with a KV cache: what ``generate`` does for GRPO, minus its machinery.
+
+``transformers``' ``generate`` spends most of a small model's decoding time in per-token Python
+(logits-processor and stopping-criteria objects, output bookkeeping, cache-position logic).
+GRPO needs one thing from it: N*G rows sampled at temperature T with optional top-k / top-p,
+stopping when every row has produced EOS. This loop does exactly that:
+
+    prefill the prompts once (only the last position's logits)  -> cache
+    repeat up to max_new_tokens:
+        filter (temperature, top-k, top-p) and draw one token per row
+        finished rows get the pad id; stop when all rows are finished (one sync per token)
+        feed the new column with the grown mask and next positions
+
+The filters and the draw use the same operations, in the same order, as ``generate``'s
+TemperatureLogitsWarper -> TopKLogitsWarper -> TopPLogitsWarper -> softmax -> multinomial, so
+with the same seed both produce the same tokens (tests/test_generation_loop.py checks it).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def filter_logits(logits: Tensor, temperature: float, top_k: int, top_p: float) -> Tensor:
+    """Logits [B, V] scaled by 1/temperature, with tokens outside top-k / top-p set to -inf."""
+    scores = logits / temperature
+    if 0 < top_k < scores.size(-1):
+        kth = torch.topk(scores, top_k, dim=-1).values[..., -1:]                # [B, 1]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if top_p < 1.0:
+        # Drop the low-probability tail whose total mass is at most 1 - top_p; keep >= 1 token.
+        sorted_scores, order = torch.sort(scores, descending=False, dim=-1)
+        tail_mass = sorted_scores.softmax(dim=-1).cumsum(dim=-1)               # [B, V] ascending
+        remove_sorted = tail_mass <= 1 - top_p
+        remove_sorted[..., -1:] = False
+        remove = remove_sorted.scatter(1, order, remove_sorted)
+        scores = scores.masked_fill(remove, float("-inf"))
+    return scores
+
+
+@torch.no_grad()
+def sample_with_kv_cache(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, *, max_new_tokens: int,
+                         eos_token_ids: list[int], pad_token_id: int, do_sample: bool = True,
+                         temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> Tensor:
+    """Completion ids [B, T] (T <= max_new_tokens) for left-padded prompts [B, P].
+
+    Rows that have produced an EOS are filled with ``pad_token_id`` afterwards; decoding stops
+    as soon as every row has one.
+    """
+    from transformers import DynamicCache
+
+    device = prompt_ids.device
+    eos = torch.tensor(eos_token_ids, device=device)
+    attention_mask = prompt_mask.long()                                         # [B, P]
+    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)              # [B, P]
+    cache = DynamicCache(config=model.config)
+    finished = torch.zeros(prompt_ids.size(0), dtype=torch.bool, device=device)  # [B]
+    input_ids, columns = prompt_ids, []
+    for _ in range(max_new_tokens):
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                       past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        logits = logits.float()                                                 # [B, V]
+        if do_sample:
+            probs = filter_logits(logits, temperature, top_k, top_p).softmax(dim=-1)
+            tokens = torch.multinomial(probs, num_samples=1).squeeze(1)         # [B]
+        else:
+            tokens = logits.argmax(dim=-1)
+        tokens = tokens.masked_fill(finished, pad_token_id)
+        columns.append(tokens)
+        finished |= torch.isin(tokens, eos)
+        if bool(finished.all()):
+            break
+        input_ids = tokens.unsqueeze(1)                                         # [B, 1]
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(attention_mask.size(0), 1)], dim=1)
+        position_ids = position_ids[:, -1:] + 1
+    return torch.stack(columns, dim=1)                                          # [B, T]

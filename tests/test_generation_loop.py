@@ -1,0 +1,73 @@
+"""The lean KV-cache sampling loop against transformers' generate, token for token."""
+
+import pytest
+import torch
+from transformers import GenerationConfig
+
+from grpo_lightning.policy import SamplingParams
+from grpo_lightning.generation_loop import filter_logits, sample_with_kv_cache
+
+
+def test_filter_logits_by_hand():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    top_k = filter_logits(logits, 1.0, top_k=2, top_p=1.0)
+    assert torch.isinf(top_k[0, 2:]).all() and torch.isfinite(top_k[0, :2]).all()
+    # top_p=0.7: the tail {0.05, 0.15} has mass 0.2 <= 0.3 and goes; 0.3 would push it to 0.5 > 0.3
+    top_p = filter_logits(logits, 1.0, top_k=0, top_p=0.7)
+    assert torch.isfinite(top_p[0, :2]).all() and torch.isinf(top_p[0, 2:]).all()
+    torch.testing.assert_close(filter_logits(logits, 2.0, 0, 1.0), logits / 2)
+
+
+@pytest.mark.parametrize("do_sample,top_k,top_p,temperature",
+                         [(True, 0, 1.0, 1.0), (True, 5, 0.9, 0.7), (False, 0, 1.0, 1.0)])
+def test_loop_matches_generate_for_the_same_seed(arith_policy, do_sample, top_k, top_p, temperature):
+    policy = arith_policy
+    prompt_ids, prompt_mask = policy.encode_prompts(["12+34=", "5+6=", "78+9="])
+    prompt_ids, prompt_mask = prompt_ids.repeat_interleave(4, 0), prompt_mask.repeat_interleave(4, 0)
+    torch.manual_seed(3)
+    loop = sample_with_kv_cache(policy.model.eval(), prompt_ids, prompt_mask, max_new_tokens=6,
+                                eos_token_ids=policy.eos_token_ids, pad_token_id=policy.tokenizer.pad_token_id,
+                                do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p)
+    torch.manual_seed(3)
+    generated = policy.model.generate(
+        input_ids=prompt_ids, attention_mask=prompt_mask,
+        generation_config=GenerationConfig(max_new_tokens=6, do_sample=do_sample,
+                                           temperature=temperature if do_sample else None,
+                                           top_k=top_k if do_sample else None, top_p=top_p if do_sample else None,
+                                           eos_token_id=policy.eos_token_ids,
+                                           pad_token_id=policy.tokenizer.pad_token_id))
+    torch.testing.assert_close(loop, generated[:, prompt_ids.size(1):], rtol=0, atol=0)
+
+
+def test_loop_stops_when_every_row_has_eos(arith_policy):
+    policy = arith_policy
+    eos = policy.eos_token_ids[0]
+    with torch.no_grad():
+        policy.model.lm_head.weight.zero_()  # tied: every logit 0 ...
+        policy.model.model.embed_tokens.weight[eos] = 0
+    bias_to_eos = torch.nn.Parameter(torch.full((policy.model.config.vocab_size,), -50.0))
+    bias_to_eos.data[eos] = 50.0
+    policy.model.lm_head.bias = bias_to_eos  # ... except EOS: every row ends at once
+    prompt_ids, prompt_mask = policy.encode_prompts(["12+34=", "5+6="])
+    out = sample_with_kv_cache(policy.model.eval(), prompt_ids, prompt_mask, max_new_tokens=8,
+                               eos_token_ids=policy.eos_token_ids, pad_token_id=policy.tokenizer.pad_token_id)
+    assert out.tolist() == [[eos], [eos]]
+
+
+def test_policy_sample_dispatches_on_the_backend(arith_policy):
+    arith_policy.train()
+    prompt_ids, prompt_mask = arith_policy.encode_prompts(["12+34=", "5+6="])
+    outs = []
+    for backend in ("loop", "hf"):
+        torch.manual_seed(0)
+        outs.append(arith_policy.sample(prompt_ids, prompt_mask, SamplingParams(5, backend=backend)))
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+    assert arith_policy.model.training  # sample restores the mode it found
+
+
+def test_unknown_generation_backend_is_refused_at_load(compose_config, random_arith_dir):
+    from grpo_lightning.config import ConfigError, to_train_config
+
+    assert to_train_config(compose_config(f"model.name_or_path={random_arith_dir}")).generation.backend == "loop"
+    with pytest.raises(ConfigError, match=r"generation.backend='vllm' is unknown.*vLLM backend is not available"):
+        to_train_config(compose_config(f"model.name_or_path={random_arith_dir}", "generation.backend=vllm"))
