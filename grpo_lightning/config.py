@@ -61,6 +61,10 @@ class GRPOConfig:
     max_grad_norm: Optional[float] = 1.0
     """Clip the global gradient norm to this before each optimizer step; None disables clipping
     (the norm is still logged as actor/grad_norm)."""
+    max_consecutive_skips: int = 3
+    """An update whose loss or gradient norm is NaN/inf is skipped and counted in
+    actor/skipped_updates; this many skips in a row are tolerated, one more stops the run
+    (0: stop at the first). See grpo_lightning/numerics.py."""
 
 
 @dataclass
@@ -150,6 +154,10 @@ class RewardFunctionConfig:
 class RewardConfig:
     functions: Dict[str, RewardFunctionConfig] = field(default_factory=dict)
     """Named reward functions; each is logged as reward/<name>/mean."""
+    non_finite: str = "error"
+    """A reward function returning NaN or inf: ``error`` stops the run naming the function and
+    the prompt; ``zero`` scores that completion 0 and logs how many per step as
+    reward/<name>/non_finite (for rewards that fail now and then, e.g. a parser on odd output)."""
 
 
 @dataclass
@@ -277,6 +285,7 @@ def to_train_config(cfg: DictConfig) -> "TrainConfig":
 
 LOGGER_KINDS = ("csv", "wandb", "none")
 DTYPES = ("float32", "bfloat16", "float16")
+REWARD_NON_FINITE = ("error", "zero")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -337,5 +346,9 @@ def validate_config(cfg: TrainConfig) -> None:
              "manual GRPO update does not do; use bf16-mixed or 32-true")
     _require(cfg.checkpoint.every_n_steps >= 1,
              f"checkpoint.every_n_steps must be >= 1 (got {cfg.checkpoint.every_n_steps})")
+    _require(alg.max_consecutive_skips >= 0,
+             f"algorithm.max_consecutive_skips must be >= 0 (got {alg.max_consecutive_skips})")
+    _require(cfg.reward.non_finite in REWARD_NON_FINITE, f"reward.non_finite={cfg.reward.non_finite!r} "
+             f"is unknown; choose one of {REWARD_NON_FINITE}")
     _require(cfg.logger.kind in LOGGER_KINDS,
              f"logger.kind={cfg.logger.kind!r} is unknown; choose one of {LOGGER_KINDS}")

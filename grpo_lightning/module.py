@@ -37,6 +37,7 @@ from grpo_lightning.advantages import get_adv_estimator
 from grpo_lightning.config import GenerationConfig, GRPOConfig, OptimConfig
 from grpo_lightning.losses import grpo_loss
 from grpo_lightning.metrics import StageMeans
+from grpo_lightning.numerics import SkipGuard
 from grpo_lightning.policy import Policy, SamplingParams
 from grpo_lightning.rewards import RewardScores, WeightedReward
 from grpo_lightning.rollout import Rollout, TokenBatch, UpdateBatch, generate_rollout
@@ -69,14 +70,18 @@ class GRPOModule(L.LightningModule):
         self.val_sampling = SamplingParams(gen.max_new_tokens, gen.temperature, gen.top_p, gen.top_k,
                                            do_sample=gen.val_do_sample)
         self.validated_at_step: Optional[int] = None  # Lightning global_step of the last validation
+        self.skip_guard = SkipGuard(self.algorithm.max_consecutive_skips)
 
     def _train_metric_names(self) -> list[str]:
         actor = [f"actor/{name}" for name in ACTOR_STATS]
         if self.algorithm.beta > 0:
             actor += [f"actor/{name}" for name in KL_STATS]
-        actor += ["actor/loss", "actor/adv_mean", "actor/adv_std", "actor/grad_norm", "actor/lr"]
+        actor += ["actor/loss", "actor/adv_mean", "actor/adv_std", "actor/grad_norm", "actor/lr",
+                  "actor/skipped_updates"]
         reward = ["reward/mean", "reward/std", "reward/frac_zero_std"]
         reward += [f"reward/{name}/mean" for name in self.reward.names]
+        if self.reward.non_finite == "zero":
+            reward += [f"reward/{name}/non_finite" for name in self.reward.names]
         rest = ["response_length/mean", "response_length/clip_ratio", "perf/step_time_s", "perf/tokens_per_s"]
         return actor + reward + rest
 
@@ -134,17 +139,31 @@ class GRPOModule(L.LightningModule):
                 torch.arange(num_rows, device=self.device)
             for mini_rows in order.split(mini):
                 optimizer.zero_grad(set_to_none=True)
+                logged, finite = [], True
                 for micro_rows in mini_rows.split(micro):
                     part = update.rows(micro_rows)
                     loss, stats = self._micro_batch_loss(part)
+                    finite = self.skip_guard.check(loss, "loss", self.global_step)
+                    if not finite:
+                        break
                     # Scale so the accumulated gradient is that of the mini-batch mean.
                     self.manual_backward(loss * (micro_rows.numel() / mini_rows.numel()))
-                    self.train_means.update({f"actor/{k}": v for k, v in stats.items()} | {"actor/loss": loss.detach()},
-                                            weight=micro_rows.numel())
-                grad_norm = self._clip_gradients()
-                optimizer.step()
-                scheduler.step()
-                self.train_means.update({"actor/grad_norm": grad_norm, "actor/lr": scheduler.get_last_lr()[0]})
+                    logged.append(({f"actor/{k}": v for k, v in stats.items()} | {"actor/loss": loss.detach()},
+                                   micro_rows.numel()))
+                grad_norm = self._clip_gradients() if finite else None
+                if finite and self.skip_guard.check(grad_norm, "gradient norm", self.global_step):
+                    optimizer.step()
+                    scheduler.step()
+                    self.skip_guard.passed()
+                    for values, weight in logged:
+                        self.train_means.update(values, weight=weight)
+                    self.train_means.update({"actor/grad_norm": grad_norm, "actor/lr": scheduler.get_last_lr()[0]})
+                else:
+                    # Skip: with every gradient dropped AdamW changes nothing, yet the step still
+                    # counts in Lightning's global_step, which max_steps and checkpoints count in.
+                    optimizer.zero_grad(set_to_none=True)
+                    optimizer.step()
+        self.train_means.update({"actor/skipped_updates": self.skip_guard.total})
 
     def _micro_batch_loss(self, part: UpdateBatch) -> tuple[Tensor, dict[str, Tensor]]:
         alg = self.algorithm
@@ -160,13 +179,8 @@ class GRPOModule(L.LightningModule):
     def _clip_gradients(self) -> Tensor:
         """Clip to max_grad_norm (if set) and return the norm before clipping."""
         max_norm = self.algorithm.max_grad_norm
-        norm = torch.nn.utils.clip_grad_norm_(list(self.policy.trainable_parameters()),
+        return torch.nn.utils.clip_grad_norm_(list(self.policy.trainable_parameters()),
                                               max_norm if max_norm is not None else float("inf"))
-        if not torch.isfinite(norm):
-            raise FloatingPointError(
-                f"the gradient norm is {norm.item()} at step {self.global_step}: the loss or a reward "
-                "produced a non-finite value. Lower optim.lr, check the rewards, or use 32-true precision.")
-        return norm
 
     def _record_rollout(self, rollout: Rollout, scores: RewardScores, advantages: Tensor) -> None:
         size = len(rollout.prompts)
@@ -188,6 +202,8 @@ class GRPOModule(L.LightningModule):
             if applicable.any():
                 self.train_means.update({f"reward/{name}/mean": values[applicable].mean()},
                                         weight=applicable.sum())
+        for name, count in scores.non_finite.items():
+            self.train_means.update({f"reward/{name}/non_finite": count})
 
     # -- validation ------------------------------------------------------------------------
 
@@ -206,6 +222,15 @@ class GRPOModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self.validated_at_step = self.trainer.global_step
+
+    # -- checkpoint: what the parameters and optimizer do not hold (see resume.py) --------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["skip_guard"] = self.skip_guard.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "skip_guard" in checkpoint:
+            self.skip_guard.load_state_dict(checkpoint["skip_guard"])
 
     # -- optimization ----------------------------------------------------------------------
 
