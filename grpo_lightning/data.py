@@ -53,7 +53,11 @@ class PromptDataModule(L.LightningDataModule):
     @classmethod
     def from_config(cls, cfg: DataConfig, seed: int = 0) -> "PromptDataModule":
         builder: Callable[..., tuple[list[Row], list[Row]]] = import_object(cfg.builder, "data.builder")
-        train_rows, val_rows = builder(**cfg.builder_kwargs)
+        try:
+            train_rows, val_rows = builder(**cfg.builder_kwargs)
+        except (TypeError, ValueError) as error:  # typically arguments the builder does not accept
+            raise ConfigError(f"data.builder={cfg.builder!r} failed with data.builder_kwargs="
+                              f"{dict(cfg.builder_kwargs)}: {type(error).__name__}: {error}") from None
         return cls(train_rows, val_rows, batch_size=cfg.batch_size, val_batch_size=cfg.val_batch_size,
                    prompt_key=cfg.prompt_key, shuffle=cfg.shuffle, num_workers=cfg.num_workers,
                    seed=seed)
