@@ -1,4 +1,5 @@
-"""Two CPU processes (DDP over gloo) train a few steps and end with the same parameters."""
+"""Two processes (DDP over gloo on CPU; DDP/FSDP over NCCL with 2 GPUs) train a few steps and end with the
+same parameters."""
 
 import os
 import subprocess
@@ -25,11 +26,17 @@ train(load_config(sys.argv[2:]))
 '''
 
 
+NEEDS_TWO_GPUS = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
+
+
 @pytest.mark.slow
-def test_two_gloo_processes_agree_on_parameters(random_arith_dir, tmp_path):
+@pytest.mark.parametrize("trainer", ["ddp_cpu", pytest.param("ddp", marks=NEEDS_TWO_GPUS),
+                                     pytest.param("fsdp", marks=NEEDS_TWO_GPUS)])
+def test_two_processes_agree_on_parameters(trainer, random_arith_dir, tmp_path):
     script = tmp_path / "ddp_run.py"
     script.write_text(SCRIPT)
-    overrides = ["trainer=ddp_cpu", f"model.name_or_path={random_arith_dir}", f"output_dir={tmp_path}/run",
+    devices = ["trainer.devices=2"] if trainer != "ddp_cpu" else []
+    overrides = [f"trainer={trainer}", *devices, f"model.name_or_path={random_arith_dir}", f"output_dir={tmp_path}/run",
                  "trainer.max_steps=2", "data.batch_size=2", "algorithm.group_size=4", "optim.lr=1e-2",
                  "algorithm.mini_batch_size=4", "trainer.enable_progress_bar=false", "data.val_batch_size=8",
                  "trainer.limit_val_batches=1", "trainer.val_every_n_steps=1", "validate_before_training=false",

@@ -124,6 +124,7 @@ def _grpo_train(*args: str, cwd: Path, extra_path: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_the_run_resumes_from_it(random_arith_dir, reward_module, tmp_path):
     args = [f"model.name_or_path={random_arith_dir}", f"output_dir={tmp_path}/run", *RESUME_SETTINGS,
             "trainer.max_steps=400", "validate_before_training=false",
