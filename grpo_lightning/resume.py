@@ -27,6 +27,8 @@ from __future__ import annotations
 import os
 import random
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -232,3 +234,20 @@ class PreemptionCallback(Callback):
         trainer.save_checkpoint(self.dirpath / LAST_CHECKPOINT)
         self.preempted_at = trainer.global_step
         trainer.should_stop = True
+        if self.received == getattr(signal, "SIGUSR1", None) and trainer.is_global_zero:
+            _requeue_slurm_job()
+
+
+def _requeue_slurm_job() -> None:
+    """SLURM sends SIGUSR1 ahead of the time limit (--signal=USR1@N): put the job back in the
+    queue so that it continues from last.ckpt (with ckpt_path=last)."""
+    job = os.environ["SLURM_JOB_ID"]
+    if "SLURM_ARRAY_JOB_ID" in os.environ:
+        job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    try:
+        code = subprocess.call(["scontrol", "requeue", job])
+    except FileNotFoundError:
+        code = None
+    if code != 0:
+        print(f"warning: could not requeue SLURM job {job} (scontrol requeue: {code}); resubmit it with "
+              "ckpt_path=last", file=sys.stderr, flush=True)

@@ -104,6 +104,9 @@ def train(dict_cfg: DictConfig) -> dict[str, float]:
     cfg = to_train_config(dict_cfg)
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.output_dir)
     resume_step = None
+    if cfg.ckpt_path == "last" and ckpt_path is None:
+        print(f"ckpt_path=last: no checkpoint in {checkpoint_dir(cfg.output_dir)} yet, starting a new run "
+              "(to continue an earlier run, pass its output_dir)", flush=True)
     if ckpt_path is not None:
         resume_step, wandb_id = read_resume_info(ckpt_path)
         cfg.logger.id = cfg.logger.id or wandb_id  # the W&B run continues in place

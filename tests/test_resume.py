@@ -152,3 +152,17 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes_from_it(random_arith_dir
     assert resumed.returncode == 0, stderr[-3000:]
     assert f"GRPO finished: {stopped_at + 2} steps" in stdout
     assert sorted(_rows(tmp_path / "run")) == list(range(stopped_at + 2))  # one row per step, none twice
+
+
+def test_wandb_run_resumes_under_the_same_id(compose_config, random_arith_dir, tmp_path):
+    from grpo_lightning.loggers import read_resume_info
+
+    common = [f"model.name_or_path={random_arith_dir}", "logger=wandb", "logger.offline=true",
+              "validate_before_training=false", "checkpoint.every_n_steps=1"]
+    train(compose_config(*common, "trainer.max_steps=1"))
+    step, run_id = read_resume_info(str(tmp_path / "checkpoints" / "last.ckpt"))
+    assert step == 1 and run_id
+    train(compose_config(*common, "trainer.max_steps=2", "ckpt_path=last"))
+    assert read_resume_info(str(tmp_path / "checkpoints" / "last.ckpt")) == (2, run_id)  # logged as run_id
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert runs and all(run.name.endswith(run_id) for run in runs)
