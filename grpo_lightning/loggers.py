@@ -80,6 +80,15 @@ class LoggerIdCallback(Callback):
             checkpoint[WANDB_ID_KEY] = trainer.logger.version
 
 
+def finish_logger(logger: Optional[Logger]) -> None:
+    """End the W&B run (Lightning leaves it open; the next WandbLogger would reuse it)."""
+    if isinstance(logger, WandbLogger) and rank_zero_only.rank == 0:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+
+
 def read_resume_info(ckpt_path: str) -> tuple[int, Optional[str]]:
     """(logged step, W&B run id or None) of a checkpoint, without reading its weights (mmap)."""
     checkpoint = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=False)

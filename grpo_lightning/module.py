@@ -143,18 +143,17 @@ class GRPOModule(L.LightningModule):
                 for micro_rows in mini_rows.split(micro):
                     part = update.rows(micro_rows)
                     loss, stats = self._micro_batch_loss(part)
-                    finite = self.skip_guard.check(loss, "loss", self.global_step)
-                    if not finite:
-                        break
                     # Scale so the accumulated gradient is that of the mini-batch mean.
                     self.manual_backward(loss * (micro_rows.numel() / mini_rows.numel()))
+                    finite = finite and bool(loss.isfinite())
                     logged.append(({f"actor/{k}": v for k, v in stats.items()} | {"actor/loss": loss.detach()},
                                    micro_rows.numel()))
-                grad_norm = self._clip_gradients() if finite else None
-                if finite and self.skip_guard.check(grad_norm, "gradient norm", self.global_step):
+                grad_norm = self._clip_gradients()
+                # Every process must skip the same updates (their gradients are all-reduced).
+                finite = self.trainer.strategy.reduce_boolean_decision(finite and bool(grad_norm.isfinite()))
+                if self.skip_guard.check(finite, self.global_step):
                     optimizer.step()
                     scheduler.step()
-                    self.skip_guard.passed()
                     for values, weight in logged:
                         self.train_means.update(values, weight=weight)
                     self.train_means.update({"actor/grad_norm": grad_norm, "actor/lr": scheduler.get_last_lr()[0]})

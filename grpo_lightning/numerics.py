@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import Tensor
-
 
 class NonFiniteError(FloatingPointError):
     """Too many consecutive updates had a non-finite loss or gradient."""
@@ -26,23 +24,21 @@ class SkipGuard:
         self.total = 0
         self.consecutive = 0
 
-    def check(self, value: Tensor, what: str, step: int) -> bool:
-        """True when ``value`` is finite (a CPU-GPU sync point). Otherwise count a skip and
-        return False, or raise once ``max_consecutive`` updates in a row were skipped."""
-        if bool(value.isfinite().all()):
+    def check(self, finite: bool, step: int) -> bool:
+        """True when the update's loss and gradient norm were ``finite``. Otherwise count a
+        skip and return False, or raise once more than ``max_consecutive`` in a row were skipped."""
+        if finite:
+            self.consecutive = 0
             return True
         self.total += 1
         self.consecutive += 1
         if self.consecutive > self.max_consecutive:
             raise NonFiniteError(
-                f"{self.consecutive} consecutive updates had a non-finite {what} (last at optimizer step {step}); "
+                f"{self.consecutive} consecutive updates had a non-finite loss or gradient norm (last at "
+                f"optimizer step {step}); "
                 f"the limit is algorithm.max_consecutive_skips={self.max_consecutive}. Lower optim.lr, check "
                 "the reward functions, or use trainer.precision=32-true")
         return False
-
-    def passed(self) -> None:
-        """An update went through: the consecutive count starts again."""
-        self.consecutive = 0
 
     def state_dict(self) -> dict[str, Any]:
         return {"total": self.total, "consecutive": self.consecutive}

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from grpo_lightning.config import ConfigError, TrainConfig, register_configs, to_train_config
 from grpo_lightning.data import PromptDataModule
-from grpo_lightning.loggers import LoggerIdCallback, build_logger, read_resume_info
+from grpo_lightning.loggers import LoggerIdCallback, build_logger, finish_logger, read_resume_info
 from grpo_lightning.module import GRPOModule
 from grpo_lightning.numerics import NonFiniteError
 from grpo_lightning.policy import CausalLMPolicy
@@ -123,32 +123,35 @@ def train(dict_cfg: DictConfig) -> dict[str, float]:
     module = GRPOModule(policy, reward, algorithm=cfg.algorithm, generation=cfg.generation,
                         optim=cfg.optim, prompt_key=cfg.data.prompt_key)
     trainer = build_trainer(cfg, resume_step)
-    if trainer.logger is not None:
-        trainer.logger.log_hyperparams(OmegaConf.to_container(dict_cfg, resolve=True))
+    try:
+        if trainer.logger is not None:
+            trainer.logger.log_hyperparams(OmegaConf.to_container(dict_cfg, resolve=True))
 
-    first_val = None
-    if cfg.validate_before_training and ckpt_path is None:
-        trainer.validate(module, datamodule=data, verbose=False)
-        first_val = _val_reward(trainer)
-    # Our own checkpoints hold numpy/python random states, not only tensors.
-    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=False)
-    preemption = next((c for c in trainer.callbacks if isinstance(c, PreemptionCallback)), None)
-    if preemption is not None and preemption.preempted_at is not None:
+        first_val = None
+        if cfg.validate_before_training and ckpt_path is None:
+            trainer.validate(module, datamodule=data, verbose=False)
+            first_val = _val_reward(trainer)
+        # Our own checkpoints hold numpy/python random states, not only tensors.
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=False)
+        preemption = next((c for c in trainer.callbacks if isinstance(c, PreemptionCallback)), None)
+        if preemption is not None and preemption.preempted_at is not None:
+            if trainer.is_global_zero:
+                print(f"\npre-empted after {preemption.preempted_at // optimizer_steps_per_batch(cfg)} steps: "
+                      f"{checkpoint_dir(cfg.output_dir)}/last.ckpt written; continue with ckpt_path=last "
+                      f"output_dir={cfg.output_dir}", flush=True)
+            return {name: float(value) for name, value in trainer.callback_metrics.items()}
+        if module.validated_at_step != trainer.global_step:
+            trainer.validate(module, datamodule=data, verbose=False)  # the last step's validation
+        metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
+
+        run_dir = Path(cfg.output_dir)
         if trainer.is_global_zero:
-            print(f"\npre-empted after {preemption.preempted_at // optimizer_steps_per_batch(cfg)} steps: "
-                  f"{checkpoint_dir(cfg.output_dir)}/last.ckpt written; continue with ckpt_path=last "
-                  f"output_dir={cfg.output_dir}", flush=True)
-        return {name: float(value) for name, value in trainer.callback_metrics.items()}
-    if module.validated_at_step != trainer.global_step:
-        trainer.validate(module, datamodule=data, verbose=False)  # the last step's validation
-    metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
-
-    run_dir = Path(cfg.output_dir)
-    if trainer.is_global_zero:
-        policy.save_pretrained(run_dir / "policy")
-        _print_summary(first_val, _val_reward(trainer), trainer.global_step // optimizer_steps_per_batch(cfg),
-                       time.perf_counter() - started, run_dir)
-    return metrics
+            policy.save_pretrained(run_dir / "policy")
+            _print_summary(first_val, _val_reward(trainer), trainer.global_step // optimizer_steps_per_batch(cfg),
+                           time.perf_counter() - started, run_dir)
+        return metrics
+    finally:
+        finish_logger(trainer.logger)  # a later run in this process must not log into this one
 
 
 def _print_summary(first_val: Optional[float], last_val: Optional[float], steps: int, seconds: float,
