@@ -19,6 +19,11 @@ from grpo_lightning.train import train
 REWARDS_SOURCE = '''
 def ones(prompts, completions, **columns):
     return [c.count("1") / max(len(c), 1) for c in completions]
+
+def ten_prompts(**kwargs):  # 2 batches of 4 per epoch (2 rows dropped): resumes cross epochs
+    from grpo_lightning.tasks.arithmetic import load_splits
+    train, val = load_splits()
+    return train[:10], val[:8]
 '''
 
 
@@ -108,6 +113,20 @@ def test_resumed_run_matches_uninterrupted_bitwise(compose_config, random_arith_
     exported = [torch.load(d / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
                 for d in (tmp_path / "full", tmp_path / "part")]
     assert all(torch.equal(exported[0][k], exported[1][k]) for k in exported[0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop_at", [2, 3])  # at the end of epoch 0, in the middle of epoch 1
+def test_resume_across_epoch_boundaries_matches(stop_at, compose_config, random_arith_dir, reward_module, tmp_path):
+    common = [f"model.name_or_path={random_arith_dir}", *RESUME_SETTINGS, "data.builder=resume_rewards.ten_prompts",
+              "checkpoint.every_n_steps=1", "validate_before_training=false"]
+    train(compose_config(*common, f"output_dir={tmp_path}/full", "trainer.max_steps=5"))
+    train(compose_config(*common, f"output_dir={tmp_path}/part", f"trainer.max_steps={stop_at}"))
+    train(compose_config(*common, f"output_dir={tmp_path}/part", "trainer.max_steps=5", "ckpt_path=last"))
+    full, resumed = _rows(tmp_path / "full"), _rows(tmp_path / "part")
+    assert sorted(resumed) == [0, 1, 2, 3, 4]
+    for step in range(stop_at, 5):
+        assert resumed[step] == full[step], f"step {step} differs after resume"
 
 
 def test_missing_checkpoint_file_is_a_config_error(compose_config, random_arith_dir, tmp_path):
