@@ -186,6 +186,7 @@ class CheckpointConfig:
     every_n_steps: int = 50
     """Write ``checkpoints/last.ckpt`` every this many training steps (and at the end)."""
     enabled: bool = True
+    """False writes no checkpoints and leaves SIGTERM to Lightning (no pre-emption checkpoint)."""
 
 
 @dataclass
@@ -223,7 +224,9 @@ class TrainConfig:
     output_dir: str = MISSING
     """Run directory (metrics.csv, checkpoints, exports). Hydra sets it to its job directory."""
     ckpt_path: Optional[str] = None
-    """Resume from this Lightning checkpoint, or ``last`` for the newest in output_dir."""
+    """Resume from this Lightning checkpoint, or ``last`` for ``<output_dir>/checkpoints/last.ckpt``
+    (a fresh start when there is none yet, so one command serves the first launch and requeues).
+    The resumed run continues exactly; see grpo_lightning/resume.py."""
     validate_before_training: bool = True
     """Run validation once before the first update, so the learning curve has a baseline."""
 
