@@ -103,6 +103,10 @@ class GRPOConfig:
     """Largest overlong penalty (at max_new_tokens). Only with overlong_buffer_frac."""
     mask_truncated_completions: bool = False
     """Exclude completions cut at max_new_tokens (no EOS) from the loss [DAPO overlong filtering]."""
+    max_consecutive_skips: int = 3
+    """An update whose loss or gradient norm is NaN/inf is skipped and counted in
+    actor/skipped_updates; this many skips in a row are tolerated, one more stops the run
+    (0: stop at the first). See grpo_lightning/numerics.py."""
 
 
 @dataclass
@@ -269,6 +273,10 @@ class RewardFunctionConfig:
 class RewardConfig:
     functions: Dict[str, RewardFunctionConfig] = field(default_factory=dict)
     """Named reward functions; each is logged as reward/<name>/mean."""
+    non_finite: str = "error"
+    """A reward function returning NaN or inf: ``error`` stops the run naming the function and
+    the prompt; ``zero`` scores that completion 0 and logs how many per step as
+    reward/<name>/non_finite (for rewards that fail now and then, e.g. a parser on odd output)."""
 
 
 @dataclass
@@ -302,6 +310,7 @@ class CheckpointConfig:
     every_n_steps: int = 50
     """Write ``checkpoints/last.ckpt`` every this many training steps (and at the end)."""
     enabled: bool = True
+    """False writes no checkpoints and leaves SIGTERM to Lightning (no pre-emption checkpoint)."""
 
 
 @dataclass
@@ -342,7 +351,9 @@ class TrainConfig:
     output_dir: str = MISSING
     """Run directory (metrics.csv, checkpoints, exports). Hydra sets it to its job directory."""
     ckpt_path: Optional[str] = None
-    """Resume from this Lightning checkpoint, or ``last`` for the newest in output_dir."""
+    """Resume from this Lightning checkpoint, or ``last`` for ``<output_dir>/checkpoints/last.ckpt``
+    (a fresh start when there is none yet, so one command serves the first launch and requeues).
+    The resumed run continues exactly; see grpo_lightning/resume.py."""
     validate_before_training: bool = True
     """Run validation once before the first update, so the learning curve has a baseline."""
     optimized_metric: Optional[str] = None
@@ -410,6 +421,7 @@ OVERLONG_PROMPTS = ("drop", "truncate")
 PROFILERS = ("simple", "advanced", "pytorch")
 DTYPES = ("float32", "bfloat16", "float16")
 GENERATION_BACKENDS = ("loop", "hf")
+REWARD_NON_FINITE = ("error", "zero")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -476,6 +488,10 @@ def validate_config(cfg: TrainConfig) -> None:
              "manual GRPO update does not do; use bf16-mixed or 32-true")
     _require(cfg.checkpoint.every_n_steps >= 1,
              f"checkpoint.every_n_steps must be >= 1 (got {cfg.checkpoint.every_n_steps})")
+    _require(alg.max_consecutive_skips >= 0,
+             f"algorithm.max_consecutive_skips must be >= 0 (got {alg.max_consecutive_skips})")
+    _require(cfg.reward.non_finite in REWARD_NON_FINITE, f"reward.non_finite={cfg.reward.non_finite!r} "
+             f"is unknown; choose one of {REWARD_NON_FINITE}")
     _require(cfg.logger.kind in LOGGER_KINDS,
              f"logger.kind={cfg.logger.kind!r} is unknown; choose one of {LOGGER_KINDS}")
     _require(cfg.logger.log_completions_every >= 0,

@@ -13,10 +13,12 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
 from grpo_lightning.config import ConfigError, DataConfig, import_object
 from grpo_lightning.prompt_files import load_splits
+from grpo_lightning.resume import ResumableSampler
 
 Row = dict[str, Any]
 
@@ -39,7 +41,7 @@ class PromptDataModule(L.LightningDataModule):
 
     def __init__(self, train_rows: list[Row], val_rows: list[Row], *, batch_size: int,
                  val_batch_size: int, prompt_key: str = "prompt", shuffle: bool = True,
-                 num_workers: int = 0):
+                 num_workers: int = 0, seed: int = 0):
         super().__init__()
         check_rows(train_rows, prompt_key, "train")
         check_rows(val_rows, prompt_key, "validation")
@@ -49,6 +51,8 @@ class PromptDataModule(L.LightningDataModule):
         self.train_rows, self.val_rows = train_rows, val_rows
         self.batch_size, self.val_batch_size = batch_size, val_batch_size
         self.prompt_key, self.shuffle, self.num_workers = prompt_key, shuffle, num_workers
+        self.seed = seed
+        self._resume_at: Optional[tuple[int, int]] = None  # (epoch, batches done) from a checkpoint
 
     @classmethod
     def from_config(cls, cfg: DataConfig, *, seed: int = 0,
@@ -57,7 +61,11 @@ class PromptDataModule(L.LightningDataModule):
             train_rows, val_rows = load_splits(cfg, seed)
         else:
             builder: Callable[..., tuple[list[Row], list[Row]]] = import_object(cfg.builder, "data.builder")
-            train_rows, val_rows = builder(**cfg.builder_kwargs)
+            try:
+                train_rows, val_rows = builder(**cfg.builder_kwargs)
+            except (TypeError, ValueError) as error:  # typically arguments the builder does not accept
+                raise ConfigError(f"data.builder={cfg.builder!r} failed with data.builder_kwargs="
+                                  f"{dict(cfg.builder_kwargs)}: {type(error).__name__}: {error}") from None
         if cfg.overfit_rows is not None:
             train_rows = val_rows = train_rows[:cfg.overfit_rows]
         if cfg.max_val_prompts is not None:
@@ -67,13 +75,51 @@ class PromptDataModule(L.LightningDataModule):
             check_rows(val_rows, cfg.prompt_key, "validation")
             train_rows, val_rows = prepare(train_rows, "train"), prepare(val_rows, "validation")
         return cls(train_rows, val_rows, batch_size=cfg.batch_size, val_batch_size=cfg.val_batch_size,
-                   prompt_key=cfg.prompt_key, shuffle=cfg.shuffle, num_workers=cfg.num_workers)
+                   prompt_key=cfg.prompt_key, shuffle=cfg.shuffle, num_workers=cfg.num_workers,
+                   seed=seed)
+
+    def _rank_and_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def _loader(self, rows: list[Row], batch_size: int, sampler: ResumableSampler) -> DataLoader:
+        # A private generator: creating the loader's iterator must not draw from torch's global
+        # one, or a resumed run (which creates one more iterator) would sample differently.
+        return DataLoader(rows, batch_size=batch_size, sampler=sampler, drop_last=sampler.drop_last,
+                          collate_fn=collate_rows, num_workers=self.num_workers,
+                          generator=torch.Generator().manual_seed(self.seed))
 
     def train_dataloader(self) -> DataLoader:
         # drop_last: every step must hold exactly batch_size prompts for the mini-batch split.
-        return DataLoader(self.train_rows, batch_size=self.batch_size, shuffle=self.shuffle,
-                          drop_last=True, collate_fn=collate_rows, num_workers=self.num_workers)
+        rank, world = self._rank_and_world()
+        self.train_sampler = ResumableSampler(len(self.train_rows), self.batch_size, shuffle=self.shuffle,
+                                              seed=self.seed, rank=rank, world_size=world, drop_last=True)
+        if self.train_sampler.batches_per_epoch == 0:
+            raise ConfigError(f"data.batch_size={self.batch_size} on {world} processes needs at least "
+                              f"{self.batch_size * world} training prompts, found {len(self.train_rows)}")
+        if self._resume_at is not None:
+            self.train_sampler.resume_at(*self._resume_at)
+            self._resume_at = None
+        return self._loader(self.train_rows, self.batch_size, self.train_sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_rows, batch_size=self.val_batch_size, shuffle=False,
-                          collate_fn=collate_rows, num_workers=self.num_workers)
+        rank, world = self._rank_and_world()
+        sampler = ResumableSampler(len(self.val_rows), self.val_batch_size, shuffle=False, seed=self.seed,
+                                   rank=rank, world_size=world, drop_last=False)
+        return self._loader(self.val_rows, self.val_batch_size, sampler)
+
+    # The position in the prompt stream, saved in Lightning checkpoints (see resume.py).
+
+    def state_dict(self) -> dict[str, Any]:
+        trainer = self.trainer
+        if trainer is None or not hasattr(self, "train_sampler"):
+            return {}
+        epoch = trainer.current_epoch
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if done >= self.train_sampler.batches_per_epoch:  # saved on the epoch's last batch
+            epoch, done = epoch + 1, 0
+        return {"epoch": epoch, "batches_done": done}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict:
+            self._resume_at = (state_dict["epoch"], state_dict["batches_done"])

@@ -6,33 +6,99 @@
 
 from __future__ import annotations
 
-from typing import Callable, Union
+import csv
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
 
+import torch
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from grpo_lightning.config import LoggerConfig
 
+WANDB_ID_KEY = "wandb_run_id"
 
-def _csv(cfg: LoggerConfig, run_dir: str) -> Logger:
+
+class ResumableCSVLogger(CSVLogger):
+    """A CSVLogger that, for a resumed run, keeps the rows logged before the checkpoint's step.
+
+    Lightning's writer deletes an existing metrics.csv; a resumed run would lose its history.
+    Rows at or after ``keep_before_step`` (logged after the checkpoint by a run that was then
+    killed) are dropped, since the resumed run logs those steps again.
+    """
+
+    def __init__(self, *args: Any, keep_before_step: Optional[int] = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._keep_before_step = keep_before_step
+
+    @property
+    def experiment(self) -> Any:
+        if self._experiment is not None or self._keep_before_step is None or rank_zero_only.rank != 0:
+            return super().experiment
+        path = Path(self.log_dir) / "metrics.csv"
+        header, kept = None, []
+        if path.is_file():
+            with open(path, newline="") as handle:
+                reader = csv.DictReader(handle)
+                header = reader.fieldnames
+                kept = [row for row in reader if int(row["step"]) < self._keep_before_step]
+        writer = super().experiment  # deletes metrics.csv
+        if header:
+            with open(path, "w", newline="") as handle:
+                out = csv.DictWriter(handle, fieldnames=header)
+                out.writeheader()
+                out.writerows(kept)
+            writer.metrics_keys = sorted(header)  # the header grows from the old columns on
+        return writer
+
+
+def _csv(cfg: LoggerConfig, run_dir: str, resume_step: Optional[int] = None) -> Logger:
     # name="" and version="" put metrics.csv directly in the run directory.
-    return CSVLogger(save_dir=run_dir, name="", version="")
+    return ResumableCSVLogger(save_dir=run_dir, name="", version="", keep_before_step=resume_step)
 
 
-def _wandb(cfg: LoggerConfig, run_dir: str) -> list[Logger]:
+def _wandb(cfg: LoggerConfig, run_dir: str, resume_step: Optional[int] = None) -> list[Logger]:
     wandb = WandbLogger(project=cfg.project, entity=cfg.entity, group=cfg.group, tags=list(cfg.tags),
                         name=cfg.run_name, id=cfg.id, save_dir=run_dir, offline=cfg.offline,
                         resume="allow" if cfg.id else None)
-    return [wandb, _csv(cfg, run_dir)]
+    return [wandb, _csv(cfg, run_dir, resume_step)]  # W&B first: trainer.logger is the first
 
 
 LoggerOrLoggers = Union[Logger, list[Logger], None]
 
-LOGGER_BUILDERS: dict[str, Callable[[LoggerConfig, str], LoggerOrLoggers]] = {
+LOGGER_BUILDERS: dict[str, Callable[..., LoggerOrLoggers]] = {
     "csv": _csv,
     "wandb": _wandb,
-    "none": lambda cfg, run_dir: None,
+    "none": lambda cfg, run_dir, resume_step=None: None,
 }
 
 
-def build_logger(cfg: LoggerConfig, run_dir: str) -> LoggerOrLoggers:
-    return LOGGER_BUILDERS[cfg.kind](cfg, run_dir)
+def build_logger(cfg: LoggerConfig, run_dir: str, resume_step: Optional[int] = None) -> LoggerOrLoggers:
+    """``resume_step``: the logged step a resumed run continues from (None for a fresh run)."""
+    return LOGGER_BUILDERS[cfg.kind](cfg, run_dir, resume_step)
+
+
+class LoggerIdCallback(Callback):
+    """Stores the W&B run id in each checkpoint, so that a resumed run logs into the same run."""
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        if isinstance(trainer.logger, WandbLogger) and trainer.logger.version:
+            checkpoint[WANDB_ID_KEY] = trainer.logger.version
+
+
+def finish_logger(loggers: list[Logger]) -> None:
+    """End the W&B run (Lightning leaves it open; the next WandbLogger would reuse it)."""
+    if any(isinstance(logger, WandbLogger) for logger in loggers) and rank_zero_only.rank == 0:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+
+
+def read_resume_info(ckpt_path: str) -> tuple[int, Optional[str]]:
+    """(logged step, W&B run id or None) of a checkpoint, without reading its weights (mmap)."""
+    checkpoint = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=False)
+    # Saved before Lightning counts the step it was written at: the resumed run logs from + 1.
+    batches = checkpoint["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"] + 1
+    return batches, checkpoint.get(WANDB_ID_KEY)

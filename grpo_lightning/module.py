@@ -47,6 +47,7 @@ from grpo_lightning.experience import (Experience, experience_from_rollout, exte
 from grpo_lightning.kl import get_kl_estimator, kl_penalized_rewards
 from grpo_lightning.losses import build_policy_loss, get_loss_aggregation, policy_objective
 from grpo_lightning.metrics import StageMeans
+from grpo_lightning.numerics import SkipGuard
 from grpo_lightning.policy import Policy, SamplingParams
 from grpo_lightning.rewards import WeightedReward
 from grpo_lightning.rollout import Rollout, TokenBatch, UpdateBatch, generate_rollout
@@ -90,19 +91,23 @@ class GRPOModule(L.LightningModule):
                                            do_sample=gen.val_do_sample, backend=gen.backend)
         self.validated_at_step: Optional[int] = None  # Lightning global_step of the last validation
         self.last_rollout: Optional[RolloutSample] = None  # for callbacks (W&B completions table)
+        self.skip_guard = SkipGuard(self.algorithm.max_consecutive_skips)
 
     def _train_metric_names(self) -> list[str]:
         alg = self.algorithm
         actor = [f"actor/{name}" for name in self.policy_loss.stat_names] + ["actor/entropy"]
         if alg.beta > 0:
             actor += [f"actor/{name}" for name in KL_STATS]
-        actor += ["actor/loss", "actor/adv_mean", "actor/adv_std", "actor/grad_norm", "actor/lr"]
+        actor += ["actor/loss", "actor/adv_mean", "actor/adv_std", "actor/grad_norm", "actor/lr",
+                  "actor/skipped_updates"]
         reward = ["reward/mean", "reward/std", "reward/frac_zero_std"]
         reward += [f"reward/{name}/mean" for name in self.reward.names]
         if alg.overlong_buffer_frac is not None:
             reward.append("reward/overlong_penalty")
         if alg.filter_zero_std_groups:
             reward += ["sampling/rounds", "sampling/kept_group_frac"]
+        if self.reward.non_finite == "zero":
+            reward += [f"reward/{name}/non_finite" for name in self.reward.names]
         rest = ["response_length/mean", "response_length/clip_ratio", "perf/step_time_s", "perf/tokens_per_s"]
         return actor + reward + rest
 
@@ -245,6 +250,7 @@ class GRPOModule(L.LightningModule):
             for mini_rows in order.split(mini):
                 optimizer.zero_grad(set_to_none=True)
                 mini_units = self.loss_aggregation.units(update.completion_mask[mini_rows].float())
+                logged, finite = [], True
                 for micro_rows in mini_rows.split(micro):
                     part = update.rows(micro_rows)
                     loss, stats = self._micro_batch_loss(part)
@@ -252,12 +258,24 @@ class GRPOModule(L.LightningModule):
                     # (a mean over sequences or over tokens, per algorithm.loss_agg).
                     units = self.loss_aggregation.units(part.completion_mask.float())
                     self.manual_backward(loss * (units / mini_units.clamp(min=1)))
-                    self.train_means.update({f"actor/{k}": v for k, v in stats.items()} | {"actor/loss": loss.detach()},
-                                            weight=micro_rows.numel())
+                    finite = finite and bool(loss.isfinite())
+                    logged.append(({f"actor/{k}": v for k, v in stats.items()} | {"actor/loss": loss.detach()},
+                                   micro_rows.numel()))
                 grad_norm = self._clip_gradients()
-                optimizer.step()
-                scheduler.step()
-                self.train_means.update({"actor/grad_norm": grad_norm, "actor/lr": scheduler.get_last_lr()[0]})
+                # Every process must skip the same updates (their gradients are all-reduced).
+                finite = self.trainer.strategy.reduce_boolean_decision(finite and bool(grad_norm.isfinite()))
+                if self.skip_guard.check(finite, self.global_step):
+                    optimizer.step()
+                    scheduler.step()
+                    for values, weight in logged:
+                        self.train_means.update(values, weight=weight)
+                    self.train_means.update({"actor/grad_norm": grad_norm, "actor/lr": scheduler.get_last_lr()[0]})
+                else:
+                    # Skip: with every gradient dropped AdamW changes nothing, yet the step still
+                    # counts in Lightning's global_step, which max_steps and checkpoints count in.
+                    optimizer.zero_grad(set_to_none=True)
+                    optimizer.step()
+        self.train_means.update({"actor/skipped_updates": self.skip_guard.total})
 
     def _micro_batch_loss(self, part: UpdateBatch) -> tuple[Tensor, dict[str, Tensor]]:
         alg = self.algorithm
@@ -274,13 +292,8 @@ class GRPOModule(L.LightningModule):
     def _clip_gradients(self) -> Tensor:
         """Clip to max_grad_norm (if set) and return the norm before clipping."""
         max_norm = self.algorithm.max_grad_norm
-        norm = torch.nn.utils.clip_grad_norm_(list(self.policy.trainable_parameters()),
+        return torch.nn.utils.clip_grad_norm_(list(self.policy.trainable_parameters()),
                                               max_norm if max_norm is not None else float("inf"))
-        if not torch.isfinite(norm):
-            raise FloatingPointError(
-                f"the gradient norm is {norm.item()} at step {self.global_step}: the loss or a reward "
-                "produced a non-finite value. Lower optim.lr, check the rewards, or use 32-true precision.")
-        return norm
 
     def _record_experience(self, experience: Experience, advantages: Tensor) -> None:
         rewards = experience.rewards
@@ -306,6 +319,8 @@ class GRPOModule(L.LightningModule):
             if applicable.any():
                 self.train_means.update({f"reward/{name}/mean": values[applicable].mean()},
                                         weight=applicable.sum())
+        for name, count in scores.non_finite.items():
+            self.train_means.update({f"reward/{name}/non_finite": count})
 
     # -- validation ------------------------------------------------------------------------
 
@@ -329,6 +344,15 @@ class GRPOModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self.validated_at_step = self.trainer.global_step
+
+    # -- checkpoint: what the parameters and optimizer do not hold (see resume.py) --------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["skip_guard"] = self.skip_guard.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "skip_guard" in checkpoint:
+            self.skip_guard.load_state_dict(checkpoint["skip_guard"])
 
     # -- optimization ----------------------------------------------------------------------
 

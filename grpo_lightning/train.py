@@ -31,15 +31,18 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
-from grpo_lightning.callbacks import CompletionsTable, wandb_logger
+from grpo_lightning.callbacks import CompletionsTable
 from grpo_lightning.config import ConfigError, TrainConfig, register_configs, to_train_config
 from grpo_lightning.data import PromptDataModule
-from grpo_lightning.loggers import build_logger
+from grpo_lightning.loggers import LoggerIdCallback, build_logger, finish_logger, read_resume_info
 from grpo_lightning.module import GRPOModule
+from grpo_lightning.numerics import NonFiniteError
 from grpo_lightning.plots import plot_reward_curve
 from grpo_lightning.policy import CausalLMPolicy
 from grpo_lightning.prompts import PromptFormatter
 from grpo_lightning.progress import progress_callbacks
+from grpo_lightning.resume import (AtomicCheckpointIO, PreemptionCallback, RNGStateCallback, checkpoint_dir,
+                                   resolve_ckpt_path)
 from grpo_lightning.rewards import RewardError, WeightedReward
 
 VAL_METRIC = "val/reward/mean"
@@ -71,7 +74,7 @@ def optimizer_steps_per_batch(cfg: TrainConfig) -> int:
     return cfg.algorithm.num_iterations * (rollout_size // (cfg.algorithm.mini_batch_size or rollout_size))
 
 
-def build_trainer(cfg: TrainConfig) -> L.Trainer:
+def build_trainer(cfg: TrainConfig, resume_step: Optional[int] = None) -> L.Trainer:
     """A Trainer whose step counts are in training steps (batches of prompts).
 
     Under manual optimization Lightning's global_step counts optimizer steps, of which one
@@ -79,10 +82,11 @@ def build_trainer(cfg: TrainConfig) -> L.Trainer:
     """
     run_dir = Path(cfg.output_dir)
     per_batch = optimizer_steps_per_batch(cfg)
-    callbacks = []
+    callbacks = [RNGStateCallback(), LoggerIdCallback()]
     if cfg.checkpoint.enabled:
-        callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
+        callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir(run_dir), save_last=True, save_top_k=0,
                                          every_n_train_steps=cfg.checkpoint.every_n_steps * per_batch))
+        callbacks.append(PreemptionCallback(checkpoint_dir(run_dir)))
     t = cfg.trainer
     progress = progress_callbacks(t.enable_progress_bar, t.console_log_every_n_steps, t.max_steps, per_batch)
     callbacks += progress
@@ -97,11 +101,13 @@ def build_trainer(cfg: TrainConfig) -> L.Trainer:
         # Lightning would add its tqdm bar; off a terminal the progress is ConsoleLog's lines.
         enable_progress_bar=any(isinstance(c, ProgressBar) for c in progress),
         deterministic=t.deterministic, enable_checkpointing=cfg.checkpoint.enabled,
-        logger=build_logger(cfg.logger, str(run_dir)) or False, callbacks=callbacks,
+        logger=build_logger(cfg.logger, str(run_dir), resume_step) or False, callbacks=callbacks,
         default_root_dir=str(run_dir),
         # Metric states first created under validate()'s inference mode could not be updated
         # by the validation runs inside fit(); no_grad is all generation needs.
         inference_mode=False,
+        # PromptDataModule shards the prompts per process itself (resumable, see resume.py).
+        use_distributed_sampler=False, plugins=[AtomicCheckpointIO()],
     )
 
 
@@ -113,8 +119,19 @@ def _val_reward(trainer: L.Trainer) -> Optional[float]:
 def train(dict_cfg: DictConfig) -> dict[str, float]:
     """Build everything from the config, train, export the policy; return the final metrics."""
     cfg = to_train_config(dict_cfg)
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.output_dir)
+    resume_step = None
+    if cfg.ckpt_path == "last" and ckpt_path is None:
+        print(f"ckpt_path=last: no checkpoint in {checkpoint_dir(cfg.output_dir)} yet, starting a new run "
+              "(to continue an earlier run, pass its output_dir)", flush=True)
+    if ckpt_path is not None:
+        resume_step, wandb_id = read_resume_info(ckpt_path)
+        cfg.logger.id = cfg.logger.id or wandb_id  # the W&B run continues in place
     # The frozen reference policy is in eval mode on purpose.
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+    # Resumable through PromptDataModule.state_dict, which Lightning's check does not see.
+    warnings.filterwarnings("ignore", message=r".*your dataloader is\s+not resumable.*")
+    warnings.filterwarnings("ignore", message=r".*ModelCheckpoint with manual optimization.*")
     started = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True)
     policy = CausalLMPolicy.from_config(cfg.model)
@@ -125,19 +142,27 @@ def train(dict_cfg: DictConfig) -> dict[str, float]:
     module = GRPOModule(policy, reward, algorithm=cfg.algorithm, generation=cfg.generation,
                         optim=cfg.optim, prompt_key=cfg.data.prompt_key)
     check_optimized_metric(cfg.optimized_metric, module.train_means.names + module.val_means.names)
-    trainer = build_trainer(cfg)
+    trainer = build_trainer(cfg, resume_step)
     try:
         for logger in trainer.loggers:
             logger.log_hyperparams(OmegaConf.to_container(dict_cfg, resolve=True))
         first_val = None
-        if cfg.validate_before_training and cfg.ckpt_path is None:
+        if cfg.validate_before_training and ckpt_path is None:
             trainer.validate(module, datamodule=data, verbose=False)
             first_val = _val_reward(trainer)
-        trainer.fit(module, datamodule=data, ckpt_path=cfg.ckpt_path)
+        # Our own checkpoints hold numpy/python random states, not only tensors.
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=False)
+        preemption = next((c for c in trainer.callbacks if isinstance(c, PreemptionCallback)), None)
+        if preemption is not None and preemption.preempted_at is not None:
+            if trainer.is_global_zero:
+                print(f"\npre-empted after {preemption.preempted_at // optimizer_steps_per_batch(cfg)} steps: "
+                      f"{checkpoint_dir(cfg.output_dir)}/last.ckpt written; continue with ckpt_path=last "
+                      f"output_dir={cfg.output_dir}", flush=True)
+            return {name: float(value) for name, value in trainer.callback_metrics.items()}
         if module.validated_at_step != trainer.global_step:
             trainer.validate(module, datamodule=data, verbose=False)  # the last step's validation
     finally:
-        _finish_wandb(trainer)
+        finish_logger(trainer.loggers)  # a later run in this process must not log into this one
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
 
     run_dir = Path(cfg.output_dir)
@@ -148,14 +173,6 @@ def train(dict_cfg: DictConfig) -> dict[str, float]:
         _print_summary(first_val, _val_reward(trainer), trainer.global_step // optimizer_steps_per_batch(cfg),
                        time.perf_counter() - started, run_dir)
     return metrics
-
-
-def _finish_wandb(trainer: L.Trainer) -> None:
-    """End the W&B run, so that it is complete on disk and the next run in this process (a
-    sweep's next job, a notebook's next cell) starts a new one instead of appending to it."""
-    logger = wandb_logger(trainer)
-    if logger is not None and trainer.is_global_zero:
-        logger.experiment.finish()
 
 
 def check_optimized_metric(name: Optional[str], declared: Sequence[str]) -> None:
@@ -192,7 +209,7 @@ register_configs()
 def main(cfg: DictConfig) -> Optional[float]:
     try:
         return optimized_value(train(cfg), cfg.get("optimized_metric"))
-    except (ConfigError, RewardError) as error:
+    except (ConfigError, RewardError, NonFiniteError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
 

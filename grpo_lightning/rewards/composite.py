@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol, Sequence
 
 import torch
@@ -29,16 +29,20 @@ class RewardScores:
     total: Tensor                   # [B] weighted sum, None counted as 0
     per_function: dict[str, Tensor]  # name -> [B] raw values (0 where not applicable)
     applicable: dict[str, Tensor]    # name -> [B] bool, False where the function returned None
+    non_finite: dict[str, int] = field(default_factory=dict)  # name -> NaN/inf values scored 0
 
 
 class WeightedReward:
     """Calls each named function on a batch and combines them: total = sum_k w_k * r_k."""
 
-    def __init__(self, functions: dict[str, tuple[RewardFunction, float]]):
+    def __init__(self, functions: dict[str, tuple[RewardFunction, float]], non_finite: str = "error"):
         if not functions:
             raise ConfigError("reward.functions is empty; add at least one reward function")
+        if non_finite not in ("error", "zero"):
+            raise ConfigError(f"reward.non_finite={non_finite!r} is unknown; choose error or zero")
         self.functions = functions
         self._device = torch.device("cpu")
+        self.non_finite = non_finite
 
     @classmethod
     def from_config(cls, cfg: RewardConfig) -> "WeightedReward":
@@ -57,7 +61,7 @@ class WeightedReward:
             elif spec.kwargs:
                 fn = functools.partial(fn, **spec.kwargs)
             functions[name] = (fn, float(spec.weight))
-        return cls(functions)
+        return cls(functions, non_finite=cfg.non_finite)
 
     @property
     def names(self) -> list[str]:
@@ -77,18 +81,21 @@ class WeightedReward:
                  device: torch.device | str = "cpu") -> RewardScores:
         self.to(device)  # learned rewards run where the policy does
         total = torch.zeros(len(completions), dtype=torch.float32)
-        per_function, applicable = {}, {}
+        per_function, applicable, non_finite = {}, {}, {}
         for name, (fn, weight) in self.functions.items():
-            values = self._call_one(name, fn, prompts, completions, columns)
+            values = self._call_one(name, fn, prompts, completions, columns, self.non_finite == "zero")
+            if self.non_finite == "zero":
+                non_finite[name] = sum(v is not None and not math.isfinite(float(v)) for v in values)
+                values = [0.0 if v is not None and not math.isfinite(float(v)) else v for v in values]
             mask = torch.tensor([v is not None for v in values])
             scores = torch.tensor([0.0 if v is None else float(v) for v in values], dtype=torch.float32)
             total += weight * scores
             per_function[name], applicable[name] = scores.to(device), mask.to(device)
-        return RewardScores(total.to(device), per_function, applicable)
+        return RewardScores(total.to(device), per_function, applicable, non_finite)
 
     @staticmethod
     def _call_one(name: str, fn: RewardFunction, prompts: list[str], completions: list[str],
-                  columns: dict[str, list[Any]]) -> list[Optional[float]]:
+                  columns: dict[str, list[Any]], allow_non_finite: bool = False) -> list[Optional[float]]:
         try:
             values = list(fn(prompts, completions, **columns))
         except Exception as error:
@@ -104,9 +111,10 @@ class WeightedReward:
             except (TypeError, ValueError):
                 raise RewardError(f"reward function {name!r} returned {value!r} ({type(value).__name__}) "
                                   f"for prompt {prompts[index]!r}; return a float or None") from None
-            if not math.isfinite(number):
+            if not math.isfinite(number) and not allow_non_finite:
                 raise RewardError(f"reward function {name!r} returned {number} for prompt "
-                                  f"{prompts[index]!r}; rewards must be finite")
+                                  f"{prompts[index]!r}; rewards must be finite (or set "
+                                  "reward.non_finite=zero to score such completions 0)")
         return values
 
 

@@ -1,0 +1,51 @@
+"""Reductions across processes for batch-level statistics (no-ops in a single process).
+
+Under DDP every process holds its own prompts with all of their completions, so group
+statistics (a group's mean and std) never need communication. Statistics over the whole
+batch do: the batch std of the rewards (``scale_rewards=batch``), the number of completion
+tokens that a token-mean loss divides by. These helpers give every process the value of the
+global batch; they are differentiable only where noted and cost one all-reduce each.
+
+    std = global_mean_std(rewards)[1]                     # same value on every process
+    loss = (token_loss * mask).sum() / global_sum(mask.sum())
+    loss = loss * world_size()   # DDP averages gradients over processes; undo it for a global sum
+
+Inputs must have the same dtype and device on every process (all-reduce is collective: every
+process must call the same helper in the same order).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def global_sum(value: Tensor) -> Tensor:
+    """Sum of ``value`` over processes (elementwise); no gradient flows through it."""
+    total = value.detach().clone()
+    if is_distributed():
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total
+
+
+def global_mean_std(values: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Mean and population std of ``values`` (``[B]`` or any shape, optionally masked) over the
+    elements of every process: one all-reduce of (count, sum, sum of squares), in float64 so
+    the E[x^2] - E[x]^2 form does not lose precision."""
+    x = values.detach().double()
+    weights = torch.ones_like(x) if mask is None else mask.to(x.dtype)
+    moments = torch.stack([weights.sum(), (x * weights).sum(), (x * x * weights).sum()])   # [3]
+    count, total, squares = global_sum(moments).unbind()
+    count = count.clamp(min=1)
+    mean = total / count
+    var = (squares / count - mean * mean).clamp(min=0)
+    return mean.to(values.dtype), var.sqrt().to(values.dtype)

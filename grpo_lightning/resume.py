@@ -1,0 +1,253 @@
+"""Exact resume and pre-emption: what a Lightning checkpoint alone does not carry.
+
+Lightning's checkpoint holds the policy, optimizer, scheduler and loop counters. For a resumed
+run to produce the same metrics as an uninterrupted one, three more things must come back:
+
+* the position in the prompt stream: :class:`ResumableSampler` draws each epoch's order from
+  ``(seed, epoch)`` alone and can start mid-epoch; the data module stores how many batches of
+  the epoch were trained on (Lightning prefetches one batch ahead, so the sampler's own count
+  would be off by one);
+* every random state (python, numpy, torch CPU and CUDA; the generation sampler and the
+  mini-batch shuffles draw from torch's), by :class:`RNGStateCallback`. It also runs each
+  validation on a copy of the random state, so validating more or less often, or a resume
+  that skips the validation the checkpoint was written before, cannot change training;
+* the checkpoint file must survive a kill -9 mid-write: :class:`AtomicCheckpointIO`.
+
+Pre-emption (SIGTERM, and SIGUSR1 under SLURM) is :class:`PreemptionCallback`: the training
+step in flight finishes, ``checkpoints/last.ckpt`` is written and the run stops cleanly;
+``ckpt_path=last`` (see :func:`resolve_ckpt_path`) continues it.
+
+On a GPU a resumed run matches to floating-point tolerance rather than bitwise: cuBLAS/cuDNN
+kernels are not deterministic unless ``trainer.deterministic=true`` (and
+``CUBLAS_WORKSPACE_CONFIG=:4096:8``), and the sampling kernels' reduction order may differ.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch.utils.data import Sampler
+
+from grpo_lightning.config import ConfigError
+
+LAST_CHECKPOINT = "last.ckpt"
+
+
+class ResumableSampler(Sampler[int]):
+    """Row indices for one process: a seeded per-epoch order, sharded by rank, resumable.
+
+    The order of epoch ``e`` is a permutation drawn from a generator seeded with ``seed + e``
+    (or the natural order without shuffling), so it is known without replaying earlier epochs.
+    With ``world_size`` processes, process ``rank`` takes every ``world_size``-th row of it; with
+    ``drop_last`` the order is first cut to a whole number of batches on every process, so all
+    processes run the same number of steps (DDP needs that).
+    """
+
+    def __init__(self, num_rows: int, batch_size: int, *, shuffle: bool, seed: int, rank: int = 0,
+                 world_size: int = 1, drop_last: bool = True):
+        self.num_rows, self.batch_size, self.shuffle, self.seed = num_rows, batch_size, shuffle, seed
+        self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
+        self.epoch = 0
+        self.start_batch = 0  # batches of the current epoch already trained on (resume)
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return (self.num_rows // (self.batch_size * self.world_size)) * self.batch_size
+        return len(range(self.rank, self.num_rows, self.world_size))
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return len(self) // self.batch_size if self.drop_last else -(-len(self) // self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning at each epoch start; a new epoch starts from its first batch."""
+        if epoch != self.epoch:
+            self.epoch, self.start_batch = epoch, 0
+
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        self.epoch, self.start_batch = epoch, batches_done
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.num_rows, generator=generator)
+        else:
+            order = torch.arange(self.num_rows)
+        if self.drop_last:
+            order = order[:len(self) * self.world_size]
+        mine = order[self.rank::self.world_size]
+        start, self.start_batch = self.start_batch * self.batch_size, 0  # the skip applies once
+        return iter(mine[start:].tolist())
+
+
+# -- random states ---------------------------------------------------------------------------
+
+def capture_rng_state() -> dict[str, Any]:
+    """Every random state a GRPO step draws from."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+class RNGStateCallback(Callback):
+    """Saves the random states in the checkpoint; restores them right before the next step.
+
+    Restoring at the first training batch rather than at load time matters: building the
+    optimizer and the dataloader iterators between load and the first step may draw from the
+    global generators.
+    """
+
+    def __init__(self) -> None:
+        self._pending: Optional[dict[str, Any]] = None
+        self._before_validation: Optional[dict[str, Any]] = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": capture_rng_state()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = state_dict["rng"]
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if self._pending is not None:
+            restore_rng_state(self._pending)
+            self._pending = None
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._before_validation = capture_rng_state()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._before_validation is not None:
+            restore_rng_state(self._before_validation)
+            self._before_validation = None
+
+
+# -- checkpoint files ------------------------------------------------------------------------
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes ``path.tmp``, flushes it to disk, then renames it over ``path``.
+
+    A process killed mid-write leaves the previous checkpoint intact (rename is atomic on
+    POSIX file systems); only a stray ``.tmp`` file remains.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO takes no storage_options")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(path.name + ".tmp")
+        with open(temporary, "wb") as handle:
+            torch.save(checkpoint, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def resolve_ckpt_path(ckpt_path: Optional[str], run_dir: str | Path) -> Optional[str]:
+    """``None`` -> start fresh; ``last`` -> ``<run_dir>/checkpoints/last.ckpt`` if it exists (a
+    fresh start otherwise, so one command serves the first launch and every requeue); a path ->
+    that file, which must exist."""
+    if ckpt_path is None:
+        return None
+    if ckpt_path == "last":
+        last = checkpoint_dir(run_dir) / LAST_CHECKPOINT
+        return str(last) if last.is_file() else None
+    if not Path(ckpt_path).is_file():
+        raise ConfigError(f"ckpt_path={ckpt_path!r} is not a file; give a checkpoint written by a run "
+                          "(<run>/checkpoints/last.ckpt) or ckpt_path=last with the run's output_dir")
+    return ckpt_path
+
+
+# -- pre-emption ------------------------------------------------------------------------------
+
+def preemption_signals() -> list[signal.Signals]:
+    """SIGTERM always; SIGUSR1 too under SLURM (``#SBATCH --signal=USR1@90`` sends it ahead of
+    the time limit)."""
+    signals = [signal.SIGTERM]
+    if "SLURM_JOB_ID" in os.environ and hasattr(signal, "SIGUSR1"):
+        signals.append(signal.SIGUSR1)
+    return signals
+
+
+class PreemptionCallback(Callback):
+    """On a pre-emption signal: finish the current step, write last.ckpt, stop the run.
+
+    The handlers are installed when fitting starts, over Lightning's own (which would only
+    stop at the end of an epoch, without a checkpoint), and the previous ones come back at the
+    end. Every process must agree to stop at the same step, so the flag is reduced across
+    processes after each step.
+    """
+
+    def __init__(self, dirpath: str | Path):
+        self.dirpath = Path(dirpath)
+        self.received: Optional[int] = None
+        self.preempted_at: Optional[int] = None  # Lightning global_step of the pre-emption save
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = signum
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for signum in preemption_signals():
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_handlers()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore_handlers()
+
+    def _restore_handlers(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if not trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
+            return
+        trainer.save_checkpoint(self.dirpath / LAST_CHECKPOINT)
+        self.preempted_at = trainer.global_step
+        trainer.should_stop = True
+        if self.received == getattr(signal, "SIGUSR1", None) and trainer.is_global_zero:
+            _requeue_slurm_job()
+
+
+def _requeue_slurm_job() -> None:
+    """SLURM sends SIGUSR1 ahead of the time limit (--signal=USR1@N): put the job back in the
+    queue so that it continues from last.ckpt (with ckpt_path=last)."""
+    job = os.environ["SLURM_JOB_ID"]
+    if "SLURM_ARRAY_JOB_ID" in os.environ:
+        job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    try:
+        code = subprocess.call(["scontrol", "requeue", job])
+    except FileNotFoundError:
+        code = None
+    if code != 0:
+        print(f"warning: could not requeue SLURM job {job} (scontrol requeue: {code}); resubmit it with "
+              "ckpt_path=last", file=sys.stderr, flush=True)

@@ -1,0 +1,113 @@
+"""Every kind of bad input, fed through the real ``grpo-train`` command: a short message naming
+what is wrong, a non-zero exit, no traceback. Hydra's own errors (unknown key, wrong type,
+unknown group option) exit with 1, ours with 2."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+BAD_INPUTS = '''
+def raises(prompts, completions, **columns):
+    return [1.0 / 0 for _ in completions]
+
+def too_few(prompts, completions, **columns):
+    return [1.0] * (len(completions) - 1)
+
+def nan(prompts, completions, **columns):
+    return [float("nan")] * len(completions)
+
+def empty_train(**kwargs):
+    return [], [{"prompt": "1+1=", "answer": "2"}]
+
+def overflow(prompts, completions, **columns):
+    # finite rewards whose group mean overflows float32: non-finite advantages and loss
+    return [3e38 if i % 2 == 0 else 0.0 for i in range(len(completions))]
+'''
+
+SMALL = ["trainer.max_steps=2", "trainer.enable_progress_bar=false", "data.batch_size=2",
+         "validate_before_training=false", "trainer.val_every_n_steps=100"]
+
+# (overrides, expected exit code, text the message must contain)
+CASES = {
+    # config
+    "unknown key": (["algorithm.foo=1"], 1, "Could not override 'algorithm.foo'"),
+    "unknown key added": (["+algorithm.foo=1"], 2, "unknown config key(s): algorithm.foo"),
+    "wrong type": (["algorithm.group_size=four"], 1, "could not be converted to Integer"),
+    "group of one": (["algorithm.group_size=1"], 2, "algorithm.group_size must be >= 2"),
+    "batch does not divide": (["algorithm.mini_batch_size=5"], 2, "algorithm.mini_batch_size=5 must divide"),
+    "clip range": (["algorithm.clip_range=-0.2"], 2, "algorithm.clip_range must be > 0"),
+    "no new tokens": (["generation.max_new_tokens=0"], 2, "generation.max_new_tokens must be >= 1"),
+    "unknown algorithm": (["algorithm=nope"], 1, "Could not find 'algorithm/nope'"),
+    "unknown estimator": (["algorithm.adv_estimator=nope"], 2, "choose one of ['grpo', 'grpo_vectorized'"),
+    "unknown non-finite policy": (["reward.non_finite=ignore"], 2, "reward.non_finite='ignore' is unknown"),
+    "missing checkpoint": (["ckpt_path=missing.ckpt"], 2, "ckpt_path='missing.ckpt' is not a file"),
+    # data
+    "data builder does not resolve": (["data.builder=nowhere.load"], 2, "data.builder='nowhere.load' does not resolve"),
+    "missing prompt column": (["data.prompt_key=question"], 2, "columns found: ['answer', 'prompt']"),
+    "builder rejects its arguments": (["data.builder_kwargs.num_val=0"], 2,
+                                      "data.builder_kwargs={'num_val': 0}: ValueError: num_val must be"),
+    "empty split": (["data.builder=bad_inputs.empty_train"], 2, "the train split is empty"),
+    # rewards
+    "reward does not resolve": (["reward.functions.correct.fn=nowhere.reward"], 2,
+                                "reward.functions.correct.fn='nowhere.reward' does not resolve"),
+    "reward raises": (["reward.functions.correct.fn=bad_inputs.raises"], 2,
+                      "reward function 'correct' raised ZeroDivisionError"),
+    "reward count": (["reward.functions.correct.fn=bad_inputs.too_few"], 2,
+                     "returned 7 values for 8 completions"),
+    "reward nan": (["reward.functions.correct.fn=bad_inputs.nan"], 2, "returned nan for prompt"),
+    # numerics
+    "non-finite loss": (["reward.functions.correct.fn=bad_inputs.overflow", "algorithm.normalize_by_std=false",
+                         "algorithm.max_consecutive_skips=0"], 2, "consecutive updates had a non-finite"),
+}
+
+
+@pytest.fixture(scope="module")
+def helpers_dir(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("bad_inputs")
+    (directory / "bad_inputs.py").write_text(BAD_INPUTS)
+    return directory
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_fails_with_a_message(case, helpers_dir, random_arith_dir, tmp_path):
+    overrides, code, message = CASES[case]
+    env = dict(os.environ, WANDB_MODE="offline", HF_HUB_OFFLINE="1",
+               PYTHONPATH=os.pathsep.join([str(helpers_dir), str(REPO), os.environ.get("PYTHONPATH", "")]))
+    args = [f"output_dir={tmp_path}", f"model.name_or_path={random_arith_dir}", "algorithm.group_size=4", *SMALL,
+            *overrides]
+    result = subprocess.run([sys.executable, "-m", "grpo_lightning.train", *args], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == code, result.stderr[-3000:]
+    assert message in result.stderr, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    if code == 2:
+        assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+JSONL_CONFIG = REPO / "conf" / "data" / "jsonl.yaml"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not JSONL_CONFIG.is_file(), reason="data=jsonl is not on this branch (issue 3)")
+@pytest.mark.parametrize("case", ["missing file", "malformed line", "missing column"])
+def test_bad_jsonl_fails_with_file_and_line(case, random_arith_dir, tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    lines = {"missing file": None,
+             "malformed line": ['{"prompt": "1+1=", "answer": "2"}'] * 2 + ['{"prompt": "2+2=", "answer": '],
+             "missing column": ['{"question": "1+1=", "answer": "2"}'] * 4}[case]
+    if lines is not None:
+        path.write_text("\n".join(lines) + "\n")
+    expected = {"missing file": str(path), "malformed line": "3", "missing column": "question"}[case]
+    args = [f"output_dir={tmp_path}/run", f"model.name_or_path={random_arith_dir}", "data=jsonl",
+            f"data.path={path}", *SMALL]
+    result = subprocess.run([sys.executable, "-m", "grpo_lightning.train", *args], cwd=tmp_path,
+                            env=dict(os.environ, WANDB_MODE="offline", HF_HUB_OFFLINE="1"),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert expected in result.stderr and "Traceback" not in result.stderr, result.stderr[-3000:]

@@ -1,0 +1,187 @@
+"""Exact resume, pre-emption and atomic checkpoints (grpo_lightning/resume.py)."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from grpo_lightning.resume import AtomicCheckpointIO, ResumableSampler, capture_rng_state, restore_rng_state
+from grpo_lightning.train import train
+
+# A reward with spread inside groups (so advantages and updates are non-zero even for a random
+# policy): the share of the digit 1 in the completion.
+REWARDS_SOURCE = '''
+def ones(prompts, completions, **columns):
+    return [c.count("1") / max(len(c), 1) for c in completions]
+
+def ten_prompts(**kwargs):  # 2 batches of 4 per epoch (2 rows dropped): resumes cross epochs
+    from grpo_lightning.tasks.arithmetic import load_splits
+    train, val = load_splits()
+    return train[:10], val[:8]
+'''
+
+
+@pytest.fixture
+def reward_module(tmp_path, monkeypatch):
+    directory = tmp_path / "reward_pkg"
+    directory.mkdir()
+    (directory / "resume_rewards.py").write_text(REWARDS_SOURCE)
+    monkeypatch.syspath_prepend(str(directory))
+    return directory
+
+
+def test_sampler_resumes_mid_epoch_with_the_same_order():
+    full = ResumableSampler(20, 4, shuffle=True, seed=3)
+    full.set_epoch(2)
+    order = list(full)
+    resumed = ResumableSampler(20, 4, shuffle=True, seed=3)
+    resumed.resume_at(epoch=2, batches_done=3)
+    assert list(resumed) == order[12:]
+    assert list(resumed) == order, "the skip applies to one pass only"
+    other = ResumableSampler(20, 4, shuffle=True, seed=3)
+    other.set_epoch(3)
+    assert list(other) != order and sorted(other) == sorted(order)
+
+
+def test_sampler_shards_disjoint_equal_whole_batches():
+    shards = [list(ResumableSampler(23, 3, shuffle=True, seed=0, rank=r, world_size=2)) for r in range(2)]
+    assert len(shards[0]) == len(shards[1]) == 9      # 23 rows -> 3 batches of 3 per process
+    assert not set(shards[0]) & set(shards[1])
+    val = [list(ResumableSampler(5, 2, shuffle=False, seed=0, rank=r, world_size=2, drop_last=False))
+           for r in range(2)]
+    assert sorted(val[0] + val[1]) == list(range(5))   # validation keeps every row
+
+
+def test_rng_state_roundtrip_covers_python_numpy_torch():
+    import random
+
+    import numpy as np
+
+    state = capture_rng_state()
+    first = (random.random(), np.random.rand(), torch.rand(1).item())
+    restore_rng_state(state)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
+
+
+def test_atomic_checkpoint_survives_a_crash_mid_write(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"step": 1}, path)
+
+    def crash(obj, handle):
+        handle.write(b"half a checkpoint")
+        raise KeyboardInterrupt  # as if killed mid-write
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"step": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"step": 1}
+
+
+def _rows(run_dir: Path) -> dict[int, dict[str, str]]:
+    """Training rows of metrics.csv by step, without timings (they differ between runs)."""
+    with open(run_dir / "metrics.csv") as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get("actor/loss")]
+    return {int(row["step"]): {k: v for k, v in row.items() if not k.startswith("perf/")} for row in rows}
+
+
+RESUME_SETTINGS = ["reward.functions.correct.fn=resume_rewards.ones", "algorithm.group_size=4",
+                   "algorithm.mini_batch_size=8", "algorithm.num_iterations=2", "algorithm.beta=0.04",
+                   "algorithm.entropy_coef=0.01", "generation.val_do_sample=true", "trainer.val_every_n_steps=2",
+                   "checkpoint.every_n_steps=2", "optim.lr=1e-3"]
+
+
+def test_resumed_run_matches_uninterrupted_bitwise(compose_config, random_arith_dir, reward_module, tmp_path):
+    # 4 prompts x 4 completions, 2 mini-batches x 2 passes: 4 optimizer steps per training step,
+    # with sampled validation every 2 steps, so every random stream and counter is exercised.
+    common = [f"model.name_or_path={random_arith_dir}", *RESUME_SETTINGS]
+    train(compose_config(*common, f"output_dir={tmp_path}/full", "trainer.max_steps=5"))
+    train(compose_config(*common, f"output_dir={tmp_path}/part", "trainer.max_steps=2"))
+    train(compose_config(*common, f"output_dir={tmp_path}/part", "trainer.max_steps=5", "ckpt_path=last"))
+    full, resumed = _rows(tmp_path / "full"), _rows(tmp_path / "part")
+    assert sorted(resumed) == [0, 1, 2, 3, 4]                # history kept, steps 2-4 logged again
+    assert float(full[3]["actor/grad_norm"]) > 0, "the test needs real updates"
+    for step in (2, 3, 4):
+        assert resumed[step] == full[step], f"step {step} differs after resume"
+    exported = [torch.load(d / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+                for d in (tmp_path / "full", tmp_path / "part")]
+    assert all(torch.equal(exported[0][k], exported[1][k]) for k in exported[0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop_at", [2, 3])  # at the end of epoch 0, in the middle of epoch 1
+def test_resume_across_epoch_boundaries_matches(stop_at, compose_config, random_arith_dir, reward_module, tmp_path):
+    common = [f"model.name_or_path={random_arith_dir}", *RESUME_SETTINGS, "data.builder=resume_rewards.ten_prompts",
+              "checkpoint.every_n_steps=1", "validate_before_training=false"]
+    train(compose_config(*common, f"output_dir={tmp_path}/full", "trainer.max_steps=5"))
+    train(compose_config(*common, f"output_dir={tmp_path}/part", f"trainer.max_steps={stop_at}"))
+    train(compose_config(*common, f"output_dir={tmp_path}/part", "trainer.max_steps=5", "ckpt_path=last"))
+    full, resumed = _rows(tmp_path / "full"), _rows(tmp_path / "part")
+    assert sorted(resumed) == [0, 1, 2, 3, 4]
+    for step in range(stop_at, 5):
+        assert resumed[step] == full[step], f"step {step} differs after resume"
+
+
+def test_missing_checkpoint_file_is_a_config_error(compose_config, random_arith_dir, tmp_path):
+    from grpo_lightning.config import ConfigError
+
+    with pytest.raises(ConfigError, match="ckpt_path='nowhere.ckpt' is not a file"):
+        train(compose_config(f"model.name_or_path={random_arith_dir}", "ckpt_path=nowhere.ckpt"))
+
+
+def _grpo_train(*args: str, cwd: Path, extra_path: Path) -> subprocess.Popen:
+    env = dict(os.environ, WANDB_MODE="offline", HF_HUB_OFFLINE="1",
+               PYTHONPATH=os.pathsep.join([str(extra_path), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.Popen([sys.executable, "-m", "grpo_lightning.train", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_the_run_resumes_from_it(random_arith_dir, reward_module, tmp_path):
+    args = [f"model.name_or_path={random_arith_dir}", f"output_dir={tmp_path}/run", *RESUME_SETTINGS,
+            "trainer.max_steps=400", "validate_before_training=false",
+            "trainer.enable_progress_bar=false", "data.batch_size=4", "trainer.limit_val_batches=1",
+            "data.val_batch_size=8", "trainer.val_every_n_steps=1000", "checkpoint.every_n_steps=1"]
+    process = _grpo_train(*args, cwd=tmp_path, extra_path=reward_module)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not last.is_file():  # the first step is done
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "the run never started"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr[-3000:]
+    assert "pre-empted after" in stdout and "Traceback" not in stderr
+    stopped_at = int(stdout.split("pre-empted after ")[1].split()[0])
+    assert 0 < stopped_at < 400
+    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert checkpoint["global_step"] == stopped_at * 4       # 4 optimizer steps per training step
+
+    resumed = _grpo_train(*[a.replace("trainer.max_steps=400", f"trainer.max_steps={stopped_at + 2}") for a in args],
+                          "ckpt_path=last", cwd=tmp_path, extra_path=reward_module)
+    stdout, stderr = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, stderr[-3000:]
+    assert f"GRPO finished: {stopped_at + 2} steps" in stdout
+    assert sorted(_rows(tmp_path / "run")) == list(range(stopped_at + 2))  # one row per step, none twice
+
+
+def test_wandb_run_resumes_under_the_same_id(compose_config, random_arith_dir, tmp_path):
+    from grpo_lightning.loggers import read_resume_info
+
+    common = [f"model.name_or_path={random_arith_dir}", "logger=wandb", "logger.offline=true",
+              "validate_before_training=false", "checkpoint.every_n_steps=1"]
+    train(compose_config(*common, "trainer.max_steps=1"))
+    step, run_id = read_resume_info(str(tmp_path / "checkpoints" / "last.ckpt"))
+    assert step == 1 and run_id
+    train(compose_config(*common, "trainer.max_steps=2", "ckpt_path=last"))
+    assert read_resume_info(str(tmp_path / "checkpoints" / "last.ckpt")) == (2, run_id)  # logged as run_id
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert runs and all(run.name.endswith(run_id) for run in runs)
