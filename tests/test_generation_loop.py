@@ -68,6 +68,6 @@ def test_policy_sample_dispatches_on_the_backend(arith_policy):
 def test_unknown_generation_backend_is_refused_at_load(compose_config, random_arith_dir):
     from grpo_lightning.config import ConfigError, to_train_config
 
-    assert to_train_config(compose_config(f"model.name_or_path={random_arith_dir}")).generation.backend == "loop"
+    assert to_train_config(compose_config(f"model.name_or_path={random_arith_dir}")).generation.backend == "hf"
     with pytest.raises(ConfigError, match=r"generation.backend='vllm' is unknown.*vLLM backend is not available"):
         to_train_config(compose_config(f"model.name_or_path={random_arith_dir}", "generation.backend=vllm"))

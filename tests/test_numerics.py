@@ -51,14 +51,14 @@ def test_a_non_finite_loss_skips_the_update_and_is_logged(compose_config, random
     import grpo_lightning.module as module
 
     calls = {"n": 0}
-    real_loss = module.grpo_loss
+    real_loss = module.policy_objective
 
     def first_loss_nan(*args, **kwargs):
         loss, stats = real_loss(*args, **kwargs)
         calls["n"] += 1
         return (loss * float("nan") if calls["n"] == 1 else loss), stats
 
-    monkeypatch.setattr(module, "grpo_loss", first_loss_nan)
+    monkeypatch.setattr(module, "policy_objective", first_loss_nan)
     train(compose_config(f"model.name_or_path={random_arith_dir}", "algorithm.max_consecutive_skips=1",
                          "trainer.max_steps=2", "validate_before_training=false"))
     with open(tmp_path / "metrics.csv") as handle:
@@ -69,7 +69,7 @@ def test_a_non_finite_loss_skips_the_update_and_is_logged(compose_config, random
         loss, stats = real_loss(*args, **kwargs)
         return loss * float("nan"), stats
 
-    monkeypatch.setattr(module, "grpo_loss", always_nan)  # every update skipped: the run must stop
+    monkeypatch.setattr(module, "policy_objective", always_nan)  # every update skipped: the run must stop
     with pytest.raises(NonFiniteError, match="max_consecutive_skips=1"):
         train(compose_config(f"model.name_or_path={random_arith_dir}", "algorithm.max_consecutive_skips=1",
                              "trainer.max_steps=3", "validate_before_training=false", f"output_dir={tmp_path}/b"))

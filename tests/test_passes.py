@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from grpo_lightning.config import GRPOConfig
+from grpo_lightning.experience import Experience
 from grpo_lightning.module import GRPOModule
 from grpo_lightning.rewards import WeightedReward
 from grpo_lightning.rollout import TokenBatch
@@ -23,7 +24,9 @@ def _count_scoring_passes(policy, algorithm: GRPOConfig):
     policy.token_scores = counting
     prompt_ids, prompt_mask = policy.encode_prompts(["12+34="] * 4)
     tokens = TokenBatch(prompt_ids, prompt_mask, torch.full((4, 3), 5), torch.ones(4, 3, dtype=torch.long))
-    update = module._prepare_update(tokens, advantages=torch.zeros(4))
+    experience = Experience(tokens=tokens, rewards=torch.zeros(4), group_ids=torch.tensor([0, 0, 1, 1]),
+                            group_size=2)
+    update = module._prepare_update(experience)
     return calls, update
 
 
