@@ -7,13 +7,13 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: train test install clean
+.PHONY: train test test-fast install clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[dev,sweep]"
+	$(PY) -m pip install --quiet -e ".[dev,sweep,slurm]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -21,7 +21,11 @@ install: $(STAMP)
 train: $(STAMP)
 	$(VENV)/bin/grpo-train $(ARGS)
 
-test: $(STAMP)
+# The whole suite: the fast tests (a plain `pytest`), then the ones marked slow.
+test: test-fast
+	WANDB_MODE=offline HF_HUB_OFFLINE=1 $(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
 	WANDB_MODE=offline HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 clean:
