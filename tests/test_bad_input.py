@@ -43,7 +43,7 @@ CASES = {
     "clip range": (["algorithm.clip_range=-0.2"], 2, "algorithm.clip_range must be > 0"),
     "no new tokens": (["generation.max_new_tokens=0"], 2, "generation.max_new_tokens must be >= 1"),
     "unknown algorithm": (["algorithm=nope"], 1, "Could not find 'algorithm/nope'"),
-    "unknown estimator": (["algorithm.adv_estimator=nope"], 2, "choose one of ['grpo', 'grpo_vectorized'"),
+    "unknown estimator": (["algorithm.adv_estimator=nope"], 2, "algorithm.adv_estimator='nope' is unknown; choose one of ["),
     "unknown non-finite policy": (["reward.non_finite=ignore"], 2, "reward.non_finite='ignore' is unknown"),
     "missing checkpoint": (["ckpt_path=missing.ckpt"], 2, "ckpt_path='missing.ckpt' is not a file"),
     # data
