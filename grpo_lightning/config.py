@@ -197,6 +197,12 @@ class ModelConfig:
     a time, so the [B, T, vocab] logits (and their gradient) never exist for the whole batch.
     Used for model types whose logits are the plain head output (Llama, Qwen2/3, Mistral); other
     models fall back to full logits, chunked only in the log-softmax. Same numbers either way."""
+    share_prompts: Optional[bool] = None
+    """Score each distinct prompt of a batch once: its keys and values go to a KV cache that all
+    of its completions attend to, so the prompt costs 1/G of a full pass, forward and backward
+    (the numbers are the same up to float rounding). Needs the KV cache in training mode, which
+    gradient checkpointing switches off: None (default) shares unless
+    model.gradient_checkpointing is on; true requires it; false always runs the full pass."""
     compile: bool = False
     """``torch.compile`` the decoder (dynamic shapes) for generation and scoring. Costs a
     compilation at the first steps (and a C++ compiler on CPU); pays off on a GPU with a
@@ -470,6 +476,9 @@ def validate_config(cfg: TrainConfig) -> None:
     _require(cfg.model.dtype in DTYPES, f"model.dtype={cfg.model.dtype!r} is unknown; choose one of {DTYPES}")
     _require(cfg.model.logprob_chunk_size >= 1,
              f"model.logprob_chunk_size must be >= 1 (got {cfg.model.logprob_chunk_size})")
+    _require(not (cfg.model.share_prompts and cfg.model.gradient_checkpointing),
+             "model.share_prompts=true needs the KV cache, which model.gradient_checkpointing=true "
+             "switches off in training; set model.share_prompts=null (or false) to score full sequences")
     _validate_lora(cfg.model.lora)
     _validate_data_source(data)
     _validate_validation_sampling(gen, cfg.reward)

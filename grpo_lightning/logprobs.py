@@ -11,6 +11,13 @@ Only completion positions are scored, never the prompt's. Two paths give the sam
 Either way the float32 log-softmax over the vocabulary is formed one chunk at a time and,
 under autograd, recomputed in the backward pass (activation checkpointing), so the float32
 ``[B, T, V]`` tensor never exists.
+
+With ``share_prompts=True`` a batch whose rows repeat prompts (the G completions of a GRPO
+group) runs each distinct prompt through the model once, keeps its keys and values in a KV
+cache (with their autograd graph), gives every row its prompt's cache and then runs only the
+completions: the prompt costs 1/G of the full pass, in the forward and in the backward. The
+numbers are those of the full pass up to float rounding (tests/test_logprobs.py). It needs the
+KV cache in training mode, which gradient checkpointing switches off.
 """
 
 from __future__ import annotations
@@ -83,28 +90,74 @@ def token_scores_from_logits(logits: Tensor, token_ids: Tensor, *, temperature: 
                              with_entropy=with_entropy, chunk_size=chunk_size, entropy_grad=entropy_grad)
 
 
+def _positions(attention_mask: Tensor) -> Tensor:
+    # Left padding shifts positions; count them from each row's first real token, as generate does.
+    return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+
+
 def _model_inputs(prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
                   completion_mask: Tensor) -> dict[str, Tensor]:
     input_ids = torch.cat([prompt_ids, completion_ids], dim=1)                  # [B, P+T]
     attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)           # [B, P+T]
-    # Left padding shifts positions; count them from each row's first real token, as generate does.
-    position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": _positions(attention_mask),
             "use_cache": False}
+
+
+def distinct_prompts(prompt_ids: Tensor, prompt_mask: Tensor) -> Optional[tuple[Tensor, Tensor, Tensor]]:
+    """The distinct prompts [U, P] (ids and mask) and the index of each row's prompt [B].
+
+    None when no prompt repeats, so sharing would save nothing.
+    """
+    num_prompt = prompt_ids.size(1)
+    rows = torch.cat([prompt_ids, prompt_mask.to(prompt_ids.dtype)], dim=1)     # [B, 2P]
+    unique, inverse = torch.unique(rows, dim=0, return_inverse=True)            # [U, 2P], [B]
+    if unique.size(0) == rows.size(0):
+        return None
+    return unique[:, :num_prompt], unique[:, num_prompt:].to(prompt_mask.dtype), inverse
+
+
+def _predicting_outputs(run: Callable[..., Tensor], config, prompt_ids: Tensor, prompt_mask: Tensor,
+                        completion_ids: Tensor, completion_mask: Tensor, share_prompts: bool) -> Tensor:
+    """The model's outputs [B, T, X] at the positions that predict each completion token.
+
+    ``run(keep, **model_inputs)`` returns per-position outputs [b, L, X] (hidden states or
+    logits) for the last ``keep`` positions (0: all).
+    """
+    num_prompt, num_completion = prompt_ids.size(1), completion_ids.size(1)
+    shared = distinct_prompts(prompt_ids, prompt_mask) if share_prompts else None
+    if shared is None:
+        outputs = run(num_completion + 1, **_model_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask))
+        # Position t predicts token t + 1: the completion is predicted from P-1 .. P+T-2.
+        return outputs[:, -num_completion - 1:-1]                              # [B, T, X]
+    from transformers import DynamicCache
+
+    unique_ids, unique_mask, prompt_of_row = shared                              # [U, P], [U, P], [B]
+    cache = DynamicCache(config=config)
+    prompt_last = run(1, input_ids=unique_ids, attention_mask=unique_mask, position_ids=_positions(unique_mask),
+                      past_key_values=cache, use_cache=True)[:, -1:]            # [U, 1, X]
+    cache.batch_select_indices(prompt_of_row)                                   # every row: its prompt's K/V
+    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)           # [B, P+T]
+    completion_outputs = run(num_completion, input_ids=completion_ids, attention_mask=attention_mask,
+                             position_ids=_positions(attention_mask)[:, num_prompt:],
+                             past_key_values=cache, use_cache=True)             # [B, T, X]
+    return torch.cat([prompt_last[prompt_of_row], completion_outputs[:, :-1]], dim=1)  # [B, T, X]
 
 
 def completion_token_scores(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor,
                             completion_ids: Tensor, completion_mask: Tensor, *,
                             temperature: float = 1.0, with_entropy: bool = False,
-                            chunk_size: int = 64, entropy_grad: bool = True) -> tuple[Tensor, Optional[Tensor]]:
+                            chunk_size: int = 64, entropy_grad: bool = True,
+                            share_prompts: bool = False) -> tuple[Tensor, Optional[Tensor]]:
     """Score left-padded prompts [B, P] followed by right-padded completions [B, T].
 
     Returns log-probs [B, T] and entropy [B, T] (or None) of the completion tokens.
     """
-    num_completion = completion_ids.size(1)
-    logits = model(**_model_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask),
-                   logits_to_keep=num_completion + 1).logits                    # [B, T+1, V]
-    return token_scores_from_logits(logits[:, :-1], completion_ids, temperature=temperature,
+    def logits(keep: int, **inputs) -> Tensor:
+        return model(**inputs, logits_to_keep=keep).logits                     # [b, keep, V]
+
+    predicting = _predicting_outputs(logits, model.config, prompt_ids, prompt_mask, completion_ids,
+                                     completion_mask, share_prompts)            # [B, T, V]
+    return token_scores_from_logits(predicting, completion_ids, temperature=temperature,
                                     with_entropy=with_entropy, chunk_size=chunk_size, entropy_grad=entropy_grad)
 
 
@@ -119,17 +172,19 @@ def supports_hidden_head(model: nn.Module) -> bool:
 def completion_token_scores_from_hidden(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor,
                                         completion_ids: Tensor, completion_mask: Tensor, *,
                                         temperature: float = 1.0, with_entropy: bool = False,
-                                        chunk_size: int = 64, entropy_grad: bool = True
-                                        ) -> tuple[Tensor, Optional[Tensor]]:
+                                        chunk_size: int = 64, entropy_grad: bool = True,
+                                        share_prompts: bool = False) -> tuple[Tensor, Optional[Tensor]]:
     """Same result as :func:`completion_token_scores`, but the ``[B, T, V]`` logits never exist.
 
-    The decoder runs once and returns hidden states [B, P+T, H]; the output head is applied
-    ``chunk_size`` completions at a time. Only for models where :func:`supports_hidden_head`.
+    The decoder returns hidden states; the output head is applied ``chunk_size`` completions at
+    a time. Only for models where :func:`supports_hidden_head`.
     """
-    num_prompt, num_completion = prompt_ids.size(1), completion_ids.size(1)
-    hidden = model.get_decoder()(**_model_inputs(prompt_ids, prompt_mask, completion_ids,
-                                                 completion_mask)).last_hidden_state
-    # Position t predicts token t + 1, so the completion is predicted from P-1 .. P+T-2.
-    hidden = hidden[:, num_prompt - 1:num_prompt + num_completion - 1]          # [B, T, H]
+    decoder = model.get_decoder()
+
+    def hidden_states(keep: int, **inputs) -> Tensor:
+        return decoder(**inputs).last_hidden_state                              # [b, L, H]
+
+    hidden = _predicting_outputs(hidden_states, model.config, prompt_ids, prompt_mask, completion_ids,
+                                 completion_mask, share_prompts)                # [B, T, H]
     return _scores_in_chunks(model.get_output_embeddings(), hidden, completion_ids, temperature=temperature,
                              with_entropy=with_entropy, chunk_size=chunk_size, entropy_grad=entropy_grad)

@@ -91,7 +91,7 @@ class CausalLMPolicy(Policy):
     """A Hugging Face causal LM and its tokenizer as a GRPO policy."""
 
     def __init__(self, model: nn.Module, tokenizer, *, logprob_chunk_size: int = 64,
-                 save_merged: bool = True, chunked_lm_head: bool = True):
+                 save_merged: bool = True, chunked_lm_head: bool = True, share_prompts: bool = False):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
@@ -100,6 +100,7 @@ class CausalLMPolicy(Policy):
         # False for chat-templated prompts: the template already wrote BOS and the like.
         self.add_special_tokens = True
         self.chunked_lm_head = chunked_lm_head
+        self.share_prompts = share_prompts  # score each distinct prompt once (see logprobs.py)
         self.reference_model: Optional[nn.Module] = None
         self.reference_is_base = False  # LoRA: the reference is self.model with adapters disabled
         if tokenizer.pad_token_id is None:
@@ -138,8 +139,10 @@ class CausalLMPolicy(Policy):
             model = add_lora(model, cfg.lora)
         if cfg.compile:
             model.get_decoder().compile(dynamic=True)  # lazy: compiles at the first call
+        share_prompts = cfg.share_prompts if cfg.share_prompts is not None else not cfg.gradient_checkpointing
         return cls(model, tokenizer, logprob_chunk_size=cfg.logprob_chunk_size,
-                   save_merged=cfg.lora.save_merged, chunked_lm_head=cfg.chunked_lm_head)
+                   save_merged=cfg.lora.save_merged, chunked_lm_head=cfg.chunked_lm_head,
+                   share_prompts=share_prompts)
 
     @property
     def is_lora(self) -> bool:
@@ -198,7 +201,8 @@ class CausalLMPolicy(Policy):
                 scorer = completion_token_scores_from_hidden
             return scorer(model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
                           batch.completion_mask, temperature=temperature, with_entropy=with_entropy,
-                          chunk_size=self.logprob_chunk_size, entropy_grad=entropy_grad)
+                          chunk_size=self.logprob_chunk_size, entropy_grad=entropy_grad,
+                          share_prompts=self.share_prompts)
 
         if not reference:
             return score(self.model)
