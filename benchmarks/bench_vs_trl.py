@@ -25,8 +25,13 @@ jobs the CPU time per step is the load-robust figure, the wall time the one a us
 
     /work/venv-bench/bin/python benchmarks/bench_vs_trl.py                 # tiny model, CPU
     /work/venv-bench/bin/python benchmarks/bench_vs_trl.py --steps 10 --repeats 3
+    /work/venv-bench/bin/python benchmarks/bench_vs_trl.py --prompt-tokens 120   # long prompts
     python benchmarks/bench_vs_trl.py --size 0.5b --device cuda --precision bf16   # on a GPU
     python benchmarks/bench_vs_trl.py --size 0.5b --build-only             # construct + load only
+
+``--prompt-tokens N`` puts the same N-token preamble (digits) before every prompt, as a system
+prompt or a few-shot block would: the addition prompts alone are 6-7 tokens, shorter than
+their completions, which real GRPO prompts seldom are.
 
 TRL comes from the optional extra: ``pip install -e .[bench]``.
 """
@@ -52,7 +57,16 @@ BETA = 0.04
 LR = 1e-4
 
 
-# -- the shared checkpoint -------------------------------------------------------------------
+# -- the shared checkpoint and prompts -------------------------------------------------------
+
+def bench_splits(prompt_tokens: int = 0, num_val: int = 200) -> tuple[list[dict], list[dict]]:
+    """The addition rows, each prompt after the same ``prompt_tokens``-character preamble."""
+    from grpo_lightning.tasks.arithmetic import load_splits
+
+    preamble = ("0123456789" * (prompt_tokens // 10 + 1))[:prompt_tokens]
+    return tuple([{**row, "prompt": preamble + row["prompt"]} for row in rows]
+                 for rows in load_splits(num_val=num_val, seed=0))
+
 
 def build_checkpoint(size: str, directory: Path) -> Path:
     """Save a random model of ``size`` and the arithmetic tokenizer to ``directory``."""
@@ -64,6 +78,7 @@ def build_checkpoint(size: str, directory: Path) -> Path:
     tokenizer = build_tokenizer()
     if size == "tiny":
         config = model_config()  # the 0.66M-parameter Llama of the built-in task
+        config.max_position_embeddings = 1024  # room for --prompt-tokens (rotary: no weights)
     else:
         # Qwen2.5-0.5B's shape (494M parameters with its 151,936-token vocabulary). The
         # character tokenizer covers the first ids; the rest are never produced by a prompt,
@@ -133,6 +148,7 @@ def run_ours(args: argparse.Namespace) -> dict:
                 "trainer.limit_val_batches=1", "validate_before_training=false",
                 "checkpoint.enabled=false", "trainer.enable_progress_bar=false",
                 "trainer.log_every_n_steps=1", "logger=csv", f"seed={args.seed}",
+                "data.builder=bench_vs_trl.bench_splits", f"++data.builder_kwargs.prompt_tokens={args.prompt_tokens}",
                 *args.ours_override]
     try:
         main()
@@ -150,10 +166,10 @@ def run_trl(args: argparse.Namespace) -> dict:
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from grpo_lightning.tasks.arithmetic import correct_answer, load_splits
+    from grpo_lightning.tasks.arithmetic import correct_answer
 
     _RSS_AFTER_IMPORT.append(_rss_mib())
-    train_rows, _ = load_splits(num_val=200, seed=0)
+    train_rows, _ = bench_splits(args.prompt_tokens)
     config = GRPOConfig(
         output_dir=args.work_dir,
         per_device_train_batch_size=PROMPTS_PER_STEP * GROUP_SIZE,  # completions, not prompts
@@ -223,7 +239,7 @@ def _run_worker(side: str, steps: int, args: argparse.Namespace, model_dir: Path
     python = args.trl_python if side == "trl" else sys.executable
     command = [python, __file__, "--worker", side, "--steps", str(steps), "--model-dir", str(model_dir),
                "--work-dir", str(work), "--threads", str(args.threads), "--device", args.device,
-               "--precision", args.precision, "--seed", str(args.seed)]
+               "--precision", args.precision, "--seed", str(args.seed), "--prompt-tokens", str(args.prompt_tokens)]
     command += [f"--ours-override={o}" for o in args.ours_override]
     env = dict(os.environ, WANDB_MODE="offline", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
@@ -295,6 +311,7 @@ def _drive(args: argparse.Namespace, scratch: Path) -> None:
             flush=True)
 
     print(f"\n{args.size} model, {args.device}, {args.precision}, {args.threads} threads, "
+          f"{args.prompt_tokens}-token preamble, "
           f"{args.steps} steps, first {args.warmup} not timed, {args.repeats} repeats (median (min, max) "
           "over repeats; each repeat's step time is the median of its step intervals)")
     for side in args.sides:
@@ -335,6 +352,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--ours-override", action="append", default=[],
                         help="extra grpo-train override for our side (repeatable)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prompt-tokens", type=int, default=0,
+                        help="the same preamble of this many tokens before every prompt (both sides)")
     parser.add_argument("--json", help="also write every figure to this file")
     parser.add_argument("--build-only", action="store_true", help="build and load the model, then stop")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
