@@ -5,7 +5,8 @@
 GRPO needs one thing from it: N*G rows sampled at temperature T with optional top-k / top-p,
 stopping when every row has produced EOS. This loop does exactly that:
 
-    prefill the prompts once (only the last position's logits)  -> cache
+    prefill each distinct prompt once (only the last position's logits) -> cache,
+        then give every row its prompt's cache and logits (the G rows of a group share one)
     repeat up to max_new_tokens:
         filter (temperature, top-k, top-p) and draw one token per row
         finished rows get the pad id; stop when all rows are finished (one sync per token)
@@ -56,10 +57,9 @@ def sample_with_kv_cache(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tens
     position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)              # [B, P]
     cache = DynamicCache(config=model.config)
     finished = torch.zeros(prompt_ids.size(0), dtype=torch.bool, device=device)  # [B]
-    input_ids, columns = prompt_ids, []
-    for _ in range(max_new_tokens):
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                       past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+    columns = []
+    logits = _prefill(model, prompt_ids, attention_mask, position_ids, cache)  # [B, V]
+    while True:
         logits = logits.float()                                                 # [B, V]
         if do_sample:
             probs = filter_logits(logits, temperature, top_k, top_p).softmax(dim=-1)
@@ -69,9 +69,30 @@ def sample_with_kv_cache(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tens
         tokens = tokens.masked_fill(finished, pad_token_id)
         columns.append(tokens)
         finished |= torch.isin(tokens, eos)
-        if bool(finished.all()):
+        if len(columns) == max_new_tokens or bool(finished.all()):
             break
-        input_ids = tokens.unsqueeze(1)                                         # [B, 1]
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(attention_mask.size(0), 1)], dim=1)
         position_ids = position_ids[:, -1:] + 1
+        logits = model(input_ids=tokens.unsqueeze(1), attention_mask=attention_mask, position_ids=position_ids,
+                       past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
     return torch.stack(columns, dim=1)                                          # [B, T]
+
+
+def _prefill(model: nn.Module, prompt_ids: Tensor, attention_mask: Tensor, position_ids: Tensor,
+             cache) -> Tensor:
+    """Next-token logits [B, V] after each row's prompt, with the prompts' keys/values in ``cache``.
+
+    Each distinct prompt runs once; its rows then share its logits and a copy of its cache.
+    """
+    from grpo_lightning.logprobs import distinct_prompts
+
+    shared = distinct_prompts(prompt_ids, attention_mask)
+    if shared is None:
+        return model(input_ids=prompt_ids, attention_mask=attention_mask, position_ids=position_ids,
+                     past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+    unique_ids, unique_mask, prompt_of_row = shared                              # [U, P], [U, P], [B]
+    unique_positions = (unique_mask.cumsum(dim=1) - 1).clamp(min=0)
+    logits = model(input_ids=unique_ids, attention_mask=unique_mask, position_ids=unique_positions,
+                   past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]   # [U, V]
+    cache.batch_select_indices(prompt_of_row)
+    return logits[prompt_of_row]                                                 # [B, V]

@@ -39,6 +39,24 @@ def test_loop_matches_generate_for_the_same_seed(arith_policy, do_sample, top_k,
     torch.testing.assert_close(loop, generated[:, prompt_ids.size(1):], rtol=0, atol=0)
 
 
+def test_loop_prefills_each_distinct_prompt_once(arith_policy):
+    policy = arith_policy
+    prompt_ids, prompt_mask = policy.encode_prompts(["12+34=", "5+6=", "78+9="])           # [3, P]
+    calls = []
+    hook = policy.model.get_input_embeddings().register_forward_pre_hook(
+        lambda _, args: calls.append(tuple(args[0].shape)))
+    for group_size in (4, 1):
+        torch.manual_seed(0)
+        sample_with_kv_cache(policy.model.eval(), prompt_ids.repeat_interleave(group_size, 0),
+                             prompt_mask.repeat_interleave(group_size, 0), max_new_tokens=3,
+                             eos_token_ids=[], pad_token_id=policy.tokenizer.pad_token_id)
+    hook.remove()
+    rows, length = 3 * 4, prompt_ids.size(1)
+    # 3 prompts x 4 rows: the prompts run once, then 12 rows decode one token per call
+    assert calls[:3] == [(3, length), (rows, 1), (rows, 1)]
+    assert calls[3:] == [(3, length), (3, 1), (3, 1)]
+
+
 def test_loop_stops_when_every_row_has_eos(arith_policy):
     policy = arith_policy
     eos = policy.eos_token_ids[0]
