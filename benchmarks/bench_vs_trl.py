@@ -137,7 +137,7 @@ def run_ours(args: argparse.Namespace) -> dict:
     sys.argv = ["grpo-train", f"hydra.run.dir={work}", f"model.name_or_path={args.model_dir}",
                 f"data.batch_size={PROMPTS_PER_STEP}", f"algorithm.group_size={GROUP_SIZE}",
                 f"generation.max_new_tokens={MAX_NEW_TOKENS}", "generation.temperature=1.0",
-                "generation.top_p=1.0", "generation.top_k=0", "generation.backend=loop",
+                "generation.top_p=1.0", "generation.top_k=0",
                 f"algorithm.beta={BETA}", "algorithm.entropy_coef=0.0", "algorithm.clip_range=0.2",
                 "algorithm.normalize_by_std=true", "algorithm.num_iterations=1",
                 "algorithm.mini_batch_size=null", "algorithm.micro_batch_size=null",

@@ -134,10 +134,11 @@ class GenerationConfig:
     ``val/pass@1`` when val_num_samples is 1."""
     val_pass_threshold: float = 1.0
     """A completion passes when the judged reward is >= this value."""
-    backend: str = "hf"
-    """How completions are sampled: "hf" (transformers' ``model.generate``) or "loop"
-    (grpo_lightning/generation_loop.py: a lean KV-cache loop, the same tokens as generate for
-    the same seed with less per-token overhead; for plain decoder models such as Llama/Qwen2)."""
+    backend: str = "auto"
+    """How completions are sampled: "loop" (grpo_lightning/generation_loop.py: a lean KV-cache
+    loop that prefills each distinct prompt once; the same tokens as generate for the same seed,
+    for the decoder-only types in generation_loop.LOOP_MODEL_TYPES: Llama, Qwen2/3, Mistral),
+    "hf" (transformers' ``model.generate``, any model), or "auto": loop where supported, else hf."""
 
 
 @dataclass
@@ -426,7 +427,7 @@ LOGGER_KINDS = ("csv", "wandb", "none")
 OVERLONG_PROMPTS = ("drop", "truncate")
 PROFILERS = ("simple", "advanced", "pytorch")
 DTYPES = ("float32", "bfloat16", "float16")
-GENERATION_BACKENDS = ("loop", "hf")
+GENERATION_BACKENDS = ("auto", "loop", "hf")
 REWARD_NON_FINITE = ("error", "zero")
 
 

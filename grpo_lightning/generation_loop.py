@@ -23,6 +23,17 @@ import torch
 from torch import Tensor, nn
 
 
+LOOP_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral"})
+"""Decoder-only model types that ``generation.backend=auto`` samples with this loop: their
+forward takes the prompt mask, position ids and a ``DynamicCache`` exactly as ``generate``'s
+does (tests/test_generation_loop.py checks each, token for token). Others go to ``generate``."""
+
+
+def supports_generation_loop(model: nn.Module) -> bool:
+    """Whether ``generation.backend=auto`` may sample ``model`` with :func:`sample_with_kv_cache`."""
+    return getattr(getattr(model, "config", None), "model_type", None) in LOOP_MODEL_TYPES
+
+
 def filter_logits(logits: Tensor, temperature: float, top_k: int, top_p: float) -> Tensor:
     """Logits [B, V] scaled by 1/temperature, with tokens outside top-k / top-p set to -inf."""
     scores = logits / temperature

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from grpo_lightning.config import ConfigError, LoRAConfig, ModelConfig
-from grpo_lightning.generation_loop import sample_with_kv_cache
+from grpo_lightning.generation_loop import sample_with_kv_cache, supports_generation_loop
 from grpo_lightning.logprobs import (completion_token_scores, completion_token_scores_from_hidden,
                                      supports_hidden_head)
 
@@ -43,8 +43,9 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = 0
     do_sample: bool = True
-    backend: str = "hf"
-    """"hf": ``model.generate``; "loop": grpo_lightning.sampling's lean KV-cache loop."""
+    backend: str = "auto"
+    """"hf": ``model.generate``; "loop": grpo_lightning.generation_loop's lean KV-cache loop;
+    "auto": the loop for the model types it supports, else generate."""
 
 
 class Policy(nn.Module, ABC):
@@ -162,7 +163,10 @@ class CausalLMPolicy(Policy):
 
         was_training = self.model.training
         self.model.eval()
-        if sampling.backend == "loop":
+        backend = sampling.backend
+        if backend == "auto":
+            backend = "loop" if supports_generation_loop(self.model) else "hf"
+        if backend == "loop":
             try:
                 return sample_with_kv_cache(
                     self.model, prompt_ids, prompt_mask, max_new_tokens=sampling.max_new_tokens,

@@ -5,7 +5,8 @@ import torch
 from transformers import GenerationConfig
 
 from grpo_lightning.policy import SamplingParams
-from grpo_lightning.generation_loop import filter_logits, sample_with_kv_cache
+from grpo_lightning.generation_loop import (LOOP_MODEL_TYPES, filter_logits, sample_with_kv_cache,
+                                           supports_generation_loop)
 
 
 def test_filter_logits_by_hand():
@@ -72,6 +73,44 @@ def test_loop_stops_when_every_row_has_eos(arith_policy):
     assert out.tolist() == [[eos], [eos]]
 
 
+def _tiny_decoder(model_type: str):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(model_type, vocab_size=16, hidden_size=32, intermediate_size=64,
+                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                  max_position_embeddings=64, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+@pytest.mark.parametrize("model_type", sorted(LOOP_MODEL_TYPES))
+def test_every_loop_model_type_samples_the_tokens_of_generate(model_type):
+    model = _tiny_decoder(model_type)
+    prompt_ids = torch.tensor([[0, 1, 5, 6, 7], [1, 8, 9, 10, 11]]).repeat_interleave(3, 0)   # left-padded
+    prompt_mask = (torch.arange(5) >= torch.tensor([1, 0]).repeat_interleave(3).unsqueeze(1)).long()
+    torch.manual_seed(7)
+    loop = sample_with_kv_cache(model, prompt_ids, prompt_mask, max_new_tokens=6, eos_token_ids=[2], pad_token_id=0)
+    torch.manual_seed(7)
+    generated = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=GenerationConfig(
+        max_new_tokens=6, do_sample=True, top_k=None, top_p=None, eos_token_id=[2], pad_token_id=0))
+    torch.testing.assert_close(loop, generated[:, prompt_ids.size(1):], rtol=0, atol=0)
+
+
+def test_auto_backend_picks_the_loop_only_for_supported_model_types(arith_policy, monkeypatch):
+    import grpo_lightning.policy as policy_module
+
+    looped = []
+    real_loop = policy_module.sample_with_kv_cache
+    monkeypatch.setattr(policy_module, "sample_with_kv_cache", lambda *a, **k: looped.append(1) or real_loop(*a, **k))
+    prompt_ids, prompt_mask = arith_policy.encode_prompts(["12+34="])
+    arith_policy.sample(prompt_ids, prompt_mask, SamplingParams(3, backend="auto"))
+    assert looped == [1]                                  # llama: the loop
+    arith_policy.model.config.model_type = "gpt2"         # a type the loop was not checked on
+    arith_policy.sample(prompt_ids, prompt_mask, SamplingParams(3, backend="auto"))
+    assert looped == [1]                                  # generate
+    assert not supports_generation_loop(arith_policy.model)
+
+
 def test_policy_sample_dispatches_on_the_backend(arith_policy):
     arith_policy.train()
     prompt_ids, prompt_mask = arith_policy.encode_prompts(["12+34=", "5+6="])
@@ -86,6 +125,6 @@ def test_policy_sample_dispatches_on_the_backend(arith_policy):
 def test_unknown_generation_backend_is_refused_at_load(compose_config, random_arith_dir):
     from grpo_lightning.config import ConfigError, to_train_config
 
-    assert to_train_config(compose_config(f"model.name_or_path={random_arith_dir}")).generation.backend == "hf"
+    assert to_train_config(compose_config(f"model.name_or_path={random_arith_dir}")).generation.backend == "auto"
     with pytest.raises(ConfigError, match=r"generation.backend='vllm' is unknown.*vLLM backend is not available"):
         to_train_config(compose_config(f"model.name_or_path={random_arith_dir}", "generation.backend=vllm"))
