@@ -2,8 +2,10 @@
 
     python benchmarks/bench_generation.py                         # tiny model, 32 rows x 8 tokens
     python benchmarks/bench_generation.py --rows 128 --max-new-tokens 32
+    python benchmarks/bench_generation.py --prompt-tokens 120      # a 120-token preamble
 
-Both backends sample the same rows from the same seed (and produce the same tokens; checked).
+The rows are 4 distinct prompts, each repeated rows/4 times (a GRPO group), optionally after the
+same ``--prompt-tokens`` preamble. Both backends sample the same rows from the same seed (and produce the same tokens; checked).
 Reported: CPU time (this process, load-robust on a shared machine) and wall time per call,
 median over ``--calls`` calls after one warm-up call each, with the min and max.
 """
@@ -31,6 +33,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=8)
     parser.add_argument("--calls", type=int, default=15)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--prompt-tokens", type=int, default=0, help="preamble before every prompt")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -42,8 +45,11 @@ def main() -> None:
         policy = CausalLMPolicy.from_config(ModelConfig(name_or_path=str(build_checkpoint(args.size, scratch))))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    prompt_ids, prompt_mask = policy.encode_prompts(["12+34=", "56+78=", "90+12=", "34+5="] * (args.rows // 4))
-    print(f"{args.size} model, {prompt_ids.size(0)} rows, max {args.max_new_tokens} new tokens, "
+    preamble = ("0123456789" * (args.prompt_tokens // 10 + 1))[:args.prompt_tokens]
+    prompt_ids, prompt_mask = policy.encode_prompts(
+        [preamble + prompt for prompt in ["12+34=", "56+78=", "90+12=", "34+5="] * (args.rows // 4)])
+    print(f"{args.size} model, {prompt_ids.size(0)} rows, prompts of {prompt_ids.size(1)} tokens, "
+          f"max {args.max_new_tokens} new tokens, "
           f"{args.threads} thread(s), median of {args.calls} calls (min, max)")
     outputs, cpu_medians = {}, {}
     for backend in ("hf", "loop"):
