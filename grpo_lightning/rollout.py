@@ -1,7 +1,8 @@
 """Generation: a batch of prompts x G -> completions, their token masks and group ids.
 
-Each prompt is tokenized once and repeated G times, and all N*G rows are sampled in one
-``generate`` call with a KV cache, stopping as soon as every row has produced EOS. The G
+Each prompt is tokenized once and repeated G times, and all N*G rows are sampled in one call
+with a KV cache (the lean loop, which prefills each prompt once, or ``generate``; see
+``generation.backend``), stopping as soon as every row has produced EOS. The G
 completions of a prompt sit next to each other (row i belongs to prompt i // G), which is
 the layout the vectorized advantage estimator relies on.
 """
