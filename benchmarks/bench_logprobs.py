@@ -23,12 +23,8 @@ import sys
 import time
 from pathlib import Path
 
-
-def _status_mib(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_vs_trl import _proc_status_mib  # noqa: E402
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -46,7 +42,7 @@ def worker(args: argparse.Namespace) -> None:
     completion = torch.randint(0, args.vocab, (args.rows, args.completion_length))
     masks = torch.ones_like(prompt), torch.ones_like(completion)
     score = completion_token_scores if args.worker == "logits" else completion_token_scores_from_hidden
-    times, baseline = [], _status_mib("VmRSS")
+    times, baseline = [], _proc_status_mib("VmRSS")
     for _ in range(args.repeats):
         started = time.perf_counter()
         logprobs, entropy = score(model, prompt, masks[0], completion, masks[1], with_entropy=True,
@@ -54,7 +50,7 @@ def worker(args: argparse.Namespace) -> None:
         (logprobs.sum() + entropy.sum()).backward()
         times.append(time.perf_counter() - started)
         model.zero_grad(set_to_none=True)
-    print(json.dumps({"peak_rise_mib": _status_mib("VmHWM") - baseline, "seconds": times,
+    print(json.dumps({"peak_rise_mib": _proc_status_mib("VmHWM") - baseline, "seconds": times,
                       "logprob_sum": logprobs.sum().item()}))
 
 

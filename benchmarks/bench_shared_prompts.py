@@ -24,14 +24,10 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_vs_trl import _proc_status_mib  # noqa: E402
+
 MODES = ("full", "shared")
-
-
-def _status_mib(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -51,7 +47,7 @@ def worker(args: argparse.Namespace) -> None:
     prompts = torch.randint(4, config.vocab_size, (num_prompts, prompt_length)).repeat_interleave(group_size, 0)
     completions = torch.randint(4, config.vocab_size, (rows, completion_length))
     masks = torch.ones_like(prompts), torch.ones_like(completions)
-    times, baseline = [], _status_mib("VmRSS")
+    times, baseline = [], _proc_status_mib("VmRSS")
     for _ in range(args.repeats):
         started = time.perf_counter()
         logprobs, _ = completion_token_scores_from_hidden(model, prompts, masks[0], completions, masks[1],
@@ -59,7 +55,7 @@ def worker(args: argparse.Namespace) -> None:
         logprobs.sum().backward()
         times.append(time.perf_counter() - started)
         model.zero_grad(set_to_none=True)
-    print(json.dumps({"peak_rise_mib": _status_mib("VmHWM") - baseline, "seconds": times,
+    print(json.dumps({"peak_rise_mib": _proc_status_mib("VmHWM") - baseline, "seconds": times,
                       "logprobs": logprobs.detach().flatten()[:64].tolist()}))
 
 
