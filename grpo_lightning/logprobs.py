@@ -121,7 +121,7 @@ def _predicting_outputs(run: Callable[..., Tensor], config, prompt_ids: Tensor, 
     """The model's outputs [B, T, X] at the positions that predict each completion token.
 
     ``run(keep, **model_inputs)`` returns per-position outputs [b, L, X] (hidden states or
-    logits) for the last ``keep`` positions (0: all).
+    logits) for at least the last ``keep`` positions; only those are used.
     """
     num_prompt, num_completion = prompt_ids.size(1), completion_ids.size(1)
     shared = distinct_prompts(prompt_ids, prompt_mask) if share_prompts else None
