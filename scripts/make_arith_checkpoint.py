@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import math
 import re
 import sys
@@ -157,6 +158,18 @@ def evaluate(
     }
 
 
+def make_tokenizer_config_portable(out: Path) -> None:
+    """Name the tokenizer class so that transformers 4.x loads the checkpoint too.
+
+    transformers 5 records its own class name, ``TokenizersBackend``, which 4.x does not know;
+    ``PreTrainedTokenizerFast`` is the same tokenizer under the name both versions resolve.
+    """
+    path = out / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    path.write_text(json.dumps(config, indent=2) + "\n")
+
+
 def write_model_card(
     out: Path, metrics: dict[str, float], *, command: str, num_params: int, num_val: int, seconds: float
 ) -> None:
@@ -230,6 +243,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.out)
     tokenizer.save_pretrained(args.out)
+    make_tokenizer_config_portable(args.out)
     write_model_card(
         args.out,
         metrics,
