@@ -138,7 +138,15 @@ class GenerationConfig:
     """How completions are sampled: "loop" (grpo_lightning/generation_loop.py: a lean KV-cache
     loop that prefills each distinct prompt once; the same tokens as generate for the same seed,
     for the decoder-only types in generation_loop.LOOP_MODEL_TYPES: Llama, Qwen2/3, Mistral),
-    "hf" (transformers' ``model.generate``, any model), or "auto": loop where supported, else hf."""
+    "hf" (transformers' ``model.generate``, any model), "auto": loop where supported, else hf, or
+    "vllm": a vLLM engine colocated on the training GPU, its weights synced after every optimizer
+    step (grpo_lightning/vllm_backend.py; needs ``pip install vllm`` and a CUDA GPU)."""
+    vllm_gpu_memory_utilization: float = 0.3
+    """With backend=vllm: the fraction of the GPU's memory vLLM takes for its weights and KV
+    cache (vLLM's ``gpu_memory_utilization``); the rest is left to training."""
+    vllm_max_model_len: Optional[int] = None
+    """With backend=vllm: the longest prompt + completion vLLM plans its KV cache for; None
+    takes the model's context length (lower it when the KV cache does not fit)."""
 
 
 @dataclass
@@ -427,7 +435,8 @@ LOGGER_KINDS = ("csv", "wandb", "none")
 OVERLONG_PROMPTS = ("drop", "truncate")
 PROFILERS = ("simple", "advanced", "pytorch")
 DTYPES = ("float32", "bfloat16", "float16")
-GENERATION_BACKENDS = ("auto", "loop", "hf")
+GENERATION_BACKENDS = ("auto", "loop", "hf", "vllm")
+SHARDING_STRATEGIES = ("fsdp", "deepspeed")
 REWARD_NON_FINITE = ("error", "zero")
 
 
@@ -469,7 +478,9 @@ def validate_config(cfg: TrainConfig) -> None:
              f"{gen.temperature}); greedy validation is generation.val_do_sample=false")
     _require(0 < gen.top_p <= 1, f"generation.top_p must be in (0, 1] (got {gen.top_p})")
     _require(gen.backend in GENERATION_BACKENDS, f"generation.backend={gen.backend!r} is unknown; choose "
-             f"one of {GENERATION_BACKENDS} (a vLLM backend is not available in this version)")
+             f"one of {GENERATION_BACKENDS}")
+    if gen.backend == "vllm":
+        _validate_vllm(cfg)
     _require(gen.top_k >= 0, f"generation.top_k must be >= 0, 0 disables it (got {gen.top_k})")
     _require(cfg.optim.lr > 0, f"optim.lr must be > 0 (got {cfg.optim.lr})")
     _require(len(cfg.optim.betas) == 2, f"optim.betas must have two values (got {list(cfg.optim.betas)})")
@@ -512,6 +523,27 @@ def validate_config(cfg: TrainConfig) -> None:
              f"trainer.profiler={cfg.trainer.profiler!r} is unknown; choose one of {PROFILERS} or null")
     _require(data.overfit_rows is None or data.overfit_rows >= data.batch_size,
              f"data.overfit_rows={data.overfit_rows} must be >= data.batch_size ({data.batch_size}) or null")
+
+
+def _validate_vllm(cfg: TrainConfig) -> None:
+    from grpo_lightning.vllm_backend import INSTALL_HINT, vllm_available
+
+    gen, trainer = cfg.generation, cfg.trainer
+    _require(vllm_available(), f"generation.backend=vllm needs vLLM, which is not installed: {INSTALL_HINT}; "
+             "or sample in process with generation.backend=auto")
+    _require(trainer.accelerator not in ("cpu", "mps"), f"generation.backend=vllm runs on CUDA GPUs, not "
+             f"trainer.accelerator={trainer.accelerator}; use trainer.accelerator=gpu, or generation.backend=auto")
+    _require(not trainer.strategy.startswith(SHARDING_STRATEGIES),
+             f"generation.backend=vllm with trainer.strategy={trainer.strategy}: the weights are sharded and "
+             "syncing them into vLLM would need a full gather, which is not implemented; use "
+             "trainer.strategy=ddp (or auto), or generation.backend=auto")
+    _require(0 < gen.vllm_gpu_memory_utilization < 1, "generation.vllm_gpu_memory_utilization must be in "
+             f"(0, 1) (got {gen.vllm_gpu_memory_utilization}); training needs the rest of the GPU")
+    longest_prompt = cfg.data.max_prompt_length or 1
+    _require(gen.vllm_max_model_len is None or gen.vllm_max_model_len >= longest_prompt + gen.max_new_tokens,
+             f"generation.vllm_max_model_len={gen.vllm_max_model_len} leaves no room for a prompt of "
+             f"data.max_prompt_length={cfg.data.max_prompt_length} tokens and generation.max_new_tokens="
+             f"{gen.max_new_tokens} new ones; raise it to their sum, or set it to null")
 
 
 def _validate_lora(lora: LoRAConfig) -> None:

@@ -52,6 +52,7 @@ from grpo_lightning.policy import Policy, SamplingParams
 from grpo_lightning.rewards import WeightedReward
 from grpo_lightning.rollout import Rollout, TokenBatch, UpdateBatch, generate_rollout
 from grpo_lightning.sampling import dynamic_sample
+from grpo_lightning.vllm_backend import VLLMEngineArgs
 
 KL_STATS = ("grpo_kl", "kl_penalty")
 DEFAULT_MAX_GENERATION_ROUNDS = 3
@@ -85,10 +86,11 @@ class GRPOModule(L.LightningModule):
         self.val_pass_metric = f"val/pass@{self.val_k}" if self.val_k > 1 or gen.val_pass_reward else None
         self.val_means = StageMeans(["val/reward/mean"] + [f"val/reward/{n}/mean" for n in reward.names]
                                     + ([self.val_pass_metric] if self.val_pass_metric else []))
+        engine = VLLMEngineArgs(gen.vllm_gpu_memory_utilization, gen.vllm_max_model_len)
         self.train_sampling = SamplingParams(gen.max_new_tokens, gen.temperature, gen.top_p, gen.top_k,
-                                             backend=gen.backend)
+                                             backend=gen.backend, vllm_engine=engine)
         self.val_sampling = SamplingParams(gen.max_new_tokens, gen.temperature, gen.top_p, gen.top_k,
-                                           do_sample=gen.val_do_sample, backend=gen.backend)
+                                           do_sample=gen.val_do_sample, backend=gen.backend, vllm_engine=engine)
         self.validated_at_step: Optional[int] = None  # Lightning global_step of the last validation
         self.last_rollout: Optional[RolloutSample] = None  # for callbacks (W&B completions table)
         self.skip_guard = SkipGuard(self.algorithm.max_consecutive_skips)
@@ -128,8 +130,25 @@ class GRPOModule(L.LightningModule):
         elapsed = time.perf_counter() - started
         self.train_means.update({"perf/step_time_s": elapsed,
                                  "perf/tokens_per_s": experience.lengths.sum().item() / elapsed})
-        self.log_dict(self.train_means.compute(), on_step=True, on_epoch=False,
-                      batch_size=experience.rewards.numel())
+        self._log_step_metrics(self.train_means.compute())
+
+    def _log_step_metrics(self, metrics: dict[str, Tensor]) -> None:
+        """``self.log_dict(metrics, on_step=True, on_epoch=False)``, for a tenth of its cost.
+
+        Lightning's log_dict moves a torchmetrics state to the value's device for every key
+        (~0.35 ms each: ~8 ms for our ~22 metrics, ~9 % of a tiny-model step). Its effect for
+        step-only values is two things, done here directly: the values join the trainer's
+        callback_metrics (what callbacks, checkpoint monitors and the run summary read), and, on
+        the steps Lightning would log (trainer.log_every_n_steps), its logger connector sends
+        them to every logger at the same step, with the same ``epoch`` key.
+        """
+        if self._trainer is None:
+            return  # as self.log outside a Trainer: nothing to log to
+        trainer = self.trainer
+        trainer.callback_metrics.update(metrics)
+        connector = trainer._logger_connector
+        if connector.should_update_logs or trainer.fast_dev_run:
+            connector.log_metrics(metrics)
 
     def _generate_experience(self, batch: dict[str, list[Any]]) -> Experience:
         """Sample and score; with dynamic sampling, more rounds until the groups carry signal."""
@@ -267,6 +286,7 @@ class GRPOModule(L.LightningModule):
                 if self.skip_guard.check(finite, self.global_step):
                     optimizer.step()
                     scheduler.step()
+                    self.policy.weights_updated()
                     for values, weight in logged:
                         self.train_means.update(values, weight=weight)
                     self.train_means.update({"actor/grad_norm": grad_norm, "actor/lr": scheduler.get_last_lr()[0]})

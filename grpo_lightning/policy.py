@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import copy
 import sys
+import tempfile
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Optional
 
@@ -30,6 +32,7 @@ from grpo_lightning.config import ConfigError, LoRAConfig, ModelConfig
 from grpo_lightning.generation_loop import sample_with_kv_cache, supports_generation_loop
 from grpo_lightning.logprobs import (completion_token_scores, completion_token_scores_from_hidden,
                                      supports_hidden_head)
+from grpo_lightning.vllm_backend import VLLMEngineArgs, VLLMSampler, vllm_sampling_params
 
 if TYPE_CHECKING:
     from grpo_lightning.rollout import TokenBatch
@@ -46,7 +49,9 @@ class SamplingParams:
     do_sample: bool = True
     backend: str = "auto"
     """"hf": ``model.generate``; "loop": grpo_lightning.generation_loop's lean KV-cache loop;
-    "auto": the loop for the model types it supports, else generate."""
+    "auto": the loop for the model types it supports, else generate; "vllm": a colocated vLLM
+    engine (grpo_lightning.vllm_backend), built at the first call with ``vllm_engine``."""
+    vllm_engine: VLLMEngineArgs = field(default_factory=VLLMEngineArgs)
 
 
 class Policy(nn.Module, ABC):
@@ -81,6 +86,9 @@ class Policy(nn.Module, ABC):
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         """The parameters the optimizer updates."""
 
+    def weights_updated(self) -> None:
+        """Called after each optimizer step: a sampler with its own copy of the weights re-syncs."""
+
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -105,6 +113,8 @@ class CausalLMPolicy(Policy):
         self.share_prompts = share_prompts  # score each distinct prompt once (see logprobs.py)
         self.reference_model: Optional[nn.Module] = None
         self.reference_is_base = False  # LoRA: the reference is self.model with adapters disabled
+        self._vllm: Optional[VLLMSampler] = None  # generation.backend=vllm, built at the first sample
+        self._vllm_stale = True  # vLLM's copy of the weights predates the last optimizer step
         if tokenizer.pad_token_id is None:
             # Batched generation needs a pad id; EOS is the usual stand-in (masks use first EOS).
             tokenizer.pad_token = tokenizer.eos_token
@@ -163,11 +173,13 @@ class CausalLMPolicy(Policy):
     def sample(self, prompt_ids: Tensor, prompt_mask: Tensor, sampling: SamplingParams) -> Tensor:
         from transformers import GenerationConfig
 
-        was_training = self.model.training
-        self.model.eval()
         backend = sampling.backend
         if backend == "auto":
             backend = "loop" if supports_generation_loop(self.model) else "hf"
+        if backend == "vllm":
+            return self._sample_with_vllm(prompt_ids, prompt_mask, sampling)
+        was_training = self.model.training
+        self.model.eval()
         if backend == "loop":
             try:
                 return sample_with_kv_cache(
@@ -194,6 +206,48 @@ class CausalLMPolicy(Policy):
         finally:
             self.model.train(was_training)
         return sequences[:, prompt_ids.size(1):]                                # [B, T]
+
+    def _sample_with_vllm(self, prompt_ids: Tensor, prompt_mask: Tensor, sampling: SamplingParams) -> Tensor:
+        if self._vllm is None:
+            self._vllm = VLLMSampler(self._weights_path(), dtype=next(self.model.parameters()).dtype,
+                                     engine=sampling.vllm_engine, seed=_process_seed())
+        if self._vllm_stale:
+            with self._merged_named_weights() as weights:
+                self._vllm.load_weights(weights)
+            self._vllm_stale = False
+        kwargs = vllm_sampling_params(sampling.max_new_tokens, do_sample=sampling.do_sample,
+                                      temperature=sampling.temperature, top_p=sampling.top_p,
+                                      top_k=sampling.top_k, eos_token_ids=self.eos_token_ids)
+        return self._vllm.sample(prompt_ids, prompt_mask, kwargs, self.eos_token_ids,
+                                 self.tokenizer.pad_token_id)
+
+    def weights_updated(self) -> None:
+        self._vllm_stale = True
+
+    def _weights_path(self) -> str:
+        """Where vLLM reads the architecture (and first weights) from: the checkpoint the model
+        came from, or, for a model built in memory, a copy saved to a temporary directory."""
+        base = self.model.get_base_model() if self.is_lora else self.model
+        path = getattr(base, "name_or_path", "") or ""
+        if path and (not _looks_local(path) or (Path(path).expanduser() / "config.json").is_file()):
+            return path
+        directory = tempfile.mkdtemp(prefix="grpo-vllm-")
+        base.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        return directory
+
+    @contextmanager
+    def _merged_named_weights(self) -> Iterator[list[tuple[str, Tensor]]]:
+        """The weights under their Hugging Face names; with LoRA, merged while the block runs."""
+        if not self.is_lora:
+            yield [(name, param.detach()) for name, param in self.model.named_parameters()]
+            return
+        self.model.merge_adapter()
+        try:
+            yield [(_base_weight_name(name), param.detach()) for name, param in self.model.named_parameters()
+                   if "lora_" not in name]
+        finally:
+            self.model.unmerge_adapter()
 
     def decode(self, completion_ids: Tensor, completion_mask: Tensor) -> list[str]:
         rows = [ids[mask.bool()].tolist() for ids, mask in zip(completion_ids.cpu(), completion_mask.cpu())]
@@ -252,6 +306,17 @@ class CausalLMPolicy(Policy):
             self.reference_is_base = False
         self.model.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
+
+
+def _base_weight_name(peft_name: str) -> str:
+    """A peft parameter name as the base model's checkpoint spells it."""
+    return peft_name.removeprefix("base_model.model.").replace(".base_layer.", ".")
+
+
+def _process_seed() -> int:
+    """The run's seed (seed_everything set torch's), offset by the rank so ranks draw differently."""
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return (torch.initial_seed() + (torch.distributed.get_rank() if distributed else 0)) % 2**31
 
 
 def add_lora(model: nn.Module, cfg: LoRAConfig) -> nn.Module:

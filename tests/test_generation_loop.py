@@ -126,5 +126,5 @@ def test_unknown_generation_backend_is_refused_at_load(compose_config, random_ar
     from grpo_lightning.config import ConfigError, to_train_config
 
     assert to_train_config(compose_config(f"model.name_or_path={random_arith_dir}")).generation.backend == "auto"
-    with pytest.raises(ConfigError, match=r"generation.backend='vllm' is unknown.*vLLM backend is not available"):
-        to_train_config(compose_config(f"model.name_or_path={random_arith_dir}", "generation.backend=vllm"))
+    with pytest.raises(ConfigError, match=r"generation.backend='sglang' is unknown; choose one of .*'vllm'"):
+        to_train_config(compose_config(f"model.name_or_path={random_arith_dir}", "generation.backend=sglang"))

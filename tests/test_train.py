@@ -123,3 +123,28 @@ def test_every_algorithm_preset_trains(random_arith_dir, tmp_path):
             assert _column(rows, "sampling/rounds") and _column(rows, "reward/overlong_penalty")
         if preset in ("grpo", "rloo"):  # beta > 0: the KL is computed (rloo folds it into the reward)
             assert _column(rows, "actor/grpo_kl"), preset
+
+
+def test_step_metrics_reach_loggers_and_callbacks_as_lightning_log_dict_would(random_arith_dir, tmp_path,
+                                                                              monkeypatch):
+    from grpo_lightning.module import GRPOModule
+    from grpo_lightning.train import load_config
+
+    def run(name):
+        overrides = [f"output_dir={tmp_path / name}", f"model.name_or_path={random_arith_dir}", "trainer.max_steps=5",
+                     "trainer.log_every_n_steps=2", "trainer.val_every_n_steps=3", "trainer.enable_progress_bar=false",
+                     "data.batch_size=4", "data.val_batch_size=16", "trainer.limit_val_batches=1"]
+        return train(load_config(overrides)), _read_metrics(tmp_path / name)
+
+    callback, rows = run("direct")
+    monkeypatch.setattr(GRPOModule, "_log_step_metrics", lambda self, metrics: self.log_dict(
+        metrics, on_step=True, on_epoch=False))
+    expected_callback, expected_rows = run("log_dict")
+
+    def untimed(metrics):
+        return {k: v for k, v in metrics.items() if k not in ("perf/step_time_s", "perf/tokens_per_s")}
+
+    assert callback.keys() == expected_callback.keys() and untimed(callback) == untimed(expected_callback)
+    assert rows[0].keys() == expected_rows[0].keys()
+    assert [untimed(row) for row in rows] == [untimed(row) for row in expected_rows]
+    assert [row["step"] for row in rows if row["actor/loss"]] == ["1", "3"]  # every 2nd of steps 0-4
