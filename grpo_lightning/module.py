@@ -335,10 +335,7 @@ class GRPOModule(L.LightningModule):
         if scores is None:
             return
         for name, values in scores.per_function.items():
-            applicable = scores.applicable[name]
-            if applicable.any():
-                self.train_means.update({f"reward/{name}/mean": values[applicable].mean()},
-                                        weight=applicable.sum())
+            self.train_means.update({f"reward/{name}/mean": values[scores.applicable[name]]})
         for name, count in scores.non_finite.items():
             self.train_means.update({f"reward/{name}/non_finite": count})
 
@@ -347,22 +344,21 @@ class GRPOModule(L.LightningModule):
     def validation_step(self, batch: dict[str, list[Any]], batch_idx: int) -> None:
         rollout = self._rollout(batch, self.val_k, self.val_sampling)
         scores = self.reward(rollout.prompts, rollout.completions, rollout.columns, device=self.device)
-        size = len(rollout.prompts)
         if self.val_pass_metric is not None:
             gen = self.generation
             judged = scores.total if gen.val_pass_reward is None else scores.per_function[gen.val_pass_reward]
             passed = (judged >= gen.val_pass_threshold).view(-1, self.val_k)          # [N, k]
-            self.val_means[self.val_pass_metric].update(pass_at_k(passed, self.val_k))
-        self.val_means["val/reward/mean"].update(scores.total)
+            self.val_means.update({self.val_pass_metric: pass_at_k(passed, self.val_k)})
+        self.val_means.update({"val/reward/mean": scores.total})
         for name, values in scores.per_function.items():
-            applicable = scores.applicable[name]
-            if applicable.any():
-                self.val_means[f"val/reward/{name}/mean"].update(values[applicable])
-        for name in self.val_means.names:
-            if self.val_means[name].update_called:
-                self.log(name, self.val_means[name], on_step=False, on_epoch=True, batch_size=size)
+            self.val_means.update({f"val/reward/{name}/mean": values[scores.applicable[name]]})
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_means.reset()
 
     def on_validation_epoch_end(self) -> None:
+        # Means over every validation prompt of every process (compute sums across them).
+        self.log_dict(self.val_means.compute(), on_step=False, on_epoch=True)
         self.validated_at_step = self.trainer.global_step
 
     # -- checkpoint: what the parameters and optimizer do not hold (see resume.py) --------------

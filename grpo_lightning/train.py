@@ -132,6 +132,8 @@ def train(dict_cfg: DictConfig) -> dict[str, float]:
     # Resumable through PromptDataModule.state_dict, which Lightning's check does not see.
     warnings.filterwarnings("ignore", message=r".*your dataloader is\s+not resumable.*")
     warnings.filterwarnings("ignore", message=r".*ModelCheckpoint with manual optimization.*")
+    # Validation means are already summed across processes (StageMeans.compute).
+    warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
     started = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True)
     policy = CausalLMPolicy.from_config(cfg.model)

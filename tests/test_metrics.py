@@ -10,7 +10,16 @@ def test_weighted_means_over_micro_batches_and_reset():
     means.update({"actor/clip_frac": 0.2}, weight=8)
     assert means.compute() == {"actor/clip_frac": pytest.approx(torch.tensor(0.26))}
     means.reset()
-    assert means.compute() == {}
+    means.update({"reward/mean": torch.tensor([1.0, 0.0, 0.0, 1.0])})  # every element counts once
+    means.update({"reward/mean": torch.tensor([1.0, 1.0])}, weight=torch.tensor(2))
+    assert means.compute() == {"reward/mean": pytest.approx(torch.tensor((2 + 4) / (4 + 4)))}
+
+
+def test_an_empty_tensor_adds_nothing():
+    means = StageMeans(["reward/x/mean"])
+    means.update({"reward/x/mean": torch.tensor([])})
+    means.update({"reward/x/mean": torch.tensor([0.5])})
+    assert means.compute() == {"reward/x/mean": pytest.approx(torch.tensor(0.5))}
 
 
 def test_undeclared_metric_is_an_error():
@@ -18,6 +27,18 @@ def test_undeclared_metric_is_an_error():
         StageMeans(["a/b"]).update({"a/c": 1.0})
 
 
-def test_nan_is_an_error_not_a_silent_value():
-    with pytest.raises(RuntimeError):
-        StageMeans(["a/b"]).update({"a/b": float("nan")})
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_value_is_an_error_naming_the_metric(bad):
+    means = StageMeans(["a/b", "a/c"])
+    means.update({"a/b": 1.0, "a/c": bad})
+    with pytest.raises(RuntimeError, match=r"non-finite values were logged for \['a/c'\]"):
+        means.compute()
+
+
+def test_compute_sums_the_states_of_every_process():
+    # What torchmetrics' sync does across processes: the states are summed (dist_reduce_fx).
+    ranks = [StageMeans(["a/b"]), StageMeans(["a/b"])]
+    ranks[0].update({"a/b": 1.0}, weight=3)
+    ranks[1].update({"a/b": 0.0}, weight=1)
+    ranks[0].merge_state(ranks[1])
+    assert ranks[0].compute() == {"a/b": pytest.approx(torch.tensor(0.75))}
