@@ -145,7 +145,7 @@ def run_ours(args: argparse.Namespace) -> dict:
                 "optim.weight_decay=0.0", "model.dtype=float32", "model.gradient_checkpointing=false",
                 f"trainer.accelerator={accelerator}", f"trainer.precision={precision}",
                 f"trainer.max_steps={args.steps}", "trainer.val_every_n_steps=1000000",
-                "trainer.limit_val_batches=1", "validate_before_training=false",
+                "trainer.limit_val_batches=0", "validate_before_training=false",  # no eval, as TRL's
                 "checkpoint.enabled=false", "trainer.enable_progress_bar=false",
                 "trainer.log_every_n_steps=1", "logger=csv", f"seed={args.seed}",
                 "data.builder=bench_vs_trl.bench_splits", f"++data.builder_kwargs.prompt_tokens={args.prompt_tokens}",

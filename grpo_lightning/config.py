@@ -309,7 +309,8 @@ class TrainerConfig:
     val_every_n_steps: int = 50
     """Run validation every this many training steps (and once before the first update)."""
     limit_val_batches: Optional[int] = None
-    """Cap on validation batches per validation run; None uses all validation prompts."""
+    """Cap on validation batches per validation run; None uses all validation prompts, 0 runs
+    no validation at all (not even the final one)."""
     log_every_n_steps: int = 1
     enable_progress_bar: bool = True
     deterministic: bool = False

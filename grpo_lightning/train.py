@@ -154,18 +154,21 @@ def train(dict_cfg: DictConfig) -> dict[str, float]:
             first_val = _val_reward(trainer)
         # Our own checkpoints hold numpy/python random states, not only tensors.
         trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=False)
+        # The last step's training metrics: a validate() call clears callback_metrics.
+        final = dict(trainer.callback_metrics)
         preemption = next((c for c in trainer.callbacks if isinstance(c, PreemptionCallback)), None)
         if preemption is not None and preemption.preempted_at is not None:
             if trainer.is_global_zero:
                 print(f"\npre-empted after {preemption.preempted_at // optimizer_steps_per_batch(cfg)} steps: "
                       f"{checkpoint_dir(cfg.output_dir)}/last.ckpt written; continue with ckpt_path=last "
                       f"output_dir={cfg.output_dir}", flush=True)
-            return {name: float(value) for name, value in trainer.callback_metrics.items()}
+            return {name: float(value) for name, value in final.items()}
         if module.validated_at_step != trainer.global_step:
             trainer.validate(module, datamodule=data, verbose=False)  # the last step's validation
+        final.update(trainer.callback_metrics)
     finally:
         finish_logger(trainer.loggers)  # a later run in this process must not log into this one
-    metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
+    metrics = {name: float(value) for name, value in final.items()}
 
     run_dir = Path(cfg.output_dir)
     if trainer.is_global_zero:

@@ -38,7 +38,7 @@ def test_few_steps_log_every_metric_and_change_parameters(compose_config, random
     assert not missing, f"metrics never logged: {missing}"
     assert len(_column(rows, "actor/policy_loss")) == 3  # one row per training step
     assert len(_column(rows, "val/reward/mean")) >= 2    # before the first update, and later
-    assert "val/reward/mean" in metrics
+    assert {"val/reward/mean", "reward/mean", "actor/loss"} <= metrics.keys()  # the final validation keeps both
     before = load_file(random_arith_dir / "model.safetensors")
     after = load_file(tmp_path / "policy" / "model.safetensors")
     assert any(not torch.equal(before[k], after[k]) for k in before), "no parameter changed"
@@ -148,3 +148,13 @@ def test_step_metrics_reach_loggers_and_callbacks_as_lightning_log_dict_would(ra
     assert rows[0].keys() == expected_rows[0].keys()
     assert [untimed(row) for row in rows] == [untimed(row) for row in expected_rows]
     assert [row["step"] for row in rows if row["actor/loss"]] == ["1", "3"]  # every 2nd of steps 0-4
+
+
+def test_limit_val_batches_zero_runs_no_validation(random_arith_dir, tmp_path):
+    from grpo_lightning.train import load_config
+
+    metrics = train(load_config([f"output_dir={tmp_path}", f"model.name_or_path={random_arith_dir}",
+                                 "trainer.max_steps=2", "trainer.limit_val_batches=0", "data.batch_size=4",
+                                 "trainer.enable_progress_bar=false"]))
+    assert "reward/mean" in metrics and not any(name.startswith("val/") for name in metrics)
+    assert not any(name.startswith("val/") for name in _read_metrics(tmp_path)[0])
