@@ -20,7 +20,6 @@ import copy
 import sys
 import tempfile
 from abc import ABC, abstractmethod
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Optional
@@ -212,8 +211,7 @@ class CausalLMPolicy(Policy):
             self._vllm = VLLMSampler(self._weights_path(), dtype=next(self.model.parameters()).dtype,
                                      engine=sampling.vllm_engine, seed=_process_seed())
         if self._vllm_stale:
-            with self._merged_named_weights() as weights:
-                self._vllm.load_weights(weights)
+            self._vllm.load_weights(self._named_weights_for_sampler())
             self._vllm_stale = False
         kwargs = vllm_sampling_params(sampling.max_new_tokens, do_sample=sampling.do_sample,
                                       temperature=sampling.temperature, top_p=sampling.top_p,
@@ -236,18 +234,24 @@ class CausalLMPolicy(Policy):
         self.tokenizer.save_pretrained(directory)
         return directory
 
-    @contextmanager
-    def _merged_named_weights(self) -> Iterator[list[tuple[str, Tensor]]]:
-        """The weights under their Hugging Face names; with LoRA, merged while the block runs."""
+    @torch.no_grad()
+    def _named_weights_for_sampler(self) -> list[tuple[str, Tensor]]:
+        """The weights under their Hugging Face names; with LoRA, base + adapter delta.
+
+        The delta is added out of place: with LoRA the base weights are also the frozen
+        reference, and merging into them and back would accumulate rounding error there."""
         if not self.is_lora:
-            yield [(name, param.detach()) for name, param in self.model.named_parameters()]
-            return
-        self.model.merge_adapter()
-        try:
-            yield [(_base_weight_name(name), param.detach()) for name, param in self.model.named_parameters()
-                   if "lora_" not in name]
-        finally:
-            self.model.unmerge_adapter()
+            return [(name, param.detach()) for name, param in self.model.named_parameters()]
+        from peft.tuners.lora import LoraLayer
+
+        merged = {}
+        for module_name, module in self.model.named_modules():
+            if isinstance(module, LoraLayer):
+                delta = sum(module.get_delta_weight(adapter) for adapter in module.active_adapters
+                            if adapter in module.lora_A)
+                merged[f"{module_name}.base_layer.weight"] = module.get_base_layer().weight + delta
+        return [(_base_weight_name(name), merged.get(name, param).detach())
+                for name, param in self.model.named_parameters() if "lora_" not in name]
 
     def decode(self, completion_ids: Tensor, completion_mask: Tensor) -> list[str]:
         rows = [ids[mask.bool()].tolist() for ids, mask in zip(completion_ids.cpu(), completion_mask.cpu())]

@@ -21,7 +21,8 @@ What differs from the in-process backends (``loop``, ``hf``):
   for the sampler/trainer mismatch.
 * Draws come from vLLM's generator, seeded with the run's seed (plus the process rank), so a
   seed gives other completions than under ``loop``/``hf``.
-* With LoRA, vLLM gets the merged weights (merged, copied, unmerged at each sync).
+* With LoRA, vLLM gets merged weights: base + adapter delta, computed out of place at each
+  sync (the base weights are the KL reference and are never written).
 * FSDP and DeepSpeed shard the weights; syncing them would need a full gather, which is not
   implemented: ``validate_config`` refuses them with this backend, as it refuses a CPU run.
 """
