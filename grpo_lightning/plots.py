@@ -20,12 +20,15 @@ import matplotlib.lines
 # Figure without pyplot: no GUI backend is touched (clusters have no display, notebooks keep theirs).
 from matplotlib.figure import Figure
 
-# (panel title, [(metric, line label)]); a panel whose metrics a run never logged is skipped.
+# (panel title, [(metric, line label)]); a panel whose metrics no run logged is skipped.
 PANELS: list[tuple[str, list[tuple[str, str]]]] = [
     ("reward", [("reward/mean", "train (sampled)"), ("val/reward/mean", "validation")]),
     ("KL", [("actor/grpo_kl", "to reference"), ("actor/approx_kl", "to sampling policy")]),
     ("response length (tokens)", [("response_length/mean", "mean")]),
 ]
+ZERO_BY_CONSTRUCTION = {"actor/approx_kl", "actor/grpo_kl"}
+"""KL curves that are exactly 0 throughout say nothing (the KL to the sampling policy with one
+update per batch, where the ratio is 1): such a curve is left out, and its panel with it."""
 
 
 @dataclass
@@ -77,10 +80,22 @@ def _label(run_dir: Path) -> str:
     return run_dir.name
 
 
+def informative_curves(run: RunCurves) -> RunCurves:
+    """``run`` without the KL curves that are 0 throughout (ZERO_BY_CONSTRUCTION)."""
+    return RunCurves(run.label, {metric: points for metric, points in run.curves.items()
+                                 if metric not in ZERO_BY_CONSTRUCTION or any(points[1])})
+
+
+def panels_for(runs: Sequence[RunCurves]) -> list[tuple[str, list[tuple[str, str]]]]:
+    """The PANELS with at least one curve in at least one run."""
+    return [(name, lines) for name, lines in PANELS
+            if any(metric in run.curves for run in runs for metric, _ in lines)]
+
+
 def plot_runs(runs: Sequence[RunCurves], out: Path, title: Optional[str] = None) -> Path:
     """One panel per metric family, one colour per run; written to ``out``."""
-    panels = [(name, lines) for name, lines in PANELS
-              if any(metric in run.curves for run in runs for metric, _ in lines)]
+    runs = [informative_curves(run) for run in runs]
+    panels = panels_for(runs)
     if not panels:
         raise ValueError("none of the runs logged reward, KL or response-length metrics")
     many = len(runs) > 1

@@ -13,7 +13,7 @@ import yaml
 
 from grpo_lightning.callbacks import RolloutSample
 from grpo_lightning.config import ConfigError
-from grpo_lightning.plots import find_runs, main as grpo_plot, read_curves
+from grpo_lightning.plots import RunCurves, find_runs, informative_curves, main as grpo_plot, panels_for, read_curves
 from grpo_lightning.progress import ConsoleLog, step_summary
 from grpo_lightning.train import check_optimized_metric, load_config, optimized_value, train
 
@@ -174,6 +174,19 @@ def test_read_curves_lines_up_training_steps_and_validations(tmp_path):
     curves = read_curves(tmp_path).curves
     assert curves["reward/mean"] == ([1, 2, 3], [0.2, 0.3, 0.4])
     assert curves["val/reward/mean"] == ([0, 3, 3], [0.1, 0.5, 0.6])
+
+
+def test_a_kl_that_is_zero_throughout_gets_no_panel():
+    steps = [1, 2, 3]
+    on_policy = RunCurves("beta=0", {"reward/mean": (steps, [0.0, 0.0, 0.0]), "actor/approx_kl": (steps, [0.0] * 3),
+                                     "response_length/mean": (steps, [4.0, 5.0, 6.0])})
+    shown = informative_curves(on_policy)
+    assert "actor/approx_kl" not in shown.curves and shown.curves["reward/mean"] == (steps, [0.0] * 3)
+    assert [name for name, _ in panels_for([shown])] == ["reward", "response length (tokens)"]
+    with_reference = RunCurves("beta=0.04", on_policy.curves | {"actor/grpo_kl": (steps, [0.0, 0.01, 0.02])})
+    shown = informative_curves(with_reference)
+    assert [name for name, _ in panels_for([shown])] == ["reward", "KL", "response length (tokens)"]
+    assert "actor/approx_kl" not in shown.curves
 
 
 def test_grpo_plot_reports_a_directory_without_runs(tmp_path, capsys):
