@@ -22,6 +22,9 @@ alone varied by more than a step.) Both trainers run one after the other within 
 so a change of machine load hits both, and the ratios are reported per repeat (median, range).
 Each step end also records the worker's CPU time (all its threads); on a CPU shared with other
 jobs the CPU time per step is the load-robust figure, the wall time the one a user waits for.
+Our side also times its update phase (policy forward, backward, optimizer step; the device
+synchronized around it) and reports its model FLOP/s (``update_model_flops``) and, given the
+device's peak (``--peak-tflops``, known for H100/H200/A100 in bf16), its model FLOPs utilization.
 
     /work/venv-bench/bin/python benchmarks/bench_vs_trl.py                 # tiny model, CPU
     /work/venv-bench/bin/python benchmarks/bench_vs_trl.py --steps 10 --repeats 3
@@ -120,6 +123,50 @@ def _clocks() -> tuple[float, float]:
 _RSS_AFTER_IMPORT: list[float] = []
 """RSS once the trainer's libraries are imported: the fixed cost of torch + Lightning or TRL."""
 
+PEAK_BF16_DENSE_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+"""Dense bf16 tensor-core peaks (NVIDIA data sheets, SXM parts), for MFU when --peak-tflops is not given."""
+
+
+def update_model_flops(model, update) -> float:
+    """Model FLOPs of one policy update (forward + backward: 6 per weight per token).
+
+    Counted on the tokens the update needs, not on padding: each distinct prompt's tokens once
+    (the G completions of a prompt share them) and every completion token, through every linear
+    layer but the LM head; the head only on completion tokens (log-probs are read there only).
+    Attention's own FLOPs (score and weighted sum) are left out, as in the usual 6N estimate.
+    """
+    import torch
+
+    from grpo_lightning.logprobs import distinct_prompts
+
+    head = model.get_output_embeddings()
+    body_weights = sum(module.weight.numel() for module in model.modules()
+                       if isinstance(module, torch.nn.Linear) and module is not head)
+    shared = distinct_prompts(update.prompt_ids, update.prompt_mask)
+    prompt_tokens = (shared[1] if shared is not None else update.prompt_mask).sum().item()
+    completion_tokens = update.completion_mask.sum().item()
+    return 6.0 * (body_weights * (prompt_tokens + completion_tokens) + head.weight.numel() * completion_tokens)
+
+
+def _time_updates(module_class, device: str) -> list[tuple[float, float]]:
+    """(seconds, model FLOPs) of every ``_update_policy`` call, the device synchronized around it."""
+    import torch
+
+    timings: list[tuple[float, float]] = []
+    update_policy = module_class._update_policy
+
+    def timed(self, update):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        update_policy(self, update)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        timings.append((time.perf_counter() - started, update_model_flops(self.policy.model, update)))
+
+    module_class._update_policy = timed
+    return timings
+
 
 def run_ours(args: argparse.Namespace) -> dict:
     """``grpo-train`` itself (its Hydra entry point), with the shared settings as overrides."""
@@ -131,6 +178,7 @@ def run_ours(args: argparse.Namespace) -> dict:
     _RSS_AFTER_IMPORT.append(_rss_mib())
     step_ends: list[float] = []
     GRPOModule.on_train_batch_end = lambda self, *_: step_ends.append(_clocks())
+    updates = _time_updates(GRPOModule, args.device)
     work = Path(args.work_dir)
     accelerator = "gpu" if args.device == "cuda" else "cpu"
     precision = "bf16-mixed" if args.precision == "bf16" else "32-true"
@@ -157,7 +205,7 @@ def run_ours(args: argparse.Namespace) -> dict:
             raise
     lengths = [float(row["response_length/mean"]) for row in csv.DictReader(open(work / "metrics.csv"))
                if row.get("response_length/mean")]
-    return {"mean_completion_length": statistics.fmean(lengths), "step_ends": step_ends}
+    return {"mean_completion_length": statistics.fmean(lengths), "step_ends": step_ends, "updates": updates}
 
 
 def run_trl(args: argparse.Namespace) -> dict:
@@ -263,6 +311,22 @@ def step_intervals(step_ends: list[list[float]], warmup: int) -> tuple[list[floa
     return wall, cpu
 
 
+def _update_figures(updates: list[list[float]], args: argparse.Namespace) -> dict:
+    """Median update-phase time, its achieved model TFLOP/s and, with a known peak, its MFU."""
+    seconds = statistics.median(u[0] for u in updates)
+    tflops = statistics.median(u[1] / u[0] for u in updates) / 1e12
+    figures = {"update_s": seconds, "update_tflops": tflops}
+    peak = args.peak_tflops
+    if peak is None and args.device == "cuda" and args.precision == "bf16":
+        import torch
+
+        name = torch.cuda.get_device_name()
+        peak = next((value for gpu, value in PEAK_BF16_DENSE_TFLOPS.items() if gpu in name), None)
+    if peak:
+        figures["update_mfu"] = tflops / peak
+    return figures
+
+
 def _summary(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.4g}"
@@ -304,6 +368,8 @@ def _drive(args: argparse.Namespace, scratch: Path) -> None:
                          "import_rss_mib": run["import_rss_mib"],
                          "working_rss_mib": run["peak_rss_mib"] - run["import_rss_mib"],
                          "wall_s": run["wall_s"]}
+            if "updates" in run:
+                row[side].update(_update_figures(run["updates"][args.warmup:], args))
         per_repeat.append(row)
         print(f"repeat {repeat + 1}/{args.repeats}: " + "; ".join(
             f"{side} {r['step_s'] * 1000:.1f} ms/step ({r['cpu_step_s'] * 1000:.1f} CPU ms), "
@@ -322,6 +388,13 @@ def _drive(args: argparse.Namespace, scratch: Path) -> None:
               f"{_summary([r['tokens_per_s'] for r in rows])} tokens/s | "
               f"peak RSS {_summary([r['peak_rss_mib'] for r in rows])} MiB "
               f"(after imports {_summary([r['import_rss_mib'] for r in rows])} MiB)")
+    if "ours" in args.sides:
+        rows = [r["ours"] for r in per_repeat]
+        mfu = (f", MFU {_summary([100 * r['update_mfu'] for r in rows])} %" if "update_mfu" in rows[0]
+               else " (MFU: give --peak-tflops)")
+        print(f"  ours, update phase (policy forward, backward, optimizer): "
+              f"{_summary([r['update_s'] * 1000 for r in rows])} ms, "
+              f"{_summary([r['update_tflops'] * 1000 for r in rows])} model GFLOP/s{mfu}")
     if {"ours", "trl"} <= set(args.sides):
         time_ratio = [r["ours"]["step_s"] / r["trl"]["step_s"] for r in per_repeat]
         cpu_ratio = [r["ours"]["cpu_step_s"] / r["trl"]["cpu_step_s"] for r in per_repeat]
@@ -354,6 +427,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--prompt-tokens", type=int, default=0,
                         help="the same preamble of this many tokens before every prompt (both sides)")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the device's peak TFLOP/s at this precision, for the update phase's MFU "
+                             "(default: known for H100/H200/A100 in bf16)")
     parser.add_argument("--json", help="also write every figure to this file")
     parser.add_argument("--build-only", action="store_true", help="build and load the model, then stop")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)

@@ -1,0 +1,34 @@
+"""The arithmetic inside benchmarks/: the model FLOPs and MFU that bench_vs_trl reports."""
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import bench_vs_trl  # noqa: E402
+
+from grpo_lightning.rollout import TokenBatch  # noqa: E402
+
+
+def test_update_flops_count_each_distinct_prompt_once_and_the_head_on_completions(arith_policy):
+    model = arith_policy.model  # hidden 128, MLP 256, 4 layers, tied head
+    vocab = model.config.vocab_size
+    body = 4 * (4 * 128 * 128 + 3 * 128 * 256)
+    # Two prompts (3 and 2 tokens, left-padded), two completions each, 8 completion tokens.
+    prompt_ids = torch.tensor([[5, 6, 7], [5, 6, 7], [0, 8, 9], [0, 8, 9]])
+    prompt_mask = torch.tensor([[1, 1, 1], [1, 1, 1], [0, 1, 1], [0, 1, 1]])
+    completion_mask = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 0], [1, 1, 0]])
+    update = TokenBatch(prompt_ids, prompt_mask, torch.ones_like(completion_mask), completion_mask)
+    expected = 6 * (body * (5 + 8) + vocab * 128 * 8)
+    assert bench_vs_trl.update_model_flops(model, update) == expected
+
+
+def test_mfu_is_achieved_over_peak():
+    args = argparse.Namespace(peak_tflops=4.0, device="cpu", precision="fp32")
+    figures = bench_vs_trl._update_figures([[0.5, 1e12], [0.25, 1e12], [1.0, 1e12]], args)
+    assert figures == {"update_s": 0.5, "update_tflops": 2.0, "update_mfu": 0.5}
+    assert "update_mfu" not in bench_vs_trl._update_figures([[0.5, 1e12]], argparse.Namespace(
+        peak_tflops=None, device="cpu", precision="fp32"))
