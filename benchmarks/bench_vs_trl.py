@@ -6,7 +6,7 @@ same checkpoint on the built-in addition prompts with the same settings:
     8 prompts x 4 completions per step, at most 8 new tokens, sampling at temperature 1,
     beta 0.04 (both keep a frozen reference model), clip 0.2, advantages scaled by the group
     std, per-sequence loss aggregation (TRL loss_type="grpo" = our seq-mean-token-mean),
-    AdamW lr 1e-4 constant, no weight decay, grad-norm clip 1.0, one update per batch, fp32,
+    AdamW (torch's fused kernel) lr 1e-4 constant, no weight decay, grad-norm clip 1.0, one update per batch, fp32,
     no gradient checkpointing, no vLLM, metrics logged every step, no eval, no checkpoints.
 
 TRL's own defaults differ (beta 0, loss_type "dapo", bf16 on, gradient checkpointing on,
@@ -234,7 +234,8 @@ def run_trl(args: argparse.Namespace) -> dict:
         entropy_coef=0.0,
         learning_rate=LR,                        # TRL default 1e-6
         lr_scheduler_type="constant", warmup_steps=0,
-        optim="adamw_torch", weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8,
+        optim="adamw_torch_fused",               # torch's fused AdamW, as ours
+        weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8,
         max_grad_norm=1.0,
         bf16=args.precision == "bf16",           # TRL default True
         fp16=False,

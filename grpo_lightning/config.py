@@ -159,6 +159,10 @@ class OptimConfig:
     eps: float = 1e-8
     warmup_steps: int = 0
     """Linear warm-up from 0 over this many optimizer steps, then constant."""
+    fused: Optional[bool] = None
+    """AdamW's fused kernel (``torch.optim.AdamW(fused=True)``): one kernel over all parameters
+    instead of a Python loop over them, the same update up to rounding. None uses it where the
+    parameters' device and dtype allow; true insists (an error where they do not)."""
 
 
 @dataclass

@@ -375,9 +375,20 @@ class GRPOModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         opt = self.optim
-        optimizer = torch.optim.AdamW(self.policy.trainable_parameters(), lr=opt.lr, betas=tuple(opt.betas),
-                                      eps=opt.eps, weight_decay=opt.weight_decay)
+        params = list(self.policy.trainable_parameters())
+        fused = opt.fused if opt.fused is not None else _fused_adamw_supported(params)
+        optimizer = torch.optim.AdamW(params, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps,
+                                      weight_decay=opt.weight_decay, fused=fused or None)
         warmup = opt.warmup_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _fused_adamw_supported(params: list[torch.nn.Parameter]) -> bool:
+    """Whether torch's fused AdamW takes these parameters (its own device and dtype check)."""
+    from torch.optim.optimizer import _get_fused_kernels_supported_devices
+
+    devices = _get_fused_kernels_supported_devices()
+    return bool(params) and all(p.device.type in devices and p.dtype in (torch.float32, torch.bfloat16, torch.float16)
+                                for p in params)

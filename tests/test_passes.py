@@ -44,3 +44,21 @@ def test_old_logprobs_are_computed_when_the_policy_moves_within_a_batch(arith_po
     calls, update = _count_scoring_passes(arith_policy, GRPOConfig(group_size=2, beta=0.0, **changes))
     assert update.old_logprobs is not None and update.old_logprobs.shape == (4, 3)
     assert calls and not any(calls)                       # policy passes only (in chunks), no reference
+
+
+@pytest.mark.parametrize("fused, expected", [(None, True), (True, True), (False, False)])
+def test_adamw_is_fused_where_torch_supports_it(arith_policy, fused, expected):
+    from grpo_lightning.config import OptimConfig
+
+    module = GRPOModule(arith_policy, WeightedReward({"correct": (correct_answer, 1.0)}),
+                        optim=OptimConfig(lr=1e-3, fused=fused))
+    optimizer = module.configure_optimizers()["optimizer"]
+    assert bool(optimizer.defaults["fused"]) is expected  # fp32 on CPU: supported
+
+
+def test_auto_fused_adamw_falls_back_for_parameters_it_cannot_take():
+    from grpo_lightning.module import _fused_adamw_supported
+
+    assert _fused_adamw_supported([torch.nn.Parameter(torch.zeros(2))])
+    assert not _fused_adamw_supported([torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))])
+    assert not _fused_adamw_supported([])
