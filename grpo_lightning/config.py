@@ -216,6 +216,11 @@ class ModelConfig:
     (the numbers are the same up to float rounding). Needs the KV cache in training mode, which
     gradient checkpointing switches off: None (default) shares unless
     model.gradient_checkpointing is on; true requires it; false always runs the full pass."""
+    length_buckets: int = 4
+    """At most this many groups of rows of similar completion length per scoring pass, each
+    trimmed to its own longest completion and prompt, so no work is spent on the padding after
+    short completions (grpo_lightning/buckets.py). A pass is split only when that cuts its tokens
+    by a quarter or more; 1 always scores one padded block. Same log-probs either way."""
     compile: bool = False
     """``torch.compile`` the decoder (dynamic shapes) for generation and scoring. Costs a
     compilation at the first steps (and a C++ compiler on CPU); pays off on a GPU with a
@@ -491,6 +496,8 @@ def validate_config(cfg: TrainConfig) -> None:
     _require(len(cfg.optim.betas) == 2, f"optim.betas must have two values (got {list(cfg.optim.betas)})")
     _require(cfg.optim.warmup_steps >= 0, f"optim.warmup_steps must be >= 0 (got {cfg.optim.warmup_steps})")
     _require(cfg.model.dtype in DTYPES, f"model.dtype={cfg.model.dtype!r} is unknown; choose one of {DTYPES}")
+    _require(cfg.model.length_buckets >= 1,
+             f"model.length_buckets must be >= 1, 1 scores one padded block (got {cfg.model.length_buckets})")
     _require(cfg.model.logprob_chunk_size >= 1,
              f"model.logprob_chunk_size must be >= 1 (got {cfg.model.logprob_chunk_size})")
     _require(not (cfg.model.share_prompts and cfg.model.gradient_checkpointing),

@@ -29,8 +29,9 @@ from torch import Tensor, nn
 
 from grpo_lightning.config import ConfigError, LoRAConfig, ModelConfig
 from grpo_lightning.generation_loop import sample_with_kv_cache, supports_generation_loop
+from grpo_lightning.buckets import length_buckets, scatter_rows, trim_padding
 from grpo_lightning.logprobs import (completion_token_scores, completion_token_scores_from_hidden,
-                                     supports_hidden_head)
+                                     distinct_prompts, supports_hidden_head)
 from grpo_lightning.vllm_backend import VLLMEngineArgs, VLLMSampler, vllm_sampling_params
 
 if TYPE_CHECKING:
@@ -100,7 +101,8 @@ class CausalLMPolicy(Policy):
     """A Hugging Face causal LM and its tokenizer as a GRPO policy."""
 
     def __init__(self, model: nn.Module, tokenizer, *, logprob_chunk_size: int = 64,
-                 save_merged: bool = True, chunked_lm_head: bool = True, share_prompts: bool = False):
+                 save_merged: bool = True, chunked_lm_head: bool = True, share_prompts: bool = False,
+                 length_buckets: int = 1):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
@@ -110,6 +112,7 @@ class CausalLMPolicy(Policy):
         self.add_special_tokens = True
         self.chunked_lm_head = chunked_lm_head
         self.share_prompts = share_prompts  # score each distinct prompt once (see logprobs.py)
+        self.length_buckets = length_buckets  # at most this many trimmed blocks per pass (buckets.py)
         self.reference_model: Optional[nn.Module] = None
         self.reference_is_base = False  # LoRA: the reference is self.model with adapters disabled
         self._vllm: Optional[VLLMSampler] = None  # generation.backend=vllm, built at the first sample
@@ -153,7 +156,7 @@ class CausalLMPolicy(Policy):
         share_prompts = cfg.share_prompts if cfg.share_prompts is not None else not cfg.gradient_checkpointing
         return cls(model, tokenizer, logprob_chunk_size=cfg.logprob_chunk_size,
                    save_merged=cfg.lora.save_merged, chunked_lm_head=cfg.chunked_lm_head,
-                   share_prompts=share_prompts)
+                   share_prompts=share_prompts, length_buckets=cfg.length_buckets)
 
     @property
     def is_lora(self) -> bool:
@@ -259,14 +262,25 @@ class CausalLMPolicy(Policy):
 
     def token_scores(self, batch: "TokenBatch", *, temperature: float, with_entropy: bool,
                      reference: bool = False, entropy_grad: bool = True) -> tuple[Tensor, Optional[Tensor]]:
-        def score(model: nn.Module) -> tuple[Tensor, Optional[Tensor]]:
+        def score_block(model: nn.Module, *tensors: Tensor) -> tuple[Tensor, Optional[Tensor]]:
             scorer = completion_token_scores
             if self.chunked_lm_head and supports_hidden_head(model):
                 scorer = completion_token_scores_from_hidden
-            return scorer(model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
-                          batch.completion_mask, temperature=temperature, with_entropy=with_entropy,
+            return scorer(model, *tensors, temperature=temperature, with_entropy=with_entropy,
                           chunk_size=self.logprob_chunk_size, entropy_grad=entropy_grad,
                           share_prompts=self.share_prompts)
+
+        def score(model: nn.Module) -> tuple[Tensor, Optional[Tensor]]:
+            tensors = (batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask)
+            buckets = self._length_buckets(batch)
+            if buckets is None:
+                return score_block(model, *tensors)
+            scored = [(rows, score_block(model, *trim_padding(*(t[rows] for t in tensors)))) for rows in buckets]
+            num_rows, num_completion = batch.completion_ids.shape
+            logprobs = scatter_rows([(rows, lp) for rows, (lp, _) in scored], num_rows, num_completion)
+            entropy = scatter_rows([(rows, ent) for rows, (_, ent) in scored], num_rows, num_completion) \
+                if with_entropy else None
+            return logprobs, entropy                                            # [B, T] each
 
         if not reference:
             return score(self.model)
@@ -276,6 +290,13 @@ class CausalLMPolicy(Policy):
         if self.reference_model is None:
             raise RuntimeError("no reference policy: call enable_reference() first (beta > 0)")
         return score(self.reference_model)
+
+    def _length_buckets(self, batch: "TokenBatch") -> Optional[list[Tensor]]:
+        if self.length_buckets <= 1:
+            return None
+        shared = distinct_prompts(batch.prompt_ids, batch.prompt_mask) if self.share_prompts else None
+        return length_buckets(batch.prompt_mask, batch.completion_mask, self.length_buckets,
+                              prompt_of_row=shared[2] if shared is not None else None)
 
     def enable_reference(self) -> None:
         """Freeze the current policy as the KL reference: a frozen copy of the model, or with

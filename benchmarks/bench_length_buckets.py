@@ -1,0 +1,118 @@
+"""Scoring a GRPO batch whose completions differ in length: one padded block vs length buckets.
+
+    python benchmarks/bench_length_buckets.py
+    python benchmarks/bench_length_buckets.py --shapes 8x8x64x256 --threads 2
+
+A batch is N prompts x G completions (prompt length P, completions padded to T, ``NxGxPxT``);
+the completion lengths are drawn per row (``--lengths``): ``uniform`` in 1..T, or ``tail``
+(three in four rows T/8 long, the rest T, as when a few completions run to the length limit).
+Each (shape, mode) runs the policy update's scoring, forward and backward of the completion
+log-probs through ``CausalLMPolicy.token_scores`` (shared prompts on), in its own subprocess on
+the 0.66M Llama of the arithmetic task: the time is the median of ``--repeats`` passes, the
+memory the rise of the peak RSS over the RSS before the first pass. The log-probs of the two
+modes are checked equal.
+
+    padded:  model.length_buckets=1, one [B, P+T] block
+    buckets: model.length_buckets=4, up to 4 blocks of rows of similar length, each trimmed
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_vs_trl import _proc_status_mib  # noqa: E402
+
+MODES = {"padded": 1, "buckets": 4}
+
+
+def completion_lengths(rows: int, longest: int, kind: str, generator) -> list[int]:
+    import torch
+
+    if kind == "uniform":
+        return torch.randint(1, longest + 1, (rows,), generator=generator).tolist()
+    return [longest if torch.rand((), generator=generator) < 0.25 else max(1, longest // 8) for _ in range(rows)]
+
+
+def worker(args: argparse.Namespace) -> None:
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from grpo_lightning.policy import CausalLMPolicy
+    from grpo_lightning.rollout import TokenBatch
+    from grpo_lightning.tasks.arithmetic import build_tokenizer, model_config
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    num_prompts, group_size, prompt_length, completion_length = args.shape
+    config = model_config()
+    config.max_position_embeddings = prompt_length + completion_length
+    policy = CausalLMPolicy(LlamaForCausalLM(config), build_tokenizer(), share_prompts=True,
+                            length_buckets=MODES[args.worker])
+    rows = num_prompts * group_size
+    generator = torch.Generator().manual_seed(1)
+    lengths = torch.tensor(completion_lengths(rows, completion_length, args.lengths, generator))
+    completion_mask = (torch.arange(completion_length).unsqueeze(0) < lengths.unsqueeze(1)).long()
+    prompts = torch.randint(4, config.vocab_size, (num_prompts, prompt_length), generator=generator)
+    batch = TokenBatch(prompts.repeat_interleave(group_size, 0), torch.ones(rows, prompt_length, dtype=torch.long),
+                       torch.randint(4, config.vocab_size, (rows, completion_length), generator=generator) * completion_mask,
+                       completion_mask)
+    times, baseline = [], _proc_status_mib("VmRSS")
+    for _ in range(args.repeats):
+        started = time.perf_counter()
+        logprobs, _ = policy.token_scores(batch, temperature=1.0, with_entropy=False)
+        (logprobs * completion_mask).sum().backward()
+        times.append(time.perf_counter() - started)
+        policy.model.zero_grad(set_to_none=True)
+    kept = (logprobs * completion_mask).detach().flatten()
+    print(json.dumps({"peak_rise_mib": _proc_status_mib("VmHWM") - baseline, "seconds": times,
+                      "logprobs": kept[kept != 0][:256].tolist(), "split": policy._length_buckets(batch) is not None,
+                      "padding_share": 1 - completion_mask.float().mean().item()}))
+
+
+def run(mode: str, shape: list[int], args: argparse.Namespace) -> dict:
+    command = [sys.executable, __file__, "--worker", mode, "--shape", *map(str, shape), "--lengths", args.lengths,
+               "--repeats", str(args.repeats), "--threads", str(args.threads)]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shapes", nargs="+", default=["8x4x8x8", "8x4x32x128", "4x8x64x256"],
+                        help="NxGxPxT: prompts, group size, prompt length, padded completion length")
+    parser.add_argument("--lengths", choices=["uniform", "tail"], default="tail")
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
+    parser.add_argument("--shape", nargs=4, type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args)
+        return
+    print(f"forward + backward of the completion log-probs, tiny Llama, {args.lengths} completion lengths, "
+          f"{args.threads} thread(s), median of {args.repeats} passes (min-max)")
+    print("| N x G x P x T | padding | split | padded ms | buckets ms | padded / buckets | padded peak rise MiB "
+          "| buckets peak rise MiB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for text in args.shapes:
+        shape = [int(part) for part in text.split("x")]
+        results = {mode: run(mode, shape, args) for mode in MODES}
+        padded, buckets = results["padded"], results["buckets"]
+        if max(abs(a - b) for a, b in zip(padded["logprobs"], buckets["logprobs"])) > 1e-4:
+            raise AssertionError(f"{text}: bucketed and padded log-probs differ")
+        ms = {mode: statistics.median(result["seconds"]) * 1000 for mode, result in results.items()}
+        spread = {mode: f"{min(r['seconds']) * 1000:.1f}-{max(r['seconds']) * 1000:.1f}" for mode, r in results.items()}
+        print(f"| {text} | {padded['padding_share']:.0%} | {'yes' if buckets['split'] else 'no'} | "
+              f"{ms['padded']:.1f} ({spread['padded']}) | {ms['buckets']:.1f} ({spread['buckets']}) | "
+              f"{ms['padded'] / ms['buckets']:.2f} | {padded['peak_rise_mib']:.1f} | {buckets['peak_rise_mib']:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
