@@ -216,11 +216,13 @@ class ModelConfig:
     (the numbers are the same up to float rounding). Needs the KV cache in training mode, which
     gradient checkpointing switches off: None (default) shares unless
     model.gradient_checkpointing is on; true requires it; false always runs the full pass."""
-    length_buckets: int = 4
+    length_buckets: Optional[int] = None
     """At most this many groups of rows of similar completion length per scoring pass, each
     trimmed to its own longest completion and prompt, so no work is spent on the padding after
-    short completions (grpo_lightning/buckets.py). A pass is split only when that cuts its tokens
-    by a quarter or more; 1 always scores one padded block. Same log-probs either way."""
+    short completions (grpo_lightning/buckets.py). A pass is split only when that cuts its cost
+    by a quarter or more; 1 always scores one padded block. Same log-probs either way. None: 4,
+    or 1 under FSDP/DeepSpeed, whose collectives need every process to make the same forward
+    calls while each decides its split from its own completions."""
     compile: bool = False
     """``torch.compile`` the decoder (dynamic shapes) for generation and scoring. Costs a
     compilation at the first steps (and a C++ compiler on CPU); pays off on a GPU with a
@@ -438,7 +440,13 @@ def to_train_config(cfg: DictConfig) -> "TrainConfig":
     except OmegaConfBaseException as error:
         raise ConfigError(str(error).splitlines()[0] + f" (at {getattr(error, 'full_key', '?')})") from None
     validate_config(train_config)
+    if train_config.model.length_buckets is None:
+        sharded = train_config.trainer.strategy.startswith(SHARDING_STRATEGIES)
+        train_config.model.length_buckets = 1 if sharded else DEFAULT_LENGTH_BUCKETS
     return train_config
+
+
+DEFAULT_LENGTH_BUCKETS = 4
 
 
 LOGGER_KINDS = ("csv", "wandb", "none")
@@ -496,8 +504,13 @@ def validate_config(cfg: TrainConfig) -> None:
     _require(len(cfg.optim.betas) == 2, f"optim.betas must have two values (got {list(cfg.optim.betas)})")
     _require(cfg.optim.warmup_steps >= 0, f"optim.warmup_steps must be >= 0 (got {cfg.optim.warmup_steps})")
     _require(cfg.model.dtype in DTYPES, f"model.dtype={cfg.model.dtype!r} is unknown; choose one of {DTYPES}")
-    _require(cfg.model.length_buckets >= 1,
-             f"model.length_buckets must be >= 1, 1 scores one padded block (got {cfg.model.length_buckets})")
+    buckets = cfg.model.length_buckets
+    _require(buckets is None or buckets >= 1,
+             f"model.length_buckets must be >= 1 or null, 1 scores one padded block (got {buckets})")
+    _require(buckets in (None, 1) or not cfg.trainer.strategy.startswith(SHARDING_STRATEGIES),
+             f"model.length_buckets={buckets} with trainer.strategy={cfg.trainer.strategy}: each process "
+             "splits its own completions, and the sharded strategies need every process to make the same "
+             "forward calls (else they wait on each other forever); set model.length_buckets=1 (or null)")
     _require(cfg.model.logprob_chunk_size >= 1,
              f"model.logprob_chunk_size must be >= 1 (got {cfg.model.logprob_chunk_size})")
     _require(not (cfg.model.share_prompts and cfg.model.gradient_checkpointing),

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Iterator, Optional
 import torch
 from torch import Tensor, nn
 
-from grpo_lightning.config import ConfigError, LoRAConfig, ModelConfig
+from grpo_lightning.config import DEFAULT_LENGTH_BUCKETS, ConfigError, LoRAConfig, ModelConfig
 from grpo_lightning.generation_loop import sample_with_kv_cache, supports_generation_loop
 from grpo_lightning.buckets import length_buckets, scatter_rows, trim_padding
 from grpo_lightning.logprobs import (completion_token_scores, completion_token_scores_from_hidden,
@@ -156,7 +156,8 @@ class CausalLMPolicy(Policy):
         share_prompts = cfg.share_prompts if cfg.share_prompts is not None else not cfg.gradient_checkpointing
         return cls(model, tokenizer, logprob_chunk_size=cfg.logprob_chunk_size,
                    save_merged=cfg.lora.save_merged, chunked_lm_head=cfg.chunked_lm_head,
-                   share_prompts=share_prompts, length_buckets=cfg.length_buckets)
+                   share_prompts=share_prompts,
+                   length_buckets=cfg.length_buckets if cfg.length_buckets is not None else DEFAULT_LENGTH_BUCKETS)
 
     @property
     def is_lora(self) -> bool:

@@ -103,3 +103,15 @@ def test_bucketed_scores_and_gradients_equal_the_padded_pass(arith_policy, share
     torch.testing.assert_close(split_ent, padded_ent, rtol=1e-5, atol=1e-5)
     for split, padded in zip(split_grads, padded_grads):
         torch.testing.assert_close(split, padded, rtol=1e-4, atol=1e-5)
+
+
+def test_sharded_strategies_score_one_block_and_refuse_an_explicit_split(compose_config, random_arith_dir):
+    from grpo_lightning.config import ConfigError, to_train_config
+
+    model = f"model.name_or_path={random_arith_dir}"
+    assert to_train_config(compose_config(model)).model.length_buckets == 4
+    assert to_train_config(compose_config(model, "trainer.strategy=fsdp")).model.length_buckets == 1
+    with pytest.raises(ConfigError, match=r"model.length_buckets=4 with trainer.strategy=deepspeed.*same forward"):
+        to_train_config(compose_config(model, "trainer.strategy=deepspeed", "model.length_buckets=4"))
+    with pytest.raises(ConfigError, match=r"model.length_buckets must be >= 1 or null, .*\(got 0\)"):
+        to_train_config(compose_config(model, "model.length_buckets=0"))
