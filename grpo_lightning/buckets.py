@@ -30,6 +30,15 @@ CALL_COST_TOKENS = 256
 short batches are not worth splitting (benchmarks/bench_length_buckets.py, 8x4x8x8)."""
 
 
+def could_pay(num_rows: int, prompt_columns: int, completion_columns: int, max_buckets: int) -> bool:
+    """Whether a ``[B, P+T]`` block is large enough for any split into ``max_buckets`` groups to
+    pass :func:`length_buckets`' test, from its shape alone (no device work): the groups' calls
+    alone cost ``k * CALL_COST_TOKENS``, which must stay under ``1 - MIN_SAVING`` of the block's."""
+    groups = min(max_buckets, num_rows)
+    padded_cost = num_rows * (prompt_columns + completion_columns) + CALL_COST_TOKENS
+    return groups > 1 and groups * CALL_COST_TOKENS <= (1 - MIN_SAVING) * padded_cost
+
+
 def length_buckets(prompt_mask: Tensor, completion_mask: Tensor, max_buckets: int,
                    prompt_of_row: Optional[Tensor] = None) -> Optional[list[Tensor]]:
     """Row indices [b_i] of up to ``max_buckets`` groups of similar completion length, or None.
@@ -42,7 +51,7 @@ def length_buckets(prompt_mask: Tensor, completion_mask: Tensor, max_buckets: in
     completions, trimmed likewise.
     """
     num_rows, num_completion = completion_mask.shape
-    if max_buckets <= 1 or num_rows < 2:
+    if not could_pay(num_rows, prompt_mask.size(1), num_completion, max_buckets):
         return None
     if prompt_of_row is None:
         prompt_of_row = torch.arange(num_rows, device=completion_mask.device)

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from grpo_lightning.config import DEFAULT_LENGTH_BUCKETS, ConfigError, LoRAConfig, ModelConfig
 from grpo_lightning.generation_loop import sample_with_kv_cache, supports_generation_loop
-from grpo_lightning.buckets import length_buckets, scatter_rows, trim_padding
+from grpo_lightning.buckets import could_pay, length_buckets, scatter_rows, trim_padding
 from grpo_lightning.logprobs import (completion_token_scores, completion_token_scores_from_hidden,
                                      distinct_prompts, supports_hidden_head)
 from grpo_lightning.vllm_backend import VLLMEngineArgs, VLLMSampler, vllm_sampling_params
@@ -293,8 +293,8 @@ class CausalLMPolicy(Policy):
         return score(self.reference_model)
 
     def _length_buckets(self, batch: "TokenBatch") -> Optional[list[Tensor]]:
-        if self.length_buckets <= 1:
-            return None
+        if not could_pay(*batch.prompt_ids.shape, batch.completion_ids.size(1), self.length_buckets):
+            return None  # too small to split: skip the distinct-prompt search too
         shared = distinct_prompts(batch.prompt_ids, batch.prompt_mask) if self.share_prompts else None
         return length_buckets(batch.prompt_mask, batch.completion_mask, self.length_buckets,
                               prompt_of_row=shared[2] if shared is not None else None)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import grpo_lightning.buckets as buckets_module
-from grpo_lightning.buckets import length_buckets, scatter_rows, trim_padding
+from grpo_lightning.buckets import could_pay, length_buckets, scatter_rows, trim_padding
 from grpo_lightning.rollout import TokenBatch
 
 
@@ -24,6 +24,15 @@ def test_a_call_costs_tokens_so_tiny_batches_stay_one_block(monkeypatch):
     assert length_buckets(prompt_mask, completion_mask, max_buckets=4) is not None
     monkeypatch.setattr(buckets_module, "CALL_COST_TOKENS", 64)  # 96 + 64 against 54 + 4*64
     assert length_buckets(prompt_mask, completion_mask, max_buckets=4) is None
+
+
+def test_blocks_too_small_to_repay_the_calls_are_not_examined(monkeypatch):
+    monkeypatch.setattr(buckets_module, "CALL_COST_TOKENS", 256)
+    # 4 calls cost 1024 tokens' worth: the block must cost at least 1024 / 0.75 = 1366.
+    assert not could_pay(num_rows=32, prompt_columns=7, completion_columns=8, max_buckets=4)   # 480 + 256
+    assert could_pay(num_rows=32, prompt_columns=7, completion_columns=40, max_buckets=4)      # 1504 + 256
+    assert not could_pay(num_rows=32, prompt_columns=7, completion_columns=40, max_buckets=1)
+    assert not could_pay(num_rows=1, prompt_columns=7, completion_columns=4000, max_buckets=4)
 
 
 def test_near_uniform_lengths_stay_one_block():
