@@ -21,12 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_shared_prompts import run_worker, tiny_llama  # noqa: E402
 from bench_vs_trl import _proc_status_mib  # noqa: E402
 
 MODES = {"padded": 1, "buckets": 4}
@@ -42,19 +42,15 @@ def completion_lengths(rows: int, longest: int, kind: str, generator) -> list[in
 
 def worker(args: argparse.Namespace) -> None:
     import torch
-    from transformers import LlamaForCausalLM
 
     from grpo_lightning.policy import CausalLMPolicy
     from grpo_lightning.rollout import TokenBatch
-    from grpo_lightning.tasks.arithmetic import build_tokenizer, model_config
+    from grpo_lightning.tasks.arithmetic import build_tokenizer
 
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
     num_prompts, group_size, prompt_length, completion_length = args.shape
-    config = model_config()
-    config.max_position_embeddings = prompt_length + completion_length
-    policy = CausalLMPolicy(LlamaForCausalLM(config), build_tokenizer(), share_prompts=True,
-                            length_buckets=MODES[args.worker])
+    model = tiny_llama(prompt_length + completion_length, args.threads)
+    config = model.config
+    policy = CausalLMPolicy(model, build_tokenizer(), share_prompts=True, length_buckets=MODES[args.worker])
     rows = num_prompts * group_size
     generator = torch.Generator().manual_seed(1)
     lengths = torch.tensor(completion_lengths(rows, completion_length, args.lengths, generator))
@@ -74,13 +70,6 @@ def worker(args: argparse.Namespace) -> None:
     print(json.dumps({"peak_rise_mib": _proc_status_mib("VmHWM") - baseline, "seconds": times,
                       "logprobs": kept[kept != 0][:256].tolist(), "split": policy._length_buckets(batch) is not None,
                       "padding_share": 1 - completion_mask.float().mean().item()}))
-
-
-def run(mode: str, shape: list[int], args: argparse.Namespace) -> dict:
-    command = [sys.executable, __file__, "--worker", mode, "--shape", *map(str, shape), "--lengths", args.lengths,
-               "--repeats", str(args.repeats), "--threads", str(args.threads)]
-    done = subprocess.run(command, capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -103,7 +92,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for text in args.shapes:
         shape = [int(part) for part in text.split("x")]
-        results = {mode: run(mode, shape, args) for mode in MODES}
+        results = {mode: run_worker(__file__, mode, shape, args, "--lengths", args.lengths) for mode in MODES}
         padded, buckets = results["padded"], results["buckets"]
         if max(abs(a - b) for a, b in zip(padded["logprobs"], buckets["logprobs"])) > 1e-4:
             raise AssertionError(f"{text}: bucketed and padded log-probs differ")

@@ -30,19 +30,37 @@ from bench_vs_trl import _proc_status_mib  # noqa: E402
 MODES = ("full", "shared")
 
 
-def worker(args: argparse.Namespace) -> None:
+def tiny_llama(positions: int, threads: int):
+    """The arithmetic task's 0.66M Llama with random weights (seed 0) and room for ``positions``
+    tokens, torch set to ``threads`` threads."""
     import torch
     from transformers import LlamaForCausalLM
 
-    from grpo_lightning.logprobs import completion_token_scores_from_hidden
     from grpo_lightning.tasks.arithmetic import model_config
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(threads)
     torch.manual_seed(0)
-    num_prompts, group_size, prompt_length, completion_length = args.shape
     config = model_config()
-    config.max_position_embeddings = prompt_length + completion_length
-    model = LlamaForCausalLM(config)
+    config.max_position_embeddings = positions
+    return LlamaForCausalLM(config)
+
+
+def run_worker(script: str, mode: str, shape: list[int], args: argparse.Namespace, *extra: str) -> dict:
+    """Run ``script``'s worker for (mode, shape) in a subprocess; its last stdout line, as JSON."""
+    command = [sys.executable, script, "--worker", mode, "--shape", *map(str, shape),
+               "--repeats", str(args.repeats), "--threads", str(args.threads), *extra]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def worker(args: argparse.Namespace) -> None:
+    import torch
+
+    from grpo_lightning.logprobs import completion_token_scores_from_hidden
+
+    num_prompts, group_size, prompt_length, completion_length = args.shape
+    model = tiny_llama(prompt_length + completion_length, args.threads)
+    config = model.config
     rows = num_prompts * group_size
     prompts = torch.randint(4, config.vocab_size, (num_prompts, prompt_length)).repeat_interleave(group_size, 0)
     completions = torch.randint(4, config.vocab_size, (rows, completion_length))
@@ -57,13 +75,6 @@ def worker(args: argparse.Namespace) -> None:
         model.zero_grad(set_to_none=True)
     print(json.dumps({"peak_rise_mib": _proc_status_mib("VmHWM") - baseline, "seconds": times,
                       "logprobs": logprobs.detach().flatten()[:64].tolist()}))
-
-
-def run(mode: str, shape: list[int], args: argparse.Namespace) -> dict:
-    command = [sys.executable, __file__, "--worker", mode, "--shape", *map(str, shape),
-               "--repeats", str(args.repeats), "--threads", str(args.threads)]
-    done = subprocess.run(command, capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -84,7 +95,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for text in args.shapes:
         shape = [int(part) for part in text.split("x")]
-        results = {mode: run(mode, shape, args) for mode in MODES}
+        results = {mode: run_worker(__file__, mode, shape, args) for mode in MODES}
         full, shared = (results[mode] for mode in MODES)
         if max(abs(a - b) for a, b in zip(full["logprobs"], shared["logprobs"])) > 1e-4:
             raise AssertionError(f"{text}: shared and full log-probs differ")
