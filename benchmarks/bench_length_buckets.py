@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_shared_prompts import run_worker, tiny_llama  # noqa: E402
+from bench_shared_prompts import run_worker, shape_parser, tiny_llama  # noqa: E402
 from bench_vs_trl import _proc_status_mib  # noqa: E402
 
 MODES = {"padded": 1, "buckets": 4}
@@ -73,14 +73,9 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shapes", nargs="+", default=["8x4x8x8", "8x4x32x128", "4x8x64x256"],
-                        help="NxGxPxT: prompts, group size, prompt length, padded completion length")
+    parser = shape_parser(__doc__.split("\n\n")[0], ["8x4x8x8", "8x4x32x128", "4x8x64x256"], repeats=9,
+                          modes=list(MODES))
     parser.add_argument("--lengths", choices=["uniform", "tail"], default="tail")
-    parser.add_argument("--repeats", type=int, default=9)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
-    parser.add_argument("--shape", nargs=4, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args)

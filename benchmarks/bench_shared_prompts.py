@@ -45,6 +45,18 @@ def tiny_llama(positions: int, threads: int):
     return LlamaForCausalLM(config)
 
 
+def shape_parser(description: str, shapes: list[str], repeats: int, modes) -> argparse.ArgumentParser:
+    """The options every NxGxPxT scoring benchmark takes, and its hidden worker options."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--shapes", nargs="+", default=shapes,
+                        help="NxGxPxT: prompts, group size, prompt length, (padded) completion length")
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--worker", choices=modes, help=argparse.SUPPRESS)
+    parser.add_argument("--shape", nargs=4, type=int, help=argparse.SUPPRESS)
+    return parser
+
+
 def run_worker(script: str, mode: str, shape: list[int], args: argparse.Namespace, *extra: str) -> dict:
     """Run ``script``'s worker for (mode, shape) in a subprocess; its last stdout line, as JSON."""
     command = [sys.executable, script, "--worker", mode, "--shape", *map(str, shape),
@@ -78,13 +90,8 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shapes", nargs="+", default=["8x4x8x8", "8x4x120x8", "4x8x64x32", "4x8x256x64"],
-                        help="NxGxPxT: prompts, group size, prompt length, completion length")
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
-    parser.add_argument("--shape", nargs=4, type=int, help=argparse.SUPPRESS)
+    parser = shape_parser(__doc__.split("\n\n")[0], ["8x4x8x8", "8x4x120x8", "4x8x64x32", "4x8x256x64"],
+                          repeats=15, modes=MODES)
     args = parser.parse_args()
     if args.worker:
         worker(args)
