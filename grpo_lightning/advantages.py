@@ -33,6 +33,10 @@ An estimator registered with ``scale_rewards=False`` fixes its own scale: the mo
 ``normalize_by_std=False`` and never rescales its output; ``algorithm.scale_rewards`` must then be
 left null (checked by ``validate_config``).
 
+Statistics over the batch (``scale_rewards=batch``, REINFORCE++) are taken over the batch of
+every process (:mod:`grpo_lightning.distributed`); group statistics need no communication,
+since a group never spans processes.
+
 Token-level (process) rewards ``[N, T]`` go through :func:`token_level_advantages`: discounted
 per-token returns (``algorithm.gamma``), then group normalization over all completion tokens of
 the group.
@@ -44,6 +48,8 @@ from typing import Callable, Protocol
 
 import torch
 from torch import Tensor
+
+from grpo_lightning.distributed import global_mean_std, global_sum
 
 
 class AdvantageEstimator(Protocol):
@@ -138,9 +144,10 @@ def grpo(rewards: Tensor, *, group_ids: Tensor, group_size: int, eps: float,
 def scale_by_batch_std(advantages: Tensor, eps: float) -> Tensor:
     """``scale_rewards=batch``: group-centred advantages [N] divided by their std over the batch.
 
-    Population std, like the group case. A batch whose centred rewards are all 0 stays 0.
+    Population std, like the group case, over the batch of every process (the global batch
+    under DDP). A batch whose centred rewards are all 0 stays 0.
     """
-    std = advantages.std(unbiased=False)
+    std = global_mean_std(advantages)[1]
     return torch.where(std > 0, advantages / (std + eps), advantages)
 
 
@@ -182,9 +189,11 @@ def rloo(rewards: Tensor, *, group_ids: Tensor, group_size: int, eps: float,
 @register_adv_estimator("reinforce_pp", scale_rewards=False)
 def reinforce_pp(rewards: Tensor, *, group_ids: Tensor, group_size: int, eps: float,
                  normalize_by_std: bool) -> Tensor:
-    """REINFORCE++: (r_i - mean_batch(r)) / (std_batch(r) + eps), no per-prompt baseline."""
-    centred = rewards - rewards.mean()                                      # [N]
-    std = rewards.std(unbiased=False)
+    """REINFORCE++: (r_i - mean_batch(r)) / (std_batch(r) + eps), no per-prompt baseline.
+
+    The batch is that of every process (the global batch under DDP)."""
+    mean, std = global_mean_std(rewards)
+    centred = rewards - mean                                                # [N]
     return torch.where(std > 0, centred / (std + eps), centred)
 
 
@@ -224,7 +233,8 @@ def token_level_advantages(token_rewards: Tensor, mask: Tensor, *, group_ids: Te
         std = var.sqrt()[index].unsqueeze(1)                                # [N, 1]
         centred = torch.where(std > 0, centred / (std + eps), centred)
     elif scale_rewards == "batch":
-        std = (centred.square().sum() / mask.sum().clamp(min=1)).sqrt()
+        squares, tokens = global_sum(torch.stack([centred.square().sum(), mask.sum()])).unbind()
+        std = (squares / tokens.clamp(min=1)).sqrt()                        # over every process's tokens
         centred = torch.where(std > 0, centred / (std + eps), centred)
     return centred
 

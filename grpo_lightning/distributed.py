@@ -1,24 +1,38 @@
-"""Reductions across processes for batch-level statistics (no-ops in a single process).
+"""What processes must agree on: batch-level statistics and, under sharded weights, every
+forward call (all no-ops in a single process).
 
 Under DDP every process holds its own prompts with all of their completions, so group
 statistics (a group's mean and std) never need communication. Statistics over the whole
-batch do: the batch std of the rewards (``scale_rewards=batch``), the number of completion
-tokens that a token-mean loss divides by. These helpers give every process the value of the
-global batch; they are differentiable only where noted and cost one all-reduce each.
+batch do: the batch std of the rewards (``scale_rewards=batch``, REINFORCE++), the number of
+completion tokens that a token-mean loss divides by. These helpers give every process the
+value of the global batch; none carries a gradient and each costs one all-reduce.
 
     std = global_mean_std(rewards)[1]                     # same value on every process
-    loss = (token_loss * mask).sum() / global_sum(mask.sum())
-    loss = loss * world_size()   # DDP averages gradients over processes; undo it for a global sum
+    # DDP averages gradients over processes, so dividing each process's token sum by the
+    # mean token count per process gives the global token mean:
+    loss = (token_loss * mask).sum() / mean_over_processes(mask.sum())
 
 Inputs must have the same dtype and device on every process (all-reduce is collective: every
 process must call the same helper in the same order).
+
+Sharded weights (FSDP, DeepSpeed ZeRO-3) add a stricter rule: each forward call gathers the
+weights with a collective, so every process must make the same number of calls, or the ones
+that made fewer wait forever. A loop whose length depends on the data (decoding until every
+row has ended, dynamic-sampling rounds) then asks an :data:`AllAgree` whether to stop, and
+runs on until every process may (see ``GRPOModule.setup``).
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+AllAgree = Callable[[bool], bool]
+"""``all_agree(decision)``: whether ``decision`` holds on every process. Collective: every
+process calls it at the same point (Lightning's ``strategy.reduce_boolean_decision``)."""
 
 
 def is_distributed() -> bool:
@@ -35,6 +49,11 @@ def global_sum(value: Tensor) -> Tensor:
     if is_distributed():
         dist.all_reduce(total, op=dist.ReduceOp.SUM)
     return total
+
+
+def mean_over_processes(value: Tensor) -> Tensor:
+    """The mean of ``value`` over processes (``value`` itself in one process); no gradient."""
+    return global_sum(value) / world_size()
 
 
 def global_mean_std(values: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:

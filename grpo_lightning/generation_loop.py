@@ -9,7 +9,8 @@ stopping when every row has produced EOS. This loop does exactly that:
         then give every row its prompt's cache and logits (the G rows of a group share one)
     repeat up to max_new_tokens:
         filter (temperature, top-k, top-p) and draw one token per row
-        finished rows get the pad id; stop when all rows are finished (one sync per token)
+        finished rows get the pad id; stop when all rows are finished (one sync per token;
+        with ``lockstep``, when all rows of every process are: sharded weights)
         feed the new column with the grown mask and next positions
 
 The filters and the draw use the same operations, in the same order, as ``generate``'s
@@ -19,8 +20,12 @@ with the same seed both produce the same tokens (tests/test_generation_loop.py c
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor, nn
+
+from grpo_lightning.distributed import AllAgree
 
 
 LOOP_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral"})
@@ -54,11 +59,13 @@ def filter_logits(logits: Tensor, temperature: float, top_k: int, top_p: float) 
 @torch.no_grad()
 def sample_with_kv_cache(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, *, max_new_tokens: int,
                          eos_token_ids: list[int], pad_token_id: int, do_sample: bool = True,
-                         temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> Tensor:
+                         temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                         lockstep: Optional[AllAgree] = None) -> Tensor:
     """Completion ids [B, T] (T <= max_new_tokens) for left-padded prompts [B, P].
 
     Rows that have produced an EOS are filled with ``pad_token_id`` afterwards; decoding stops
-    as soon as every row has one.
+    as soon as every row has one, or, with ``lockstep``, as soon as every row of every process
+    has one (each process makes the same number of forward calls, as sharded weights need).
     """
     from transformers import DynamicCache
 
@@ -80,7 +87,12 @@ def sample_with_kv_cache(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tens
         tokens = tokens.masked_fill(finished, pad_token_id)
         columns.append(tokens)
         finished |= torch.isin(tokens, eos)
-        if len(columns) == max_new_tokens or bool(finished.all()):
+        if len(columns) == max_new_tokens:
+            break
+        done = bool(finished.all())
+        if lockstep is not None:
+            done = lockstep(done)
+        if done:
             break
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(attention_mask.size(0), 1)], dim=1)
         position_ids = position_ids[:, -1:] + 1

@@ -40,7 +40,8 @@ from torch import Tensor
 from grpo_lightning.advantages import (TOKEN_LEVEL_SCALE, compute_advantages, get_adv_estimator,
                                        token_level_advantages)
 from grpo_lightning.callbacks import RolloutSample
-from grpo_lightning.config import GenerationConfig, GRPOConfig, OptimConfig
+from grpo_lightning.config import ConfigError, GenerationConfig, GRPOConfig, OptimConfig
+from grpo_lightning.distributed import mean_over_processes
 from grpo_lightning.evaluation import pass_at_k
 from grpo_lightning.experience import (Experience, experience_from_rollout, external_experience, is_external,
                                        overlong_penalty)
@@ -113,6 +114,17 @@ class GRPOModule(L.LightningModule):
         rest = ["response_length/mean", "response_length/clip_ratio", "perf/step_time_s", "perf/tokens_per_s"]
         return actor + reward + rest
 
+    def setup(self, stage: str) -> None:
+        """Under sharded weights, every process must make the same forward calls (distributed.py)."""
+        strategy = self.trainer.strategy
+        if self.trainer.world_size > 1 and shards_weights(strategy):
+            if self.generation.backend == "vllm":
+                raise ConfigError(f"generation.backend=vllm with {type(strategy).__name__}: the weights are "
+                                  "sharded and vLLM needs whole ones; use DDP, or generation.backend=auto")
+            self.policy.lockstep = lambda decision: strategy.reduce_boolean_decision(decision, all=True)
+        else:
+            self.policy.lockstep = None
+
     # -- training ---------------------------------------------------------------------------
 
     def training_step(self, batch: dict[str, list[Any]], batch_idx: int) -> None:
@@ -176,7 +188,8 @@ class GRPOModule(L.LightningModule):
         else:
             num_groups = len(batch[self.prompt_key])
             rounds_cap = alg.max_generation_rounds or DEFAULT_MAX_GENERATION_ROUNDS
-            rollout, scores, rounds, kept = dynamic_sample(draw, num_groups, alg.group_size, rounds_cap)
+            rollout, scores, rounds, kept = dynamic_sample(draw, num_groups, alg.group_size, rounds_cap,
+                                                           lockstep=self.policy.lockstep)
             self.train_means.update({"sampling/rounds": rounds, "sampling/kept_group_frac": kept})
         return experience_from_rollout(rollout, scores, alg.group_size)
 
@@ -269,7 +282,10 @@ class GRPOModule(L.LightningModule):
                 torch.arange(num_rows, device=self.device)
             for mini_rows in order.split(mini):
                 optimizer.zero_grad(set_to_none=True)
-                mini_units = self.loss_aggregation.units(update.completion_mask[mini_rows].float())
+                # Per process: what the mini-batch's mean runs over, averaged over processes, as
+                # DDP averages their gradients: a token mean is then over every process's tokens.
+                mini_mask = update.completion_mask[mini_rows].float()
+                mini_units = mean_over_processes(self.loss_aggregation.units(mini_mask))
                 logged, finite = [], True
                 for micro_rows in mini_rows.split(micro):
                     part = update.rows(micro_rows)
@@ -383,6 +399,13 @@ class GRPOModule(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def shards_weights(strategy: Any) -> bool:
+    """Whether a Lightning strategy shards the weights (each forward call is then a collective)."""
+    from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+
+    return isinstance(strategy, (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy))
 
 
 def _fused_adamw_supported(params: list[torch.nn.Parameter]) -> bool:

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from grpo_lightning.config import DEFAULT_LENGTH_BUCKETS, ConfigError, LoRAConfig, ModelConfig
+from grpo_lightning.distributed import AllAgree
 from grpo_lightning.generation_loop import sample_with_kv_cache, supports_generation_loop
 from grpo_lightning.buckets import could_pay, length_buckets, scatter_rows, trim_padding
 from grpo_lightning.logprobs import (completion_token_scores, completion_token_scores_from_hidden,
@@ -58,6 +59,10 @@ class Policy(nn.Module, ABC):
     """What GRPOModule needs from a generative policy."""
 
     eos_token_ids: list[int]
+    lockstep: Optional[AllAgree] = None
+    """Set (by ``GRPOModule.setup``) when the weights are sharded across processes: each
+    forward call is then a collective, so sampling and scoring must make the same calls on
+    every process, whatever their data (grpo_lightning.distributed)."""
 
     @abstractmethod
     def encode_prompts(self, texts: list[str]) -> tuple[Tensor, Tensor]:
@@ -189,7 +194,7 @@ class CausalLMPolicy(Policy):
                     self.model, prompt_ids, prompt_mask, max_new_tokens=sampling.max_new_tokens,
                     eos_token_ids=self.eos_token_ids, pad_token_id=self.tokenizer.pad_token_id,
                     do_sample=sampling.do_sample, temperature=sampling.temperature, top_k=sampling.top_k,
-                    top_p=sampling.top_p)
+                    top_p=sampling.top_p, lockstep=self.lockstep)
             finally:
                 self.model.train(was_training)
         # A full GenerationConfig, so no default hidden in the checkpoint (e.g. top_k=50) applies.
@@ -204,8 +209,11 @@ class CausalLMPolicy(Policy):
             use_cache=True,
         )
         try:
+            # synced_gpus: generate's own lockstep (forward calls until every process is done);
+            # None leaves generate's detection of FSDP / ZeRO-3 in place.
             sequences = self.model.generate(input_ids=prompt_ids, attention_mask=prompt_mask,
-                                            generation_config=generation)
+                                            generation_config=generation,
+                                            synced_gpus=True if self.lockstep is not None else None)
         finally:
             self.model.train(was_training)
         return sequences[:, prompt_ids.size(1):]                                # [B, T]
@@ -269,7 +277,7 @@ class CausalLMPolicy(Policy):
                 scorer = completion_token_scores_from_hidden
             return scorer(model, *tensors, temperature=temperature, with_entropy=with_entropy,
                           chunk_size=self.logprob_chunk_size, entropy_grad=entropy_grad,
-                          share_prompts=self.share_prompts)
+                          share_prompts=self.share_prompts, lockstep=self.lockstep is not None)
 
         def score(model: nn.Module) -> tuple[Tensor, Optional[Tensor]]:
             tensors = (batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask)
@@ -293,6 +301,8 @@ class CausalLMPolicy(Policy):
         return score(self.reference_model)
 
     def _length_buckets(self, batch: "TokenBatch") -> Optional[list[Tensor]]:
+        if self.lockstep is not None:
+            return None  # the number of buckets depends on the data, the calls must not
         if not could_pay(*batch.prompt_ids.shape, batch.completion_ids.size(1), self.length_buckets):
             return None  # too small to split: skip the distinct-prompt search too
         shared = distinct_prompts(batch.prompt_ids, batch.prompt_mask) if self.share_prompts else None

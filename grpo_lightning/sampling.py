@@ -11,12 +11,13 @@ contribute only the KL and entropy terms.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from grpo_lightning.distributed import AllAgree
 from grpo_lightning.rewards import RewardScores
 from grpo_lightning.rollout import Rollout, TokenBatch
 
@@ -76,17 +77,22 @@ def concat(parts: list[tuple[Rollout, RewardScores]], group_size: int) -> tuple[
 
 
 def dynamic_sample(draw: Callable[[int], tuple[Rollout, RewardScores]], num_groups: int, group_size: int,
-                   max_rounds: int) -> tuple[Rollout, RewardScores, int, float]:
+                   max_rounds: int, lockstep: Optional[AllAgree] = None) -> tuple[Rollout, RewardScores, int, float]:
     """Draw rounds (``draw(round_index)`` -> one scored rollout) until ``num_groups`` groups with
     non-constant rewards are kept or ``max_rounds`` ran.
 
+    With ``lockstep`` (sharded weights) a process that has enough groups draws on until every
+    process has, so all make the same generation calls; the extra groups are left out.
     Returns (rollout, scores, rounds used, fraction of generated groups that were kept). The
     result has exactly ``num_groups`` groups when enough were generated in total.
     """
+    def enough(kept_groups: int) -> bool:
+        return lockstep(kept_groups >= num_groups) if lockstep is not None else kept_groups >= num_groups
+
     kept, dropped = [], []
     kept_groups = generated_groups = 0
     rounds = 0
-    while rounds < max_rounds and kept_groups < num_groups:
+    while rounds < max_rounds and not enough(kept_groups):
         rollout, scores = draw(rounds)
         rounds += 1
         constant = zero_std_groups(scores.total, group_size)                   # [N]

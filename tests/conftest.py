@@ -36,6 +36,25 @@ def arith_policy(random_arith_dir):
     return CausalLMPolicy.from_config(ModelConfig(name_or_path=str(random_arith_dir)))
 
 
+class Votes:
+    """A stand-in for strategy.reduce_boolean_decision(all=True): the other processes say ``others``
+    (then True); every decision asked is recorded."""
+
+    def __init__(self, others: list[bool]):
+        self.others = list(others)
+        self.asked: list[bool] = []
+
+    def __call__(self, decision: bool) -> bool:
+        self.asked.append(decision)
+        return decision and (self.others.pop(0) if self.others else True)
+
+
+@pytest.fixture
+def votes():
+    """votes(others) -> a lockstep vote whose other processes answer ``others`` in turn."""
+    return Votes
+
+
 @pytest.fixture
 def compose_config(tmp_path):
     """compose_config(*overrides) -> the real Hydra config, written to tmp_path, shrunk for CPU tests."""

@@ -57,6 +57,20 @@ def test_short_batch_is_filled_with_dropped_groups_after_the_last_round():
     assert rollout.group_ids.tolist() == [0, 0, 1, 1]
 
 
+def test_dynamic_sampling_draws_until_every_process_has_enough(votes):
+    rounds = [_scored([[0, 1], [1, 0]], "a", 2, 2), _scored([[1, 2], [2, 1]], "b", 2, 2),
+              _scored([[0, 3], [3, 0]], "c", 2, 2)]
+    # This process has its 2 groups after one round; the other needs a second one.
+    vote = votes([False, True])
+    rollout, scores, used, kept_frac = dynamic_sample(lambda i: rounds[i], num_groups=2, group_size=G, max_rounds=3,
+                                                      lockstep=vote)
+    assert used == 2 and vote.asked == [False, True, True]
+    assert rollout.prompts == ["a0", "a0", "a1", "a1"]     # its own first groups, the extra ones left out
+    assert kept_frac == 1.0
+    alone, _, used_alone, _ = dynamic_sample(lambda i: rounds[i], num_groups=2, group_size=G, max_rounds=3)
+    assert used_alone == 1 and alone.prompts == rollout.prompts
+
+
 def test_overlong_penalty_by_hand():
     # max 10, buffer 4: no penalty up to 6, then -(L - 6) / 4 * factor, -factor at 10
     lengths = torch.tensor([3, 6, 7, 8, 10])
