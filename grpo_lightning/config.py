@@ -297,8 +297,11 @@ class RewardFunctionConfig:
 
 @dataclass
 class RewardConfig:
-    functions: Dict[str, RewardFunctionConfig] = field(default_factory=dict)
-    """Named reward functions; each is logged as reward/<name>/mean."""
+    functions: Dict[str, Any] = field(default_factory=dict)
+    """Named reward functions, each a :class:`RewardFunctionConfig` (checked as one at load); each
+    is logged as reward/<name>/mean. Add one from the command line with
+    ``+reward.functions.fmt={fn:grpo_lightning.rewards.format.format_reward,weight:0.2}``
+    (typed as ``Dict[str, RewardFunctionConfig]``, OmegaConf would refuse that override)."""
     non_finite: str = "error"
     """A reward function returning NaN or inf: ``error`` stops the run naming the function and
     the prompt; ``zero`` scores that completion 0 and logs how many per step as
@@ -429,6 +432,18 @@ def _unknown_keys(node: DictConfig, prefix: str = "") -> list[str]:
     return unknown
 
 
+def _reward_function(name: str, spec: Any) -> RewardFunctionConfig:
+    """One entry of reward.functions, checked against RewardFunctionConfig (keys and types)."""
+    fields = [f.name for f in dataclasses.fields(RewardFunctionConfig)]
+    if not isinstance(spec, dict):
+        raise ConfigError(f"reward.functions.{name}={spec!r} must be a mapping with the keys {fields}, e.g. "
+                          f"+reward.functions.{name}={{fn:my_module.my_reward,weight:0.5}}")
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RewardFunctionConfig), spec))
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"reward.functions.{name}: {str(error).splitlines()[0]} (its keys: {fields})") from None
+
+
 def to_train_config(cfg: DictConfig) -> "TrainConfig":
     """The composed config as a TrainConfig, refusing keys the schema does not know."""
     unknown = _unknown_keys(cfg)
@@ -439,6 +454,8 @@ def to_train_config(cfg: DictConfig) -> "TrainConfig":
         train_config = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as error:
         raise ConfigError(str(error).splitlines()[0] + f" (at {getattr(error, 'full_key', '?')})") from None
+    train_config.reward.functions = {name: _reward_function(name, spec)
+                                     for name, spec in train_config.reward.functions.items()}
     validate_config(train_config)
     if train_config.model.length_buckets is None:
         sharded = train_config.trainer.strategy.startswith(SHARDING_STRATEGIES)

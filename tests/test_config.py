@@ -65,7 +65,12 @@ def test_unknown_keys_and_wrong_types_fail_at_load(compose_config, override, mes
 
 @pytest.mark.parametrize("override, message", [
     ("+algorithm.foo=1", "unknown config key(s): algorithm.foo"),
-    ("+reward.functions.correct.wieght=2", "unknown config key(s): reward.functions.correct.wieght"),
+    ("+reward.functions.correct.wieght=2", "reward.functions.correct: Key 'wieght' not in 'RewardFunctionConfig'"),
+    ("reward.functions.correct.weight=abc", "reward.functions.correct: Value 'abc' of type 'str' could not be "
+                                            "converted to Float"),
+    ("+reward.functions.fmt={weight:2}", "reward.functions.fmt: Structured config of type `RewardFunctionConfig` "
+                                         "has missing mandatory value: fn"),
+    ("+reward.functions.fmt=3", "reward.functions.fmt=3 must be a mapping with the keys ['fn', 'weight', 'kwargs']"),
     ("algorithm.group_size=1", "algorithm.group_size must be >= 2"),
     ("algorithm.clip_range=-0.1", "algorithm.clip_range must be > 0"),
     ("algorithm.beta=-1", "algorithm.beta must be >= 0"),
@@ -82,3 +87,19 @@ def test_bad_values_name_the_field(compose_config, override, message):
     cfg = compose_config(override)
     with pytest.raises(ConfigError, match=re.escape(message)):
         _validate(cfg)
+
+
+def test_a_reward_function_can_be_added_from_the_command_line(compose_config):
+    from grpo_lightning.config import RewardFunctionConfig, to_train_config
+    from grpo_lightning.rewards import WeightedReward
+
+    cfg = to_train_config(compose_config(
+        "+reward.functions.length={fn:grpo_lightning.rewards.length.length_penalty,weight:0.2,"
+        "kwargs:{max_length:4,cache_length:2}}"))
+    assert cfg.reward.functions["length"] == RewardFunctionConfig(
+        fn="grpo_lightning.rewards.length.length_penalty", weight=0.2, kwargs={"max_length": 4, "cache_length": 2})
+    assert isinstance(cfg.reward.functions["correct"], RewardFunctionConfig)
+    reward = WeightedReward.from_config(cfg.reward)
+    assert reward.names == ["correct", "length"]
+    scores = reward(["1+1="], ["2<eos>long"], {"answer": ["2"]})
+    assert set(scores.per_function) == {"correct", "length"}
