@@ -49,7 +49,7 @@ from typing import Callable, Protocol
 import torch
 from torch import Tensor
 
-from grpo_lightning.distributed import global_mean_std, global_sum
+from grpo_lightning.distributed import global_mean_std
 
 
 class AdvantageEstimator(Protocol):
@@ -233,8 +233,7 @@ def token_level_advantages(token_rewards: Tensor, mask: Tensor, *, group_ids: Te
         std = var.sqrt()[index].unsqueeze(1)                                # [N, 1]
         centred = torch.where(std > 0, centred / (std + eps), centred)
     elif scale_rewards == "batch":
-        squares, tokens = global_sum(torch.stack([centred.square().sum(), mask.sum()])).unbind()
-        std = (squares / tokens.clamp(min=1)).sqrt()                        # over every process's tokens
+        std = global_mean_std(centred, mask)[1]                             # every process's tokens; mean 0
         centred = torch.where(std > 0, centred / (std + eps), centred)
     return centred
 

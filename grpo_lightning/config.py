@@ -221,7 +221,7 @@ class ModelConfig:
     trimmed to its own longest completion and prompt, so no work is spent on the padding after
     short completions (grpo_lightning/buckets.py). A pass is split only when that cuts its cost
     by a quarter or more; 1 always scores one padded block. Same log-probs either way. None: 4,
-    or 1 under FSDP/DeepSpeed, whose collectives need every process to make the same forward
+    or 1 under FSDP/DeepSpeed ZeRO-3, whose collectives need every process to make the same forward
     calls while each decides its split from its own completions."""
     compile: bool = False
     """``torch.compile`` the decoder (dynamic shapes) for generation and scoring. Costs a
@@ -433,15 +433,24 @@ def _unknown_keys(node: DictConfig, prefix: str = "") -> list[str]:
 
 
 def _reward_function(name: str, spec: Any) -> RewardFunctionConfig:
-    """One entry of reward.functions, checked against RewardFunctionConfig (keys and types)."""
-    fields = [f.name for f in dataclasses.fields(RewardFunctionConfig)]
-    if not isinstance(spec, dict):
-        raise ConfigError(f"reward.functions.{name}={spec!r} must be a mapping with the keys {fields}, e.g. "
-                          f"+reward.functions.{name}={{fn:my_module.my_reward,weight:0.5}}")
-    try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RewardFunctionConfig), spec))
-    except OmegaConfBaseException as error:
-        raise ConfigError(f"reward.functions.{name}: {str(error).splitlines()[0]} (its keys: {fields})") from None
+    """One entry of reward.functions (already resolved), checked as a RewardFunctionConfig."""
+    if isinstance(spec, RewardFunctionConfig):
+        return spec
+    where = f"reward.functions.{name}"
+    keys = [f.name for f in dataclasses.fields(RewardFunctionConfig)]
+    _require(isinstance(spec, dict), f"{where}={spec!r} must be a mapping with the keys {keys}, e.g. "
+             f"+{where}={{fn:my_module.my_reward,weight:0.5}}")
+    unknown = sorted(set(spec) - set(keys))
+    _require(not unknown, f"unknown config key(s): {', '.join(f'{where}.{key}' for key in unknown)}; "
+             f"a reward function takes {keys}")
+    _require(isinstance(spec.get("fn"), str), f"{where}.fn must be the import path of the function "
+             f"(got {spec.get('fn')!r})")
+    weight = spec.get("weight", 1.0)
+    _require(isinstance(weight, (int, float)) and not isinstance(weight, bool),
+             f"{where}.weight must be a number (got {weight!r})")
+    kwargs = spec.get("kwargs") or {}
+    _require(isinstance(kwargs, dict), f"{where}.kwargs must be a mapping of keyword arguments (got {kwargs!r})")
+    return RewardFunctionConfig(fn=spec["fn"], weight=float(weight), kwargs=kwargs)
 
 
 def to_train_config(cfg: DictConfig) -> "TrainConfig":
@@ -458,7 +467,7 @@ def to_train_config(cfg: DictConfig) -> "TrainConfig":
                                      for name, spec in train_config.reward.functions.items()}
     validate_config(train_config)
     if train_config.model.length_buckets is None:
-        sharded = train_config.trainer.strategy.startswith(SHARDING_STRATEGIES)
+        sharded = shards_weights_by_name(train_config.trainer.strategy)
         train_config.model.length_buckets = 1 if sharded else DEFAULT_LENGTH_BUCKETS
     return train_config
 
@@ -471,7 +480,15 @@ OVERLONG_PROMPTS = ("drop", "truncate")
 PROFILERS = ("simple", "advanced", "pytorch")
 DTYPES = ("float32", "bfloat16", "float16")
 GENERATION_BACKENDS = ("auto", "loop", "hf", "vllm")
-SHARDING_STRATEGIES = ("fsdp", "deepspeed")
+SHARDING_STRATEGIES = ("fsdp", "deepspeed_stage_3", "model_parallel")
+"""Lightning strategy names (prefixes) that shard the weights; "deepspeed" alone is ZeRO-2."""
+
+
+def shards_weights_by_name(strategy: str) -> bool:
+    """Whether trainer.strategy names a strategy with sharded weights, for checks at load time.
+    GRPOModule.setup decides from the running strategy (distributed.shards_weights), whatever it
+    is called; this one names the fix before anything starts."""
+    return strategy.startswith(SHARDING_STRATEGIES)
 REWARD_NON_FINITE = ("error", "zero")
 
 
@@ -524,7 +541,7 @@ def validate_config(cfg: TrainConfig) -> None:
     buckets = cfg.model.length_buckets
     _require(buckets is None or buckets >= 1,
              f"model.length_buckets must be >= 1 or null, 1 scores one padded block (got {buckets})")
-    _require(buckets in (None, 1) or not cfg.trainer.strategy.startswith(SHARDING_STRATEGIES),
+    _require(buckets in (None, 1) or not shards_weights_by_name(cfg.trainer.strategy),
              f"model.length_buckets={buckets} with trainer.strategy={cfg.trainer.strategy}: each process "
              "splits its own completions, and the sharded strategies need every process to make the same "
              "forward calls (else they wait on each other forever); set model.length_buckets=1 (or null)")
@@ -575,7 +592,7 @@ def _validate_vllm(cfg: TrainConfig) -> None:
              "or sample in process with generation.backend=auto")
     _require(trainer.accelerator not in ("cpu", "mps"), f"generation.backend=vllm runs on CUDA GPUs, not "
              f"trainer.accelerator={trainer.accelerator}; use trainer.accelerator=gpu, or generation.backend=auto")
-    _require(not trainer.strategy.startswith(SHARDING_STRATEGIES),
+    _require(not shards_weights_by_name(trainer.strategy),
              f"generation.backend=vllm with trainer.strategy={trainer.strategy}: the weights are sharded and "
              "syncing them into vLLM would need a full gather, which is not implemented; use "
              "trainer.strategy=ddp (or auto), or generation.backend=auto")

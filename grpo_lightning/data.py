@@ -14,9 +14,11 @@ from typing import Any, Callable, Optional
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from grpo_lightning.config import ConfigError, DataConfig, import_object
+from grpo_lightning.distributed import shards_weights
 from grpo_lightning.prompt_files import load_splits
 from grpo_lightning.resume import ResumableSampler
 
@@ -104,9 +106,17 @@ class PromptDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         rank, world = self._rank_and_world()
-        sampler = ResumableSampler(len(self.val_rows), self.val_batch_size, shuffle=False, seed=self.seed,
+        rows = self.val_rows
+        if world > 1 and shards_weights(self.trainer.strategy):
+            # Each forward call is a collective there, so every process must run as many
+            # validation batches: the prompts past a multiple of the process count are left out.
+            rows = rows[:len(rows) - len(rows) % world]
+            if len(rows) < len(self.val_rows):
+                rank_zero_warn(f"validation uses {len(rows)} of {len(self.val_rows)} prompts: with sharded weights "
+                               f"every one of the {world} processes must get as many")
+        sampler = ResumableSampler(len(rows), self.val_batch_size, shuffle=False, seed=self.seed,
                                    rank=rank, world_size=world, drop_last=False)
-        return self._loader(self.val_rows, self.val_batch_size, sampler)
+        return self._loader(rows, self.val_batch_size, sampler)
 
     # The position in the prompt stream, saved in Lightning checkpoints (see resume.py).
 

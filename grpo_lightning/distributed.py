@@ -19,7 +19,8 @@ Sharded weights (FSDP, DeepSpeed ZeRO-3) add a stricter rule: each forward call 
 weights with a collective, so every process must make the same number of calls, or the ones
 that made fewer wait forever. A loop whose length depends on the data (decoding until every
 row has ended, dynamic-sampling rounds) then asks an :data:`AllAgree` whether to stop, and
-runs on until every process may (see ``GRPOModule.setup``).
+runs on until every process may (see ``GRPOModule.setup``), and every process gets the same
+number of validation batches (``PromptDataModule.val_dataloader``).
 """
 
 from __future__ import annotations
@@ -51,6 +52,20 @@ def global_sum(value: Tensor) -> Tensor:
     return total
 
 
+def _moment_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+
+
+def shards_weights(strategy) -> bool:
+    """Whether a Lightning strategy shards the weights, making each forward call a collective:
+    FSDP, DeepSpeed ZeRO-3, ModelParallelStrategy (FSDP2 / tensor parallel)."""
+    from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+
+    if isinstance(strategy, DeepSpeedStrategy):
+        return strategy.zero_stage_3
+    return isinstance(strategy, (FSDPStrategy, ModelParallelStrategy))
+
+
 def mean_over_processes(value: Tensor) -> Tensor:
     """The mean of ``value`` over processes (``value`` itself in one process); no gradient."""
     return global_sum(value) / world_size()
@@ -58,9 +73,9 @@ def mean_over_processes(value: Tensor) -> Tensor:
 
 def global_mean_std(values: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Mean and population std of ``values`` (``[B]`` or any shape, optionally masked) over the
-    elements of every process: one all-reduce of (count, sum, sum of squares), in float64 so
-    the E[x^2] - E[x]^2 form does not lose precision."""
-    x = values.detach().double()
+    elements of every process: one all-reduce of (count, sum, sum of squares), in float64 (float32
+    on MPS) so the E[x^2] - E[x]^2 form does not lose precision."""
+    x = values.detach().to(_moment_dtype(values.device))
     weights = torch.ones_like(x) if mask is None else mask.to(x.dtype)
     moments = torch.stack([weights.sum(), (x * weights).sum(), (x * x * weights).sum()])   # [3]
     count, total, squares = global_sum(moments).unbind()

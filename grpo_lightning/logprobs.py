@@ -17,7 +17,7 @@ group) runs each distinct prompt through the model once, keeps its keys and valu
 cache (with their autograd graph), gives every row its prompt's cache and then runs only the
 completions: the prompt costs 1/G of the full pass, in the forward and in the backward. The
 numbers are those of the full pass up to float rounding (tests/test_logprobs.py). It needs the
-KV cache in training mode, which gradient checkpointing switches off. With ``lockstep`` (sharded
+KV cache in training mode, which gradient checkpointing switches off. With ``same_calls`` (sharded
 weights: every process must make the same forward calls) the two-call form runs even for a
 batch whose prompts all differ.
 """
@@ -121,14 +121,14 @@ def distinct_prompts(prompt_ids: Tensor, prompt_mask: Tensor, *, even_if_all_dif
 
 def _predicting_outputs(run: Callable[..., Tensor], config, prompt_ids: Tensor, prompt_mask: Tensor,
                         completion_ids: Tensor, completion_mask: Tensor, share_prompts: bool,
-                        lockstep: bool) -> Tensor:
+                        same_calls: bool) -> Tensor:
     """The model's outputs [B, T, X] at the positions that predict each completion token.
 
     ``run(keep, **model_inputs)`` returns per-position outputs [b, L, X] (hidden states or
     logits) for at least the last ``keep`` positions; only those are used.
     """
     num_prompt, num_completion = prompt_ids.size(1), completion_ids.size(1)
-    shared = distinct_prompts(prompt_ids, prompt_mask, even_if_all_differ=lockstep) if share_prompts else None
+    shared = distinct_prompts(prompt_ids, prompt_mask, even_if_all_differ=same_calls) if share_prompts else None
     if shared is None:
         outputs = run(num_completion + 1, **_model_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask))
         # Position t predicts token t + 1: the completion is predicted from P-1 .. P+T-2.
@@ -151,17 +151,17 @@ def completion_token_scores(model: nn.Module, prompt_ids: Tensor, prompt_mask: T
                             completion_ids: Tensor, completion_mask: Tensor, *,
                             temperature: float = 1.0, with_entropy: bool = False,
                             chunk_size: int = 64, entropy_grad: bool = True,
-                            share_prompts: bool = False, lockstep: bool = False) -> tuple[Tensor, Optional[Tensor]]:
+                            share_prompts: bool = False, same_calls: bool = False) -> tuple[Tensor, Optional[Tensor]]:
     """Score left-padded prompts [B, P] followed by right-padded completions [B, T].
 
     Returns log-probs [B, T] and entropy [B, T] (or None) of the completion tokens.
-    ``lockstep``: make the same model calls whatever the prompts (sharded weights).
+    ``same_calls``: make the same model calls whatever the prompts (sharded weights).
     """
     def logits(keep: int, **inputs) -> Tensor:
         return model(**inputs, logits_to_keep=keep).logits                     # [b, keep, V]
 
     predicting = _predicting_outputs(logits, model.config, prompt_ids, prompt_mask, completion_ids,
-                                     completion_mask, share_prompts, lockstep)  # [B, T, V]
+                                     completion_mask, share_prompts, same_calls)  # [B, T, V]
     return token_scores_from_logits(predicting, completion_ids, temperature=temperature,
                                     with_entropy=with_entropy, chunk_size=chunk_size, entropy_grad=entropy_grad)
 
@@ -178,7 +178,7 @@ def completion_token_scores_from_hidden(model: nn.Module, prompt_ids: Tensor, pr
                                         completion_ids: Tensor, completion_mask: Tensor, *,
                                         temperature: float = 1.0, with_entropy: bool = False,
                                         chunk_size: int = 64, entropy_grad: bool = True,
-                                        share_prompts: bool = False, lockstep: bool = False
+                                        share_prompts: bool = False, same_calls: bool = False
                                         ) -> tuple[Tensor, Optional[Tensor]]:
     """Same result as :func:`completion_token_scores`, but the ``[B, T, V]`` logits never exist.
 
@@ -191,6 +191,6 @@ def completion_token_scores_from_hidden(model: nn.Module, prompt_ids: Tensor, pr
         return decoder(**inputs).last_hidden_state                              # [b, L, H]
 
     hidden = _predicting_outputs(hidden_states, model.config, prompt_ids, prompt_mask, completion_ids,
-                                 completion_mask, share_prompts, lockstep)      # [B, T, H]
+                                 completion_mask, share_prompts, same_calls)      # [B, T, H]
     return _scores_in_chunks(model.get_output_embeddings(), hidden, completion_ids, temperature=temperature,
                              with_entropy=with_entropy, chunk_size=chunk_size, entropy_grad=entropy_grad)

@@ -41,7 +41,7 @@ from grpo_lightning.advantages import (TOKEN_LEVEL_SCALE, compute_advantages, ge
                                        token_level_advantages)
 from grpo_lightning.callbacks import RolloutSample
 from grpo_lightning.config import ConfigError, GenerationConfig, GRPOConfig, OptimConfig
-from grpo_lightning.distributed import mean_over_processes
+from grpo_lightning.distributed import mean_over_processes, shards_weights
 from grpo_lightning.evaluation import pass_at_k
 from grpo_lightning.experience import (Experience, experience_from_rollout, external_experience, is_external,
                                        overlong_penalty)
@@ -115,7 +115,11 @@ class GRPOModule(L.LightningModule):
         return actor + reward + rest
 
     def setup(self, stage: str) -> None:
-        """Under sharded weights, every process must make the same forward calls (distributed.py)."""
+        """Under sharded weights, every process must make the same forward calls (distributed.py).
+
+        Decided here from the running strategy, so it holds however the Trainer was built; the
+        config's own checks (validate_config) only name the fix earlier for grpo-train's strategies.
+        """
         strategy = self.trainer.strategy
         if self.trainer.world_size > 1 and shards_weights(strategy):
             if self.generation.backend == "vllm":
@@ -124,6 +128,9 @@ class GRPOModule(L.LightningModule):
             self.policy.lockstep = lambda decision: strategy.reduce_boolean_decision(decision, all=True)
         else:
             self.policy.lockstep = None
+
+    def teardown(self, stage: str) -> None:
+        self.policy.lockstep = None  # the policy used after fit (one process sampling) must not vote
 
     # -- training ---------------------------------------------------------------------------
 
@@ -399,13 +406,6 @@ class GRPOModule(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-def shards_weights(strategy: Any) -> bool:
-    """Whether a Lightning strategy shards the weights (each forward call is then a collective)."""
-    from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
-
-    return isinstance(strategy, (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy))
 
 
 def _fused_adamw_supported(params: list[torch.nn.Parameter]) -> bool:

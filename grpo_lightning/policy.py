@@ -277,7 +277,7 @@ class CausalLMPolicy(Policy):
                 scorer = completion_token_scores_from_hidden
             return scorer(model, *tensors, temperature=temperature, with_entropy=with_entropy,
                           chunk_size=self.logprob_chunk_size, entropy_grad=entropy_grad,
-                          share_prompts=self.share_prompts, lockstep=self.lockstep is not None)
+                          share_prompts=self.share_prompts, same_calls=self.lockstep is not None)
 
         def score(model: nn.Module) -> tuple[Tensor, Optional[Tensor]]:
             tensors = (batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask)

@@ -92,7 +92,7 @@ def dynamic_sample(draw: Callable[[int], tuple[Rollout, RewardScores]], num_grou
     kept, dropped = [], []
     kept_groups = generated_groups = 0
     rounds = 0
-    while rounds < max_rounds and not enough(kept_groups):
+    while rounds == 0 or (rounds < max_rounds and not enough(kept_groups)):
         rollout, scores = draw(rounds)
         rounds += 1
         constant = zero_std_groups(scores.total, group_size)                   # [N]

@@ -23,7 +23,7 @@ What differs from the in-process backends (``loop``, ``hf``):
   seed gives other completions than under ``loop``/``hf``.
 * With LoRA, vLLM gets merged weights: base + adapter delta, computed out of place at each
   sync (the base weights are the KL reference and are never written).
-* FSDP and DeepSpeed shard the weights; syncing them would need a full gather, which is not
+* FSDP and DeepSpeed ZeRO-3 shard the weights; syncing them would need a full gather, which is not
   implemented: ``validate_config`` refuses them with this backend, as it refuses a CPU run.
 """
 

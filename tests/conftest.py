@@ -37,8 +37,9 @@ def arith_policy(random_arith_dir):
 
 
 class Votes:
-    """A stand-in for strategy.reduce_boolean_decision(all=True): the other processes say ``others``
-    (then True); every decision asked is recorded."""
+    """A stand-in for strategy.reduce_boolean_decision(all=True): every decision asked is recorded;
+    a True one is answered with the next of ``others`` (True once they run out), what the other
+    processes say. A False one is False whatever they say, and uses none of ``others``."""
 
     def __init__(self, others: list[bool]):
         self.others = list(others)

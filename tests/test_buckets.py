@@ -120,7 +120,10 @@ def test_sharded_strategies_score_one_block_and_refuse_an_explicit_split(compose
     model = f"model.name_or_path={random_arith_dir}"
     assert to_train_config(compose_config(model)).model.length_buckets == 4
     assert to_train_config(compose_config(model, "trainer.strategy=fsdp")).model.length_buckets == 1
-    with pytest.raises(ConfigError, match=r"model.length_buckets=4 with trainer.strategy=deepspeed.*same forward"):
-        to_train_config(compose_config(model, "trainer.strategy=deepspeed", "model.length_buckets=4"))
+    with pytest.raises(ConfigError, match=r"model.length_buckets=4 with trainer.strategy=deepspeed_stage_3.*same "
+                                          r"forward"):
+        to_train_config(compose_config(model, "trainer.strategy=deepspeed_stage_3", "model.length_buckets=4"))
+    # ZeRO-2 keeps whole weights on every process: its forward calls are its own.
+    assert to_train_config(compose_config(model, "trainer.strategy=deepspeed_stage_2")).model.length_buckets == 4
     with pytest.raises(ConfigError, match=r"model.length_buckets must be >= 1 or null, .*\(got 0\)"):
         to_train_config(compose_config(model, "model.length_buckets=0"))

@@ -65,12 +65,11 @@ def test_unknown_keys_and_wrong_types_fail_at_load(compose_config, override, mes
 
 @pytest.mark.parametrize("override, message", [
     ("+algorithm.foo=1", "unknown config key(s): algorithm.foo"),
-    ("+reward.functions.correct.wieght=2", "reward.functions.correct: Key 'wieght' not in 'RewardFunctionConfig'"),
-    ("reward.functions.correct.weight=abc", "reward.functions.correct: Value 'abc' of type 'str' could not be "
-                                            "converted to Float"),
-    ("+reward.functions.fmt={weight:2}", "reward.functions.fmt: Structured config of type `RewardFunctionConfig` "
-                                         "has missing mandatory value: fn"),
+    ("+reward.functions.correct.wieght=2", "unknown config key(s): reward.functions.correct.wieght"),
+    ("reward.functions.correct.weight=abc", "reward.functions.correct.weight must be a number (got 'abc')"),
+    ("+reward.functions.fmt={weight:2}", "reward.functions.fmt.fn must be the import path of the function (got None)"),
     ("+reward.functions.fmt=3", "reward.functions.fmt=3 must be a mapping with the keys ['fn', 'weight', 'kwargs']"),
+    ("+reward.functions.fmt={fn:a.b,kwargs:3}", "reward.functions.fmt.kwargs must be a mapping"),
     ("algorithm.group_size=1", "algorithm.group_size must be >= 2"),
     ("algorithm.clip_range=-0.1", "algorithm.clip_range must be > 0"),
     ("algorithm.beta=-1", "algorithm.beta must be >= 0"),
@@ -99,7 +98,18 @@ def test_a_reward_function_can_be_added_from_the_command_line(compose_config):
     assert cfg.reward.functions["length"] == RewardFunctionConfig(
         fn="grpo_lightning.rewards.length.length_penalty", weight=0.2, kwargs={"max_length": 4, "cache_length": 2})
     assert isinstance(cfg.reward.functions["correct"], RewardFunctionConfig)
+    # Values are taken as written once Hydra has resolved them: no second round of interpolation.
+    literal = to_train_config(compose_config("+reward.functions.correct.kwargs.pattern='\\${not_a_key}'"))
+    assert literal.reward.functions["correct"].kwargs == {"pattern": "${not_a_key}"}
     reward = WeightedReward.from_config(cfg.reward)
     assert reward.names == ["correct", "length"]
     scores = reward(["1+1="], ["2<eos>long"], {"answer": ["2"]})
     assert set(scores.per_function) == {"correct", "length"}
+
+
+def test_reward_functions_set_as_dataclasses_in_python_load(compose_config):
+    from grpo_lightning.config import RewardFunctionConfig
+
+    cfg = compose_config()
+    cfg.reward.functions.correct = RewardFunctionConfig(fn="grpo_lightning.tasks.arithmetic.correct_answer", weight=2)
+    assert to_train_config(cfg).reward.functions["correct"].weight == 2.0

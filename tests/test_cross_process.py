@@ -4,6 +4,10 @@ Batch statistics (scale_rewards=batch, REINFORCE++, token-level batch scale, the
 of a token-mean loss) come out as in one process holding the whole batch; and with lockstep
 (sharded weights) the decoding loop makes the same number of forward calls on every process
 even when one process's rows all end at the first token.
+
+The token-mean gradient is checked in two halves: the workers scale a loss the way
+GRPOModule._update_policy does, under real DDP; the last test checks that the module does scale
+it that way (with a stand-in for the other process).
 """
 
 import os
@@ -23,6 +27,7 @@ TOKEN_MASK = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 0], [1, 1, 1],
 FEATURES = torch.linspace(-1, 1, 8 * 3 * 2).view(8, 3, 2)               # [8, 3, 2] a token's input
 
 WORKER = '''
+import datetime
 import sys
 import pytest
 import torch
@@ -35,7 +40,8 @@ from grpo_lightning.distributed import mean_over_processes
 from grpo_lightning.generation_loop import sample_with_kv_cache
 
 rank, store, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
+                        timeout=datetime.timedelta(seconds=60))
 data = torch.load(f"{out}/data.pt")
 rows = slice(4 * rank, 4 * rank + 4)  # two whole groups per process
 rewards, group_ids = data["rewards"][rows], torch.arange(2).repeat_interleave(2)
@@ -90,8 +96,12 @@ def _run_two_processes(tmp_path: Path) -> list[dict]:
     store = tmp_path / "store"
     workers = [subprocess.Popen([sys.executable, str(script), str(rank), str(store), str(tmp_path)], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
-    for worker in workers:
-        output, _ = worker.communicate(timeout=300)
+    try:
+        outputs = [worker.communicate(timeout=300)[0] for worker in workers]
+    finally:
+        for worker in workers:
+            worker.kill()  # a collective mismatch (what this file guards against) would hang them
+    for worker, output in zip(workers, outputs):
         assert worker.returncode == 0, output[-4000:]
     return [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)]
 

@@ -41,6 +41,14 @@ def test_reinforce_pp_whitens_over_the_batch():
     torch.testing.assert_close(adv, torch.tensor([0.0, -1.0, -1.0, 2.0]) / std)
 
 
+def test_reinforce_pp_of_a_constant_batch_is_exactly_zero():
+    # 0.1 is not a float32 number: a float32 mean of n copies need not equal it, and the tiny
+    # remainder over a tiny nonzero std would be a large advantage (0.03 for some n, before).
+    for n in (3, 6, 100, 504):
+        adv = _run("reinforce_pp", torch.full((n,), 0.1), torch.arange(n) // 3, 3, eps=1e-6)
+        assert (adv == 0).all(), n
+
+
 def test_scale_rewards_group_batch_none():
     group = _run("grpo_vectorized", scale="group")
     # group 0: centred (0, -1, 1), std sqrt(2/3); group 1: (1, 1, -2), std sqrt(2)

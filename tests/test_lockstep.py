@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStrategy
 
 import grpo_lightning.buckets as buckets_module
 from grpo_lightning.config import ConfigError, GenerationConfig
@@ -56,12 +56,12 @@ def test_scoring_makes_the_shared_prompt_calls_even_when_no_prompt_repeats(arith
     completion_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]])
     calls = _count_calls(model)
     results = {}
-    for lockstep in (False, True):
+    for same_calls in (False, True):
         calls.clear()
-        results[lockstep] = completion_token_scores_from_hidden(
+        results[same_calls] = completion_token_scores_from_hidden(
             model, prompt_ids, prompt_mask, completion_ids, completion_mask, with_entropy=True,
-            share_prompts=True, lockstep=lockstep)
-        assert len(calls) == (2 if lockstep else 1)
+            share_prompts=True, same_calls=same_calls)
+        assert len(calls) == (2 if same_calls else 1)
     for alone, together in zip(results[False], results[True]):
         torch.testing.assert_close(together * completion_mask, alone * completion_mask, rtol=1e-5, atol=1e-5)
 
@@ -85,14 +85,42 @@ def _module_on(strategy, world_size: int, arith_policy, backend: str = "auto") -
     return module
 
 
+class VotingFSDP(FSDPStrategy):
+    """FSDP whose cross-process vote is recorded; the other process always agrees."""
+
+    def __init__(self):
+        super().__init__()
+        self.votes = []
+
+    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
+        self.votes.append((decision, all))
+        return decision
+
+
 def test_setup_turns_lockstep_on_for_sharded_weights_only(arith_policy):
-    module = _module_on(FSDPStrategy(), 2, arith_policy)
+    strategy = VotingFSDP()
+    module = _module_on(strategy, 2, arith_policy)
     module.setup("fit")
-    assert arith_policy.lockstep is not None
+    assert arith_policy.lockstep(False) is False and arith_policy.lockstep(True) is True
+    assert strategy.votes == [(False, True), (True, True)]       # "all processes", not "any"
+    module.teardown("fit")
+    assert arith_policy.lockstep is None                        # sampling after fit votes no more
     _module_on(FSDPStrategy(), 1, arith_policy).setup("fit")     # one process: nothing to agree on
     assert arith_policy.lockstep is None
     _module_on(DDPStrategy(), 2, arith_policy).setup("fit")      # DDP: forward calls are not collective
     assert arith_policy.lockstep is None
+    _module_on(_deepspeed(stage=2), 2, arith_policy).setup("fit")   # ZeRO-2 keeps whole weights
+    assert arith_policy.lockstep is None
+    _module_on(_deepspeed(stage=3), 2, arith_policy).setup("fit")
+    assert arith_policy.lockstep is not None
+
+
+def _deepspeed(stage: int) -> DeepSpeedStrategy:
+    """A DeepSpeedStrategy as configured for ``stage``, without DeepSpeed installed (its
+    constructor requires it; shards_weights reads only the config)."""
+    strategy = DeepSpeedStrategy.__new__(DeepSpeedStrategy)
+    strategy.config = {"zero_optimization": {"stage": stage}}
+    return strategy
     with pytest.raises(ConfigError, match="generation.backend=vllm with FSDPStrategy: the weights are sharded"):
         _module_on(FSDPStrategy(), 2, arith_policy, backend="vllm").setup("fit")
 
@@ -111,3 +139,16 @@ def test_generate_backend_is_told_to_sync(arith_policy, monkeypatch, votes):
     arith_policy.lockstep = votes([])
     arith_policy.sample(prompt_ids, prompt_mask, SamplingParams(max_new_tokens=2, backend="hf"))
     assert seen["synced_gpus"] is True
+
+
+@pytest.mark.parametrize("strategy, expected", [(FSDPStrategy, [1, 1]), (DDPStrategy, [2, 1])])
+def test_every_process_gets_as_many_validation_batches_under_sharded_weights(strategy, expected):
+    from grpo_lightning.data import PromptDataModule
+
+    rows = [{"prompt": f"{i}+1=", "answer": str(i + 1)} for i in range(9)]     # 5 + 4 over 2 processes
+    datamodule = PromptDataModule(rows, rows, batch_size=2, val_batch_size=4)
+    batches = []
+    for rank in (0, 1):
+        datamodule.trainer = SimpleNamespace(global_rank=rank, world_size=2, strategy=strategy())
+        batches.append(len(datamodule.val_dataloader()))
+    assert batches == expected      # FSDP: 8 of the 9 prompts, 4 each; DDP keeps all 9 (its forwards are local)

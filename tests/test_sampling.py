@@ -64,7 +64,7 @@ def test_dynamic_sampling_draws_until_every_process_has_enough(votes):
     vote = votes([False, True])
     rollout, scores, used, kept_frac = dynamic_sample(lambda i: rounds[i], num_groups=2, group_size=G, max_rounds=3,
                                                       lockstep=vote)
-    assert used == 2 and vote.asked == [False, True, True]
+    assert used == 2 and vote.asked == [True, True]                 # no vote before the first round
     assert rollout.prompts == ["a0", "a0", "a1", "a1"]     # its own first groups, the extra ones left out
     assert kept_frac == 1.0
     alone, _, used_alone, _ = dynamic_sample(lambda i: rounds[i], num_groups=2, group_size=G, max_rounds=3)
