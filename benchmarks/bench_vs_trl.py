@@ -32,6 +32,11 @@ device's peak (``--peak-tflops``, known for H100/H200/A100 in bf16), its model F
     python benchmarks/bench_vs_trl.py --size 0.5b --device cuda --precision bf16   # on a GPU
     python benchmarks/bench_vs_trl.py --size 0.5b --build-only             # construct + load only
 
+``--phases`` also times the phases of each side's step by wrapping the functions that do them
+(sampling: our ``Policy.sample`` / ``generate``; the reference and policy log-prob passes;
+the optimizer step): the rest of a step is the backward pass, gradient clipping, rewards and
+logging. The wrappers cost a few microseconds per call; leave it off for the headline figures.
+
 ``--prompt-tokens N`` puts the same N-token preamble (digits) before every prompt, as a system
 prompt or a few-shot block would: the addition prompts alone are 6-7 tokens, shorter than
 their completions, which real GRPO prompts seldom are.
@@ -268,16 +273,68 @@ def run_trl(args: argparse.Namespace) -> dict:
 
 
 WORKERS = {"ours": run_ours, "trl": run_trl}
+PHASES = ("sampling", "reference log-probs", "policy forward", "optimizer step")
+
+
+def _wrap_timed(owner, name: str, phase, times: dict[str, list[float]]) -> None:
+    """Time every call of ``owner.name`` into ``times[phase]`` (``phase(args, kwargs)`` if callable)."""
+    function = getattr(owner, name)
+
+    def timed(*call_args, **call_kwargs):
+        started = time.perf_counter()
+        result = function(*call_args, **call_kwargs)
+        label = phase(call_args, call_kwargs) if callable(phase) else phase
+        times[label].append(time.perf_counter() - started)
+        return result
+
+    setattr(owner, name, timed)
+
+
+def _time_phases(side: str) -> dict[str, list[float]]:
+    """Wrap the functions doing each of PHASES on ``side``; returns the lists they fill."""
+    import torch
+
+    times: dict[str, list[float]] = {phase: [] for phase in PHASES}
+    _wrap_timed(torch.optim.AdamW, "step", "optimizer step", times)
+    if side == "ours":
+        from grpo_lightning.policy import CausalLMPolicy
+
+        _wrap_timed(CausalLMPolicy, "sample", "sampling", times)
+        _wrap_timed(CausalLMPolicy, "token_scores", lambda _, kwargs: "reference log-probs"
+                    if kwargs.get("reference") else "policy forward", times)
+        return times
+    from transformers.generation.utils import GenerationMixin
+    from trl import GRPOTrainer
+
+    _wrap_timed(GenerationMixin, "generate", "sampling", times)
+    in_loss = []  # TRL scores with one method: inside compute_loss it is the policy pass
+    compute_loss = GRPOTrainer.compute_loss
+
+    def marked_compute_loss(*call_args, **call_kwargs):
+        in_loss.append(True)
+        try:
+            return compute_loss(*call_args, **call_kwargs)
+        finally:
+            in_loss.pop()
+
+    GRPOTrainer.compute_loss = marked_compute_loss
+    _wrap_timed(GRPOTrainer, "_get_per_token_logps_and_entropies",
+                lambda *_: "policy forward" if in_loss else "reference log-probs", times)
+    return times
 
 
 def worker_main(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    phase_times = _time_phases(args.worker) if args.phases else None
     started = time.perf_counter()
     figures = WORKERS[args.worker](args)
     figures.update(peak_rss_mib=_peak_rss_mib(), import_rss_mib=_RSS_AFTER_IMPORT[0],
                    train_wall_s=time.perf_counter() - started)
+    if phase_times is not None:  # one call per phase per step: the first warmup steps left out
+        figures["phase_s"] = {phase: statistics.median(calls[args.warmup:]) for phase, calls in phase_times.items()
+                              if calls[args.warmup:]}
     print(RESULT_TAG + json.dumps(figures), flush=True)
 
 
@@ -288,7 +345,8 @@ def _run_worker(side: str, steps: int, args: argparse.Namespace, model_dir: Path
     python = args.trl_python if side == "trl" else sys.executable
     command = [python, __file__, "--worker", side, "--steps", str(steps), "--model-dir", str(model_dir),
                "--work-dir", str(work), "--threads", str(args.threads), "--device", args.device,
-               "--precision", args.precision, "--seed", str(args.seed), "--prompt-tokens", str(args.prompt_tokens)]
+               "--precision", args.precision, "--seed", str(args.seed), "--prompt-tokens", str(args.prompt_tokens),
+               "--warmup", str(args.warmup)] + (["--phases"] if args.phases else [])
     command += [f"--ours-override={o}" for o in args.ours_override]
     env = dict(os.environ, WANDB_MODE="offline", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
@@ -371,6 +429,8 @@ def _drive(args: argparse.Namespace, scratch: Path) -> None:
                          "wall_s": run["wall_s"]}
             if "updates" in run:
                 row[side].update(_update_figures(run["updates"][args.warmup:], args))
+            if "phase_s" in run:
+                row[side]["phase_s"] = run["phase_s"]
         per_repeat.append(row)
         print(f"repeat {repeat + 1}/{args.repeats}: " + "; ".join(
             f"{side} {r['step_s'] * 1000:.1f} ms/step ({r['cpu_step_s'] * 1000:.1f} CPU ms), "
@@ -396,6 +456,14 @@ def _drive(args: argparse.Namespace, scratch: Path) -> None:
         print(f"  ours, update phase (policy forward, backward, optimizer): "
               f"{_summary([r['update_s'] * 1000 for r in rows])} ms, "
               f"{_summary([r['update_tflops'] * 1000 for r in rows])} model GFLOP/s{mfu}")
+    if args.phases:
+        def phase_ms(side: str) -> str:
+            timed = [phase for phase in PHASES if phase in per_repeat[0][side]["phase_s"]]
+            return ", ".join(f"{phase} {statistics.median(r[side]['phase_s'][phase] for r in per_repeat) * 1000:.1f}"
+                             for phase in timed)
+
+        print("  phases, ms per step (median over repeats): "
+              + " | ".join(f"{side}: {phase_ms(side)}" for side in args.sides))
     if {"ours", "trl"} <= set(args.sides):
         time_ratio = [r["ours"]["step_s"] / r["trl"]["step_s"] for r in per_repeat]
         cpu_ratio = [r["ours"]["cpu_step_s"] / r["trl"]["cpu_step_s"] for r in per_repeat]
@@ -433,6 +501,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "(default: known for H100/H200/A100 in bf16)")
     parser.add_argument("--json", help="also write every figure to this file")
     parser.add_argument("--build-only", action="store_true", help="build and load the model, then stop")
+    parser.add_argument("--phases", action="store_true",
+                        help="also time sampling, the reference and policy passes and the optimizer step")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--work-dir", help=argparse.SUPPRESS)

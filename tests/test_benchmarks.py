@@ -32,3 +32,16 @@ def test_mfu_is_achieved_over_peak():
     assert figures == {"update_s": 0.5, "update_tflops": 2.0, "update_mfu": 0.5}
     assert "update_mfu" not in bench_vs_trl._update_figures([[0.5, 1e12]], argparse.Namespace(
         peak_tflops=None, device="cpu", precision="fp32"))
+
+
+def test_phase_timers_label_each_call_and_keep_the_result():
+    class Scorer:
+        def score(self, batch, reference=False):
+            return batch * 2
+
+    times = {"reference log-probs": [], "policy forward": []}
+    bench_vs_trl._wrap_timed(Scorer, "score", lambda _, kwargs: "reference log-probs" if kwargs.get("reference")
+                             else "policy forward", times)
+    assert Scorer().score(3, reference=True) == 6 and Scorer().score(4) == 8
+    assert [len(times["reference log-probs"]), len(times["policy forward"])] == [1, 1]
+    assert all(t >= 0 for calls in times.values() for t in calls)
