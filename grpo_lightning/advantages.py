@@ -220,7 +220,10 @@ def token_level_advantages(token_rewards: Tensor, mask: Tensor, *, group_ids: Te
     Returns:
         advantages [N, T], 0 on padding.
     """
+    valid = mask > 0
     mask = mask.to(token_rewards.dtype)
+    # Padding may hold anything (NaN from an external batch); NaN * 0 would still be NaN.
+    token_rewards = torch.where(valid, token_rewards, torch.zeros_like(token_rewards))
     returns = discounted_returns(token_rewards, mask, gamma)                # [N, T]
     _, index = torch.unique(group_ids, return_inverse=True)                 # [N]
     num_groups = int(index.max()) + 1 if index.numel() else 0
@@ -228,6 +231,13 @@ def token_level_advantages(token_rewards: Tensor, mask: Tensor, *, group_ids: Te
     count = zeros.index_add(0, index, mask.sum(dim=1)).clamp(min=1)         # [K] valid tokens
     mean = zeros.index_add(0, index, returns.sum(dim=1)) / count            # [K]
     centred = (returns - mean[index].unsqueeze(1)) * mask                   # [N, T]
+    # A group whose valid returns are all equal carries no signal: exactly 0, not the float
+    # noise of its mean divided by a near-zero std.
+    high = zeros.scatter_reduce(0, index, returns.masked_fill(~valid, float("-inf")).amax(dim=1),
+                                reduce="amax", include_self=False)          # [K]
+    low = zeros.scatter_reduce(0, index, returns.masked_fill(~valid, float("inf")).amin(dim=1),
+                               reduce="amin", include_self=False)           # [K]
+    centred = centred.masked_fill((high <= low)[index].unsqueeze(1), 0.0)
     if scale_rewards == "group":
         var = zeros.index_add(0, index, centred.square().sum(dim=1)) / count
         std = var.sqrt()[index].unsqueeze(1)                                # [N, 1]

@@ -200,6 +200,11 @@ class ModelConfig:
     """Allow model code from the checkpoint's repository (needed by some hub models)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
+    disable_dropout: bool = True
+    """Zero the model's own dropout (nn.Dropout modules and attention dropout) at load, as verl
+    and OpenRLHF do: with dropout, two passes over the same tokens differ, so the old/new ratio
+    is not 1 where the policy has not moved and the KL to the reference is noise. LoRA's own
+    dropout (model.lora.dropout) is applied as set. The exported config keeps its values."""
     logprob_chunk_size: int = 64
     """Completions per chunk when turning logits into log-probs and entropy, so the float32
     log-softmax over the vocabulary is never held for the whole batch at once."""

@@ -218,9 +218,10 @@ class GSPOLoss:
         clipped = ((seq_ratio > 1.0 + self.clip_high) & (seq_adv > 0)) | \
                   ((seq_ratio < 1.0 - self.clip_low) & (seq_adv < 0))
         loss = aggregate(per_token, mask)
-        return loss, {"policy_loss": loss, "clip_frac": clipped.to(mask.dtype).mean(),
+        scored = (mask.sum(dim=1) > 0).to(mask.dtype)                                # [B] sequences with tokens
+        return loss, {"policy_loss": loss, "clip_frac": masked_mean(clipped.to(mask.dtype), scored),
                       "approx_kl": masked_mean(torch.exp(log_ratio) - 1.0 - log_ratio, mask),
-                      "ratio_mean": seq_ratio.mean()}
+                      "ratio_mean": masked_mean(seq_ratio, scored)}
 
 
 @register_policy_loss("cispo")
@@ -285,23 +286,37 @@ def policy_objective(
         (loss, stats): the policy loss's stats, plus grpo_kl / kl_penalty / entropy when given.
     """
     mask = mask.to(logprobs.dtype)
+    valid = mask > 0
+    # Padding holds whatever each pass left there (a pad token's log-prob, 0 from a bucketed
+    # pass, -inf from an external batch). Masking by multiplication does not stop an inf
+    # (inf * 0 = NaN, in the gradient too), so padding gets the current log-probs: ratio 1, KL 0.
+    current = logprobs.detach()
+    old_logprobs = torch.where(valid, old_logprobs, current)
+    if ref_logprobs is not None:
+        ref_logprobs = torch.where(valid, ref_logprobs, current)
+    if entropy is not None:
+        entropy = torch.where(valid, entropy, torch.zeros_like(entropy))
     if advantages.dim() == 1:
         advantages = advantages.unsqueeze(1)                                     # [B, 1]
+    else:
+        advantages = torch.where(valid, advantages, torch.zeros_like(advantages))
     length = max_length or mask.size(1)
 
     def aggregate(values: Tensor, m: Tensor) -> Tensor:
         return aggregation(values, m, length)
 
     loss, stats = policy_loss(logprobs, old_logprobs, advantages, mask, aggregate)
+    # The loss terms are aggregated as the loss is; grpo_kl and entropy are reported as token
+    # means whatever the aggregation (a token sum would scale them with the length).
     if ref_logprobs is not None:
-        kl = aggregate(kl_estimator(logprobs, ref_logprobs), mask)
-        loss = loss + beta * kl
-        stats |= {"grpo_kl": kl, "kl_penalty": beta * kl}
+        kl = kl_estimator(logprobs, ref_logprobs)                                # [B, T]
+        kl_term = beta * aggregate(kl, mask)
+        loss = loss + kl_term
+        stats |= {"grpo_kl": masked_mean(kl, mask), "kl_penalty": kl_term}
     if entropy is not None:
-        mean_entropy = aggregate(entropy, mask)
         if entropy_coef != 0:
-            loss = loss - entropy_coef * mean_entropy
-        stats["entropy"] = mean_entropy
+            loss = loss - entropy_coef * aggregate(entropy, mask)
+        stats["entropy"] = masked_mean(entropy, mask)
     return loss, {name: value.detach() for name, value in stats.items()}
 
 

@@ -56,6 +56,9 @@ from grpo_lightning.sampling import dynamic_sample
 from grpo_lightning.vllm_backend import VLLMEngineArgs
 
 KL_STATS = ("grpo_kl", "kl_penalty")
+LOSS_TERMS = ("actor/loss", "actor/policy_loss", "actor/kl_penalty")
+"""Logged means weighted by the loss aggregation's units (sequences or tokens); the other actor
+statistics are token means, weighted by token counts across micro-batches."""
 DEFAULT_MAX_GENERATION_ROUNDS = 3
 
 
@@ -302,8 +305,11 @@ class GRPOModule(L.LightningModule):
                     units = self.loss_aggregation.units(part.completion_mask.float())
                     self.manual_backward(loss * (units / mini_units.clamp(min=1)))
                     finite = finite and bool(loss.isfinite())
-                    logged.append(({f"actor/{k}": v for k, v in stats.items()} | {"actor/loss": loss.detach()},
-                                   micro_rows.numel()))
+                    # Loss terms average over what the loss does; diagnostics are token means.
+                    stats = {f"actor/{k}": v for k, v in stats.items()} | {"actor/loss": loss.detach()}
+                    logged.append(({k: v for k, v in stats.items() if k in LOSS_TERMS}, units))
+                    logged.append(({k: v for k, v in stats.items() if k not in LOSS_TERMS},
+                                   part.completion_mask.sum()))
                 grad_norm = self._clip_gradients()
                 # Every process must skip the same updates (their gradients are all-reduced).
                 finite = self.trainer.strategy.reduce_boolean_decision(finite and bool(grad_norm.isfinite()))
@@ -345,13 +351,15 @@ class GRPOModule(L.LightningModule):
         grouped = rewards.view(-1, experience.group_size)                           # [N, G]
         zero_std = (grouped.amax(dim=1) == grouped.amin(dim=1)).float()             # [N]
         lengths = experience.lengths.float()
+        if advantages.dim() == 2:  # token-level: over completion tokens, not padding
+            advantages = advantages[experience.tokens.completion_mask.bool()]
         self.train_means.update({
             "reward/mean": rewards.mean(),
             "reward/std": rewards.std(unbiased=False),
-            "actor/adv_mean": advantages.mean(),
-            "actor/adv_std": advantages.std(unbiased=False),
             "response_length/mean": lengths.mean(),
         }, weight=size)
+        self.train_means.update({"actor/adv_mean": advantages.mean(),
+                                 "actor/adv_std": advantages.std(unbiased=False)}, weight=size)
         if experience.truncated is not None:
             self.train_means.update({"response_length/clip_ratio": experience.truncated.float().mean()}, weight=size)
         self.train_means.update({"reward/frac_zero_std": zero_std.mean()}, weight=zero_std.numel())

@@ -152,6 +152,8 @@ class CausalLMPolicy(Policy):
             raise ConfigError(f"model.name_or_path={name!r} could not be loaded: {error}. Give a "
                               "local directory written by save_pretrained, or a hub id that is "
                               "cached or reachable") from None
+        if cfg.disable_dropout:
+            disable_dropout(model)
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if cfg.lora.r > 0:
@@ -342,6 +344,16 @@ class CausalLMPolicy(Policy):
             self.reference_is_base = False
         self.model.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """Zero every dropout of ``model``: its nn.Dropout modules and the attention dropout
+    probability that transformers' attention modules keep as an attribute (``attention_dropout``)."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
 
 
 def _base_weight_name(peft_name: str) -> str:

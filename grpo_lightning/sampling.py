@@ -11,6 +11,8 @@ contribute only the KL and entropy terms.
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import replace
 from typing import Callable, Optional
 
 import torch
@@ -92,9 +94,11 @@ def dynamic_sample(draw: Callable[[int], tuple[Rollout, RewardScores]], num_grou
     kept, dropped = [], []
     kept_groups = generated_groups = 0
     rounds = 0
+    non_finite: Counter[str] = Counter()  # rewards scored 0 for being NaN/inf, over every round
     while rounds == 0 or (rounds < max_rounds and not enough(kept_groups)):
         rollout, scores = draw(rounds)
         rounds += 1
+        non_finite.update(scores.non_finite)
         constant = zero_std_groups(scores.total, group_size)                   # [N]
         generated_groups += constant.numel()
         keep = (~constant).nonzero().view(-1)
@@ -107,4 +111,5 @@ def dynamic_sample(draw: Callable[[int], tuple[Rollout, RewardScores]], num_grou
         rollout, scores = _select_groups(rollout, scores, torch.arange(num_groups, device=scores.total.device),
                                          group_size)
         rollout.group_ids = torch.arange(num_groups, device=scores.total.device).repeat_interleave(group_size)
+    scores = replace(scores, non_finite={name: non_finite[name] for name in scores.per_function if name in non_finite})
     return rollout, scores, rounds, kept_groups / max(generated_groups, 1)

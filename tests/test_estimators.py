@@ -84,3 +84,21 @@ def test_token_level_advantages_normalize_over_the_groups_tokens():
                                     scale_rewards="group")
     std = math.sqrt((1 / 9 + 1 / 9 + 4 / 9) / 3)
     torch.testing.assert_close(scaled, adv / std)
+
+
+def test_token_level_constant_groups_are_exactly_zero_and_nan_padding_stays_out():
+    # group 0 (rows 0-3): every valid return is 0.3 (gamma 1, the reward on each row's last
+    # token); in float32 their mean is not exactly 0.3, and that noise over a near-zero std was
+    # an advantage of 0.03 on every token. Group 1 (rows 4-5) carries signal.
+    lengths = torch.tensor([7, 3, 5, 7, 4, 2])
+    mask = (torch.arange(7).unsqueeze(0) < lengths.unsqueeze(1)).long()
+    rewards = torch.zeros(6, 7)
+    rewards[torch.arange(6), lengths - 1] = torch.tensor([0.3, 0.3, 0.3, 0.3, 1.0, 0.0])
+    rewards[1, 5] = float("nan")                                  # padding: must not matter
+    for scale in ("group", "batch", "none"):
+        adv = token_level_advantages(rewards, mask, group_ids=torch.tensor([0, 0, 0, 0, 1, 1]), gamma=1.0,
+                                     eps=1e-6, scale_rewards=scale)
+        assert torch.isfinite(adv).all(), scale
+        assert (adv[:4] == 0).all(), (scale, adv[:4])
+        assert (adv[4:] * mask[4:]).abs().sum() > 0
+        assert (adv[mask == 0] == 0).all()

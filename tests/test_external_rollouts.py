@@ -89,3 +89,21 @@ def test_mask_truncated_completions_removes_them_from_the_loss(arith_policy, tmp
                    beta=0.0, entropy_coef=0.0, mask_truncated_completions=True)
     assert metrics["actor/policy_loss"].item() == 0.0
     assert metrics["response_length/clip_ratio"].item() == 1.0
+
+
+def test_logged_statistics_do_not_depend_on_the_micro_batch_split(arith_policy, tmp_path):
+    """Micro-batches of unequal token counts: the logged loss is the mini-batch's token-mean loss
+    and the diagnostics are token means, as with one micro-batch."""
+    import copy
+
+    batches = _external_batches(arith_policy, 4, with_ref=True)
+    lengths = batches[0]["completion_mask"].sum(dim=1)
+    assert len(set(lengths.view(-1, 2).sum(dim=1).tolist())) > 1, "the micro-batches should differ in tokens"
+    metrics = {}
+    for micro in (None, 2):
+        policy = copy.deepcopy(arith_policy)
+        logged = _fit(policy, batches, tmp_path / str(micro), beta=0.04, loss_agg="token-mean", micro_batch_size=micro)
+        metrics[micro] = {k: v.item() for k, v in logged.items() if k.startswith("actor/") and k != "actor/grad_norm"}
+    assert metrics[None].keys() == metrics[2].keys()
+    for name, value in metrics[None].items():
+        assert metrics[2][name] == pytest.approx(value, rel=1e-5, abs=1e-7), name

@@ -247,3 +247,36 @@ def test_cli_subprocess(llama_dir, prompts_file, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "cli" / "policy" / "config.json").is_file()
     assert "GRPO finished" in result.stdout
+
+
+@pytest.mark.parametrize("disable_dropout", [True, False])
+def test_dropout_is_off_so_two_passes_agree(tmp_path, disable_dropout):
+    """A checkpoint with attention dropout: by default it is zeroed at load, so two
+    training-mode passes over the same tokens give the same log-probs (the old/new ratio is 1)."""
+    from transformers import AutoModelForCausalLM
+
+    from grpo_lightning.config import ModelConfig
+    from grpo_lightning.policy import CausalLMPolicy
+    from grpo_lightning.rollout import TokenBatch
+
+    tokenizer = chat_tokenizer()
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(Qwen2Config(**_shape(tokenizer), attention_dropout=0.3)).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    policy = CausalLMPolicy.from_config(ModelConfig(name_or_path=str(tmp_path), disable_dropout=disable_dropout))
+    policy.train()
+    prompt_ids, prompt_mask = policy.encode_prompts(["2+2=", "3+5="])
+    completion_ids = torch.tensor([[5, 6, 7], [8, 9, 10]])
+    batch = TokenBatch(prompt_ids, prompt_mask, completion_ids, torch.ones_like(completion_ids))
+    first, second = (policy.token_scores(batch, temperature=1.0, with_entropy=False)[0].detach() for _ in range(2))
+    assert torch.equal(first, second) == disable_dropout
+    assert policy.model.config.attention_dropout == 0.3       # the exported config keeps its value
+
+
+def test_disable_dropout_zeroes_dropout_modules():
+    from grpo_lightning.policy import disable_dropout
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5))
+    disable_dropout(model.train())
+    x = torch.ones(64, 2)
+    assert torch.equal(model(x), model(x)) and model[1].p == 0.0

@@ -83,6 +83,56 @@ def test_padding_values_do_not_leak():
     assert base.item() == noisy.item()
 
 
+@pytest.mark.parametrize("policy_loss", ["clip", "gspo", "cispo"])
+@pytest.mark.parametrize("advantage", [1.0, -1.0])
+def test_extreme_or_infinite_padding_keeps_loss_gradient_and_stats_finite(policy_loss, advantage):
+    """A log-ratio of 100 on padding overflows exp in float32 and inf * 0 is NaN; an external
+    batch may pad with -inf. Neither may reach the loss, its gradient or a statistic."""
+    from grpo_lightning.config import GRPOConfig
+    from grpo_lightning.losses import build_policy_loss, policy_objective
+
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    clean = {}
+    for pad_old, pad_ref in [(-3.0, -3.0), (-100.0, float("-inf")), (float("nan"), float("nan"))]:
+        logprobs = torch.tensor([[-1.0, -2.0, 0.0], [-0.5, 0.0, 0.0]], requires_grad=True)
+        old = torch.tensor([[-1.1, -1.9, pad_old], [-0.4, pad_old, pad_old]])
+        ref = torch.tensor([[-1.3, -2.2, pad_ref], [-0.6, pad_ref, pad_ref]])
+        entropy = torch.tensor([[0.7, 0.9, float("nan")], [0.4, float("inf"), 0.0]])
+        loss, stats = policy_objective(build_policy_loss(policy_loss, GRPOConfig()), logprobs, old,
+                                       torch.tensor([advantage, -advantage]), mask, ref_logprobs=ref, beta=0.1,
+                                       entropy=entropy, entropy_coef=0.01)
+        loss.backward()
+        assert torch.isfinite(loss) and torch.isfinite(logprobs.grad).all()
+        assert all(torch.isfinite(value) for value in stats.values()), stats
+        if not clean:  # what the valid tokens alone give, with harmless padding
+            clean = {"loss": loss.detach(), "grad": logprobs.grad.clone()} | stats
+        torch.testing.assert_close(loss.detach(), clean["loss"])
+        torch.testing.assert_close(logprobs.grad, clean["grad"])
+        for name, value in stats.items():
+            torch.testing.assert_close(value, clean[name])
+
+
+@pytest.mark.parametrize("aggregation", ["seq-mean-token-mean", "token-mean", "seq-mean-token-sum",
+                                         "seq-mean-token-sum-norm"])
+def test_entropy_and_kl_are_reported_as_token_means_whatever_the_aggregation(aggregation):
+    from grpo_lightning.losses import LOSS_AGGREGATIONS, ClippedSurrogate, policy_objective
+
+    logprobs = torch.tensor([[-1.0, -2.0, -0.5], [-0.5, 0.0, 0.0]])
+    ref = torch.tensor([[-1.5, -2.0, -0.5], [-0.5, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    entropy = torch.tensor([[1.0, 2.0, 3.0], [6.0, 9.0, 9.0]])
+    _, stats = policy_objective(ClippedSurrogate(), logprobs, logprobs, torch.tensor([0.0, 0.0]), mask,
+                                ref_logprobs=ref, beta=0.5, entropy=entropy,
+                                aggregation=LOSS_AGGREGATIONS[aggregation], max_length=3)
+    assert stats["entropy"].item() == pytest.approx((1 + 2 + 3 + 6) / 4)
+    k3 = math.exp(-0.5) + 0.5 - 1                       # the one token where ref differs: x = -0.5
+    assert stats["grpo_kl"].item() == pytest.approx(k3 / 4)
+    # kl_penalty is the term the loss adds: beta times the KL aggregated as the loss is
+    expected_term = {"seq-mean-token-mean": k3 / 3 / 2, "token-mean": k3 / 4, "seq-mean-token-sum": k3 / 2,
+                     "seq-mean-token-sum-norm": k3 / 2 / 3}[aggregation]
+    assert stats["kl_penalty"].item() == pytest.approx(0.5 * expected_term)
+
+
 def test_kl_k3_by_hand_and_penalty():
     logp = torch.tensor([[LOG(0.5), LOG(0.25)]])
     ref = torch.tensor([[LOG(0.25), LOG(0.25)]])

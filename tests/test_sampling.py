@@ -71,6 +71,15 @@ def test_dynamic_sampling_draws_until_every_process_has_enough(votes):
     assert used_alone == 1 and alone.prompts == rollout.prompts
 
 
+def test_non_finite_counts_of_every_round_are_kept():
+    from dataclasses import replace
+
+    rounds = [_scored([[1, 1], [0, 1]], "a", 2, 2), _scored([[2, 2], [1, 0]], "b", 2, 2)]
+    rounds = [(rollout, replace(scores, non_finite={"f": count})) for (rollout, scores), count in zip(rounds, (1, 2))]
+    _, scores, used, _ = dynamic_sample(lambda i: rounds[i], num_groups=2, group_size=G, max_rounds=2)
+    assert used == 2 and scores.non_finite == {"f": 3}
+
+
 def test_overlong_penalty_by_hand():
     # max 10, buffer 4: no penalty up to 6, then -(L - 6) / 4 * factor, -factor at 10
     lengths = torch.tensor([3, 6, 7, 8, 10])

@@ -30,3 +30,9 @@ def test_variant_options_are_checked(overrides, message):
 @pytest.mark.parametrize("preset", ["grpo", "dr_grpo", "dapo", "gspo", "rloo", "arithmetic"])
 def test_every_preset_validates(preset):
     to_train_config(load_config(["output_dir=/tmp/unused", "model.name_or_path=unused", f"algorithm={preset}"]))
+
+
+@pytest.mark.parametrize("preset", ["dr_grpo", "dapo", "gspo", "rloo"])
+def test_presets_of_papers_without_an_entropy_bonus_have_none(preset):
+    cfg = to_train_config(load_config(["output_dir=/tmp/unused", "model.name_or_path=unused", f"algorithm={preset}"]))
+    assert cfg.algorithm.entropy_coef == 0.0
