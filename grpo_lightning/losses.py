@@ -48,10 +48,16 @@ def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
+def scored_sequences(mask: Tensor) -> Tensor:
+    """How many sequences have at least one valid token (a fully masked one, e.g. a truncated
+    completion under mask_truncated_completions, is not part of a mean over sequences)."""
+    return (mask.sum(dim=1) > 0).sum().to(mask.dtype)
+
+
 def sequence_then_token_mean(values: Tensor, mask: Tensor) -> Tensor:
     """Mean over each sequence's valid tokens, then over sequences.  values, mask: [B, T]."""
     per_sequence = (values * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)    # [B]
-    return per_sequence.mean()
+    return per_sequence.sum() / scored_sequences(mask).clamp(min=1)
 
 
 # -- loss aggregation ------------------------------------------------------------------------
@@ -72,8 +78,8 @@ class LossAggregation:
         return self.reduce(values, mask, max_length)
 
     def units(self, mask: Tensor) -> Tensor:
-        """What the mean runs over in ``mask`` [B, T]: valid tokens or sequences."""
-        return mask.sum() if self.by_tokens else mask.new_tensor(float(mask.size(0)))
+        """What the mean runs over in ``mask`` [B, T]: valid tokens, or sequences with any."""
+        return mask.sum() if self.by_tokens else scored_sequences(mask)
 
 
 LOSS_AGGREGATIONS: dict[str, LossAggregation] = {
@@ -82,9 +88,11 @@ LOSS_AGGREGATIONS: dict[str, LossAggregation] = {
     # DAPO: each token weighs the same; long sequences weigh more in total.
     "token-mean": LossAggregation(lambda v, m, L: masked_mean(v, m), by_tokens=True),
     # Sum over tokens: the loss and gradient grow with the length of the sequence.
-    "seq-mean-token-sum": LossAggregation(lambda v, m, L: (v * m).sum(dim=1).mean(), by_tokens=False),
+    "seq-mean-token-sum": LossAggregation(lambda v, m, L: (v * m).sum() / scored_sequences(m).clamp(min=1),
+                                          by_tokens=False),
     # Dr. GRPO: the token sum divided by a constant (the max completion length): no length bias.
-    "seq-mean-token-sum-norm": LossAggregation(lambda v, m, L: (v * m).sum(dim=1).mean() / L, by_tokens=False),
+    "seq-mean-token-sum-norm": LossAggregation(lambda v, m, L: (v * m).sum() / scored_sequences(m).clamp(min=1) / L,
+                                               by_tokens=False),
 }
 
 

@@ -305,11 +305,13 @@ class GRPOModule(L.LightningModule):
                     units = self.loss_aggregation.units(part.completion_mask.float())
                     self.manual_backward(loss * (units / mini_units.clamp(min=1)))
                     finite = finite and bool(loss.isfinite())
-                    # Loss terms average over what the loss does; diagnostics are token means.
+                    # Loss terms average over what the loss does; diagnostics are token means. A
+                    # micro-batch with nothing to average over (all masked) still reports its 0s,
+                    # with a weight too small to move the others.
                     stats = {f"actor/{k}": v for k, v in stats.items()} | {"actor/loss": loss.detach()}
-                    logged.append(({k: v for k, v in stats.items() if k in LOSS_TERMS}, units))
+                    logged.append(({k: v for k, v in stats.items() if k in LOSS_TERMS}, units.clamp(min=1e-6)))
                     logged.append(({k: v for k, v in stats.items() if k not in LOSS_TERMS},
-                                   part.completion_mask.sum()))
+                                   part.completion_mask.sum().float().clamp(min=1e-6)))
                 grad_norm = self._clip_gradients()
                 # Every process must skip the same updates (their gradients are all-reduced).
                 finite = self.trainer.strategy.reduce_boolean_decision(finite and bool(grad_norm.isfinite()))

@@ -175,3 +175,15 @@ def test_sequence_then_token_mean_weights_sequences_equally():
     values = torch.tensor([[1.0, 1.0, 1.0], [4.0, 0.0, 0.0]])
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
     assert sequence_then_token_mean(values, mask).item() == pytest.approx((1.0 + 4.0) / 2)
+
+
+@pytest.mark.parametrize("aggregation", ["seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"])
+def test_a_fully_masked_sequence_is_not_part_of_a_mean_over_sequences(aggregation):
+    """mask_truncated_completions masks whole sequences: the loss over the others must not shrink."""
+    from grpo_lightning.losses import LOSS_AGGREGATIONS
+
+    agg = LOSS_AGGREGATIONS[aggregation]
+    values = torch.tensor([[1.0, 3.0], [2.0, 2.0], [9.0, 9.0]])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0], [0.0, 0.0]])
+    assert agg(values, mask, 2).item() == pytest.approx(agg(values[:2], mask[:2], 2).item())
+    assert agg.units(mask).item() == 2.0
