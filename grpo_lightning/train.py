@@ -20,6 +20,7 @@ a sweeper such as Optuna optimizes).
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 import warnings
@@ -210,12 +211,39 @@ def _print_summary(first_val: Optional[float], last_val: Optional[float], steps:
 register_configs()
 
 
+def claim_output_dir(output_dir: str, sweep_dir: str, job_num: int) -> None:
+    """In a sweep, mark ``output_dir`` as this job's; refuse one that another job of the same
+    sweep already wrote to (a fixed output_dir would have each job overwrite, or with
+    ckpt_path=last continue, the one before)."""
+    marker = Path(output_dir) / SWEEP_JOB_MARKER
+    if marker.is_file():
+        claimed = json.loads(marker.read_text())
+        if claimed["sweep_dir"] == sweep_dir and claimed["job_num"] != job_num:
+            raise ConfigError(f"output_dir={output_dir} is shared by jobs #{claimed['job_num']} and #{job_num} of "
+                              "this sweep; leave output_dir to Hydra (hydra.sweep.dir/hydra.sweep.subdir) or make it "
+                              "differ per job, e.g. output_dir=/runs/x/${hydra:job.num}")
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"sweep_dir": sweep_dir, "job_num": job_num}))
+
+
+SWEEP_JOB_MARKER = ".grpo-sweep-job.json"
+
+
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
 def main(cfg: DictConfig) -> Optional[float]:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get()
+    sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
+        if sweep:
+            claim_output_dir(cfg.output_dir, str(Path(hydra_cfg.sweep.dir).resolve()), hydra_cfg.job.num)
         return optimized_value(train(cfg), cfg.get("optimized_metric"))
     except (ConfigError, RewardError, NonFiniteError) as error:
         print(f"error: {error}", file=sys.stderr)
+        if sweep:
+            raise  # Hydra records this job as failed and runs the sweep's other jobs
         sys.exit(2)
 
 

@@ -131,6 +131,31 @@ def test_optuna_sweep_runs_two_trials_and_returns_the_metric(random_arith_dir, t
     assert _is_png(out)
 
 
+@pytest.mark.slow
+def test_a_sweep_runs_on_past_a_failing_job_and_refuses_a_shared_output_dir(random_arith_dir, tmp_path):
+    model = f"model.name_or_path={random_arith_dir}"
+    result = _grpo_train("-m", "algorithm.group_size=1,2", model, f"hydra.sweep.dir={tmp_path}/a", *TINY[:5],
+                         *TINY[6:], cwd=tmp_path)
+    assert result.returncode != 0
+    assert "error: algorithm.group_size must be >= 2" in result.stderr
+    assert "GRPO finished: 1 steps" in result.stdout                      # job #1 ran after #0 failed
+    result = _grpo_train("-m", "seed=0,1", model, f"output_dir={tmp_path}/shared", f"hydra.sweep.dir={tmp_path}/b",
+                         *TINY, cwd=tmp_path)
+    assert result.returncode != 0
+    assert "error: output_dir=" in result.stderr and "is shared by jobs #0 and #1 of this sweep" in result.stderr
+    assert result.stdout.count("GRPO finished") == 1                     # job #0's outputs left as they were
+
+
+def test_a_sweep_job_claims_its_output_dir(tmp_path):
+    from grpo_lightning.train import claim_output_dir
+
+    claim_output_dir(str(tmp_path / "run"), "/sweeps/1", 0)
+    claim_output_dir(str(tmp_path / "run"), "/sweeps/1", 0)              # the same job again (a requeue)
+    claim_output_dir(str(tmp_path / "run"), "/sweeps/2", 1)              # a later sweep may reuse it
+    with pytest.raises(ConfigError, match="shared by jobs #1 and #0 of this sweep"):
+        claim_output_dir(str(tmp_path / "run"), "/sweeps/2", 0)
+
+
 def test_optimized_metric_never_logged_fails_loudly(random_arith_dir, tmp_path):
     result = _grpo_train("optimized_metric=val/accuracy", f"model.name_or_path={random_arith_dir}",
                          f"output_dir={tmp_path}", *TINY, cwd=tmp_path)
