@@ -8,10 +8,13 @@ run to produce the same metrics as an uninterrupted one, three more things must 
   the epoch were trained on (Lightning prefetches one batch ahead, so the sampler's own count
   would be off by one);
 * every random state (python, numpy, torch CPU and CUDA; the generation sampler and the
-  mini-batch shuffles draw from torch's), by :class:`RNGStateCallback`. It also runs each
+  mini-batch shuffles draw from torch's), by :class:`RNGStateCallback`, each process's own
+  (the checkpoint holds them all; a different process count is refused). It also runs each
   validation on a copy of the random state, so validating more or less often, or a resume
   that skips the validation the checkpoint was written before, cannot change training;
-* the checkpoint file must survive a kill -9 mid-write: :class:`AtomicCheckpointIO`.
+* the checkpoint file must survive a kill -9 mid-write: :class:`AtomicCheckpointIO`;
+* the settings that give the counters their meaning (seed, batch and group size, mini-batches,
+  passes): :class:`RunSettingsCallback` refuses a resume that changes them.
 
 Pre-emption (SIGTERM, and SIGUSR1 under SLURM) is :class:`PreemptionCallback`: the training
 step in flight finishes, ``checkpoints/last.ckpt`` is written and the run stops cleanly;
@@ -35,11 +38,13 @@ from typing import Any, Iterator, Optional
 import lightning as L
 import numpy as np
 import torch
+import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import Sampler
 
 from grpo_lightning.config import ConfigError
+from grpo_lightning.distributed import is_distributed
 
 LAST_CHECKPOINT = "last.ckpt"
 
@@ -122,10 +127,25 @@ class RNGStateCallback(Callback):
         self._before_validation: Optional[dict[str, Any]] = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": capture_rng_state()}
+        # Every process draws differently (their seeds are offset by rank) and only rank 0
+        # writes the file, so each process's states travel in it, indexed by rank.
+        own = capture_rng_state()
+        if not is_distributed():
+            return {"rng": own}
+        per_rank: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(per_rank, own)
+        return {"rng": own, "rng_per_rank": per_rank}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._pending = state_dict["rng"]
+        per_rank = state_dict.get("rng_per_rank")
+        world = dist.get_world_size() if is_distributed() else 1
+        if world > 1 and per_rank is None:
+            raise ConfigError(f"this checkpoint was written by one process; resuming it on {world} would give "
+                              "every process the same random state. Resume with the process count it was saved with")
+        if per_rank is not None and len(per_rank) != world:
+            raise ConfigError(f"this checkpoint was written by {len(per_rank)} processes and is resumed on {world}; "
+                              "exact resume needs the same number (trainer.devices x trainer.num_nodes)")
+        self._pending = per_rank[dist.get_rank()] if per_rank is not None else state_dict["rng"]
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
@@ -142,10 +162,34 @@ class RNGStateCallback(Callback):
             self._before_validation = None
 
 
+RESUME_FIXED_SETTINGS = ("seed", "data.batch_size", "algorithm.group_size", "algorithm.mini_batch_size",
+                         "algorithm.num_iterations")
+"""What a checkpoint's counters mean depends on: the prompt stream's order and position (seed,
+batch size) and how many optimizer steps, which Lightning counts, make one training step."""
+
+
+class RunSettingsCallback(Callback):
+    """Saves :data:`RESUME_FIXED_SETTINGS` in the checkpoint; a resume with other values is
+    refused, naming them (it would train the wrong number of steps or on the wrong prompts)."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        self.settings = settings
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.settings)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        changed = [f"{key}={state_dict[key]} (now {value})" for key, value in self.settings.items()
+                   if key in state_dict and state_dict[key] != value]
+        if changed:
+            raise ConfigError(f"ckpt_path: the checkpoint was written with {', '.join(changed)}; resume with the "
+                              "run's own values (trainer.max_steps, logging and checkpoint cadence may change)")
+
+
 # -- checkpoint files ------------------------------------------------------------------------
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes ``path.tmp``, flushes it to disk, then renames it over ``path``.
+    """Writes ``path.<pid>.tmp``, flushes it to disk, then renames it over ``path``.
 
     A process killed mid-write leaves the previous checkpoint intact (rename is atomic on
     POSIX file systems); only a stray ``.tmp`` file remains.
@@ -156,7 +200,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError("AtomicCheckpointIO takes no storage_options")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(path.name + ".tmp")
+        # Unique per writer: two runs started into the same directory must not share it.
+        temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         with open(temporary, "wb") as handle:
             torch.save(checkpoint, handle)
             handle.flush()

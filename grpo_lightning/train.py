@@ -20,12 +20,13 @@ a sweeper such as Optuna optimizes).
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import hydra
 import lightning as L
@@ -42,8 +43,8 @@ from grpo_lightning.plots import plot_reward_curve
 from grpo_lightning.policy import CausalLMPolicy
 from grpo_lightning.prompts import PromptFormatter
 from grpo_lightning.progress import progress_callbacks
-from grpo_lightning.resume import (AtomicCheckpointIO, PreemptionCallback, RNGStateCallback, checkpoint_dir,
-                                   resolve_ckpt_path)
+from grpo_lightning.resume import (RESUME_FIXED_SETTINGS, AtomicCheckpointIO, PreemptionCallback,
+                                   RNGStateCallback, RunSettingsCallback, checkpoint_dir, resolve_ckpt_path)
 from grpo_lightning.rewards import RewardError, WeightedReward
 
 VAL_METRIC = "val/reward/mean"
@@ -83,7 +84,7 @@ def build_trainer(cfg: TrainConfig, resume_step: Optional[int] = None) -> L.Trai
     """
     run_dir = Path(cfg.output_dir)
     per_batch = optimizer_steps_per_batch(cfg)
-    callbacks = [RNGStateCallback(), LoggerIdCallback()]
+    callbacks = [RNGStateCallback(), LoggerIdCallback(), RunSettingsCallback(resume_settings(cfg))]
     if cfg.checkpoint.enabled:
         callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir(run_dir), save_last=True, save_top_k=0,
                                          every_n_train_steps=cfg.checkpoint.every_n_steps * per_batch))
@@ -110,6 +111,11 @@ def build_trainer(cfg: TrainConfig, resume_step: Optional[int] = None) -> L.Trai
         # PromptDataModule shards the prompts per process itself (resumable, see resume.py).
         use_distributed_sampler=False, plugins=[AtomicCheckpointIO()],
     )
+
+
+def resume_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """The values of RESUME_FIXED_SETTINGS in ``cfg``."""
+    return {key: functools.reduce(getattr, key.split("."), cfg) for key in RESUME_FIXED_SETTINGS}
 
 
 def _val_reward(trainer: L.Trainer) -> Optional[float]:

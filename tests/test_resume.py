@@ -129,6 +129,70 @@ def test_resume_across_epoch_boundaries_matches(stop_at, compose_config, random_
         assert resumed[step] == full[step], f"step {step} differs after resume"
 
 
+def test_resume_with_other_step_defining_settings_is_refused(compose_config, random_arith_dir, reward_module,
+                                                             tmp_path):
+    from grpo_lightning.config import ConfigError
+
+    common = [f"model.name_or_path={random_arith_dir}", *RESUME_SETTINGS, "validate_before_training=false",
+              f"output_dir={tmp_path}/run"]
+    train(compose_config(*common, "trainer.max_steps=2"))
+    with pytest.raises(ConfigError, match=r"written with algorithm.mini_batch_size=8 \(now 16\), "
+                                          r"algorithm.num_iterations=2 \(now 1\)"):
+        train(compose_config(*common, "trainer.max_steps=4", "ckpt_path=last", "algorithm.mini_batch_size=16",
+                             "algorithm.num_iterations=1"))
+
+
+def test_random_states_of_another_process_count_are_refused():
+    from grpo_lightning.config import ConfigError
+    from grpo_lightning.resume import RNGStateCallback, capture_rng_state
+
+    state = capture_rng_state()
+    with pytest.raises(ConfigError, match="written by 2 processes and is resumed on 1"):
+        RNGStateCallback().load_state_dict({"rng": state, "rng_per_rank": [state, state]})
+    RNGStateCallback().load_state_dict({"rng": state})           # one process, as saved
+
+
+DIVERGING_RANKS = '''
+import sys
+import torch
+from grpo_lightning.module import GRPOModule
+from grpo_lightning.train import load_config, train
+
+
+def diverge(self, *_):
+    """The processes' random states part ways, as they do whenever one decodes more tokens."""
+    torch.rand(self.global_rank + 1)
+
+
+GRPOModule.on_train_batch_start = diverge
+train(load_config(sys.argv[1:]))
+'''
+
+
+@pytest.mark.slow
+def test_two_process_resume_matches_uninterrupted(tmp_path):
+    """Under DDP each process has its own random state; each must get its own back."""
+    script = tmp_path / "diverging_ranks.py"
+    script.write_text(DIVERGING_RANKS)
+    common = ["trainer=ddp_cpu", "data.batch_size=2", "algorithm.group_size=4", "checkpoint.every_n_steps=2",
+              "validate_before_training=false", "trainer.limit_val_batches=0", "trainer.enable_progress_bar=false",
+              "optim.lr=1e-2"]
+    env = dict(os.environ, WANDB_MODE="offline", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
+
+    def run(*args):
+        done = subprocess.run([sys.executable, str(script), *common, *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    run(f"output_dir={tmp_path}/full", "trainer.max_steps=4")
+    run(f"output_dir={tmp_path}/part", "trainer.max_steps=2")
+    run(f"output_dir={tmp_path}/part", "trainer.max_steps=4", "ckpt_path=last")
+    full, resumed = _rows(tmp_path / "full"), _rows(tmp_path / "part")
+    for step in (2, 3):
+        assert resumed[step] == full[step], f"step {step} differs after resume"
+
+
 def test_missing_checkpoint_file_is_a_config_error(compose_config, random_arith_dir, tmp_path):
     from grpo_lightning.config import ConfigError
 
