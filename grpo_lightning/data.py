@@ -38,6 +38,11 @@ def check_rows(rows: list[Row], prompt_key: str, split: str) -> None:
                           f"columns found: {sorted(rows[0])}")
 
 
+REFILL_SEED_OFFSET = 1_000_000
+"""Dynamic sampling's extra prompts draw epoch e's order from seed + offset + e; the main stream
+from seed + e, so the two never share an order."""
+
+
 class PromptDataModule(L.LightningDataModule):
     """Training and validation prompts for a GRPO run."""
 
@@ -55,6 +60,7 @@ class PromptDataModule(L.LightningDataModule):
         self.prompt_key, self.shuffle, self.num_workers = prompt_key, shuffle, num_workers
         self.seed = seed
         self._resume_at: Optional[tuple[int, int]] = None  # (epoch, batches done) from a checkpoint
+        self.refill_sampler: Optional[ResumableSampler] = None
 
     @classmethod
     def from_config(cls, cfg: DataConfig, *, seed: int = 0,
@@ -103,6 +109,20 @@ class PromptDataModule(L.LightningDataModule):
             self.train_sampler.resume_at(*self._resume_at)
             self._resume_at = None
         return self._loader(self.train_rows, self.batch_size, self.train_sampler)
+
+    def refill_dataloader(self) -> DataLoader:
+        """More training prompts for dynamic sampling (algorithm.filter_zero_std_groups): the
+        training rows in shuffled orders of their own (a seed stream apart from the main one),
+        so a refill does not repeat the batches the main stream is about to give, and the main
+        sampler and its resume position are untouched. Each pass over it is a new epoch."""
+        rank, world = self._rank_and_world()
+        if self.refill_sampler is None:
+            self.refill_sampler = ResumableSampler(len(self.train_rows), self.batch_size, shuffle=True,
+                                                   seed=self.seed + REFILL_SEED_OFFSET, rank=rank, world_size=world,
+                                                   drop_last=True)
+        else:
+            self.refill_sampler.set_epoch(self.refill_sampler.epoch + 1)
+        return self._loader(self.train_rows, self.batch_size, self.refill_sampler)
 
     def val_dataloader(self) -> DataLoader:
         rank, world = self._rank_and_world()

@@ -206,18 +206,20 @@ class GRPOModule(L.LightningModule):
     def _more_prompts(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
         """The next batch of training prompts for another dynamic-sampling round.
 
-        Drawn from the datamodule's training loader (a second iterator, cycled); without a
-        datamodule, the step's own prompts are sampled again.
+        Drawn from the datamodule's ``refill_dataloader()`` (PromptDataModule: the training rows
+        in an order of their own), else from a second iterator over its ``train_dataloader()``,
+        cycled; without a datamodule, the step's own prompts are sampled again.
         """
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is None:
             return batch
+        loader = getattr(datamodule, "refill_dataloader", datamodule.train_dataloader)
         if self._refill is None:
-            self._refill = iter(datamodule.train_dataloader())
+            self._refill = iter(loader())
         try:
             return next(self._refill)
         except StopIteration:
-            self._refill = iter(datamodule.train_dataloader())
+            self._refill = iter(loader())
             return next(self._refill)
 
     def _rollout(self, batch: dict[str, list[Any]], group_size: int, sampling: SamplingParams) -> Rollout:

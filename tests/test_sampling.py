@@ -106,3 +106,16 @@ def test_dynamic_sampling_end_to_end(compose_config, random_arith_dir, tmp_path)
         assert 1 <= rounds <= 4 and 0 < kept < 1          # some groups were constant and dropped
         if rounds < 4:                                     # the batch filled up: no constant group left
             assert float(row["reward/frac_zero_std"]) == 0.0
+
+
+def test_refills_come_in_an_order_of_their_own_and_leave_the_main_stream_alone():
+    from grpo_lightning.data import PromptDataModule
+
+    rows = [{"prompt": f"{i}+1=", "answer": str(i + 1)} for i in range(40)]
+    datamodule = PromptDataModule(rows, rows[:4], batch_size=4, val_batch_size=4, seed=3)
+    main = [batch["prompt"] for batch in datamodule.train_dataloader()]
+    main_sampler = datamodule.train_sampler
+    first, second = ([batch["prompt"] for batch in datamodule.refill_dataloader()] for _ in range(2))
+    assert datamodule.train_sampler is main_sampler and main_sampler.epoch == 0
+    assert first != main and second != first                      # its own order, a new one each pass
+    assert sorted(sum(first, [])) == sorted(sum(main, []))          # the same training rows
