@@ -14,8 +14,9 @@ References used below:
 
 from __future__ import annotations
 
-import importlib
 import dataclasses
+import importlib
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -502,6 +503,22 @@ def _require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _require_finite(cfg: Any, prefix: str = "") -> None:
+    """Every float of the config (reward weights included) must be finite: an inf learning rate
+    or a NaN weight would only surface steps later, as a non-finite metric."""
+    items = (cfg.items() if isinstance(cfg, dict)
+             else ((f.name, getattr(cfg, f.name)) for f in dataclasses.fields(cfg)) if dataclasses.is_dataclass(cfg)
+             else enumerate(cfg) if isinstance(cfg, (list, tuple)) else ())
+    for key, value in items:
+        name = f"{prefix}{key}"
+        if isinstance(value, float):
+            _require(math.isfinite(value), f"{name} must be a finite number (got {value})")
+        elif str(key).endswith("kwargs"):
+            continue  # arguments of the user's own functions: theirs to check
+        elif dataclasses.is_dataclass(value) or isinstance(value, (dict, list, tuple)):
+            _require_finite(value, f"{name}.")
+
+
 def validate_config(cfg: TrainConfig) -> None:
     """Check what types cannot: ranges and divisibility. Raises ConfigError naming the field."""
     from grpo_lightning.advantages import ADV_ESTIMATORS
@@ -539,8 +556,17 @@ def validate_config(cfg: TrainConfig) -> None:
     if gen.backend == "vllm":
         _validate_vllm(cfg)
     _require(gen.top_k >= 0, f"generation.top_k must be >= 0, 0 disables it (got {gen.top_k})")
+    _require_finite(cfg)
     _require(cfg.optim.lr > 0, f"optim.lr must be > 0 (got {cfg.optim.lr})")
     _require(len(cfg.optim.betas) == 2, f"optim.betas must have two values (got {list(cfg.optim.betas)})")
+    _require(all(0 <= beta < 1 for beta in cfg.optim.betas),
+             f"optim.betas must be in [0, 1) (got {list(cfg.optim.betas)}); AdamW's usual values are [0.9, 0.999]")
+    _require(cfg.optim.weight_decay >= 0, f"optim.weight_decay must be >= 0 (got {cfg.optim.weight_decay})")
+    _require(cfg.optim.eps > 0, f"optim.eps must be > 0 (got {cfg.optim.eps})")
+    _require(0 <= cfg.seed < 2**32, f"seed must be in [0, 2**32) (got {cfg.seed})")
+    _require(data.num_workers >= 0, f"data.num_workers must be >= 0 (got {data.num_workers})")
+    _require(cfg.trainer.limit_val_batches is None or cfg.trainer.limit_val_batches >= 0,
+             f"trainer.limit_val_batches must be >= 0 or null (got {cfg.trainer.limit_val_batches})")
     _require(cfg.optim.warmup_steps >= 0, f"optim.warmup_steps must be >= 0 (got {cfg.optim.warmup_steps})")
     _require(cfg.model.dtype in DTYPES, f"model.dtype={cfg.model.dtype!r} is unknown; choose one of {DTYPES}")
     buckets = cfg.model.length_buckets

@@ -30,6 +30,7 @@ from typing import Any, Optional, Sequence
 
 import hydra
 import lightning as L
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
@@ -151,7 +152,12 @@ def train(dict_cfg: DictConfig) -> dict[str, float]:
     module = GRPOModule(policy, reward, algorithm=cfg.algorithm, generation=cfg.generation,
                         optim=cfg.optim, prompt_key=cfg.data.prompt_key)
     check_optimized_metric(cfg.optimized_metric, module.train_means.names + module.val_means.names)
-    trainer = build_trainer(cfg, resume_step)
+    try:
+        trainer = build_trainer(cfg, resume_step)
+    except (MisconfigurationException, ValueError) as error:  # Lightning's check of trainer.*
+        raise ConfigError(f"trainer: {error} (trainer.accelerator={cfg.trainer.accelerator}, "
+                          f"trainer.devices={cfg.trainer.devices}, trainer.strategy={cfg.trainer.strategy}, "
+                          f"trainer.precision={cfg.trainer.precision})") from None
     try:
         for logger in trainer.loggers:
             logger.log_hyperparams(OmegaConf.to_container(dict_cfg, resolve=True))

@@ -46,6 +46,8 @@ CASES = {
     "unknown estimator": (["algorithm.adv_estimator=nope"], 2, "algorithm.adv_estimator='nope' is unknown; choose one of ["),
     "unknown non-finite policy": (["reward.non_finite=ignore"], 2, "reward.non_finite='ignore' is unknown"),
     "missing checkpoint": (["ckpt_path=missing.ckpt"], 2, "ckpt_path='missing.ckpt' is not a file"),
+    "infinite learning rate": (["optim.lr=inf"], 2, "optim.lr must be a finite number (got inf)"),
+    "unknown strategy": (["trainer.strategy=foo"], 2, "trainer: You selected an invalid strategy name"),
     # data
     "data builder does not resolve": (["data.builder=nowhere.load"], 2, "data.builder='nowhere.load' does not resolve"),
     "missing prompt column": (["data.prompt_key=question"], 2, "columns found: ['answer', 'prompt']"),

@@ -81,6 +81,15 @@ def test_unknown_keys_and_wrong_types_fail_at_load(compose_config, override, mes
     ("optim.lr=0", "optim.lr must be > 0"),
     ("model.dtype=float64", "model.dtype='float64' is unknown"),
     ("trainer.precision=16-mixed", "trainer.precision='16-mixed'"),
+    ("optim.lr=inf", "optim.lr must be a finite number (got inf)"),
+    ("reward.functions.correct.weight=nan", "reward.functions.correct.weight must be a finite number (got nan)"),
+    ("generation.temperature=inf", "generation.temperature must be a finite number (got inf)"),
+    ("optim.weight_decay=-1", "optim.weight_decay must be >= 0"),
+    ("optim.betas=[1.5,0.9]", "optim.betas must be in [0, 1)"),
+    ("optim.eps=0", "optim.eps must be > 0"),
+    ("seed=-1", "seed must be in [0, 2**32)"),
+    ("data.num_workers=-1", "data.num_workers must be >= 0"),
+    ("trainer.limit_val_batches=-1", "trainer.limit_val_batches must be >= 0 or null"),
 ])
 def test_bad_values_name_the_field(compose_config, override, message):
     cfg = compose_config(override)
