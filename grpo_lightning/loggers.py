@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from grpo_lightning.config import LoggerConfig
+from grpo_lightning.config import ConfigError, LoggerConfig
 
 WANDB_ID_KEY = "wandb_run_id"
 
@@ -98,7 +98,28 @@ def finish_logger(loggers: list[Logger]) -> None:
 
 def read_resume_info(ckpt_path: str) -> tuple[int, Optional[str]]:
     """(logged step, W&B run id or None) of a checkpoint, without reading its weights (mmap)."""
-    checkpoint = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=False)
-    # Saved before Lightning counts the step it was written at: the resumed run logs from + 1.
-    batches = checkpoint["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"] + 1
+    try:
+        checkpoint = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=False)
+        # Saved before Lightning counts the step it was written at: the resumed run logs from + 1.
+        batches = checkpoint["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"] + 1
+    except (RuntimeError, OSError, KeyError, TypeError, EOFError) as error:
+        raise ConfigError(f"ckpt_path={ckpt_path!r} is not a readable checkpoint of a grpo-train run "
+                          f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
+                          "give <run>/checkpoints/last.ckpt, or ckpt_path=last with the run's output_dir") from None
     return batches, checkpoint.get(WANDB_ID_KEY)
+
+
+def log_run_config(loggers: list[Logger], params: dict) -> None:
+    """Send the run's config to every logger; this also starts the W&B run, whose sign-in
+    failure is reported as a ConfigError naming the ways out."""
+    try:
+        for logger in loggers:
+            logger.log_hyperparams(params)
+    except Exception as error:
+        if type(error).__module__.startswith("wandb") and type(error).__name__ in ("UsageError",
+                                                                                   "AuthenticationError"):
+            reason = str(error).rstrip(".")
+            raise ConfigError(f"logger=wandb could not start a run: {reason}. Run `wandb login` or set "
+                              "WANDB_API_KEY, or log without an account: logger.offline=true (or "
+                              "WANDB_MODE=offline), then `wandb sync` later") from None
+        raise

@@ -37,7 +37,8 @@ from omegaconf import DictConfig, OmegaConf
 from grpo_lightning.callbacks import CompletionsTable
 from grpo_lightning.config import ConfigError, TrainConfig, register_configs, to_train_config
 from grpo_lightning.data import PromptDataModule
-from grpo_lightning.loggers import LoggerIdCallback, build_logger, finish_logger, read_resume_info
+from grpo_lightning.loggers import (LoggerIdCallback, build_logger, finish_logger, log_run_config,
+                                   read_resume_info)
 from grpo_lightning.module import GRPOModule
 from grpo_lightning.numerics import NonFiniteError
 from grpo_lightning.plots import plot_reward_curve
@@ -159,8 +160,7 @@ def train(dict_cfg: DictConfig) -> dict[str, float]:
                           f"trainer.devices={cfg.trainer.devices}, trainer.strategy={cfg.trainer.strategy}, "
                           f"trainer.precision={cfg.trainer.precision})") from None
     try:
-        for logger in trainer.loggers:
-            logger.log_hyperparams(OmegaConf.to_container(dict_cfg, resolve=True))
+        log_run_config(trainer.loggers, OmegaConf.to_container(dict_cfg, resolve=True))
         first_val = None
         if cfg.validate_before_training and ckpt_path is None:
             trainer.validate(module, datamodule=data, verbose=False)

@@ -249,3 +249,14 @@ def test_wandb_run_resumes_under_the_same_id(compose_config, random_arith_dir, t
     assert read_resume_info(str(tmp_path / "checkpoints" / "last.ckpt")) == (2, run_id)  # logged as run_id
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert runs and all(run.name.endswith(run_id) for run in runs)
+
+
+def test_a_file_that_is_not_a_checkpoint_is_a_config_error(tmp_path):
+    from grpo_lightning.config import ConfigError
+    from grpo_lightning.loggers import read_resume_info
+
+    (tmp_path / "notes.ckpt").write_text("not a checkpoint")
+    torch.save({"state_dict": {}}, tmp_path / "weights_only.ckpt")
+    for name in ("notes.ckpt", "weights_only.ckpt"):
+        with pytest.raises(ConfigError, match=f"ckpt_path='.*{name}' is not a readable checkpoint of a grpo-train"):
+            read_resume_info(str(tmp_path / name))

@@ -265,3 +265,24 @@ def test_slurm_launcher_and_optuna_sweeper_compose():
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
     assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper")
     assert cfg.optimized_metric == "val/reward/mean"
+
+
+def test_a_wandb_run_without_an_account_is_a_config_error_naming_the_ways_out():
+    from grpo_lightning.loggers import log_run_config
+
+    UsageError = type("UsageError", (Exception,), {"__module__": "wandb.errors.errors"})
+
+    class NoAccount:
+        def log_hyperparams(self, params):
+            raise UsageError("No API key configured. Use `wandb login` to log in.")
+
+    with pytest.raises(ConfigError, match=r"No API key configured\. Use `wandb login` to log in\. Run `wandb login` "
+                                          r"or set WANDB_API_KEY, or log without an account: logger.offline=true"):
+        log_run_config([NoAccount()], {})
+
+    class Broken:
+        def log_hyperparams(self, params):
+            raise ValueError("something else")
+
+    with pytest.raises(ValueError, match="something else"):   # other failures are not disguised
+        log_run_config([Broken()], {})
