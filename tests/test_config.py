@@ -82,6 +82,8 @@ def test_unknown_keys_and_wrong_types_fail_at_load(compose_config, override, mes
     ("model.dtype=float64", "model.dtype='float64' is unknown"),
     ("trainer.precision=16-mixed", "trainer.precision='16-mixed'"),
     ("optim.lr=inf", "optim.lr must be a finite number (got inf)"),
+    ("generation.vllm_max_model_len=512", "generation.vllm_max_model_len only applies with generation.backend=vllm "
+                                          "(this run: auto)"),
     ("reward.functions.correct.weight=nan", "reward.functions.correct.weight must be a finite number (got nan)"),
     ("generation.temperature=inf", "generation.temperature must be a finite number (got inf)"),
     ("optim.weight_decay=-1", "optim.weight_decay must be >= 0"),
