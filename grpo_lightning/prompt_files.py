@@ -10,6 +10,7 @@ training rows. ``data.answer_key`` is renamed to ``answer``, the keyword the bui
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from typing import Any, Optional
@@ -34,6 +35,8 @@ def read_rows(path: str, *, split: str = "train", config_name: Optional[str] = N
     if fmt is not None and split != "train":
         raise ConfigError(f"data.split={split!r}: a single {local.suffix} file is one split; use "
                           "data.val_path or data.val_fraction for validation rows")
+    if local.suffix.lower() == ".jsonl":
+        _check_jsonl(local, field_name)
     try:
         if fmt is not None:
             # A single file is one split, which datasets calls "train" whatever it holds.
@@ -48,6 +51,22 @@ def read_rows(path: str, *, split: str = "train", config_name: Optional[str] = N
                           f"Give a {'/'.join(sorted(FILE_FORMATS))} file, a dataset directory, or a hub "
                           "dataset id that is cached or reachable") from None
     return dataset.to_list()
+
+
+def _check_jsonl(path: Path, field_name: str) -> None:
+    """Each non-blank line must be a JSON object: the error names the file and the line."""
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ConfigError(f"{field_name}={str(path)!r}, line {number}: not valid JSON ({error.msg} at "
+                                  f"column {error.colno}): {line.strip()[:80]!r}") from None
+            if not isinstance(row, dict):
+                raise ConfigError(f"{field_name}={str(path)!r}, line {number}: a JSONL row must be an object "
+                                  f"with the prompt and answer columns, found {type(row).__name__}")
 
 
 def load_splits(cfg: DataConfig, seed: int = 0) -> tuple[list[Row], list[Row]]:

@@ -105,7 +105,8 @@ def test_bad_jsonl_fails_with_file_and_line(case, random_arith_dir, tmp_path):
              "missing column": ['{"question": "1+1=", "answer": "2"}'] * 4}[case]
     if lines is not None:
         path.write_text("\n".join(lines) + "\n")
-    expected = {"missing file": str(path), "malformed line": "3", "missing column": "question"}[case]
+    expected = {"missing file": str(path), "malformed line": f"data.path='{path}', line 3: not valid JSON",
+                "missing column": "question"}[case]
     args = [f"output_dir={tmp_path}/run", f"model.name_or_path={random_arith_dir}", "data=jsonl",
             f"data.path={path}", *SMALL]
     result = subprocess.run([sys.executable, "-m", "grpo_lightning.train", *args], cwd=tmp_path,

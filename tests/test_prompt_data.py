@@ -79,8 +79,8 @@ def test_bad_columns_and_paths_name_the_field(tmp_path):
     with pytest.raises(ConfigError, match="no such file"):
         load_splits(DataConfig(path=str(tmp_path / "absent.parquet")))
     bad = tmp_path / "bad.jsonl"
-    bad.write_text("{not json\n")
-    with pytest.raises(ConfigError, match="could not be read"):
+    bad.write_text('{"prompt": "1+1="}\n\n{not json\n')
+    with pytest.raises(ConfigError, match=r"bad.jsonl', line 3: not valid JSON \(Expecting property name"):
         load_splits(DataConfig(path=str(bad)))
 
 
