@@ -155,9 +155,14 @@ class OptimConfig:
     """AdamW and its learning-rate schedule (stepped once per optimizer step)."""
 
     lr: float = 1e-6
+    """Peak learning rate (AdamW, Loshchilov & Hutter 2019, arXiv:1711.05101). 1e-6 is the usual
+    full fine-tuning rate for 0.5-7B LLMs under GRPO; the tiny built-in task uses 3e-4."""
     weight_decay: float = 0.0
+    """Decoupled weight decay (AdamW); 0 keeps the policy's weights where the rewards take them."""
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW's moment decay rates (beta1, beta2), each in [0, 1)."""
     eps: float = 1e-8
+    """AdamW's denominator epsilon."""
     warmup_steps: int = 0
     """Linear warm-up from 0 over this many optimizer steps, then constant."""
     fused: Optional[bool] = None
@@ -321,9 +326,13 @@ class TrainerConfig:
     max_steps: int = 100
     """Training steps (one step = one batch of prompts, generated and learned from)."""
     accelerator: str = "auto"
+    """cpu, gpu (cuda), mps or auto (Lightning's choice)."""
     devices: Any = "auto"
+    """Devices (processes) per node: a count, a list of GPU indices, or auto."""
     strategy: str = "auto"
+    """Lightning strategy: ddp, fsdp, deepspeed_stage_3, ... (see README, Multi-process)."""
     num_nodes: int = 1
+    """Machines in a multi-node run (SLURM or torchrun, README)."""
     precision: str = "32-true"
     """Lightning precision, e.g. 32-true or bf16-mixed (16-mixed is refused: see validate_config)."""
     val_every_n_steps: int = 50
@@ -332,8 +341,11 @@ class TrainerConfig:
     """Cap on validation batches per validation run; None uses all validation prompts, 0 runs
     no validation at all (not even the final one)."""
     log_every_n_steps: int = 1
+    """Send the step metrics to the loggers every this many training steps."""
     enable_progress_bar: bool = True
+    """The progress bar on a terminal (console lines otherwise); false shows neither."""
     deterministic: bool = False
+    """torch's deterministic algorithms (slower on GPUs; CPU runs are deterministic anyway)."""
     console_log_every_n_steps: int = 10
     """When stdout is not a terminal (CI, SLURM logs) the progress bar is replaced by one line
     every this many training steps; 0 silences it. Needs enable_progress_bar."""
@@ -354,13 +366,17 @@ class LoggerConfig:
     """Where metrics go: ``csv`` (metrics.csv in the run directory), ``wandb`` or ``none``."""
 
     kind: str = "csv"
+    """csv, wandb (which also writes metrics.csv) or none; chosen with logger=<kind>."""
     project: str = "grpo-lightning"
     """W&B project."""
     entity: Optional[str] = None
     """W&B entity (team or user); None uses the default of the logged-in account."""
     group: Optional[str] = None
+    """W&B run group (e.g. one per sweep or experiment)."""
     tags: List[str] = field(default_factory=list)
+    """W&B run tags."""
     run_name: Optional[str] = None
+    """W&B run name; None lets W&B pick one."""
     id: Optional[str] = None
     """W&B run id; set it to resume a run in place."""
     offline: bool = False
@@ -374,6 +390,7 @@ class LoggerConfig:
 class TrainConfig:
     """The whole run, as composed by ``conf/config.yaml``."""
 
+    # The groups, each selected in conf/ (algorithm=dapo, model=hf, ...) and documented above.
     algorithm: GRPOConfig = field(default_factory=GRPOConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -384,6 +401,8 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 0
+    """Seeds python, numpy and torch (Lightning's seed_everything), the prompt order and the
+    validation split; the same seed gives the same run on CPU."""
     output_dir: str = MISSING
     """Run directory (metrics.csv, checkpoints, exports). Hydra sets it to its job directory."""
     ckpt_path: Optional[str] = None
