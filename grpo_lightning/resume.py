@@ -32,6 +32,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -239,6 +240,11 @@ def preemption_signals() -> list[signal.Signals]:
     return signals
 
 
+PREEMPTED = threading.Event()
+"""Set once a run of this process has stopped for a pre-emption signal: a sweep must not start
+its next job (grpo_lightning.train.main), the machine is going away."""
+
+
 class PreemptionCallback(Callback):
     """On a pre-emption signal: finish the current step, write last.ckpt, stop the run.
 
@@ -278,6 +284,7 @@ class PreemptionCallback(Callback):
             return
         trainer.save_checkpoint(self.dirpath / LAST_CHECKPOINT)
         self.preempted_at = trainer.global_step
+        PREEMPTED.set()
         trainer.should_stop = True
         if self.received == getattr(signal, "SIGUSR1", None) and trainer.is_global_zero:
             _requeue_slurm_job()

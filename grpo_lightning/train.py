@@ -45,7 +45,7 @@ from grpo_lightning.plots import plot_reward_curve
 from grpo_lightning.policy import CausalLMPolicy
 from grpo_lightning.prompts import PromptFormatter
 from grpo_lightning.progress import progress_callbacks
-from grpo_lightning.resume import (RESUME_FIXED_SETTINGS, AtomicCheckpointIO, PreemptionCallback,
+from grpo_lightning.resume import (PREEMPTED, RESUME_FIXED_SETTINGS, AtomicCheckpointIO, PreemptionCallback,
                                    RNGStateCallback, RunSettingsCallback, checkpoint_dir, resolve_ckpt_path)
 from grpo_lightning.rewards import RewardError, WeightedReward
 
@@ -251,7 +251,13 @@ def main(cfg: DictConfig) -> Optional[float]:
     try:
         if sweep:
             claim_output_dir(cfg.output_dir, str(Path(hydra_cfg.sweep.dir).resolve()), hydra_cfg.job.num)
-        return optimized_value(train(cfg), cfg.get("optimized_metric"))
+        metrics = train(cfg)
+        if PREEMPTED.is_set():
+            if sweep:  # the machine is going away: no further job of this sweep may start
+                print("pre-empted: the sweep stops here; jobs done so far keep their outputs", flush=True)
+                sys.exit(0)
+            return None  # an unfinished run has no result to report to a sweeper
+        return optimized_value(metrics, cfg.get("optimized_metric"))
     except (ConfigError, RewardError, NonFiniteError) as error:
         print(f"error: {error}", file=sys.stderr)
         if sweep:

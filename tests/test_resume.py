@@ -237,6 +237,26 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes_from_it(random_arith_dir
     assert sorted(_rows(tmp_path / "run")) == list(range(stopped_at + 2))  # one row per step, none twice
 
 
+@pytest.mark.slow
+def test_sigterm_stops_a_whole_sweep(random_arith_dir, reward_module, tmp_path):
+    args = ["-m", "seed=0,1", f"model.name_or_path={random_arith_dir}", f"hydra.sweep.dir={tmp_path}/sweep",
+            *RESUME_SETTINGS, "trainer.max_steps=400", "validate_before_training=false",
+            "trainer.enable_progress_bar=false", "data.batch_size=4", "trainer.limit_val_batches=1",
+            "data.val_batch_size=8", "trainer.val_every_n_steps=1000", "checkpoint.every_n_steps=1"]
+    process = _grpo_train(*args, cwd=tmp_path, extra_path=reward_module)
+    last = tmp_path / "sweep" / "0" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not last.is_file():  # job #0 has done a step
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "the sweep never started"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr[-3000:]
+    assert "pre-empted after" in stdout and "the sweep stops here" in stdout
+    assert "#1 : seed=1" not in stdout + stderr and not (tmp_path / "sweep" / "1").exists()
+
+
 def test_wandb_run_resumes_under_the_same_id(compose_config, random_arith_dir, tmp_path):
     from grpo_lightning.loggers import read_resume_info
 
