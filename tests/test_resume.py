@@ -207,6 +207,15 @@ def _grpo_train(*args: str, cwd: Path, extra_path: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def _wait_for(path: Path, process: subprocess.Popen, seconds: float = 300) -> None:
+    """Until ``path`` exists; fails if the process ends first or it takes too long."""
+    deadline = time.monotonic() + seconds
+    while not path.is_file():
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.2)
+
+
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_the_run_resumes_from_it(random_arith_dir, reward_module, tmp_path):
     args = [f"model.name_or_path={random_arith_dir}", f"output_dir={tmp_path}/run", *RESUME_SETTINGS,
@@ -214,12 +223,7 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes_from_it(random_arith_dir
             "trainer.enable_progress_bar=false", "data.batch_size=4", "trainer.limit_val_batches=1",
             "data.val_batch_size=8", "trainer.val_every_n_steps=1000", "checkpoint.every_n_steps=1"]
     process = _grpo_train(*args, cwd=tmp_path, extra_path=reward_module)
-    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    deadline = time.monotonic() + 300
-    while not last.is_file():  # the first step is done
-        assert process.poll() is None, process.communicate()[1][-3000:]
-        assert time.monotonic() < deadline, "the run never started"
-        time.sleep(0.2)
+    _wait_for(tmp_path / "run" / "checkpoints" / "last.ckpt", process)     # the first step is done
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 0, stderr[-3000:]
@@ -244,12 +248,7 @@ def test_sigterm_stops_a_whole_sweep(random_arith_dir, reward_module, tmp_path):
             "trainer.enable_progress_bar=false", "data.batch_size=4", "trainer.limit_val_batches=1",
             "data.val_batch_size=8", "trainer.val_every_n_steps=1000", "checkpoint.every_n_steps=1"]
     process = _grpo_train(*args, cwd=tmp_path, extra_path=reward_module)
-    last = tmp_path / "sweep" / "0" / "checkpoints" / "last.ckpt"
-    deadline = time.monotonic() + 300
-    while not last.is_file():  # job #0 has done a step
-        assert process.poll() is None, process.communicate()[1][-3000:]
-        assert time.monotonic() < deadline, "the sweep never started"
-        time.sleep(0.2)
+    _wait_for(tmp_path / "sweep" / "0" / "checkpoints" / "last.ckpt", process)   # job #0 has done a step
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 0, stderr[-3000:]
