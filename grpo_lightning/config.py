@@ -744,6 +744,10 @@ def _validate_variant(alg: GRPOConfig, gen: GenerationConfig) -> None:
         _require(alg.clip_ratio_c > 1, f"algorithm.clip_ratio_c must be > 1 (got {alg.clip_ratio_c}); "
                  "the dual-clip paper uses 3")
     _require(0 < alg.gamma <= 1, f"algorithm.gamma must be in (0, 1] (got {alg.gamma})")
+    _require(alg.beta == 0 or alg.kl_in_reward or alg.kl_estimator != "k1",
+             "algorithm.kl_estimator=k1 in the loss regularizes nothing: its gradient, grad log pi, has expectation "
+             "0 under the sampling policy. Use k3 (or k2) in the loss, or algorithm.kl_in_reward=true, where k1 is "
+             "the usual choice (RLOO)")
     _require(alg.beta > 0 or alg.kl_estimator == "k3",
              f"algorithm.kl_estimator={alg.kl_estimator} has no effect with algorithm.beta=0 (no KL term); "
              "set algorithm.beta > 0 or leave kl_estimator=k3")

@@ -16,6 +16,7 @@ from grpo_lightning.train import load_config
     ("algorithm.clip_ratio_c=0.5", "algorithm.clip_ratio_c must be > 1"),
     ("algorithm=gspo algorithm.clip_ratio_c=3", "only applies to policy_loss=clip"),
     ("algorithm.kl_estimator=k1", "has no effect with algorithm.beta=0"),
+    ("algorithm.kl_estimator=k1 algorithm.beta=0.04", "algorithm.kl_estimator=k1 in the loss regularizes nothing"),
     ("algorithm.kl_in_reward=true", "kl_in_reward=true has no effect with algorithm.beta=0"),
     ("algorithm.max_generation_rounds=5", "only applies with algorithm.filter_zero_std_groups"),
     ("algorithm.overlong_penalty_factor=2", "has no effect without algorithm.overlong_buffer_frac"),
