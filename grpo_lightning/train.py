@@ -45,7 +45,8 @@ from grpo_lightning.plots import plot_reward_curve
 from grpo_lightning.policy import CausalLMPolicy
 from grpo_lightning.prompts import PromptFormatter
 from grpo_lightning.progress import progress_callbacks
-from grpo_lightning.resume import (PREEMPTED, RESUME_FIXED_SETTINGS, AtomicCheckpointIO, PreemptionCallback,
+from grpo_lightning.resume import (LAST_CHECKPOINT, PREEMPTED, RESUME_FIXED_SETTINGS, AtomicCheckpointIO,
+                                   PreemptionCallback,
                                    RNGStateCallback, RunSettingsCallback, checkpoint_dir, resolve_ckpt_path)
 from grpo_lightning.rewards import RewardError, WeightedReward
 
@@ -115,6 +116,15 @@ def build_trainer(cfg: TrainConfig, resume_step: Optional[int] = None) -> L.Trai
     )
 
 
+def refuse_used_output_dir(run_dir: Path) -> None:
+    """A fresh run must not write into another run's results (its metrics.csv would be replaced,
+    its checkpoint overwritten step by step, or two runs would interleave)."""
+    used = [name for name in ("metrics.csv", f"checkpoints/{LAST_CHECKPOINT}") if (run_dir / name).is_file()]
+    if used:
+        raise ConfigError(f"output_dir={run_dir} already holds a run ({', '.join(used)}); continue it with "
+                          "ckpt_path=last, or give a new output_dir (or delete that one)")
+
+
 def resume_settings(cfg: TrainConfig) -> dict[str, Any]:
     """The values of RESUME_FIXED_SETTINGS in ``cfg``."""
     return {key: functools.reduce(getattr, key.split("."), cfg) for key in RESUME_FIXED_SETTINGS}
@@ -136,6 +146,8 @@ def train(dict_cfg: DictConfig) -> dict[str, float]:
     if ckpt_path is not None:
         resume_step, wandb_id = read_resume_info(ckpt_path)
         cfg.logger.id = cfg.logger.id or wandb_id  # the W&B run continues in place
+    else:
+        refuse_used_output_dir(Path(cfg.output_dir))
     # The frozen reference policy is in eval mode on purpose.
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
     # Resumable through PromptDataModule.state_dict, which Lightning's check does not see.

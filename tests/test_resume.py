@@ -279,3 +279,17 @@ def test_a_file_that_is_not_a_checkpoint_is_a_config_error(tmp_path):
     for name in ("notes.ckpt", "weights_only.ckpt"):
         with pytest.raises(ConfigError, match=f"ckpt_path='.*{name}' is not a readable checkpoint of a grpo-train"):
             read_resume_info(str(tmp_path / name))
+
+
+def test_a_fresh_run_into_another_runs_directory_is_refused(compose_config, random_arith_dir, tmp_path):
+    from grpo_lightning.config import ConfigError
+
+    common = [f"model.name_or_path={random_arith_dir}", "validate_before_training=false", "trainer.max_steps=1",
+              "checkpoint.every_n_steps=1"]
+    train(compose_config(*common))
+    before = (tmp_path / "metrics.csv").read_text()
+    with pytest.raises(ConfigError, match=r"already holds a run \(metrics.csv, checkpoints/last.ckpt\); continue "
+                                          r"it with ckpt_path=last"):
+        train(compose_config(*common))
+    assert (tmp_path / "metrics.csv").read_text() == before          # untouched
+    train(compose_config(*common[:2], "trainer.max_steps=2", "ckpt_path=last"))   # continuing is fine
