@@ -305,7 +305,8 @@ class GRPOModule(L.LightningModule):
                     # Scale so the accumulated gradient is that of the mini-batch's aggregate
                     # (a mean over sequences or over tokens, per algorithm.loss_agg).
                     units = self.loss_aggregation.units(part.completion_mask.float())
-                    self.manual_backward(loss * (units / mini_units.clamp(min=1)))
+                    # (a per-process mean may be below 1; where it is 0 so is every units)
+                    self.manual_backward(loss * (units / mini_units.clamp(min=1e-6)))
                     finite = finite and bool(loss.isfinite())
                     # Loss terms average over what the loss does; diagnostics are token means. A
                     # micro-batch with nothing to average over (all masked) still reports its 0s,
