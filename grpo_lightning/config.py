@@ -522,14 +522,6 @@ def _require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def _require_defaults(node: Any, defaults: Any, fields: tuple[str, ...], prefix: str, applies_with: str) -> None:
-    """Options that only apply with another setting must keep their defaults without it (an
-    option accepted and then ignored would mislead)."""
-    changed = [name for name in fields if getattr(node, name) != getattr(defaults, name)]
-    _require(not changed, f"{', '.join(f'{prefix}.{name}' for name in changed)} only applies with {applies_with}; "
-             "remove it or switch that on")
-
-
 def _require_finite(cfg: Any, prefix: str = "") -> None:
     """Every float of the config (reward weights included) must be finite: an inf learning rate
     or a NaN weight would only surface steps later, as a non-finite metric."""
@@ -582,9 +574,11 @@ def validate_config(cfg: TrainConfig) -> None:
              f"one of {GENERATION_BACKENDS}")
     if gen.backend == "vllm":
         _validate_vllm(cfg)
-    else:
-        _require_defaults(gen, GenerationConfig(), ("vllm_gpu_memory_utilization", "vllm_max_model_len"),
-                          "generation", f"generation.backend=vllm (this run: {gen.backend})")
+    else:  # accepted and then ignored, they would mislead
+        unused = [f"generation.{name}" for name in ("vllm_gpu_memory_utilization", "vllm_max_model_len")
+                  if getattr(gen, name) != getattr(GenerationConfig, name)]
+        _require(not unused, f"{', '.join(unused)} only applies with generation.backend=vllm (this run: "
+                 f"{gen.backend}); remove it or switch that on")
     _require(gen.top_k >= 0, f"generation.top_k must be >= 0, 0 disables it (got {gen.top_k})")
     _require_finite(cfg)
     _require(cfg.optim.lr > 0, f"optim.lr must be > 0 (got {cfg.optim.lr})")

@@ -46,8 +46,8 @@ from grpo_lightning.policy import CausalLMPolicy
 from grpo_lightning.prompts import PromptFormatter
 from grpo_lightning.progress import progress_callbacks
 from grpo_lightning.resume import (LAST_CHECKPOINT, PREEMPTED, RESUME_FIXED_SETTINGS, AtomicCheckpointIO,
-                                   PreemptionCallback,
-                                   RNGStateCallback, RunSettingsCallback, checkpoint_dir, resolve_ckpt_path)
+                                   PreemptionCallback, RNGStateCallback, RunSettingsCallback, checkpoint_dir,
+                                   resolve_ckpt_path)
 from grpo_lightning.rewards import RewardError, WeightedReward
 
 VAL_METRIC = "val/reward/mean"
@@ -235,10 +235,13 @@ def _print_summary(first_val: Optional[float], last_val: Optional[float], steps:
 register_configs()
 
 
+SWEEP_JOB_MARKER = ".grpo-sweep-job.json"
+
+
 def claim_output_dir(output_dir: str, sweep_dir: str, job_num: int) -> None:
     """In a sweep, mark ``output_dir`` as this job's; refuse one that another job of the same
-    sweep already wrote to (a fixed output_dir would have each job overwrite, or with
-    ckpt_path=last continue, the one before)."""
+    sweep already wrote to. Without ckpt_path, refuse_used_output_dir would stop the second job
+    too; with ckpt_path=last it would continue the first job's run as its own."""
     marker = Path(output_dir) / SWEEP_JOB_MARKER
     if marker.is_file():
         claimed = json.loads(marker.read_text())
@@ -248,9 +251,6 @@ def claim_output_dir(output_dir: str, sweep_dir: str, job_num: int) -> None:
                               "differ per job, e.g. output_dir=/runs/x/${hydra:job.num}")
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps({"sweep_dir": sweep_dir, "job_num": job_num}))
-
-
-SWEEP_JOB_MARKER = ".grpo-sweep-job.json"
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
