@@ -52,6 +52,24 @@ def test_algorithm_presets_carry_their_papers_settings():
     assert (rloo.adv_estimator, rloo.kl_in_reward, rloo.kl_estimator, rloo.group_size) == ("rloo", True, "k1", 4)
 
 
+def test_the_default_tasks_settings_come_with_its_groups_only():
+    """The embedded default's batch size, completion length, run length and algorithm preset come
+    with data=arithmetic, its learning rate with model=arith_policy: a run on other data or
+    another model starts from the groups' own defaults, and algorithm=... still wins."""
+    def settings(*overrides):
+        cfg = to_train_config(load_config(["output_dir=/tmp/unused", *overrides]))
+        return (cfg.algorithm.group_size, cfg.algorithm.beta, cfg.data.batch_size,
+                cfg.generation.max_new_tokens, cfg.optim.lr, cfg.trainer.max_steps)
+
+    assert settings() == (8, 0.0, 32, 4, 3e-4, 60)
+    assert settings("data=jsonl", "data.path=train.jsonl") == (4, 0.01, 8, 8, 3e-4, 100)
+    assert settings("model=hf", "model.name_or_path=some/model") == (8, 0.0, 32, 4, 1e-6, 60)
+    assert settings("model=hf", "model.name_or_path=some/model", "data=hf", "data.path=some/data") == (
+        4, 0.01, 8, 8, 1e-6, 100)
+    assert settings("algorithm=dapo")[:2] == (16, 0.0)
+    assert settings("algorithm=grpo")[:2] == (4, 0.01)
+
+
 @pytest.mark.parametrize("override, message", [
     ("algorithm.foo=1", "algorithm.foo"),
     ("algorithm.group_size=abc", "group_size"),
