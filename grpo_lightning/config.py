@@ -372,9 +372,11 @@ class LoggerConfig:
     entity: Optional[str] = None
     """W&B entity (team or user); None uses the default of the logged-in account."""
     group: Optional[str] = None
-    """W&B run group (e.g. one per sweep or experiment)."""
+    """W&B run group (e.g. one per sweep or experiment). A label of the run under every logger
+    (the csv logger records it in hparams.yaml), so experiment overlays may set it; the other
+    fields below but ``tags`` apply to logger=wandb only and are refused with another logger."""
     tags: List[str] = field(default_factory=list)
-    """W&B run tags."""
+    """W&B run tags; recorded like ``group``."""
     run_name: Optional[str] = None
     """W&B run name; None lets W&B pick one."""
     id: Optional[str] = None
@@ -384,6 +386,9 @@ class LoggerConfig:
     log_completions_every: int = 10
     """W&B only: every this many training steps, log a table of the step's prompts, completions,
     each reward, total reward and advantage, with reward and length histograms; 0 disables it."""
+
+
+WANDB_ONLY_FIELDS = ("project", "entity", "run_name", "id", "offline", "log_completions_every")
 
 
 @dataclass
@@ -629,6 +634,11 @@ def validate_config(cfg: TrainConfig) -> None:
              f"is unknown; choose one of {REWARD_NON_FINITE}")
     _require(cfg.logger.kind in LOGGER_KINDS,
              f"logger.kind={cfg.logger.kind!r} is unknown; choose one of {LOGGER_KINDS}")
+    if cfg.logger.kind != "wandb":  # accepted and then ignored, they would mislead
+        unused = [f"logger.{name}" for name in WANDB_ONLY_FIELDS
+                  if getattr(cfg.logger, name) != getattr(LoggerConfig(), name)]
+        _require(not unused, f"{', '.join(unused)} only applies with logger=wandb (this run: "
+                 f"logger={cfg.logger.kind}); add logger=wandb or remove it")
     _require(cfg.logger.log_completions_every >= 0,
              f"logger.log_completions_every must be >= 0, 0 disables it (got {cfg.logger.log_completions_every})")
     _require(cfg.trainer.console_log_every_n_steps >= 0, "trainer.console_log_every_n_steps must be >= 0, "

@@ -110,6 +110,8 @@ def test_unknown_keys_and_wrong_types_fail_at_load(compose_config, override, mes
     ("seed=-1", "seed must be in [0, 2**32)"),
     ("data.num_workers=-1", "data.num_workers must be >= 0"),
     ("trainer.limit_val_batches=-1", "trainer.limit_val_batches must be >= 0 or null"),
+    ("logger.project=mine", "logger.project only applies with logger=wandb (this run: logger=csv)"),
+    ("logger.log_completions_every=5", "logger.log_completions_every only applies with logger=wandb"),
 ])
 def test_bad_values_name_the_field(compose_config, override, message):
     cfg = compose_config(override)
@@ -142,3 +144,10 @@ def test_reward_functions_set_as_dataclasses_in_python_load(compose_config):
     cfg = compose_config()
     cfg.reward.functions.correct = RewardFunctionConfig(fn="grpo_lightning.tasks.arithmetic.correct_answer", weight=2)
     assert to_train_config(cfg).reward.functions["correct"].weight == 2.0
+
+
+def test_run_labels_pass_with_any_logger(compose_config):
+    """logger.group and logger.tags label the run under every logger (experiment overlays set
+    them); the W&B-only fields pass with logger=wandb."""
+    _validate(compose_config("experiment=arith_kl"))
+    _validate(compose_config("logger=wandb", "logger.project=mine", "logger.offline=true"))
