@@ -96,6 +96,7 @@ class GRPOModule(L.LightningModule):
         self.val_sampling = SamplingParams(gen.max_new_tokens, gen.temperature, gen.top_p, gen.top_k,
                                            do_sample=gen.val_do_sample, backend=gen.backend, vllm_engine=engine)
         self.validated_at_step: Optional[int] = None  # Lightning global_step of the last validation
+        self.last_val_metrics: dict[str, float] = {}  # its results, kept in checkpoints
         self.last_rollout: Optional[RolloutSample] = None  # for callbacks (W&B completions table)
         self.skip_guard = SkipGuard(self.algorithm.max_consecutive_skips)
 
@@ -395,17 +396,25 @@ class GRPOModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         # Means over every validation prompt of every process (compute sums across them).
-        self.log_dict(self.val_means.compute(), on_step=False, on_epoch=True)
+        means = self.val_means.compute()
+        self.log_dict(means, on_step=False, on_epoch=True)
         self.validated_at_step = self.trainer.global_step
+        self.last_val_metrics = {name: float(value) for name, value in means.items()}
 
     # -- checkpoint: what the parameters and optimizer do not hold (see resume.py) --------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["skip_guard"] = self.skip_guard.state_dict()
+        checkpoint["validated_at_step"] = self.validated_at_step
+        checkpoint["last_val_metrics"] = self.last_val_metrics
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "skip_guard" in checkpoint:
             self.skip_guard.load_state_dict(checkpoint["skip_guard"])
+        # A finished run continued with ckpt_path=last must not validate its last step twice,
+        # and still reports that validation's results.
+        self.validated_at_step = checkpoint.get("validated_at_step")
+        self.last_val_metrics = checkpoint.get("last_val_metrics", {})
 
     # -- optimization ----------------------------------------------------------------------
 

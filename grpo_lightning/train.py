@@ -190,7 +190,7 @@ def train(dict_cfg: DictConfig) -> dict[str, float]:
             return {name: float(value) for name, value in final.items()}
         if module.validated_at_step != trainer.global_step:
             trainer.validate(module, datamodule=data, verbose=False)  # the last step's validation
-        final.update(trainer.callback_metrics)
+        final.update(module.last_val_metrics)
     finally:
         finish_logger(trainer.loggers)  # a later run in this process must not log into this one
     metrics = {name: float(value) for name, value in final.items()}
@@ -200,7 +200,7 @@ def train(dict_cfg: DictConfig) -> dict[str, float]:
         policy.save_pretrained(run_dir / "policy")
         if (run_dir / "metrics.csv").is_file():
             plot_reward_curve(run_dir)
-        _print_summary(first_val, _val_reward(trainer), trainer.global_step // optimizer_steps_per_batch(cfg),
+        _print_summary(first_val, metrics.get(VAL_METRIC), trainer.global_step // optimizer_steps_per_batch(cfg),
                        time.perf_counter() - started, run_dir)
     return metrics
 

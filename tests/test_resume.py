@@ -293,3 +293,14 @@ def test_a_fresh_run_into_another_runs_directory_is_refused(compose_config, rand
         train(compose_config(*common))
     assert (tmp_path / "metrics.csv").read_text() == before          # untouched
     train(compose_config(*common[:2], "trainer.max_steps=2", "ckpt_path=last"))   # continuing is fine
+
+
+def test_continuing_a_finished_run_neither_validates_again_nor_loses_its_results(
+        compose_config, random_arith_dir, tmp_path):
+    common = [f"model.name_or_path={random_arith_dir}", "validate_before_training=false", "trainer.max_steps=2",
+              "trainer.val_every_n_steps=1", "trainer.limit_val_batches=1", "data.batch_size=4"]
+    finished = train(compose_config(*common))
+    before = (tmp_path / "metrics.csv").read_text()
+    again = train(compose_config(*common, "ckpt_path=last"))
+    assert (tmp_path / "metrics.csv").read_text() == before      # no second final-validation row
+    assert again["val/reward/mean"] == finished["val/reward/mean"]  # what a sweeper is given
