@@ -53,6 +53,13 @@ class CompletionsTable(L.Callback):
         self.every_n_steps = every_n_steps
         self.steps_seen = 0
 
+    # In the checkpoint, so that a resumed run logs its tables at the same steps.
+    def state_dict(self) -> dict[str, int]:
+        return {"steps_seen": self.steps_seen}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self.steps_seen = state_dict["steps_seen"]
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         self.steps_seen += 1
