@@ -233,11 +233,23 @@ def resolve_ckpt_path(ckpt_path: Optional[str], run_dir: str | Path) -> Optional
 
 def preemption_signals() -> list[signal.Signals]:
     """SIGTERM always; SIGUSR1 too under SLURM (``#SBATCH --signal=USR1@90`` sends it ahead of
-    the time limit)."""
+    the time limit); in a job submitted by submitit (hydra/launcher=slurm), its pre-emption
+    signal as well (SIGUSR2 unless SUBMITIT_PREEMPT_SIGNAL says otherwise)."""
     signals = [signal.SIGTERM]
     if "SLURM_JOB_ID" in os.environ and hasattr(signal, "SIGUSR1"):
         signals.append(signal.SIGUSR1)
+    submitit = submitit_signal()
+    if submitit is not None and submitit not in signals:
+        signals.append(submitit)
     return signals
+
+
+def submitit_signal() -> Optional[signal.Signals]:
+    """The signal submitit sends a job of its ahead of the time limit or on pre-emption, None
+    outside such a job."""
+    if "SUBMITIT_EXECUTOR" not in os.environ:
+        return None
+    return getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), None)
 
 
 PREEMPTED = threading.Event()
@@ -251,7 +263,8 @@ class PreemptionCallback(Callback):
     The handlers are installed when fitting starts, over Lightning's own (which would only
     stop at the end of an epoch, without a checkpoint), and the previous ones come back at the
     end. Every process must agree to stop at the same step, so the flag is reduced across
-    processes after each step.
+    processes after each step. Under submitit, its own handler (which requeues the job and
+    exits at once) runs after the checkpoint is written instead of in the middle of a step.
     """
 
     def __init__(self, dirpath: str | Path):
@@ -286,7 +299,14 @@ class PreemptionCallback(Callback):
         self.preempted_at = trainer.global_step
         PREEMPTED.set()
         trainer.should_stop = True
-        if self.received == getattr(signal, "SIGUSR1", None) and trainer.is_global_zero:
+        if self.received is not None and self.received == submitit_signal():
+            submitits_handler = self._previous.get(self.received)
+            self._restore_handlers()
+            if callable(submitits_handler):
+                print(f"pre-empted: {self.dirpath / LAST_CHECKPOINT} written; submitit requeues the job "
+                      "(give the sweep ckpt_path=last so that it continues)", file=sys.stderr, flush=True)
+                submitits_handler(self.received, None)
+        elif self.received == getattr(signal, "SIGUSR1", None) and trainer.is_global_zero:
             _requeue_slurm_job()
 
 

@@ -307,3 +307,36 @@ def test_continuing_a_finished_run_neither_validates_again_nor_loses_its_results
     again = train(compose_config(*common, "ckpt_path=last"))
     assert (tmp_path / "metrics.csv").read_text() == before      # no second final-validation row
     assert again["val/reward/mean"] == finished["val/reward/mean"]  # what a sweeper is given
+
+
+def test_submitits_preemption_signal_writes_the_checkpoint_before_submitit_requeues(monkeypatch, tmp_path):
+    """In a submitit job (hydra/launcher=slurm) SIGUSR2 would run submitit's handler mid-step, which
+    requeues and exits at once; the callback lets the step finish, writes last.ckpt, then hands over."""
+    from types import SimpleNamespace
+
+    from grpo_lightning.resume import PREEMPTED, PreemptionCallback, preemption_signals
+
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    monkeypatch.delenv("SUBMITIT_PREEMPT_SIGNAL", raising=False)
+    assert signal.SIGUSR2 in preemption_signals()
+    events = []
+    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: events.append(("submitit", signum)))
+    try:
+        trainer = SimpleNamespace(
+            strategy=SimpleNamespace(reduce_boolean_decision=lambda decision, all: decision),
+            save_checkpoint=lambda path: events.append(("saved", Path(path).name)),
+            global_step=3, is_global_zero=True, should_stop=False)
+        callback = PreemptionCallback(tmp_path)
+        callback.on_train_start(trainer, None)
+        callback.on_train_batch_end(trainer, None, None, None, 0)
+        assert events == []                                   # no signal, nothing happens
+        os.kill(os.getpid(), signal.SIGUSR2)
+        assert events == []                                   # the step is not interrupted
+        callback.on_train_batch_end(trainer, None, None, None, 1)
+        assert events == [("saved", "last.ckpt"), ("submitit", signal.SIGUSR2)]
+        assert trainer.should_stop and callback.preempted_at == 3
+        os.kill(os.getpid(), signal.SIGUSR2)                  # submitit's handler is back in place
+        assert events[-1] == ("submitit", signal.SIGUSR2)
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+        PREEMPTED.clear()
