@@ -10,15 +10,16 @@ formats the prompts and enforces their length limit, so this module needs no tok
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import lightning as L
 import torch
+import torch.distributed as dist
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from grpo_lightning.config import ConfigError, DataConfig, import_object
-from grpo_lightning.distributed import shards_weights
+from grpo_lightning.distributed import is_distributed, shards_weights
 from grpo_lightning.prompt_files import load_splits
 from grpo_lightning.resume import ResumableSampler
 
@@ -61,6 +62,8 @@ class PromptDataModule(L.LightningDataModule):
         self.seed = seed
         self._resume_at: Optional[tuple[int, int]] = None  # (epoch, batches done) from a checkpoint
         self.refill_sampler: Optional[ResumableSampler] = None
+        self.refill_batches_done = 0  # of the refill sampler's current epoch
+        self._refill_resume_at: Optional[tuple[int, int]] = None
 
     @classmethod
     def from_config(cls, cfg: DataConfig, *, seed: int = 0,
@@ -114,15 +117,28 @@ class PromptDataModule(L.LightningDataModule):
         """More training prompts for dynamic sampling (algorithm.filter_zero_std_groups): the
         training rows in shuffled orders of their own (a seed stream apart from the main one),
         so a refill does not repeat the batches the main stream is about to give, and the main
-        sampler and its resume position are untouched. Each pass over it is a new epoch."""
+        sampler and its resume position are untouched. Each pass over it is a new epoch; the
+        first continues from a checkpoint's refill position."""
         rank, world = self._rank_and_world()
         if self.refill_sampler is None:
             self.refill_sampler = ResumableSampler(len(self.train_rows), self.batch_size, shuffle=True,
                                                    seed=self.seed + REFILL_SEED_OFFSET, rank=rank, world_size=world,
                                                    drop_last=True)
+            epoch, done = self._refill_resume_at or (0, 0)
+            self.refill_sampler.resume_at(epoch, done)
+            self._refill_resume_at = None
         else:
             self.refill_sampler.set_epoch(self.refill_sampler.epoch + 1)
+            done = 0
+        self.refill_batches_done = done
         return self._loader(self.train_rows, self.batch_size, self.refill_sampler)
+
+    def refill_batches(self) -> Iterator[dict[str, list[Any]]]:
+        """Endless refill batches (see refill_dataloader), counted so checkpoints hold the position."""
+        while True:
+            for batch in self.refill_dataloader():
+                self.refill_batches_done += 1
+                yield batch
 
     def val_dataloader(self) -> DataLoader:
         rank, world = self._rank_and_world()
@@ -148,8 +164,21 @@ class PromptDataModule(L.LightningDataModule):
         done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
         if done >= self.train_sampler.batches_per_epoch:  # saved on the epoch's last batch
             epoch, done = epoch + 1, 0
-        return {"epoch": epoch, "batches_done": done}
+        state: dict[str, Any] = {"epoch": epoch, "batches_done": done}
+        # Each process draws its own number of refills; only rank 0 writes, so all travel in it.
+        refill = (self.refill_sampler.epoch, self.refill_batches_done) if self.refill_sampler else None
+        if is_distributed():
+            per_rank: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(per_rank, refill)
+            state["refill_per_rank"] = per_rank
+        else:
+            state["refill_per_rank"] = [refill]
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict:
             self._resume_at = (state_dict["epoch"], state_dict["batches_done"])
+            per_rank = state_dict.get("refill_per_rank", [])
+            rank = dist.get_rank() if is_distributed() else 0
+            # A checkpoint of another process count is refused by RNGStateCallback.
+            self._refill_resume_at = per_rank[rank] if rank < len(per_rank) else None

@@ -31,7 +31,7 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import replace
-from typing import Any, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import lightning as L
 import torch
@@ -207,21 +207,18 @@ class GRPOModule(L.LightningModule):
     def _more_prompts(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
         """The next batch of training prompts for another dynamic-sampling round.
 
-        Drawn from the datamodule's ``refill_dataloader()`` (PromptDataModule: the training rows
-        in an order of their own), else from a second iterator over its ``train_dataloader()``,
-        cycled; without a datamodule, the step's own prompts are sampled again.
+        Drawn from the datamodule's ``refill_batches()`` (PromptDataModule: the training rows in
+        an order of their own, its position kept in checkpoints), else from a second iterator
+        over its ``train_dataloader()``, cycled; without a datamodule, the step's own prompts are
+        sampled again.
         """
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is None:
             return batch
-        loader = getattr(datamodule, "refill_dataloader", datamodule.train_dataloader)
         if self._refill is None:
-            self._refill = iter(loader())
-        try:
-            return next(self._refill)
-        except StopIteration:
-            self._refill = iter(loader())
-            return next(self._refill)
+            self._refill = (datamodule.refill_batches() if hasattr(datamodule, "refill_batches")
+                            else _cycle(datamodule.train_dataloader))
+        return next(self._refill)
 
     def _rollout(self, batch: dict[str, list[Any]], group_size: int, sampling: SamplingParams) -> Rollout:
         prompts = batch[self.prompt_key]
@@ -437,3 +434,9 @@ def _fused_adamw_supported(params: list[torch.nn.Parameter]) -> bool:
     devices = _get_fused_kernels_supported_devices()
     return bool(params) and all(p.device.type in devices and p.dtype in (torch.float32, torch.bfloat16, torch.float16)
                                 for p in params)
+
+
+def _cycle(make_loader: Callable[[], Iterable[Any]]) -> Iterator[Any]:
+    """The batches of ``make_loader()``, a fresh loader each time one runs out."""
+    while True:
+        yield from make_loader()

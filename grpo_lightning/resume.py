@@ -6,7 +6,7 @@ run to produce the same metrics as an uninterrupted one, three more things must 
 * the position in the prompt stream: :class:`ResumableSampler` draws each epoch's order from
   ``(seed, epoch)`` alone and can start mid-epoch; the data module stores how many batches of
   the epoch were trained on (Lightning prefetches one batch ahead, so the sampler's own count
-  would be off by one);
+  would be off by one), and each process's position in the dynamic-sampling refill stream;
 * every random state (python, numpy, torch CPU and CUDA; the generation sampler and the
   mini-batch shuffles draw from torch's), by :class:`RNGStateCallback`, each process's own
   (the checkpoint holds them all; a different process count is refused). It also runs each
@@ -16,7 +16,7 @@ run to produce the same metrics as an uninterrupted one, three more things must 
 * the settings that give the counters their meaning (seed, batch and group size, mini-batches,
   passes): :class:`RunSettingsCallback` refuses a resume that changes them.
 
-Pre-emption (SIGTERM, and SIGUSR1 under SLURM) is :class:`PreemptionCallback`: the training
+Pre-emption (SIGTERM, SIGUSR1 under SLURM, submitit's signal in its jobs) is :class:`PreemptionCallback`: the training
 step in flight finishes, ``checkpoints/last.ckpt`` is written and the run stops cleanly;
 ``ckpt_path=last`` (see :func:`resolve_ckpt_path`) continues it.
 

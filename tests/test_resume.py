@@ -340,3 +340,24 @@ def test_submitits_preemption_signal_writes_the_checkpoint_before_submitit_reque
     finally:
         signal.signal(signal.SIGUSR2, previous)
         PREEMPTED.clear()
+
+
+def constant_for_even_first_digit(prompts, completions, **columns):
+    """Every prompt starting with an even digit forms a constant group: dynamic sampling refills."""
+    return [0.5 if int(p[0]) % 2 == 0 else float(sum(map(ord, c)) % 3) for p, c in zip(prompts, completions)]
+
+
+def test_dynamic_sampling_resumes_bitwise(compose_config, random_arith_dir, tmp_path):
+    """The refill stream's position is in the checkpoint: a resumed run draws the same extra prompts."""
+    common = [f"model.name_or_path={random_arith_dir}", "algorithm.group_size=4", "data.batch_size=4",
+              "algorithm.filter_zero_std_groups=true", "algorithm.max_generation_rounds=4",
+              f"reward.functions.correct.fn={__name__}.constant_for_even_first_digit", "generation.max_new_tokens=4",
+              "checkpoint.every_n_steps=1", "validate_before_training=false", "trainer.val_every_n_steps=100",
+              "trainer.limit_val_batches=1"]
+    train(compose_config(*common, f"output_dir={tmp_path}/full", "trainer.max_steps=4"))
+    train(compose_config(*common, f"output_dir={tmp_path}/part", "trainer.max_steps=2"))
+    train(compose_config(*common, f"output_dir={tmp_path}/part", "trainer.max_steps=4", "ckpt_path=last"))
+    full, resumed = _rows(tmp_path / "full"), _rows(tmp_path / "part")
+    assert all(float(full[step]["sampling/rounds"]) > 1 for step in (0, 1)), "the test needs refills"
+    for step in (2, 3):
+        assert resumed[step] == full[step], f"step {step} differs after resume"
