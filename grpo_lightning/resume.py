@@ -17,8 +17,8 @@ run to produce the same metrics as an uninterrupted one, three more things must 
   passes): :class:`RunSettingsCallback` refuses a resume that changes them.
 
 Pre-emption (SIGTERM, SIGUSR1 under SLURM, submitit's signal in its jobs) is
-:class:`PreemptionCallback`: the training step in flight finishes, ``checkpoints/last.ckpt`` is written and the run stops cleanly;
-``ckpt_path=last`` (see :func:`resolve_ckpt_path`) continues it.
+:class:`PreemptionCallback`: the training step in flight finishes, ``checkpoints/last.ckpt`` is
+written and the run stops cleanly; ``ckpt_path=last`` (see :func:`resolve_ckpt_path`) continues it.
 
 On a GPU a resumed run matches to floating-point tolerance rather than bitwise: cuBLAS/cuDNN
 kernels are not deterministic unless ``trainer.deterministic=true`` (and
