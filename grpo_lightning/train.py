@@ -21,7 +21,6 @@ a sweeper such as Optuna optimizes).
 from __future__ import annotations
 
 import functools
-import json
 import sys
 import time
 import warnings
@@ -45,10 +44,11 @@ from grpo_lightning.plots import plot_reward_curve
 from grpo_lightning.policy import CausalLMPolicy
 from grpo_lightning.prompts import PromptFormatter
 from grpo_lightning.progress import progress_callbacks
-from grpo_lightning.resume import (LAST_CHECKPOINT, PREEMPTED, RESUME_FIXED_SETTINGS, AtomicCheckpointIO,
+from grpo_lightning.resume import (PREEMPTED, RESUME_FIXED_SETTINGS, AtomicCheckpointIO,
                                    PreemptionCallback, RNGStateCallback, RunSettingsCallback, checkpoint_dir,
                                    resolve_ckpt_path)
 from grpo_lightning.rewards import RewardError, WeightedReward
+from grpo_lightning.run_dir import claim_output_dir, output_dir_lock, refuse_used_output_dir
 
 VAL_METRIC = "val/reward/mean"
 
@@ -116,15 +116,6 @@ def build_trainer(cfg: TrainConfig, resume_step: Optional[int] = None) -> L.Trai
     )
 
 
-def refuse_used_output_dir(run_dir: Path) -> None:
-    """A fresh run must not write into another run's results (its metrics.csv would be replaced,
-    its checkpoint overwritten step by step, or two runs would interleave)."""
-    used = [name for name in ("metrics.csv", f"checkpoints/{LAST_CHECKPOINT}") if (run_dir / name).is_file()]
-    if used:
-        raise ConfigError(f"output_dir={run_dir} already holds a run ({', '.join(used)}); continue it with "
-                          "ckpt_path=last, or give a new output_dir (or delete that one)")
-
-
 def resume_settings(cfg: TrainConfig) -> dict[str, Any]:
     """The values of RESUME_FIXED_SETTINGS in ``cfg``."""
     return {key: functools.reduce(getattr, key.split("."), cfg) for key in RESUME_FIXED_SETTINGS}
@@ -138,6 +129,11 @@ def _val_reward(trainer: L.Trainer) -> Optional[float]:
 def train(dict_cfg: DictConfig) -> dict[str, float]:
     """Build everything from the config, train, export the policy; return the final metrics."""
     cfg = to_train_config(dict_cfg)
+    with output_dir_lock(Path(cfg.output_dir), resuming=cfg.ckpt_path is not None):
+        return _train(cfg, dict_cfg)
+
+
+def _train(cfg: TrainConfig, dict_cfg: DictConfig) -> dict[str, float]:
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.output_dir)
     resume_step = None
     if cfg.ckpt_path == "last" and ckpt_path is None:
@@ -233,24 +229,6 @@ def _print_summary(first_val: Optional[float], last_val: Optional[float], steps:
 
 
 register_configs()
-
-
-SWEEP_JOB_MARKER = ".grpo-sweep-job.json"
-
-
-def claim_output_dir(output_dir: str, sweep_dir: str, job_num: int) -> None:
-    """In a sweep, mark ``output_dir`` as this job's; refuse one that another job of the same
-    sweep already wrote to. Without ckpt_path, refuse_used_output_dir would stop the second job
-    too; with ckpt_path=last it would continue the first job's run as its own."""
-    marker = Path(output_dir) / SWEEP_JOB_MARKER
-    if marker.is_file():
-        claimed = json.loads(marker.read_text())
-        if claimed["sweep_dir"] == sweep_dir and claimed["job_num"] != job_num:
-            raise ConfigError(f"output_dir={output_dir} is shared by jobs #{claimed['job_num']} and #{job_num} of "
-                              "this sweep; leave output_dir to Hydra (hydra.sweep.dir/hydra.sweep.subdir) or make it "
-                              "differ per job, e.g. output_dir=/runs/x/${hydra:job.num}")
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"sweep_dir": sweep_dir, "job_num": job_num}))
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")

@@ -2,6 +2,7 @@
 
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -361,3 +362,36 @@ def test_dynamic_sampling_resumes_bitwise(compose_config, random_arith_dir, tmp_
     assert all(float(full[step]["sampling/rounds"]) > 1 for step in (0, 1)), "the test needs refills"
     for step in (2, 3):
         assert resumed[step] == full[step], f"step {step} differs after resume"
+
+
+def test_a_run_into_a_directory_a_live_run_holds_is_refused(compose_config, random_arith_dir, tmp_path):
+    """Two runs started in the same second share Hydra's default directory: the second is refused
+    while the first is live; a lock whose process is gone is taken over and removed at the end."""
+    import socket
+
+    from grpo_lightning.config import ConfigError
+    from grpo_lightning.run_dir import RUN_LOCK
+
+    common = [f"model.name_or_path={random_arith_dir}", "validate_before_training=false", "trainer.max_steps=1",
+              "trainer.limit_val_batches=1", "data.batch_size=4"]
+    lock = tmp_path / RUN_LOCK
+    lock.write_text(f"{socket.gethostname()} {os.getpid()}")            # a live process holds it
+    with pytest.raises(ConfigError, match=r"is in use by another run \(process \d+\); two runs started in the "
+                                          r"same second share Hydra's default directory"):
+        train(compose_config(*common))
+    assert not (tmp_path / "metrics.csv").exists()
+    lock.write_text("elsewhere 123")                                      # another host: cannot be checked
+    with pytest.raises(ConfigError, match=f"If no run is live there, delete {re.escape(str(lock))}"):
+        train(compose_config(*common))
+    train(compose_config(*common, "ckpt_path=last"))     # a requeued job takes it over (no checkpoint yet)
+    assert not lock.exists()
+    lock.write_text(f"{socket.gethostname()} {os.getpid()}")
+    with pytest.raises(ConfigError, match=r"is in use by another run"):
+        train(compose_config(*common, "trainer.max_steps=2", "ckpt_path=last"))
+    (tmp_path / "metrics.csv").unlink()
+    (tmp_path / "checkpoints" / "last.ckpt").unlink()
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True)
+    lock.write_text(f"{socket.gethostname()} {finished.stdout.strip()}")  # its process is gone
+    train(compose_config(*common))
+    assert (tmp_path / "metrics.csv").is_file() and not lock.exists()

@@ -147,7 +147,7 @@ def test_a_sweep_runs_on_past_a_failing_job_and_refuses_a_shared_output_dir(rand
 
 
 def test_a_sweep_job_claims_its_output_dir(tmp_path):
-    from grpo_lightning.train import claim_output_dir
+    from grpo_lightning.run_dir import claim_output_dir
 
     claim_output_dir(str(tmp_path / "run"), "/sweeps/1", 0)
     claim_output_dir(str(tmp_path / "run"), "/sweeps/1", 0)              # the same job again (a requeue)
