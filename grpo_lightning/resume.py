@@ -42,6 +42,7 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import Sampler
 
 from grpo_lightning.config import ConfigError
@@ -293,7 +294,17 @@ class PreemptionCallback(Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if not trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
+        self._stop_if_signalled(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A validation inside fit runs after the step's check: a signal that came during it
+        # would otherwise wait for one more training step.
+        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
+            self._stop_if_signalled(trainer)
+
+    def _stop_if_signalled(self, trainer: L.Trainer) -> None:
+        if self.preempted_at is not None or not trainer.strategy.reduce_boolean_decision(
+                self.received is not None, all=False):
             return
         trainer.save_checkpoint(self.dirpath / LAST_CHECKPOINT)
         self.preempted_at = trainer.global_step

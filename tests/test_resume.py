@@ -315,6 +315,8 @@ def test_submitits_preemption_signal_writes_the_checkpoint_before_submitit_reque
     requeues and exits at once; the callback lets the step finish, writes last.ckpt, then hands over."""
     from types import SimpleNamespace
 
+    from lightning.pytorch.trainer.states import TrainerFn
+
     from grpo_lightning.resume import PREEMPTED, PreemptionCallback, preemption_signals
 
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
@@ -326,15 +328,18 @@ def test_submitits_preemption_signal_writes_the_checkpoint_before_submitit_reque
         trainer = SimpleNamespace(
             strategy=SimpleNamespace(reduce_boolean_decision=lambda decision, all: decision),
             save_checkpoint=lambda path: events.append(("saved", Path(path).name)),
-            global_step=3, is_global_zero=True, should_stop=False)
+            global_step=3, is_global_zero=True, should_stop=False, sanity_checking=False,
+            state=SimpleNamespace(fn=TrainerFn.FITTING))
         callback = PreemptionCallback(tmp_path)
         callback.on_train_start(trainer, None)
         callback.on_train_batch_end(trainer, None, None, None, 0)
+        callback.on_validation_end(trainer, None)
         assert events == []                                   # no signal, nothing happens
         os.kill(os.getpid(), signal.SIGUSR2)
         assert events == []                                   # the step is not interrupted
+        callback.on_validation_end(trainer, None)             # the validation after a step: stop there
         callback.on_train_batch_end(trainer, None, None, None, 1)
-        assert events == [("saved", "last.ckpt"), ("submitit", signal.SIGUSR2)]
+        assert events == [("saved", "last.ckpt"), ("submitit", signal.SIGUSR2)]   # once
         assert trainer.should_stop and callback.preempted_at == 3
         os.kill(os.getpid(), signal.SIGUSR2)                  # submitit's handler is back in place
         assert events[-1] == ("submitit", signal.SIGUSR2)
@@ -395,3 +400,43 @@ def test_a_run_into_a_directory_a_live_run_holds_is_refused(compose_config, rand
     lock.write_text(f"{socket.gethostname()} {finished.stdout.strip()}")  # its process is gone
     train(compose_config(*common))
     assert (tmp_path / "metrics.csv").is_file() and not lock.exists()
+
+
+_SIGNAL_IN_VALIDATION = {"armed": False}
+
+
+def signal_in_first_validation(prompts, completions, **columns):
+    """Rewards by completion length; while armed, sends SIGTERM to this process from the first
+    validation batch (8 prompts, one greedy completion each; training batches hold 16)."""
+    if _SIGNAL_IN_VALIDATION["armed"] and len(completions) == 8:
+        _SIGNAL_IN_VALIDATION["armed"] = False
+        os.kill(os.getpid(), signal.SIGTERM)
+    return [float(len(c) % 3) for c in completions]
+
+
+def test_a_signal_during_validation_stops_the_run_there_and_it_resumes_bitwise(compose_config, random_arith_dir,
+                                                                               tmp_path):
+    from grpo_lightning.resume import PREEMPTED
+
+    common = [f"model.name_or_path={random_arith_dir}", "algorithm.group_size=4", "data.batch_size=4",
+              f"reward.functions.correct.fn={__name__}.signal_in_first_validation", "generation.max_new_tokens=4",
+              "checkpoint.every_n_steps=100", "validate_before_training=false", "trainer.val_every_n_steps=2",
+              "trainer.limit_val_batches=1", "data.val_batch_size=8", "trainer.max_steps=4"]
+    train(compose_config(*common, f"output_dir={tmp_path}/full"))
+    _SIGNAL_IN_VALIDATION["armed"] = True
+    try:
+        train(compose_config(*common, f"output_dir={tmp_path}/part"))
+        assert PREEMPTED.is_set() and not _SIGNAL_IN_VALIDATION["armed"]
+    finally:
+        _SIGNAL_IN_VALIDATION["armed"] = False
+        PREEMPTED.clear()
+    assert torch.load(tmp_path / "part" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 2
+    assert sorted(_rows(tmp_path / "part")) == [0, 1]          # stopped after step 2's validation
+    train(compose_config(*common, f"output_dir={tmp_path}/part", "ckpt_path=last"))
+    full, resumed = _rows(tmp_path / "full"), _rows(tmp_path / "part")
+    assert sorted(resumed) == [0, 1, 2, 3] and all(resumed[step] == full[step] for step in (2, 3))
+
+    def validation_rows(run_dir):
+        with open(run_dir / "metrics.csv") as handle:
+            return [(row["step"], row["val/reward/mean"]) for row in csv.DictReader(handle) if row["val/reward/mean"]]
+    assert validation_rows(tmp_path / "part") == validation_rows(tmp_path / "full")   # none missing, none twice
