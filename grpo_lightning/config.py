@@ -373,8 +373,9 @@ class LoggerConfig:
     """W&B entity (team or user); None uses the default of the logged-in account."""
     group: Optional[str] = None
     """W&B run group (e.g. one per sweep or experiment). A label of the run under every logger
-    (the csv logger records it in hparams.yaml), so experiment overlays may set it; the other
-    fields below but ``tags`` apply to logger=wandb only and are refused with another logger."""
+    (the csv logger records it in hparams.yaml), so experiment overlays may set it; so is
+    ``tags``. Every other field of this group but ``kind`` applies to logger=wandb only and is
+    refused with another logger."""
     tags: List[str] = field(default_factory=list)
     """W&B run tags; recorded like ``group``."""
     run_name: Optional[str] = None

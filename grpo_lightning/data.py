@@ -166,7 +166,9 @@ class PromptDataModule(L.LightningDataModule):
             epoch, done = epoch + 1, 0
         state: dict[str, Any] = {"epoch": epoch, "batches_done": done}
         # Each process draws its own number of refills; only rank 0 writes, so all travel in it.
-        refill = (self.refill_sampler.epoch, self.refill_batches_done) if self.refill_sampler else None
+        # A process that has drawn no refill since resuming keeps the position it resumed at.
+        refill = ((self.refill_sampler.epoch, self.refill_batches_done) if self.refill_sampler
+                  else self._refill_resume_at)
         if is_distributed():
             per_rank: list[Any] = [None] * dist.get_world_size()
             dist.all_gather_object(per_rank, refill)

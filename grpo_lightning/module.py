@@ -96,7 +96,8 @@ class GRPOModule(L.LightningModule):
         self.val_sampling = SamplingParams(gen.max_new_tokens, gen.temperature, gen.top_p, gen.top_k,
                                            do_sample=gen.val_do_sample, backend=gen.backend, vllm_engine=engine)
         self.validated_at_step: Optional[int] = None  # Lightning global_step of the last validation
-        self.last_val_metrics: dict[str, float] = {}  # its results, kept in checkpoints
+        self.last_val_metrics: dict[str, float] = {}  # its results
+        self.resumed_at_step: Optional[int] = None  # the global_step of the checkpoint resumed from
         self.last_rollout: Optional[RolloutSample] = None  # for callbacks (W&B completions table)
         self.skip_guard = SkipGuard(self.algorithm.max_consecutive_skips)
 
@@ -402,16 +403,11 @@ class GRPOModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["skip_guard"] = self.skip_guard.state_dict()
-        checkpoint["validated_at_step"] = self.validated_at_step
-        checkpoint["last_val_metrics"] = self.last_val_metrics
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "skip_guard" in checkpoint:
             self.skip_guard.load_state_dict(checkpoint["skip_guard"])
-        # A finished run continued with ckpt_path=last must not validate its last step twice,
-        # and still reports that validation's results.
-        self.validated_at_step = checkpoint.get("validated_at_step")
-        self.last_val_metrics = checkpoint.get("last_val_metrics", {})
+        self.resumed_at_step = checkpoint["global_step"]
 
     # -- optimization ----------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ kernels are not deterministic unless ``trainer.deterministic=true`` (and
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -253,6 +254,68 @@ def submitit_signal() -> Optional[signal.Signals]:
     return getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), None)
 
 
+def validates_after_this_batch(trainer: L.Trainer) -> bool:
+    """Whether Lightning validates after the training batch in progress, on the batch-based
+    schedule that build_trainer sets (val_check_interval in batches)."""
+    return trainer.enable_validation and (trainer.fit_loop.epoch_loop.total_batch_idx + 1) % trainer.val_check_batch == 0
+
+
+class LastCheckpoint(Callback):
+    """Writes ``last.ckpt`` every ``every_n_optimizer_steps`` optimizer steps and at the last one.
+
+    A step that is validated is saved after its validation (Lightning's ModelCheckpoint saves
+    before it), so that a resume does not skip a validation that an interrupted run never
+    finished: Lightning treats a checkpoint written before a step's validation as validated.
+    """
+
+    def __init__(self, dirpath: str | Path, every_n_optimizer_steps: int):
+        self.path = Path(dirpath) / LAST_CHECKPOINT
+        self.every_n_optimizer_steps = every_n_optimizer_steps
+        self._saved_at: Optional[int] = None
+        self._after_validation = False
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        due = trainer.global_step >= trainer.max_steps or trainer.global_step % self.every_n_optimizer_steps == 0
+        if not due or trainer.global_step == self._saved_at:  # a skipped update does not advance the count
+            return
+        if validates_after_this_batch(trainer):
+            self._after_validation = True
+        else:
+            self._save(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._after_validation and trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
+            self._after_validation = False
+            self._save(trainer)
+
+    def _save(self, trainer: L.Trainer) -> None:
+        trainer.save_checkpoint(self.path)
+        self._saved_at = trainer.global_step
+
+
+FINAL_VALIDATION = "final_validation.json"
+
+
+def record_final_validation(directory: str | Path, global_step: int, metrics: dict[str, float]) -> None:
+    """Keep a finished run's last validation beside its checkpoints: continuing the run with
+    ``ckpt_path=last`` trains nothing, and must neither validate again (a second row) nor lose
+    the results (a sweeper's objective)."""
+    path = Path(directory) / FINAL_VALIDATION
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps({"global_step": global_step, "metrics": metrics}))
+    os.replace(temporary, path)
+
+
+def recorded_final_validation(directory: str | Path, global_step: int) -> Optional[dict[str, float]]:
+    """The metrics record_final_validation kept for ``global_step``, if any."""
+    path = Path(directory) / FINAL_VALIDATION
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    return record["metrics"] if record["global_step"] == global_step else None
+
+
 PREEMPTED = threading.Event()
 """Set once a run of this process has stopped for a pre-emption signal: a sweep must not start
 its next job (grpo_lightning.train.main), the machine is going away."""
@@ -294,18 +357,24 @@ class PreemptionCallback(Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        self._stop_if_signalled(trainer)
+        # A step with a validation stops after it (below), so that the checkpoint records it.
+        if self._signalled(trainer) and not validates_after_this_batch(trainer):
+            self._stop(trainer)
+            # should_stop alone would make Lightning validate off schedule; the machine is going away.
+            epoch_loop = trainer.fit_loop.epoch_loop
+            if hasattr(epoch_loop, "_skip_next_val"):
+                epoch_loop._skip_next_val = True
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # A validation inside fit runs after the step's check: a signal that came during it
-        # would otherwise wait for one more training step.
-        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
-            self._stop_if_signalled(trainer)
+        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking and self._signalled(trainer):
+            self._stop(trainer)
 
-    def _stop_if_signalled(self, trainer: L.Trainer) -> None:
-        if self.preempted_at is not None or not trainer.strategy.reduce_boolean_decision(
-                self.received is not None, all=False):
-            return
+    def _signalled(self, trainer: L.Trainer) -> bool:
+        """Whether any process got a signal (a collective: every process calls it alike)."""
+        return self.preempted_at is None and trainer.strategy.reduce_boolean_decision(self.received is not None,
+                                                                                      all=False)
+
+    def _stop(self, trainer: L.Trainer) -> None:
         trainer.save_checkpoint(self.dirpath / LAST_CHECKPOINT)
         self.preempted_at = trainer.global_step
         PREEMPTED.set()

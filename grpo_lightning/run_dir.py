@@ -7,7 +7,8 @@ Three rules keep one run's results from being overwritten or interleaved with an
 * while a run is live its directory holds a lock naming its host and process, and a second run
   into it is refused (:func:`output_dir_lock`): two runs started in the same second share
   Hydra's default directory (``outputs/<date>/<time>``, to the second) and would otherwise both
-  pass the first rule before either had written anything;
+  pass the first rule before either had written anything. Taking over a lock whose process is
+  gone is not atomic: two runs doing so at the same moment can both proceed;
 * in a ``-m`` sweep each job marks its directory as its own (:func:`claim_output_dir`), which
   also covers jobs given ``ckpt_path=last``, where the first rule does not apply.
 """
@@ -47,8 +48,10 @@ def output_dir_lock(run_dir: Path, resuming: bool) -> Iterator[None]:
     also on errors). A lock left by a process that died on this host is taken over. One from
     another host cannot be checked: a fresh run stops, naming the file to delete; a resumed run
     (``resuming``: a requeued job, typically on another node after its first was killed outright)
-    takes it over."""
-    if rank_zero_only.rank != 0:
+    takes it over. Processes started together by torchrun or srun take no lock: only rank 0 could
+    hold it, and its refusal would leave the others waiting for it at the first collective
+    (Lightning's own DDP launcher starts the others after this point, from rank 0)."""
+    if rank_zero_only.rank != 0 or _started_with_others():
         yield
         return
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -71,6 +74,11 @@ def output_dir_lock(run_dir: Path, resuming: bool) -> Iterator[None]:
         yield
     finally:
         lock.unlink(missing_ok=True)
+
+
+def _started_with_others() -> bool:
+    """Whether this process was started as one of several (torchrun, srun with several tasks)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 or int(os.environ.get("SLURM_NTASKS", "1")) > 1
 
 
 def _live_holder(lock: Path, trust_other_hosts: bool) -> Optional[str]:

@@ -30,7 +30,7 @@ from typing import Any, Optional, Sequence
 import hydra
 import lightning as L
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
+from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from grpo_lightning.callbacks import CompletionsTable
@@ -44,9 +44,9 @@ from grpo_lightning.plots import plot_reward_curve
 from grpo_lightning.policy import CausalLMPolicy
 from grpo_lightning.prompts import PromptFormatter
 from grpo_lightning.progress import progress_callbacks
-from grpo_lightning.resume import (PREEMPTED, RESUME_FIXED_SETTINGS, AtomicCheckpointIO,
+from grpo_lightning.resume import (PREEMPTED, RESUME_FIXED_SETTINGS, AtomicCheckpointIO, LastCheckpoint,
                                    PreemptionCallback, RNGStateCallback, RunSettingsCallback, checkpoint_dir,
-                                   resolve_ckpt_path)
+                                   record_final_validation, recorded_final_validation, resolve_ckpt_path)
 from grpo_lightning.rewards import RewardError, WeightedReward
 from grpo_lightning.run_dir import claim_output_dir, output_dir_lock, refuse_used_output_dir
 
@@ -87,16 +87,18 @@ def build_trainer(cfg: TrainConfig, resume_step: Optional[int] = None) -> L.Trai
     """
     run_dir = Path(cfg.output_dir)
     per_batch = optimizer_steps_per_batch(cfg)
+    # Hooks run in list order: RNGStateCallback restores the training random state at the end of
+    # a validation before a checkpoint is written there, and whatever counts steps
+    # (CompletionsTable) counts before one is written at a step's end.
     callbacks = [RNGStateCallback(), LoggerIdCallback(), RunSettingsCallback(resume_settings(cfg))]
+    if cfg.logger.kind == "wandb" and cfg.logger.log_completions_every > 0:
+        callbacks.append(CompletionsTable(cfg.logger.log_completions_every))
     if cfg.checkpoint.enabled:
-        callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir(run_dir), save_last=True, save_top_k=0,
-                                         every_n_train_steps=cfg.checkpoint.every_n_steps * per_batch))
+        callbacks.append(LastCheckpoint(checkpoint_dir(run_dir), cfg.checkpoint.every_n_steps * per_batch))
         callbacks.append(PreemptionCallback(checkpoint_dir(run_dir)))
     t = cfg.trainer
     progress = progress_callbacks(t.enable_progress_bar, t.console_log_every_n_steps, t.max_steps, per_batch)
     callbacks += progress
-    if cfg.logger.kind == "wandb" and cfg.logger.log_completions_every > 0:
-        callbacks.append(CompletionsTable(cfg.logger.log_completions_every))
     return L.Trainer(
         max_steps=t.max_steps * per_batch, max_epochs=-1, accelerator=t.accelerator, devices=t.devices,
         strategy=t.strategy, num_nodes=t.num_nodes, precision=t.precision,
@@ -105,7 +107,7 @@ def build_trainer(cfg: TrainConfig, resume_step: Optional[int] = None) -> L.Trai
         log_every_n_steps=t.log_every_n_steps, profiler=t.profiler,
         # Lightning would add its tqdm bar; off a terminal the progress is ConsoleLog's lines.
         enable_progress_bar=any(isinstance(c, ProgressBar) for c in progress),
-        deterministic=t.deterministic, enable_checkpointing=cfg.checkpoint.enabled,
+        deterministic=t.deterministic, enable_checkpointing=False,  # LastCheckpoint writes them
         logger=build_logger(cfg.logger, str(run_dir), resume_step) or False, callbacks=callbacks,
         default_root_dir=str(run_dir),
         # Metric states first created under validate()'s inference mode could not be updated
@@ -141,6 +143,8 @@ def _train(cfg: TrainConfig, dict_cfg: DictConfig) -> dict[str, float]:
               "(to continue an earlier run, pass its output_dir)", flush=True)
     if ckpt_path is not None:
         resume_step, wandb_id = read_resume_info(ckpt_path)
+        if resume_step >= cfg.trainer.max_steps:  # a finished run: nothing is logged again, keep every row
+            resume_step = sys.maxsize
         cfg.logger.id = cfg.logger.id or wandb_id  # the W&B run continues in place
     else:
         refuse_used_output_dir(Path(cfg.output_dir))
@@ -148,7 +152,6 @@ def _train(cfg: TrainConfig, dict_cfg: DictConfig) -> dict[str, float]:
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
     # Resumable through PromptDataModule.state_dict, which Lightning's check does not see.
     warnings.filterwarnings("ignore", message=r".*your dataloader is\s+not resumable.*")
-    warnings.filterwarnings("ignore", message=r".*ModelCheckpoint with manual optimization.*")
     # Validation means are already summed across processes (StageMeans.compute).
     warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
     started = time.perf_counter()
@@ -184,8 +187,16 @@ def _train(cfg: TrainConfig, dict_cfg: DictConfig) -> dict[str, float]:
                       f"{checkpoint_dir(cfg.output_dir)}/last.ckpt written; continue with ckpt_path=last "
                       f"output_dir={cfg.output_dir}", flush=True)
             return {name: float(value) for name, value in final.items()}
-        if module.validated_at_step != trainer.global_step:
-            trainer.validate(module, datamodule=data, verbose=False)  # the last step's validation
+        if module.validated_at_step != trainer.global_step:  # the last step's validation
+            # Continuing a finished run trains nothing: its validation is on record.
+            recorded = (recorded_final_validation(checkpoint_dir(cfg.output_dir), trainer.global_step)
+                        if module.resumed_at_step == trainer.global_step else None)
+            if recorded is None:
+                trainer.validate(module, datamodule=data, verbose=False)
+            else:
+                module.last_val_metrics = recorded
+        if cfg.checkpoint.enabled and trainer.is_global_zero and module.validated_at_step == trainer.global_step:
+            record_final_validation(checkpoint_dir(cfg.output_dir), trainer.global_step, module.last_val_metrics)
         final.update(module.last_val_metrics)
     finally:
         finish_logger(trainer.loggers)  # a later run in this process must not log into this one

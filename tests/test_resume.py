@@ -299,10 +299,15 @@ def test_a_fresh_run_into_another_runs_directory_is_refused(compose_config, rand
     train(compose_config(*common[:2], "trainer.max_steps=2", "ckpt_path=last"))   # continuing is fine
 
 
+@pytest.mark.parametrize("cadence", [
+    ["trainer.val_every_n_steps=1", "checkpoint.every_n_steps=1"],     # the last step validated in fit
+    ["trainer.val_every_n_steps=50", "checkpoint.every_n_steps=50"],   # ... after fit
+    ["trainer.val_every_n_steps=1", "checkpoint.every_n_steps=50"],
+])
 def test_continuing_a_finished_run_neither_validates_again_nor_loses_its_results(
-        compose_config, random_arith_dir, tmp_path):
+        cadence, compose_config, random_arith_dir, tmp_path):
     common = [f"model.name_or_path={random_arith_dir}", "validate_before_training=false", "trainer.max_steps=2",
-              "trainer.val_every_n_steps=1", "trainer.limit_val_batches=1", "data.batch_size=4"]
+              "trainer.limit_val_batches=1", "data.batch_size=4", *cadence]
     finished = train(compose_config(*common))
     before = (tmp_path / "metrics.csv").read_text()
     again = train(compose_config(*common, "ckpt_path=last"))
@@ -440,3 +445,63 @@ def test_a_signal_during_validation_stops_the_run_there_and_it_resumes_bitwise(c
         with open(run_dir / "metrics.csv") as handle:
             return [(row["step"], row["val/reward/mean"]) for row in csv.DictReader(handle) if row["val/reward/mean"]]
     assert validation_rows(tmp_path / "part") == validation_rows(tmp_path / "full")   # none missing, none twice
+
+
+_SIGNAL_IN_STEP = {"calls": 0, "at": None}
+
+
+def signal_in_a_training_step(prompts, completions, **columns):
+    """Rewards by completion length; sends SIGTERM to this process from training call number
+    ``_SIGNAL_IN_STEP["at"]`` (training batches hold 16 completions)."""
+    if len(completions) == 16 and _SIGNAL_IN_STEP["at"] is not None:
+        _SIGNAL_IN_STEP["calls"] += 1
+        if _SIGNAL_IN_STEP["calls"] == _SIGNAL_IN_STEP["at"]:
+            os.kill(os.getpid(), signal.SIGTERM)
+    return [float(len(c) % 3) for c in completions]
+
+
+def test_a_signal_during_a_step_stops_after_it_without_a_validation_and_counts_right(
+        compose_config, random_arith_dir, tmp_path):
+    """The step finishes and is saved; no validation is squeezed in (Lightning validates when
+    asked to stop), and the W&B completions table has counted the step the checkpoint holds."""
+    from grpo_lightning.resume import PREEMPTED
+
+    common = [f"model.name_or_path={random_arith_dir}", "algorithm.group_size=4", "data.batch_size=4",
+              f"reward.functions.correct.fn={__name__}.signal_in_a_training_step", "generation.max_new_tokens=4",
+              "checkpoint.every_n_steps=100", "validate_before_training=false", "trainer.val_every_n_steps=3",
+              "trainer.limit_val_batches=1", "data.val_batch_size=8", "trainer.max_steps=4", "logger=wandb",
+              "logger.offline=true", "logger.log_completions_every=1"]
+    train(compose_config(*common, f"output_dir={tmp_path}/full"))
+    _SIGNAL_IN_STEP.update(calls=0, at=2)
+    try:
+        train(compose_config(*common, f"output_dir={tmp_path}/part"))
+        assert PREEMPTED.is_set()
+    finally:
+        _SIGNAL_IN_STEP.update(calls=0, at=None)
+        PREEMPTED.clear()
+    checkpoint = torch.load(tmp_path / "part" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert checkpoint["global_step"] == 2
+    assert [state for key, state in checkpoint["callbacks"].items()
+            if key.startswith("CompletionsTable")] == [{"steps_seen": 2}]
+
+    def validation_rows(run_dir):
+        with open(run_dir / "metrics.csv") as handle:
+            return [(row["step"], row["val/reward/mean"]) for row in csv.DictReader(handle)
+                    if row.get("val/reward/mean")]
+    assert validation_rows(tmp_path / "part") == []                 # none after the pre-empted step 2
+    train(compose_config(*common, f"output_dir={tmp_path}/part", "ckpt_path=last"))
+    full, resumed = _rows(tmp_path / "full"), _rows(tmp_path / "part")
+    assert sorted(resumed) == [0, 1, 2, 3] and all(resumed[step] == full[step] for step in (2, 3))
+    assert validation_rows(tmp_path / "part") == validation_rows(tmp_path / "full")
+
+
+def test_processes_started_together_take_no_lock(monkeypatch, tmp_path):
+    """Under torchrun or srun only rank 0 could hold the lock, and its refusal would leave the
+    other processes waiting at the first collective: no lock is taken there."""
+    from grpo_lightning.run_dir import RUN_LOCK, output_dir_lock
+
+    (tmp_path / RUN_LOCK).write_text(f"elsewhere {os.getpid()}")          # would refuse a single process
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with output_dir_lock(tmp_path, resuming=False):
+        pass
+    assert (tmp_path / RUN_LOCK).read_text() == f"elsewhere {os.getpid()}"  # untouched

@@ -119,3 +119,32 @@ def test_refills_come_in_an_order_of_their_own_and_leave_the_main_stream_alone()
     assert datamodule.train_sampler is main_sampler and main_sampler.epoch == 0
     assert first != main and second != first                      # its own order, a new one each pass
     assert sorted(sum(first, [])) == sorted(sum(main, []))          # the same training rows
+
+
+def test_the_refill_position_survives_a_checkpoint_with_no_refill_in_between():
+    """A process that draws no refill between a resume and its next checkpoint keeps the position
+    it resumed at (else a second resume would restart its refills from the beginning)."""
+    from types import SimpleNamespace
+
+    from grpo_lightning.data import PromptDataModule
+
+    rows = [{"prompt": f"{i}+1=", "answer": str(i + 1)} for i in range(40)]
+    progress = SimpleNamespace(current=SimpleNamespace(processed=1))
+    trainer = SimpleNamespace(current_epoch=0, global_rank=0, world_size=1,
+                              fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress)))
+
+    def datamodule():
+        module = PromptDataModule(rows, rows[:4], batch_size=4, val_batch_size=4, seed=3)
+        module.trainer = trainer
+        module.train_dataloader()
+        return module
+
+    first = datamodule()
+    refills = first.refill_batches()
+    drawn = [next(refills)["prompt"] for _ in range(3)]
+    saved = first.state_dict()
+    assert saved["refill_per_rank"] == [(0, 3)]
+    resumed = datamodule()
+    resumed.load_state_dict(saved)
+    assert resumed.state_dict()["refill_per_rank"] == [(0, 3)]       # nothing drawn since the resume
+    assert next(resumed.refill_batches())["prompt"] == next(refills)["prompt"] not in drawn
