@@ -256,8 +256,10 @@ def submitit_signal() -> Optional[signal.Signals]:
 
 def validates_after_this_batch(trainer: L.Trainer) -> bool:
     """Whether Lightning validates after the training batch in progress, on the batch-based
-    schedule that build_trainer sets (val_check_interval in batches)."""
-    return trainer.enable_validation and (trainer.fit_loop.epoch_loop.total_batch_idx + 1) % trainer.val_check_batch == 0
+    schedule that build_trainer sets (val_check_interval in batches). A validation without
+    batches (an empty shard) is skipped without its end hooks, so it does not count."""
+    return (trainer.enable_validation and sum(trainer.num_val_batches) > 0
+            and (trainer.fit_loop.epoch_loop.total_batch_idx + 1) % trainer.val_check_batch == 0)
 
 
 class LastCheckpoint(Callback):
@@ -266,6 +268,8 @@ class LastCheckpoint(Callback):
     A step that is validated is saved after its validation (Lightning's ModelCheckpoint saves
     before it), so that a resume does not skip a validation that an interrupted run never
     finished: Lightning treats a checkpoint written before a step's validation as validated.
+    The price: a run killed during such a validation resumes from the checkpoint before.
+    ``save`` writes at most once per optimizer step (PreemptionCallback calls it too).
     """
 
     def __init__(self, dirpath: str | Path, every_n_optimizer_steps: int):
@@ -277,21 +281,23 @@ class LastCheckpoint(Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         due = trainer.global_step >= trainer.max_steps or trainer.global_step % self.every_n_optimizer_steps == 0
-        if not due or trainer.global_step == self._saved_at:  # a skipped update does not advance the count
+        if not due:
             return
         if validates_after_this_batch(trainer):
             self._after_validation = True
         else:
-            self._save(trainer)
+            self.save(trainer)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._after_validation and trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
             self._after_validation = False
-            self._save(trainer)
+            self.save(trainer)
 
-    def _save(self, trainer: L.Trainer) -> None:
-        trainer.save_checkpoint(self.path)
-        self._saved_at = trainer.global_step
+    def save(self, trainer: L.Trainer) -> None:
+        # A skipped update does not advance global_step: the state is the one already saved.
+        if trainer.global_step != self._saved_at:
+            trainer.save_checkpoint(self.path)
+            self._saved_at = trainer.global_step
 
 
 FINAL_VALIDATION = "final_validation.json"
@@ -331,8 +337,8 @@ class PreemptionCallback(Callback):
     exits at once) runs after the checkpoint is written instead of in the middle of a step.
     """
 
-    def __init__(self, dirpath: str | Path):
-        self.dirpath = Path(dirpath)
+    def __init__(self, checkpoint: LastCheckpoint):
+        self.checkpoint = checkpoint
         self.received: Optional[int] = None
         self.preempted_at: Optional[int] = None  # Lightning global_step of the pre-emption save
         self._previous: dict[int, Any] = {}
@@ -375,7 +381,7 @@ class PreemptionCallback(Callback):
                                                                                       all=False)
 
     def _stop(self, trainer: L.Trainer) -> None:
-        trainer.save_checkpoint(self.dirpath / LAST_CHECKPOINT)
+        self.checkpoint.save(trainer)
         self.preempted_at = trainer.global_step
         PREEMPTED.set()
         trainer.should_stop = True
@@ -383,7 +389,7 @@ class PreemptionCallback(Callback):
             submitits_handler = self._previous.get(self.received)
             self._restore_handlers()
             if callable(submitits_handler):
-                print(f"pre-empted: {self.dirpath / LAST_CHECKPOINT} written; submitit requeues the job "
+                print(f"pre-empted: {self.checkpoint.path} written; submitit requeues the job "
                       "(give the sweep ckpt_path=last so that it continues)", file=sys.stderr, flush=True)
                 submitits_handler(self.received, None)
         elif self.received == getattr(signal, "SIGUSR1", None) and trainer.is_global_zero:

@@ -94,8 +94,8 @@ def build_trainer(cfg: TrainConfig, resume_step: Optional[int] = None) -> L.Trai
     if cfg.logger.kind == "wandb" and cfg.logger.log_completions_every > 0:
         callbacks.append(CompletionsTable(cfg.logger.log_completions_every))
     if cfg.checkpoint.enabled:
-        callbacks.append(LastCheckpoint(checkpoint_dir(run_dir), cfg.checkpoint.every_n_steps * per_batch))
-        callbacks.append(PreemptionCallback(checkpoint_dir(run_dir)))
+        last_checkpoint = LastCheckpoint(checkpoint_dir(run_dir), cfg.checkpoint.every_n_steps * per_batch)
+        callbacks += [last_checkpoint, PreemptionCallback(last_checkpoint)]
     t = cfg.trainer
     progress = progress_callbacks(t.enable_progress_bar, t.console_log_every_n_steps, t.max_steps, per_batch)
     callbacks += progress
@@ -182,21 +182,23 @@ def _train(cfg: TrainConfig, dict_cfg: DictConfig) -> dict[str, float]:
         final = dict(trainer.callback_metrics)
         preemption = next((c for c in trainer.callbacks if isinstance(c, PreemptionCallback)), None)
         if preemption is not None and preemption.preempted_at is not None:
+            _record_final_validation(cfg, trainer, module)  # pre-empted in the last step's validation
             if trainer.is_global_zero:
                 print(f"\npre-empted after {preemption.preempted_at // optimizer_steps_per_batch(cfg)} steps: "
                       f"{checkpoint_dir(cfg.output_dir)}/last.ckpt written; continue with ckpt_path=last "
                       f"output_dir={cfg.output_dir}", flush=True)
             return {name: float(value) for name, value in final.items()}
         if module.validated_at_step != trainer.global_step:  # the last step's validation
-            # Continuing a finished run trains nothing: its validation is on record.
-            recorded = (recorded_final_validation(checkpoint_dir(cfg.output_dir), trainer.global_step)
-                        if module.resumed_at_step == trainer.global_step else None)
+            # Continuing a finished run trains nothing: its validation is on record. Every
+            # process must decide alike (validate is collective): rank 0's reading counts.
+            recorded = trainer.strategy.broadcast(
+                recorded_final_validation(checkpoint_dir(cfg.output_dir), trainer.global_step)
+                if module.resumed_at_step == trainer.global_step else None)
             if recorded is None:
                 trainer.validate(module, datamodule=data, verbose=False)
             else:
                 module.last_val_metrics = recorded
-        if cfg.checkpoint.enabled and trainer.is_global_zero and module.validated_at_step == trainer.global_step:
-            record_final_validation(checkpoint_dir(cfg.output_dir), trainer.global_step, module.last_val_metrics)
+        _record_final_validation(cfg, trainer, module)
         final.update(module.last_val_metrics)
     finally:
         finish_logger(trainer.loggers)  # a later run in this process must not log into this one
@@ -210,6 +212,13 @@ def _train(cfg: TrainConfig, dict_cfg: DictConfig) -> dict[str, float]:
         _print_summary(first_val, metrics.get(VAL_METRIC), trainer.global_step // optimizer_steps_per_batch(cfg),
                        time.perf_counter() - started, run_dir)
     return metrics
+
+
+def _record_final_validation(cfg: TrainConfig, trainer: L.Trainer, module: GRPOModule) -> None:
+    """Keep the last step's validation beside the checkpoints once the run has finished."""
+    finished = trainer.global_step >= trainer.max_steps
+    if cfg.checkpoint.enabled and trainer.is_global_zero and finished and module.validated_at_step == trainer.global_step:
+        record_final_validation(checkpoint_dir(cfg.output_dir), trainer.global_step, module.last_val_metrics)
 
 
 def check_optimized_metric(name: Optional[str], declared: Sequence[str]) -> None:

@@ -322,7 +322,7 @@ def test_submitits_preemption_signal_writes_the_checkpoint_before_submitit_reque
 
     from lightning.pytorch.trainer.states import TrainerFn
 
-    from grpo_lightning.resume import PREEMPTED, PreemptionCallback, preemption_signals
+    from grpo_lightning.resume import PREEMPTED, LastCheckpoint, PreemptionCallback, preemption_signals
 
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
     monkeypatch.delenv("SUBMITIT_PREEMPT_SIGNAL", raising=False)
@@ -334,8 +334,8 @@ def test_submitits_preemption_signal_writes_the_checkpoint_before_submitit_reque
             strategy=SimpleNamespace(reduce_boolean_decision=lambda decision, all: decision),
             save_checkpoint=lambda path: events.append(("saved", Path(path).name)),
             global_step=3, is_global_zero=True, should_stop=False, sanity_checking=False,
-            state=SimpleNamespace(fn=TrainerFn.FITTING))
-        callback = PreemptionCallback(tmp_path)
+            state=SimpleNamespace(fn=TrainerFn.FITTING), enable_validation=False)
+        callback = PreemptionCallback(LastCheckpoint(tmp_path, every_n_optimizer_steps=100))
         callback.on_train_start(trainer, None)
         callback.on_train_batch_end(trainer, None, None, None, 0)
         callback.on_validation_end(trainer, None)
@@ -419,14 +419,20 @@ def signal_in_first_validation(prompts, completions, **columns):
     return [float(len(c) % 3) for c in completions]
 
 
-def test_a_signal_during_validation_stops_the_run_there_and_it_resumes_bitwise(compose_config, random_arith_dir,
-                                                                               tmp_path):
+def _validation_rows(run_dir: Path) -> list[tuple[str, str]]:
+    with open(run_dir / "metrics.csv") as handle:
+        return [(row["step"], row["val/reward/mean"]) for row in csv.DictReader(handle) if row.get("val/reward/mean")]
+
+
+@pytest.mark.parametrize("max_steps", [4, 2])   # step 2's validation: mid-run / the last step's
+def test_a_signal_during_validation_stops_the_run_there_and_it_resumes_bitwise(max_steps, compose_config,
+                                                                               random_arith_dir, tmp_path):
     from grpo_lightning.resume import PREEMPTED
 
     common = [f"model.name_or_path={random_arith_dir}", "algorithm.group_size=4", "data.batch_size=4",
               f"reward.functions.correct.fn={__name__}.signal_in_first_validation", "generation.max_new_tokens=4",
               "checkpoint.every_n_steps=100", "validate_before_training=false", "trainer.val_every_n_steps=2",
-              "trainer.limit_val_batches=1", "data.val_batch_size=8", "trainer.max_steps=4"]
+              "trainer.limit_val_batches=1", "data.val_batch_size=8", f"trainer.max_steps={max_steps}"]
     train(compose_config(*common, f"output_dir={tmp_path}/full"))
     _SIGNAL_IN_VALIDATION["armed"] = True
     try:
@@ -439,12 +445,9 @@ def test_a_signal_during_validation_stops_the_run_there_and_it_resumes_bitwise(c
     assert sorted(_rows(tmp_path / "part")) == [0, 1]          # stopped after step 2's validation
     train(compose_config(*common, f"output_dir={tmp_path}/part", "ckpt_path=last"))
     full, resumed = _rows(tmp_path / "full"), _rows(tmp_path / "part")
-    assert sorted(resumed) == [0, 1, 2, 3] and all(resumed[step] == full[step] for step in (2, 3))
-
-    def validation_rows(run_dir):
-        with open(run_dir / "metrics.csv") as handle:
-            return [(row["step"], row["val/reward/mean"]) for row in csv.DictReader(handle) if row["val/reward/mean"]]
-    assert validation_rows(tmp_path / "part") == validation_rows(tmp_path / "full")   # none missing, none twice
+    assert sorted(resumed) == list(range(max_steps)) and all(resumed[step] == full[step]
+                                                             for step in range(2, max_steps))
+    assert _validation_rows(tmp_path / "part") == _validation_rows(tmp_path / "full")   # none missing, none twice
 
 
 _SIGNAL_IN_STEP = {"calls": 0, "at": None}
@@ -484,15 +487,11 @@ def test_a_signal_during_a_step_stops_after_it_without_a_validation_and_counts_r
     assert [state for key, state in checkpoint["callbacks"].items()
             if key.startswith("CompletionsTable")] == [{"steps_seen": 2}]
 
-    def validation_rows(run_dir):
-        with open(run_dir / "metrics.csv") as handle:
-            return [(row["step"], row["val/reward/mean"]) for row in csv.DictReader(handle)
-                    if row.get("val/reward/mean")]
-    assert validation_rows(tmp_path / "part") == []                 # none after the pre-empted step 2
+    assert _validation_rows(tmp_path / "part") == []                # none after the pre-empted step 2
     train(compose_config(*common, f"output_dir={tmp_path}/part", "ckpt_path=last"))
     full, resumed = _rows(tmp_path / "full"), _rows(tmp_path / "part")
     assert sorted(resumed) == [0, 1, 2, 3] and all(resumed[step] == full[step] for step in (2, 3))
-    assert validation_rows(tmp_path / "part") == validation_rows(tmp_path / "full")
+    assert _validation_rows(tmp_path / "part") == _validation_rows(tmp_path / "full")
 
 
 def test_processes_started_together_take_no_lock(monkeypatch, tmp_path):
@@ -505,3 +504,23 @@ def test_processes_started_together_take_no_lock(monkeypatch, tmp_path):
     with output_dir_lock(tmp_path, resuming=False):
         pass
     assert (tmp_path / RUN_LOCK).read_text() == f"elsewhere {os.getpid()}"  # untouched
+
+
+def test_a_validation_without_batches_does_not_hold_back_a_checkpoint(tmp_path):
+    """Lightning skips a validation whose loaders are empty without its end hooks: a save held
+    back for it would never be written."""
+    from types import SimpleNamespace
+
+    from grpo_lightning.resume import LastCheckpoint, validates_after_this_batch
+
+    saved = []
+    trainer = SimpleNamespace(enable_validation=True, num_val_batches=[0], val_check_batch=2, global_step=2,
+                              max_steps=10, fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(total_batch_idx=1)),
+                              save_checkpoint=saved.append)
+    assert not validates_after_this_batch(trainer)
+    LastCheckpoint(tmp_path, every_n_optimizer_steps=2).on_train_batch_end(trainer, None, None, None, 1)
+    assert saved == [tmp_path / "last.ckpt"]
+    trainer.num_val_batches = [3]
+    assert validates_after_this_batch(trainer)
+    LastCheckpoint(tmp_path, every_n_optimizer_steps=2).on_train_batch_end(trainer, None, None, None, 1)
+    assert saved == [tmp_path / "last.ckpt"]                # held back until the validation ends
