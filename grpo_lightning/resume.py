@@ -296,7 +296,7 @@ class LastCheckpoint(Callback):
     def save(self, trainer: L.Trainer) -> None:
         # A skipped update does not advance global_step: the state is the one already saved.
         if trainer.global_step != self._saved_at:
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)  # the full state, for resuming
             self._saved_at = trainer.global_step
 
 

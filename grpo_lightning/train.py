@@ -152,6 +152,9 @@ def _train(cfg: TrainConfig, dict_cfg: DictConfig) -> dict[str, float]:
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
     # Resumable through PromptDataModule.state_dict, which Lightning's check does not see.
     warnings.filterwarnings("ignore", message=r".*your dataloader is\s+not resumable.*")
+    # Our CSV logger keeps a resumed run's rows, and a fresh run into another run's directory is
+    # refused: the "previous log files will be deleted" warning (Hydra's files are there) misleads.
+    warnings.filterwarnings("ignore", message=r".*exists and is not empty\. Previous log files.*")
     # Validation means are already summed across processes (StageMeans.compute).
     warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
     started = time.perf_counter()

@@ -332,7 +332,7 @@ def test_submitits_preemption_signal_writes_the_checkpoint_before_submitit_reque
     try:
         trainer = SimpleNamespace(
             strategy=SimpleNamespace(reduce_boolean_decision=lambda decision, all: decision),
-            save_checkpoint=lambda path: events.append(("saved", Path(path).name)),
+            save_checkpoint=lambda path, weights_only: events.append(("saved", Path(path).name)),
             global_step=3, is_global_zero=True, should_stop=False, sanity_checking=False,
             state=SimpleNamespace(fn=TrainerFn.FITTING), enable_validation=False)
         callback = PreemptionCallback(LastCheckpoint(tmp_path, every_n_optimizer_steps=100))
@@ -516,7 +516,7 @@ def test_a_validation_without_batches_does_not_hold_back_a_checkpoint(tmp_path):
     saved = []
     trainer = SimpleNamespace(enable_validation=True, num_val_batches=[0], val_check_batch=2, global_step=2,
                               max_steps=10, fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(total_batch_idx=1)),
-                              save_checkpoint=saved.append)
+                              save_checkpoint=lambda path, weights_only: saved.append(path))
     assert not validates_after_this_batch(trainer)
     LastCheckpoint(tmp_path, every_n_optimizer_steps=2).on_train_batch_end(trainer, None, None, None, 1)
     assert saved == [tmp_path / "last.ckpt"]
