@@ -35,8 +35,6 @@ def read_rows(path: str, *, split: str = "train", config_name: Optional[str] = N
     if fmt is not None and split != "train":
         raise ConfigError(f"data.split={split!r}: a single {local.suffix} file is one split; use "
                           "data.val_path or data.val_fraction for validation rows")
-    if local.suffix.lower() == ".jsonl":
-        _check_jsonl(local, field_name)
     try:
         if fmt is not None:
             # A single file is one split, which datasets calls "train" whatever it holds.
@@ -47,6 +45,8 @@ def read_rows(path: str, *, split: str = "train", config_name: Optional[str] = N
         else:
             dataset = datasets.load_dataset(path, config_name, split=split)
     except Exception as error:  # datasets raises many types; all mean "cannot read this"
+        if local.suffix.lower() == ".jsonl":
+            _check_jsonl(local, field_name)  # names the line, where datasets' message does not
         raise ConfigError(f"{field_name}={path!r} could not be read ({type(error).__name__}: {error}). "
                           f"Give a {'/'.join(sorted(FILE_FORMATS))} file, a dataset directory, or a hub "
                           "dataset id that is cached or reachable") from None
@@ -54,7 +54,8 @@ def read_rows(path: str, *, split: str = "train", config_name: Optional[str] = N
 
 
 def _check_jsonl(path: Path, field_name: str) -> None:
-    """Each non-blank line must be a JSON object: the error names the file and the line."""
+    """Each non-blank line must be a JSON object: the error names the file and the line. Run only
+    once datasets has failed to read the file, so a good file is parsed once."""
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
