@@ -48,10 +48,15 @@ def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
+def scored_rows(mask: Tensor) -> Tensor:
+    """[B] 1 for each sequence with at least one valid token, else 0 (a fully masked one, e.g. a
+    truncated completion under mask_truncated_completions, is not part of a mean over sequences)."""
+    return (mask.sum(dim=1) > 0).to(mask.dtype)
+
+
 def scored_sequences(mask: Tensor) -> Tensor:
-    """How many sequences have at least one valid token (a fully masked one, e.g. a truncated
-    completion under mask_truncated_completions, is not part of a mean over sequences)."""
-    return (mask.sum(dim=1) > 0).sum().to(mask.dtype)
+    """How many sequences have at least one valid token (see :func:`scored_rows`)."""
+    return scored_rows(mask).sum()
 
 
 def sequence_then_token_mean(values: Tensor, mask: Tensor) -> Tensor:
@@ -226,7 +231,7 @@ class GSPOLoss:
         clipped = ((seq_ratio > 1.0 + self.clip_high) & (seq_adv > 0)) | \
                   ((seq_ratio < 1.0 - self.clip_low) & (seq_adv < 0))
         loss = aggregate(per_token, mask)
-        scored = (mask.sum(dim=1) > 0).to(mask.dtype)                                # [B] sequences with tokens
+        scored = scored_rows(mask)                                                   # [B]
         return loss, {"policy_loss": loss, "clip_frac": masked_mean(clipped.to(mask.dtype), scored),
                       "approx_kl": masked_mean(torch.exp(log_ratio) - 1.0 - log_ratio, mask),
                       "ratio_mean": masked_mean(seq_ratio, scored)}
