@@ -14,12 +14,11 @@ from typing import Any, Callable, Iterator, Optional
 
 import lightning as L
 import torch
-import torch.distributed as dist
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from grpo_lightning.config import ConfigError, DataConfig, import_object
-from grpo_lightning.distributed import is_distributed, shards_weights
+from grpo_lightning.distributed import per_process, rank, shards_weights
 from grpo_lightning.prompt_files import load_splits
 from grpo_lightning.resume import ResumableSampler
 
@@ -169,18 +168,12 @@ class PromptDataModule(L.LightningDataModule):
         # A process that has drawn no refill since resuming keeps the position it resumed at.
         refill = ((self.refill_sampler.epoch, self.refill_batches_done) if self.refill_sampler
                   else self._refill_resume_at)
-        if is_distributed():
-            per_rank: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(per_rank, refill)
-            state["refill_per_rank"] = per_rank
-        else:
-            state["refill_per_rank"] = [refill]
+        state["refill_per_rank"] = per_process(refill)
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict:
             self._resume_at = (state_dict["epoch"], state_dict["batches_done"])
             per_rank = state_dict.get("refill_per_rank", [])
-            rank = dist.get_rank() if is_distributed() else 0
             # A checkpoint of another process count is refused by RNGStateCallback.
-            self._refill_resume_at = per_rank[rank] if rank < len(per_rank) else None
+            self._refill_resume_at = per_rank[rank()] if rank() < len(per_rank) else None

@@ -25,7 +25,7 @@ number of validation batches (``PromptDataModule.val_dataloader``).
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -42,6 +42,20 @@ def is_distributed() -> bool:
 
 def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def per_process(value: Any) -> list[Any]:
+    """Every process's ``value`` (any picklable object), indexed by rank: what one process writes
+    into a checkpoint on behalf of all (random states, stream positions). Collective."""
+    if not is_distributed():
+        return [value]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
 
 
 def global_sum(value: Tensor) -> Tensor:

@@ -40,14 +40,13 @@ from typing import Any, Iterator, Optional
 import lightning as L
 import numpy as np
 import torch
-import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import Sampler
 
 from grpo_lightning.config import ConfigError
-from grpo_lightning.distributed import is_distributed
+from grpo_lightning.distributed import is_distributed, per_process, rank, world_size
 
 LAST_CHECKPOINT = "last.ckpt"
 
@@ -135,20 +134,18 @@ class RNGStateCallback(Callback):
         own = capture_rng_state()
         if not is_distributed():
             return {"rng": own}
-        per_rank: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(per_rank, own)
-        return {"rng": own, "rng_per_rank": per_rank}
+        return {"rng": own, "rng_per_rank": per_process(own)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         per_rank = state_dict.get("rng_per_rank")
-        world = dist.get_world_size() if is_distributed() else 1
+        world = world_size()
         if world > 1 and per_rank is None:
             raise ConfigError(f"this checkpoint was written by one process; resuming it on {world} would give "
                               "every process the same random state. Resume with the process count it was saved with")
         if per_rank is not None and len(per_rank) != world:
             raise ConfigError(f"this checkpoint was written by {len(per_rank)} processes and is resumed on {world}; "
                               "exact resume needs the same number (trainer.devices x trainer.num_nodes)")
-        self._pending = per_rank[dist.get_rank()] if per_rank is not None else state_dict["rng"]
+        self._pending = per_rank[rank()] if per_rank is not None else state_dict["rng"]
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
