@@ -196,7 +196,7 @@ def _train(cfg: TrainConfig, dict_cfg: DictConfig) -> dict[str, float]:
             # process must decide alike (validate is collective): rank 0's reading counts.
             recorded = trainer.strategy.broadcast(
                 recorded_final_validation(checkpoint_dir(cfg.output_dir), trainer.global_step)
-                if module.resumed_at_step == trainer.global_step else None)
+                if trainer.is_global_zero and module.resumed_at_step == trainer.global_step else None)
             if recorded is None:
                 trainer.validate(module, datamodule=data, verbose=False)
             else:
