@@ -511,6 +511,7 @@ OVERLONG_PROMPTS = ("drop", "truncate")
 PROFILERS = ("simple", "advanced", "pytorch")
 DTYPES = ("float32", "bfloat16", "float16")
 GENERATION_BACKENDS = ("auto", "loop", "hf", "vllm")
+REWARD_NON_FINITE = ("error", "zero")
 SHARDING_STRATEGIES = ("fsdp", "deepspeed_stage_3", "model_parallel")
 """Lightning strategy names (prefixes) that shard the weights; "deepspeed" alone is ZeRO-2."""
 
@@ -520,12 +521,17 @@ def shards_weights_by_name(strategy: str) -> bool:
     GRPOModule.setup decides from the running strategy (distributed.shards_weights), whatever it
     is called; this one names the fix before anything starts."""
     return strategy.startswith(SHARDING_STRATEGIES)
-REWARD_NON_FINITE = ("error", "zero")
 
 
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
+
+
+def _set_fields(section: Any, names: Any) -> list[str]:
+    """The fields among ``names`` of a config dataclass set to other than their defaults."""
+    default = type(section)()
+    return [name for name in names if getattr(section, name) != getattr(default, name)]
 
 
 def _require_finite(cfg: Any, prefix: str = "") -> None:
@@ -581,8 +587,8 @@ def validate_config(cfg: TrainConfig) -> None:
     if gen.backend == "vllm":
         _validate_vllm(cfg)
     else:  # accepted and then ignored, they would mislead
-        unused = [f"generation.{name}" for name in ("vllm_gpu_memory_utilization", "vllm_max_model_len")
-                  if getattr(gen, name) != getattr(GenerationConfig, name)]
+        unused = [f"generation.{name}" for name in _set_fields(gen, ("vllm_gpu_memory_utilization",
+                                                                       "vllm_max_model_len"))]
         _require(not unused, f"{', '.join(unused)} only applies with generation.backend=vllm (this run: "
                  f"{gen.backend}); remove it or switch that on")
     _require(gen.top_k >= 0, f"generation.top_k must be >= 0, 0 disables it (got {gen.top_k})")
@@ -636,8 +642,7 @@ def validate_config(cfg: TrainConfig) -> None:
     _require(cfg.logger.kind in LOGGER_KINDS,
              f"logger.kind={cfg.logger.kind!r} is unknown; choose one of {LOGGER_KINDS}")
     if cfg.logger.kind != "wandb":  # accepted and then ignored, they would mislead
-        unused = [f"logger.{name}" for name in WANDB_ONLY_FIELDS
-                  if getattr(cfg.logger, name) != getattr(LoggerConfig(), name)]
+        unused = [f"logger.{name}" for name in _set_fields(cfg.logger, WANDB_ONLY_FIELDS)]
         _require(not unused, f"{', '.join(unused)} only applies with logger=wandb (this run: "
                  f"logger={cfg.logger.kind}); add logger=wandb or remove it")
     _require(cfg.logger.log_completions_every >= 0,
@@ -677,8 +682,7 @@ def _validate_lora(lora: LoRAConfig) -> None:
     _require(0 <= lora.dropout < 1, f"model.lora.dropout must be in [0, 1) (got {lora.dropout})")
     _require(lora.target_modules is None or len(lora.target_modules) > 0,
              "model.lora.target_modules is empty; list module names or use null for all linear layers")
-    unused = [f.name for f in dataclasses.fields(LoRAConfig)
-              if lora.r == 0 and getattr(lora, f.name) != getattr(LoRAConfig(), f.name)]
+    unused = _set_fields(lora, [f.name for f in dataclasses.fields(LoRAConfig)]) if lora.r == 0 else []
     if unused:
         raise ConfigError(f"model.lora.{unused[0]} is set but model.lora.r=0 (full fine-tuning); set "
                           "model.lora.r > 0 to train LoRA adapters")
@@ -697,10 +701,10 @@ def _validate_data_source(data: DataConfig) -> None:
              f"is unknown; choose one of {OVERLONG_PROMPTS}")
     _require(data.val_split is None or data.val_path is None,
              "set at most one of data.val_split and data.val_path")
-    if data.builder is not None:
-        for name in ("config_name", "split", "val_split", "val_path", "val_fraction", "answer_key"):
-            _require(getattr(data, name) == getattr(DataConfig(), name), f"data.{name} applies to "
-                     f"data.path only; with data.builder={data.builder!r} the builder chooses the rows")
+    path_only = _set_fields(data, ("config_name", "split", "val_split", "val_path", "val_fraction", "answer_key"))
+    if data.builder is not None and path_only:
+        raise ConfigError(f"data.{path_only[0]} applies to data.path only; with data.builder={data.builder!r} "
+                          "the builder chooses the rows")
 
 
 def _validate_validation_sampling(gen: GenerationConfig, reward: RewardConfig) -> None:
