@@ -76,8 +76,13 @@ def bench_splits(prompt_tokens: int = 0, num_val: int = 200) -> tuple[list[dict]
                  for rows in load_splits(num_val=num_val, seed=0))
 
 
-def build_checkpoint(size: str, directory: Path) -> Path:
-    """Save a random model of ``size`` and the arithmetic tokenizer to ``directory``."""
+def build_checkpoint(size: str, directory: Path, vocab_size: int | None = None) -> Path:
+    """Save a random model of ``size`` and the arithmetic tokenizer to ``directory``.
+
+    ``vocab_size`` widens the tiny model's embedding and LM head to a real tokenizer's size
+    (32,000 for Llama 2, 151,936 for Qwen2.5): the character tokenizer covers the first ids,
+    the rest are never produced by a prompt and decode to nothing when sampled.
+    """
     import torch
     from transformers import AutoModelForCausalLM, Qwen2Config
 
@@ -87,6 +92,7 @@ def build_checkpoint(size: str, directory: Path) -> Path:
     if size == "tiny":
         config = model_config()  # the 0.66M-parameter Llama of the built-in task
         config.max_position_embeddings = 1024  # room for --prompt-tokens (rotary: no weights)
+        config.vocab_size = vocab_size or config.vocab_size
     else:
         # Qwen2.5-0.5B's shape (494M parameters with its 151,936-token vocabulary). The
         # character tokenizer covers the first ids; the rest are never produced by a prompt,
@@ -401,7 +407,7 @@ def drive(args: argparse.Namespace) -> None:
 
 
 def _drive(args: argparse.Namespace, scratch: Path) -> None:
-    model_dir = build_checkpoint(args.size, scratch / f"model-{args.size}")
+    model_dir = build_checkpoint(args.size, scratch / f"model-{args.size}", args.vocab_size)
     if args.build_only:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -437,7 +443,7 @@ def _drive(args: argparse.Namespace, scratch: Path) -> None:
             f"{r['peak_rss_mib']:.0f} MiB" for side, r in row.items()),
             flush=True)
 
-    print(f"\n{args.size} model, {args.device}, {args.precision}, {args.threads} threads, "
+    print(f"\n{args.size} model{f' (vocabulary {args.vocab_size})' if args.vocab_size else ''}, {args.device}, {args.precision}, {args.threads} threads, "
           f"{args.prompt_tokens}-token preamble, "
           f"{args.steps} steps, first {args.warmup} not timed, {args.repeats} repeats (median (min, max) "
           "over repeats; each repeat's step time is the median of its step intervals)")
@@ -481,6 +487,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=["tiny", "0.5b"], default="tiny",
                         help="tiny: the 0.66M Llama of the arithmetic task; 0.5b: Qwen2.5-0.5B-shaped (GPU)")
+    parser.add_argument("--vocab-size", type=int, default=None,
+                        help="the tiny model's vocabulary (default: the arithmetic tokenizer's 16 ids; "
+                             "32000 is Llama 2's): the [batch, length, vocab] logits grow with it")
     parser.add_argument("--steps", type=int, default=12, help="training steps per run")
     parser.add_argument("--warmup", type=int, default=2, help="first steps left out of the timing")
     parser.add_argument("--repeats", type=int, default=3)

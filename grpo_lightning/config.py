@@ -137,8 +137,8 @@ class GenerationConfig:
     """A completion passes when the judged reward is >= this value."""
     backend: str = "auto"
     """How completions are sampled: "loop" (grpo_lightning/generation_loop.py: a lean KV-cache
-    loop that prefills each distinct prompt once; the same tokens as generate for the same seed,
-    for the decoder-only types in generation_loop.LOOP_MODEL_TYPES: Llama, Qwen2/3, Mistral),
+    loop that prefills each distinct prompt once and draws each token by inverting the cumulative
+    distribution: the distribution of generate, not its random stream; for the decoder-only types in generation_loop.LOOP_MODEL_TYPES: Llama, Qwen2/3, Mistral),
     "hf" (transformers' ``model.generate``, any model), "auto": loop where supported, else hf, or
     "vllm": a vLLM engine colocated on the training GPU, its weights synced after every optimizer
     step (grpo_lightning/vllm_backend.py; needs ``pip install vllm`` and a CUDA GPU)."""
@@ -211,9 +211,12 @@ class ModelConfig:
     and OpenRLHF do: with dropout, two passes over the same tokens differ, so the old/new ratio
     is not 1 where the policy has not moved and the KL to the reference is noise. LoRA's own
     dropout (model.lora.dropout) is applied as set. The exported config keeps its values."""
-    logprob_chunk_size: int = 64
+    logprob_chunk_size: Optional[int] = None
     """Completions per chunk when turning logits into log-probs and entropy, so the float32
-    log-softmax over the vocabulary is never held for the whole batch at once."""
+    log-softmax over the vocabulary is never held for the whole batch at once. None (default):
+    as many as keep a chunk's float32 logits, for completions of generation.max_new_tokens, within
+    4 MiB on a CPU (cache-sized; measured fastest there) and 1 GiB on an accelerator (see
+    grpo_lightning/logprobs.py: completions_per_chunk)."""
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     """Train low-rank adapters instead of the full model (model.lora.r > 0)."""
     chunked_lm_head: bool = True
@@ -612,8 +615,8 @@ def validate_config(cfg: TrainConfig) -> None:
              f"model.length_buckets={buckets} with trainer.strategy={cfg.trainer.strategy}: each process "
              "splits its own completions, and the sharded strategies need every process to make the same "
              "forward calls (else they wait on each other forever); set model.length_buckets=1 (or null)")
-    _require(cfg.model.logprob_chunk_size >= 1,
-             f"model.logprob_chunk_size must be >= 1 (got {cfg.model.logprob_chunk_size})")
+    _require(cfg.model.logprob_chunk_size is None or cfg.model.logprob_chunk_size >= 1,
+             f"model.logprob_chunk_size must be >= 1 or null for automatic (got {cfg.model.logprob_chunk_size})")
     _require(not (cfg.model.share_prompts and cfg.model.gradient_checkpointing),
              "model.share_prompts=true needs the KV cache, which model.gradient_checkpointing=true "
              "switches off in training; set model.share_prompts=null (or false) to score full sequences")

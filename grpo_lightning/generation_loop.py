@@ -13,9 +13,14 @@ stopping when every row has produced EOS. This loop does exactly that:
         with ``lockstep``, when all rows of every process are: sharded weights)
         feed the new column with the grown mask and next positions
 
-The filters and the draw use the same operations, in the same order, as ``generate``'s
-TemperatureLogitsWarper -> TopKLogitsWarper -> TopPLogitsWarper -> softmax -> multinomial, so
-with the same seed both produce the same tokens (tests/test_generation_loop.py checks it).
+The filters use the same operations, in the same order, as ``generate``'s
+TemperatureLogitsWarper -> TopKLogitsWarper -> TopPLogitsWarper -> softmax. The draw departs
+from ``generate``'s ``torch.multinomial``: that draws one exponential variate per vocabulary
+entry per row (on a CPU, ~20 ms for 32 rows of a 32,000-token vocabulary: most of a decode
+step), while :func:`draw_tokens` inverts the cumulative distribution with one uniform variate
+per row. Same distribution, other random numbers: with ``draw_tokens`` replaced by a
+multinomial draw, the loop gives ``generate``'s tokens for the same seed
+(tests/test_generation_loop.py checks both).
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ def supports_generation_loop(model: nn.Module) -> bool:
 
 def filter_logits(logits: Tensor, temperature: float, top_k: int, top_p: float) -> Tensor:
     """Logits [B, V] scaled by 1/temperature, with tokens outside top-k / top-p set to -inf."""
-    scores = logits / temperature
+    scores = logits / temperature if temperature != 1.0 else logits
     if 0 < top_k < scores.size(-1):
         kth = torch.topk(scores, top_k, dim=-1).values[..., -1:]                # [B, 1]
         scores = scores.masked_fill(scores < kth, float("-inf"))
@@ -54,6 +59,34 @@ def filter_logits(logits: Tensor, temperature: float, top_k: int, top_p: float) 
         remove = remove_sorted.scatter(1, order, remove_sorted)
         scores = scores.masked_fill(remove, float("-inf"))
     return scores
+
+
+def draw_tokens(probs: Tensor) -> Tensor:
+    """One token per row of ``probs`` [B, V] (rows summing to ~1), drawn from that row's distribution.
+
+    Inverse-CDF sampling (:func:`inverse_cdf`), in float64 (the cumulative sum of 150k float32 probabilities would
+    misplace the boundaries of the rarest tokens). The target ``(1 - u) * total`` lies in
+    ``(0, total]``, so the first bucket reaching it always has positive probability: a token
+    filtered to zero (top-k, top-p) is never drawn, whatever ``u``.
+    """
+    uniform = torch.rand(probs.size(0), dtype=torch.float64, device=probs.device)  # [B] in [0, 1)
+    return inverse_cdf(probs, uniform)
+
+
+def inverse_cdf(probs: Tensor, uniform: Tensor) -> Tensor:
+    """The token of each row of ``probs`` [B, V] whose cumulative bucket holds ``uniform`` [B] in [0, 1)."""
+    cumulative = probs.double().cumsum(dim=-1)                                  # [B, V]
+    target = (1.0 - uniform.double().unsqueeze(1)) * cumulative[:, -1:]         # [B, 1] in (0, total]
+    return torch.searchsorted(cumulative, target).squeeze(1)                    # [B]
+
+
+def _raise_if_not_finite(finite_rows: Tensor, new_token: int) -> None:
+    bad = int((~finite_rows).sum())
+    if bad:
+        raise FloatingPointError(
+            f"sampling: the policy's next-token distribution is not finite (NaN/inf logits) in {bad} of "
+            f"{finite_rows.numel()} rows at new token {new_token}: the weights or activations overflowed. "
+            "Use trainer.precision=32-true (or bf16-mixed instead of 16-mixed), or lower optim.lr")
 
 
 @torch.no_grad()
@@ -81,15 +114,22 @@ def sample_with_kv_cache(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tens
         logits = logits.float()                                                 # [B, V]
         if do_sample:
             probs = filter_logits(logits, temperature, top_k, top_p).softmax(dim=-1)
-            tokens = torch.multinomial(probs, num_samples=1).squeeze(1)         # [B]
+            tokens = draw_tokens(probs)                                         # [B]
+            finite_rows = probs.sum(dim=-1).isfinite()                          # [B]
         else:
-            tokens = logits.argmax(dim=-1)
+            tokens = logits.argmax(dim=-1)                                      # [B] (NaN wins argmax)
+            finite_rows = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).isfinite()
+        finite_or_done = finite_rows | finished                                 # [B]: finished rows are padding
         tokens = tokens.masked_fill(finished, pad_token_id)
         columns.append(tokens)
         finished |= torch.isin(tokens, eos)
+        # one host sync per token, for both questions
+        all_finished, all_finite = torch.stack([finished.all(), finite_or_done.all()]).tolist()
+        if not all_finite:
+            _raise_if_not_finite(finite_or_done, len(columns))
         if len(columns) == max_new_tokens:
             break
-        done = bool(finished.all())
+        done = all_finished
         if lockstep is not None:
             done = lockstep(done)
         if done:

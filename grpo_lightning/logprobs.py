@@ -10,7 +10,12 @@ Only completion positions are scored, never the prompt's. Two paths give the sam
 
 Either way the float32 log-softmax over the vocabulary is formed one chunk at a time and,
 under autograd, recomputed in the backward pass (activation checkpointing), so the float32
-``[B, T, V]`` tensor never exists.
+``[B, T, V]`` tensor never exists. Where the head is a plain ``nn.Linear`` (no hooks: not
+sharded by FSDP or DeepSpeed, not wrapped by LoRA), :class:`LinearTokenScores` does a chunk's
+head, log-softmax and entropy in one autograd node: one head matmul forward (the log-probs and
+the logged entropy together), and in the backward one recomputed head matmul whose output becomes
+the logits' gradient in place, instead of autograd's separate log-softmax, gather and entropy
+graphs.
 
 With ``share_prompts=True`` a batch whose rows repeat prompts (the G completions of a GRPO
 group) runs each distinct prompt through the model once, keeps its keys and values in a KV
@@ -29,6 +34,84 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
+
+LOGIT_CHUNK_BYTES = {"cpu": 4 * 2**20}
+"""Float32 logits per chunk when ``model.logprob_chunk_size`` is automatic, by device type. On a
+CPU, 4 MiB chunks cost no time and save memory (benchmarks/RESULTS.md: a 32,000-token vocabulary,
+4 against 64 completions a chunk: the same step time within the machine's drift, 0.85x the peak
+RSS). Other devices: :data:`ACCELERATOR_LOGIT_CHUNK_BYTES`."""
+
+ACCELERATOR_LOGIT_CHUNK_BYTES = 2**30
+"""1 GiB of float32 logits per chunk on GPUs: large enough that the output head's matmul stays
+efficient (a 0.5B Qwen2 head over 1,700 tokens), small against the memory of the GPUs LLMs train
+on. Not measured (no GPU was lent to this project's benchmarks yet)."""
+
+
+class LinearTokenScores(torch.autograd.Function):
+    """Log-probs and entropy of ``token_ids`` under ``linear(hidden, weight, bias) / temperature``.
+
+    hidden [n, H], weight [V, H], bias [V] or None, token_ids [n] -> logprobs [n], entropy [n]
+    (float32; entropy empty unless ``with_entropy``). Saves only the inputs and the log-normalizer
+    and recomputes the logits in the backward pass, where, with p = softmax(z) and z the scaled
+    logits, d logprob / dz = onehot - p and d entropy / dz = -p * (z - logsumexp(z) + entropy).
+    The head runs in the dtype the surrounding autocast gives it, forward and backward alike.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Optional[Tensor], token_ids: Tensor,
+                temperature: float, with_entropy: bool, entropy_grad: bool) -> tuple[Tensor, Tensor]:
+        logits = nn.functional.linear(hidden, weight, bias)                     # [n, V]
+        scaled = logits.float() / temperature                                   # [n, V]
+        log_normalizer = torch.logsumexp(scaled, dim=-1)                        # [n]
+        logprobs = scaled.gather(-1, token_ids.unsqueeze(-1)).squeeze(-1) - log_normalizer
+        entropy = torch.empty(0, device=hidden.device)
+        if with_entropy:
+            scaled = scaled.sub_(log_normalizer.unsqueeze(-1))                  # log p, in place
+            entropy = -(scaled.exp() * scaled).sum(dim=-1)                      # [n]
+        ctx.save_for_backward(hidden, weight, bias, token_ids, log_normalizer, entropy)
+        ctx.logits_dtype, ctx.temperature = logits.dtype, temperature
+        ctx.entropy_grad = with_entropy and entropy_grad
+        if not ctx.entropy_grad:
+            ctx.mark_non_differentiable(entropy)
+        return logprobs, entropy
+
+    @staticmethod
+    def backward(ctx, logprob_grad: Tensor, entropy_grad: Optional[Tensor]):
+        hidden, weight, bias, token_ids, log_normalizer, entropy = ctx.saved_tensors
+        dtype = ctx.logits_dtype
+        log_p = nn.functional.linear(hidden.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
+        log_p = log_p.float().div_(ctx.temperature).sub_(log_normalizer.unsqueeze(-1))  # [n, V]
+        probs = log_p.exp()                                                      # [n, V]
+        if ctx.entropy_grad and entropy_grad is not None:
+            # -p * (log p + H) * dH, then -p * dlogprob: one [n, V] buffer, reused in place
+            grad = log_p.add_(entropy.unsqueeze(-1)).mul_(probs).mul_(-entropy_grad.unsqueeze(-1))
+            grad.sub_(probs.mul_(logprob_grad.unsqueeze(-1)))
+        else:
+            grad = probs.mul_(-logprob_grad.unsqueeze(-1))
+        grad.scatter_add_(-1, token_ids.unsqueeze(-1), logprob_grad.unsqueeze(-1))
+        grad = grad.div_(ctx.temperature).to(dtype)                             # d loss / d logits [n, V]
+        hidden_grad = grad @ weight.to(dtype) if ctx.needs_input_grad[0] else None
+        weight_grad = grad.t() @ hidden.to(dtype) if ctx.needs_input_grad[1] else None
+        bias_grad = grad.sum(dim=0) if bias is not None and ctx.needs_input_grad[2] else None
+        return (None if hidden_grad is None else hidden_grad.to(hidden.dtype),
+                None if weight_grad is None else weight_grad.to(weight.dtype),
+                None if bias_grad is None else bias_grad.to(bias.dtype), None, None, None, None)
+
+
+def fuses_head(head: nn.Module) -> bool:
+    """Whether :class:`LinearTokenScores` may stand in for calling ``head``: a plain Linear whose
+    weights are ordinary tensors and whose call runs no hooks (sharding, offloading, adapters)."""
+    plain = lambda tensor: tensor is None or type(tensor.data) is torch.Tensor  # noqa: E731
+    return (type(head) is nn.Linear and not head._forward_hooks and not head._forward_pre_hooks
+            and plain(head.weight) and plain(head.bias))
+
+
+def completions_per_chunk(completion_tokens: int, vocab_size: int, device: torch.device) -> int:
+    """The automatic ``model.logprob_chunk_size``: completions of ``completion_tokens`` whose float32
+    logits fit the device's budget (:data:`LOGIT_CHUNK_BYTES`), at least 1."""
+    budget = LOGIT_CHUNK_BYTES.get(device.type, ACCELERATOR_LOGIT_CHUNK_BYTES)
+    return max(1, budget // (4 * max(completion_tokens, 1) * vocab_size))
+
 
 HIDDEN_HEAD_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "mistral", "mixtral"})
 """Model types whose logits are exactly ``lm_head(decoder(...).last_hidden_state)``: no logit
@@ -192,5 +275,15 @@ def completion_token_scores_from_hidden(model: nn.Module, prompt_ids: Tensor, pr
 
     hidden = _predicting_outputs(hidden_states, model.config, prompt_ids, prompt_mask, completion_ids,
                                  completion_mask, share_prompts, same_calls)      # [B, T, H]
-    return _scores_in_chunks(model.get_output_embeddings(), hidden, completion_ids, temperature=temperature,
-                             with_entropy=with_entropy, chunk_size=chunk_size, entropy_grad=entropy_grad)
+    head = model.get_output_embeddings()
+    if not fuses_head(head):
+        return _scores_in_chunks(head, hidden, completion_ids, temperature=temperature,
+                                 with_entropy=with_entropy, chunk_size=chunk_size, entropy_grad=entropy_grad)
+    logprob_chunks, entropy_chunks = [], []
+    for start in range(0, hidden.size(0), chunk_size):
+        chunk, ids = hidden[start:start + chunk_size], completion_ids[start:start + chunk_size]  # [c, T, H], [c, T]
+        lp, ent = LinearTokenScores.apply(chunk.flatten(0, 1), head.weight, head.bias, ids.flatten(),
+                                          temperature, with_entropy, entropy_grad)  # [c*T] each
+        logprob_chunks.append(lp.view_as(ids))
+        entropy_chunks.append(ent.view_as(ids) if with_entropy else ent)
+    return torch.cat(logprob_chunks), torch.cat(entropy_chunks) if with_entropy else None  # [B, T] each

@@ -84,6 +84,7 @@ class GRPOModule(L.LightningModule):
         self._warned_gamma = False
         if self.algorithm.beta > 0:
             policy.enable_reference()
+        policy.max_completion_tokens = self.generation.max_new_tokens
         self.train_means = StageMeans(self._train_metric_names())
         gen = self.generation
         self.val_k = gen.val_num_samples  # completions per validation prompt

@@ -32,7 +32,7 @@ from grpo_lightning.distributed import AllAgree
 from grpo_lightning.generation_loop import sample_with_kv_cache, supports_generation_loop
 from grpo_lightning.buckets import could_pay, length_buckets, scatter_rows, trim_padding
 from grpo_lightning.logprobs import (completion_token_scores, completion_token_scores_from_hidden,
-                                     distinct_prompts, supports_hidden_head)
+                                     completions_per_chunk, distinct_prompts, supports_hidden_head)
 from grpo_lightning.vllm_backend import VLLMEngineArgs, VLLMSampler, vllm_sampling_params
 
 if TYPE_CHECKING:
@@ -105,13 +105,17 @@ def _looks_local(name_or_path: str) -> bool:
 class CausalLMPolicy(Policy):
     """A Hugging Face causal LM and its tokenizer as a GRPO policy."""
 
-    def __init__(self, model: nn.Module, tokenizer, *, logprob_chunk_size: int = 64,
+    def __init__(self, model: nn.Module, tokenizer, *, logprob_chunk_size: Optional[int] = None,
                  save_merged: bool = True, chunked_lm_head: bool = True, share_prompts: bool = False,
                  length_buckets: int = 1):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
-        self.logprob_chunk_size = logprob_chunk_size
+        self.logprob_chunk_size = logprob_chunk_size  # None: completions_per_chunk
+        # The longest completion this policy will score (GRPOModule sets generation.max_new_tokens):
+        # an automatic chunk size sized for it is the same for every batch and every process, as
+        # sharded weights need (the same head calls everywhere). None: each batch's own length.
+        self.max_completion_tokens: Optional[int] = None
         self.save_merged = save_merged  # LoRA export: merged weights, or the adapters alone
         # False for chat-templated prompts: the template already wrote BOS and the like.
         self.add_special_tokens = True
@@ -273,12 +277,16 @@ class CausalLMPolicy(Policy):
 
     def token_scores(self, batch: "TokenBatch", *, temperature: float, with_entropy: bool,
                      reference: bool = False, entropy_grad: bool = True) -> tuple[Tensor, Optional[Tensor]]:
+        chunk_size = self.logprob_chunk_size or completions_per_chunk(
+            self.max_completion_tokens or batch.completion_ids.size(1), self.model.config.vocab_size,
+            batch.completion_ids.device)
+
         def score_block(model: nn.Module, *tensors: Tensor) -> tuple[Tensor, Optional[Tensor]]:
             scorer = completion_token_scores
             if self.chunked_lm_head and supports_hidden_head(model):
                 scorer = completion_token_scores_from_hidden
             return scorer(model, *tensors, temperature=temperature, with_entropy=with_entropy,
-                          chunk_size=self.logprob_chunk_size, entropy_grad=entropy_grad,
+                          chunk_size=chunk_size, entropy_grad=entropy_grad,
                           share_prompts=self.share_prompts, same_calls=self.lockstep is not None)
 
         def score(model: nn.Module) -> tuple[Tensor, Optional[Tensor]]:

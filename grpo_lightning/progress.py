@@ -16,6 +16,8 @@ from typing import Any, Optional
 import lightning as L
 from lightning.pytorch.callbacks import Callback, RichProgressBar
 
+from grpo_lightning.resume import validates_after_this_batch
+
 # Postfix label -> metric, first found wins: the KL to the reference when beta > 0, else the
 # KL between the sampling and the updated policy.
 POSTFIX: dict[str, tuple[str, ...]] = {
@@ -54,7 +56,10 @@ class GRPOProgressBar(RichProgressBar):
 
 
 class ConsoleLog(Callback):
-    """One line every ``every_n_steps`` training steps (and after the last), for non-terminals."""
+    """One line every ``every_n_steps`` training steps (and after the last), for non-terminals.
+
+    A step that is validated gets its line after the validation, so that ``val/reward`` is that
+    step's, not the one before."""
 
     def __init__(self, every_n_steps: int, total_steps: int, optimizer_steps_per_step: int = 1):
         self.every_n_steps = every_n_steps
@@ -62,6 +67,7 @@ class ConsoleLog(Callback):
         self.optimizer_steps_per_step = optimizer_steps_per_step
         self.step = 0
         self.started: Optional[float] = None
+        self._after_validation = False
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.started = time.perf_counter()
@@ -70,7 +76,19 @@ class ConsoleLog(Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         self.step += 1
-        if trainer.is_global_zero and (self.step % self.every_n_steps == 0 or self.step == self.total_steps):
+        if self.step % self.every_n_steps == 0 or self.step == self.total_steps:
+            if validates_after_this_batch(trainer):
+                self._after_validation = True
+            else:
+                self._print(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._after_validation and not trainer.sanity_checking:
+            self._after_validation = False
+            self._print(trainer)
+
+    def _print(self, trainer: L.Trainer) -> None:
+        if trainer.is_global_zero:
             print(self.line(trainer.callback_metrics), flush=True)
 
     def line(self, metrics: dict[str, Any]) -> str:

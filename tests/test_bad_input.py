@@ -42,6 +42,8 @@ CASES = {
     "batch does not divide": (["algorithm.mini_batch_size=5"], 2, "algorithm.mini_batch_size=5 must divide"),
     "clip range": (["algorithm.clip_range=-0.2"], 2, "algorithm.clip_range must be > 0"),
     "no new tokens": (["generation.max_new_tokens=0"], 2, "generation.max_new_tokens must be >= 1"),
+    "empty log-prob chunks": (["model.logprob_chunk_size=0"], 2,
+                              "model.logprob_chunk_size must be >= 1 or null for automatic (got 0)"),
     "unknown algorithm": (["algorithm=nope"], 1, "Could not find 'algorithm/nope'"),
     "unknown estimator": (["algorithm.adv_estimator=nope"], 2, "algorithm.adv_estimator='nope' is unknown; choose one of ["),
     "unknown non-finite policy": (["reward.non_finite=ignore"], 2, "reward.non_finite='ignore' is unknown"),

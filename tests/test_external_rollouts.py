@@ -17,7 +17,7 @@ def never_called(prompts, completions, **columns):
 
 
 def _external_batches(policy, group_size, with_ref, token_rewards=False):
-    torch.manual_seed(0)
+    torch.manual_seed(5)  # a draw whose micro-batches of 2 differ in tokens
     rollout = generate_rollout(policy, ["12+34=", "50+7="], {}, group_size, SamplingParams(max_new_tokens=4))
     tokens = rollout.tokens
     with torch.no_grad():

@@ -1,12 +1,60 @@
-"""The lean KV-cache sampling loop against transformers' generate, token for token."""
+"""The lean KV-cache sampling loop against transformers' generate, token for token, and its draw."""
 
 import pytest
 import torch
 from transformers import GenerationConfig
 
+import grpo_lightning.generation_loop as generation_loop
 from grpo_lightning.policy import SamplingParams
-from grpo_lightning.generation_loop import (LOOP_MODEL_TYPES, filter_logits, sample_with_kv_cache,
-                                           supports_generation_loop)
+from grpo_lightning.generation_loop import (LOOP_MODEL_TYPES, draw_tokens, filter_logits, inverse_cdf,
+                                           sample_with_kv_cache, supports_generation_loop)
+
+
+@pytest.fixture
+def multinomial_draw(monkeypatch):
+    """The loop drawing as generate does, so that the same seed gives the same tokens."""
+    monkeypatch.setattr(generation_loop, "draw_tokens", lambda probs: torch.multinomial(probs, 1).squeeze(1))
+
+
+def test_inverse_cdf_by_hand():
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.5], [0.2, 0.3, 0.5, 0.0]])
+    # target = (1 - u) * total; the first token whose cumulative probability reaches it
+    for uniform, expected in [((0.0, 0.0), (3, 2)),              # target = total: the last token with mass
+                              ((0.5, 0.5), (1, 1)),              # 0.5 reaches token 1's bucket end exactly
+                              ((0.6, 0.85), (1, 0)),
+                              ((1 - 1e-12, 1 - 1e-12), (1, 0))]:  # target just above 0: never a zero token
+        drawn = inverse_cdf(probs, torch.tensor(uniform, dtype=torch.float64))
+        assert drawn.tolist() == list(expected), uniform
+
+
+def test_draw_tokens_follows_each_rows_distribution():
+    torch.manual_seed(0)
+    probs = torch.tensor([[0.1, 0.2, 0.3, 0.4, 0.0], [0.0, 0.0, 0.9, 0.0, 0.1]])
+    draws = 50_000
+    tokens = draw_tokens(probs.repeat(draws, 1)).view(draws, 2)                # [draws, 2]
+    for row in range(2):
+        frequency = torch.bincount(tokens[:, row], minlength=5).double() / draws
+        sigma = (probs[row].double() * (1 - probs[row].double()) / draws).sqrt()
+        assert (frequency - probs[row].double()).abs().le(5 * sigma + 1e-12).all(), (row, frequency)
+        assert frequency[probs[row] == 0].eq(0).all()
+
+
+@pytest.mark.parametrize("do_sample", [True, False])
+def test_non_finite_logits_stop_sampling_with_a_clear_error(arith_policy, do_sample):
+    policy = arith_policy
+    model = policy.model.eval()
+    prompt_ids, prompt_mask = policy.encode_prompts(["12+34=", "5+6="])
+    head = model.get_output_embeddings().weight
+    saved = head.detach().clone()
+    try:
+        with torch.no_grad():
+            head[3] = float("nan")                        # one vocabulary row: every distribution is NaN
+        with pytest.raises(FloatingPointError, match=r"not finite .* in 2 of 2 rows at new token 1"):
+            sample_with_kv_cache(model, prompt_ids, prompt_mask, max_new_tokens=4, do_sample=do_sample,
+                                 eos_token_ids=policy.eos_token_ids, pad_token_id=policy.tokenizer.pad_token_id)
+    finally:
+        with torch.no_grad():
+            head.copy_(saved)
 
 
 def test_filter_logits_by_hand():
@@ -21,7 +69,8 @@ def test_filter_logits_by_hand():
 
 @pytest.mark.parametrize("do_sample,top_k,top_p,temperature",
                          [(True, 0, 1.0, 1.0), (True, 5, 0.9, 0.7), (False, 0, 1.0, 1.0)])
-def test_loop_matches_generate_for_the_same_seed(arith_policy, do_sample, top_k, top_p, temperature):
+def test_loop_matches_generate_for_the_same_seed(arith_policy, multinomial_draw, do_sample, top_k, top_p,
+                                                 temperature):
     policy = arith_policy
     prompt_ids, prompt_mask = policy.encode_prompts(["12+34=", "5+6=", "78+9="])
     prompt_ids, prompt_mask = prompt_ids.repeat_interleave(4, 0), prompt_mask.repeat_interleave(4, 0)
@@ -84,7 +133,7 @@ def _tiny_decoder(model_type: str):
 
 
 @pytest.mark.parametrize("model_type", sorted(LOOP_MODEL_TYPES))
-def test_every_loop_model_type_samples_the_tokens_of_generate(model_type):
+def test_every_loop_model_type_samples_the_tokens_of_generate(multinomial_draw, model_type):
     model = _tiny_decoder(model_type)
     prompt_ids = torch.tensor([[0, 1, 5, 6, 7], [1, 8, 9, 10, 11]]).repeat_interleave(3, 0)   # left-padded
     prompt_mask = (torch.arange(5) >= torch.tensor([1, 0]).repeat_interleave(3).unsqueeze(1)).long()
@@ -111,7 +160,7 @@ def test_auto_backend_picks_the_loop_only_for_supported_model_types(arith_policy
     assert not supports_generation_loop(arith_policy.model)
 
 
-def test_policy_sample_dispatches_on_the_backend(arith_policy):
+def test_policy_sample_dispatches_on_the_backend(arith_policy, multinomial_draw):
     arith_policy.train()
     prompt_ids, prompt_mask = arith_policy.encode_prompts(["12+34=", "5+6="])
     outs = []

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from grpo_lightning.logprobs import completion_token_scores, token_scores_from_logits
+from grpo_lightning.logprobs import completion_token_scores, completions_per_chunk, token_scores_from_logits
 
 
 @pytest.mark.parametrize("chunk_size", [1, 3, 64])
@@ -120,6 +120,48 @@ def test_policy_uses_the_hidden_state_path_only_when_asked(arith_policy, monkeyp
     torch.testing.assert_close(chunked, full, rtol=1e-5, atol=1e-5)
 
 
+def test_automatic_chunk_size_keeps_a_chunks_logits_within_the_device_budget():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    # 4 MiB on a CPU: 8 tokens x 32,000 ids x 4 bytes = 1,024,000 bytes a completion -> 4 of them
+    assert completions_per_chunk(8, 32_000, cpu) == 4
+    assert completions_per_chunk(8, 16, cpu) == 8192                    # a tiny vocabulary: one chunk
+    assert completions_per_chunk(4096, 151_936, cpu) == 1               # never fewer than one
+    # 1 GiB elsewhere: 128 tokens x 151,936 ids x 4 bytes = 77.8 MB a completion -> 13
+    assert completions_per_chunk(128, 151_936, gpu) == 13
+    assert completions_per_chunk(0, 151_936, gpu) == completions_per_chunk(1, 151_936, gpu)
+
+
+def test_policy_chunk_size_is_set_fixed_or_sized_for_the_longest_completion(arith_policy, monkeypatch):
+    import grpo_lightning.logprobs as logprobs
+    import grpo_lightning.policy as policy_module
+    from grpo_lightning.rollout import TokenBatch
+
+    sizes = []
+    real = policy_module.completion_token_scores_from_hidden
+    monkeypatch.setattr(policy_module, "completion_token_scores_from_hidden",
+                        lambda *a, **k: sizes.append(k["chunk_size"]) or real(*a, **k))
+    vocab = arith_policy.model.config.vocab_size
+    monkeypatch.setitem(logprobs.LOGIT_CHUNK_BYTES, "cpu", 4 * vocab * 12)   # 12 tokens' logits a chunk
+    batch = TokenBatch(*arith_policy.encode_prompts(["12+3=", "45+67="]),
+                       torch.tensor([[5, 6, 2], [7, 2, 2]]), torch.tensor([[1, 1, 1], [1, 1, 0]]))
+    arith_policy.token_scores(batch, temperature=1.0, with_entropy=False)   # the batch's 3 tokens: 4 a chunk
+    arith_policy.max_completion_tokens = 6                                  # the run's longest: 2 a chunk
+    arith_policy.token_scores(batch, temperature=1.0, with_entropy=False)
+    arith_policy.logprob_chunk_size = 1                                     # set: used as is
+    arith_policy.token_scores(batch, temperature=1.0, with_entropy=False)
+    assert sizes == [4, 2, 1]
+
+
+def test_the_module_sizes_chunks_for_its_longest_completion(arith_policy):
+    from grpo_lightning.config import GenerationConfig
+    from grpo_lightning.module import GRPOModule
+    from grpo_lightning.rewards import WeightedReward
+
+    GRPOModule(arith_policy, WeightedReward({"one": (lambda p, c, **_: [1.0] * len(c), 1.0)}),
+               generation=GenerationConfig(max_new_tokens=7))
+    assert arith_policy.max_completion_tokens == 7
+
+
 def test_model_compile_wraps_the_decoder_lazily(random_arith_dir):
     from grpo_lightning.config import ModelConfig
     from grpo_lightning.policy import CausalLMPolicy
@@ -128,3 +170,58 @@ def test_model_compile_wraps_the_decoder_lazily(random_arith_dir):
     compiled = CausalLMPolicy.from_config(ModelConfig(name_or_path=str(random_arith_dir), compile=True))
     assert plain.model.get_decoder()._compiled_call_impl is None
     assert compiled.model.get_decoder()._compiled_call_impl is not None  # not run here: no compile on CPU CI
+
+
+@pytest.mark.parametrize("with_entropy,entropy_grad", [(False, False), (True, True), (True, False)])
+def test_fused_head_scores_match_autograd_through_the_linear_head(with_entropy, entropy_grad):
+    from grpo_lightning.logprobs import LinearTokenScores
+
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(6, 5, generator=generator, requires_grad=True)
+    head = torch.nn.Linear(5, 11, bias=True)
+    ids = torch.tensor([0, 3, 10, 3, 7, 1])
+    weights = torch.randn(2, 6, generator=generator)
+
+    logits = head(hidden) / 0.7                                                # autograd all the way
+    logp = torch.log_softmax(logits, dim=-1)
+    want_lp = logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+    want_ent = -(logp.exp() * logp).sum(-1)
+    loss = (want_lp * weights[0]).sum() + ((want_ent * weights[1]).sum() if entropy_grad else 0)
+    want_grads = torch.autograd.grad(loss, [hidden, head.weight, head.bias])
+
+    lp, ent = LinearTokenScores.apply(hidden, head.weight, head.bias, ids, 0.7, with_entropy, entropy_grad)
+    torch.testing.assert_close(lp, want_lp, rtol=1e-5, atol=1e-6)
+    if with_entropy:
+        torch.testing.assert_close(ent, want_ent.detach(), rtol=1e-5, atol=1e-6)
+    assert ent.requires_grad == entropy_grad
+    loss = (lp * weights[0]).sum() + ((ent * weights[1]).sum() if entropy_grad else 0)
+    for got, want in zip(torch.autograd.grad(loss, [hidden, head.weight, head.bias]), want_grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_head_under_bf16_autocast_runs_the_head_in_bf16_both_ways():
+    from grpo_lightning.logprobs import LinearTokenScores
+
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(8, 16, generator=generator, requires_grad=True)
+    head = torch.nn.Linear(16, 32, bias=False)
+    ids = torch.randint(0, 32, (8,), generator=generator)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = torch.log_softmax(head(hidden).float(), -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+        got, _ = LinearTokenScores.apply(hidden, head.weight, None, ids, 1.0, False, False)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)                # bf16 logits (fp32 ones: ~1e-2 off)
+    want_grads = torch.autograd.grad(want.sum(), [hidden, head.weight])
+    got_grads = torch.autograd.grad(got.sum(), [hidden, head.weight])
+    for g, w in zip(got_grads, want_grads):
+        assert g.dtype == w.dtype == torch.float32
+        torch.testing.assert_close(g, w, rtol=2e-2, atol=2e-2)
+
+
+def test_heads_with_hooks_or_adapters_are_called_not_fused():
+    from grpo_lightning.logprobs import fuses_head
+
+    head = torch.nn.Linear(4, 8, bias=False)
+    assert fuses_head(head)
+    head.register_forward_pre_hook(lambda *_: None)      # what FSDP / DeepSpeed / offloading install
+    assert not fuses_head(head)
+    assert not fuses_head(torch.nn.Sequential(torch.nn.Linear(4, 8)))

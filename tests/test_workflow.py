@@ -177,6 +177,25 @@ def test_console_line_has_reward_kl_and_step_time():
     assert line.startswith("step 20/60 | reward 0.500 | kl 0.0020 | val/reward 0.400 | 1.25 s/step | ")
 
 
+def test_a_validated_steps_line_waits_for_its_validation(monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    import grpo_lightning.progress as progress
+
+    trainer = SimpleNamespace(is_global_zero=True, sanity_checking=False,
+                              callback_metrics={"reward/mean": torch.tensor(0.5)})
+    log = ConsoleLog(every_n_steps=1, total_steps=3)
+    for validated, before, after in [(False, 0.1, 0.2), (True, 0.3, 0.9)]:
+        monkeypatch.setattr(progress, "validates_after_this_batch", lambda _: validated)
+        trainer.callback_metrics["val/reward/mean"] = torch.tensor(before)
+        log.on_train_batch_end(trainer, None, None, None, 0)
+        trainer.callback_metrics["val/reward/mean"] = torch.tensor(after)  # a validation's result
+        log.on_validation_end(trainer, None)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" | elapsed")[0].rsplit(" | ", 1)[0] for line in lines] == [
+        "step 1/3 | reward 0.500 | val/reward 0.100", "step 2/3 | reward 0.500 | val/reward 0.900"]
+
+
 def test_run_writes_reward_curve_and_periodic_console_lines(compose_config, random_arith_dir, tmp_path, capsys):
     cfg = compose_config(f"model.name_or_path={random_arith_dir}", "trainer.max_steps=3",
                          "trainer.enable_progress_bar=true", "trainer.console_log_every_n_steps=2",
