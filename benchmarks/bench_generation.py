@@ -48,15 +48,15 @@ def main() -> None:
 
     scratch = Path(tempfile.mkdtemp(prefix="bench_generation-"))
     try:
-        policy = CausalLMPolicy.from_config(ModelConfig(name_or_path=str(build_checkpoint(args.size, scratch, args.vocab_size))))
+        checkpoint = build_checkpoint(args.size, scratch, args.vocab_size)
+        policy = CausalLMPolicy.from_config(ModelConfig(name_or_path=str(checkpoint)))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     preamble = ("0123456789" * (args.prompt_tokens // 10 + 1))[:args.prompt_tokens]
     prompt_ids, prompt_mask = policy.encode_prompts(
         [preamble + prompt for prompt in ["12+34=", "56+78=", "90+12=", "34+5="] * (args.rows // 4)])
-    vocabulary = policy.model.config.vocab_size
-    print(f"{args.size} model (vocabulary {vocabulary}), {prompt_ids.size(0)} rows, prompts of {prompt_ids.size(1)} tokens, "
-          f"max {args.max_new_tokens} new tokens, "
+    print(f"{args.size} model (vocabulary {policy.model.config.vocab_size}), {prompt_ids.size(0)} rows, "
+          f"prompts of {prompt_ids.size(1)} tokens, max {args.max_new_tokens} new tokens, "
           f"{args.threads} thread(s), median of {args.calls} calls (min, max)")
     outputs, cpu_medians = {}, {}
     inverse_cdf_draw = generation_loop.draw_tokens

@@ -138,7 +138,8 @@ class GenerationConfig:
     backend: str = "auto"
     """How completions are sampled: "loop" (grpo_lightning/generation_loop.py: a lean KV-cache
     loop that prefills each distinct prompt once and draws each token by inverting the cumulative
-    distribution: the distribution of generate, not its random stream; for the decoder-only types in generation_loop.LOOP_MODEL_TYPES: Llama, Qwen2/3, Mistral),
+    distribution: generate's distribution, not its random stream; for the decoder-only types in
+    generation_loop.LOOP_MODEL_TYPES: Llama, Qwen2/3, Mistral),
     "hf" (transformers' ``model.generate``, any model), "auto": loop where supported, else hf, or
     "vllm": a vLLM engine colocated on the training GPU, its weights synced after every optimizer
     step (grpo_lightning/vllm_backend.py; needs ``pip install vllm`` and a CUDA GPU)."""
@@ -215,8 +216,8 @@ class ModelConfig:
     """Completions per chunk when turning logits into log-probs and entropy, so the float32
     log-softmax over the vocabulary is never held for the whole batch at once. None (default):
     as many as keep a chunk's float32 logits, for completions of generation.max_new_tokens, within
-    4 MiB on a CPU (cache-sized; measured fastest there) and 1 GiB on an accelerator (see
-    grpo_lightning/logprobs.py: completions_per_chunk)."""
+    4 MiB on a CPU and 1 GiB on an accelerator, or within a quarter of the output head's float32
+    weight where that is more (grpo_lightning/logprobs.py: completions_per_chunk)."""
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     """Train low-rank adapters instead of the full model (model.lora.r > 0)."""
     chunked_lm_head: bool = True

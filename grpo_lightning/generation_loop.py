@@ -64,10 +64,10 @@ def filter_logits(logits: Tensor, temperature: float, top_k: int, top_p: float) 
 def draw_tokens(probs: Tensor) -> Tensor:
     """One token per row of ``probs`` [B, V] (rows summing to ~1), drawn from that row's distribution.
 
-    Inverse-CDF sampling (:func:`inverse_cdf`), in float64 (the cumulative sum of 150k float32 probabilities would
-    misplace the boundaries of the rarest tokens). The target ``(1 - u) * total`` lies in
-    ``(0, total]``, so the first bucket reaching it always has positive probability: a token
-    filtered to zero (top-k, top-p) is never drawn, whatever ``u``.
+    Inverse-CDF sampling (:func:`inverse_cdf`) in float64: a float32 cumulative sum over 150k
+    probabilities would misplace the boundaries of the rarest tokens. The target
+    ``(1 - u) * total`` lies in ``(0, total]``, so the first bucket reaching it always has positive
+    probability: a token filtered to zero (top-k, top-p) is never drawn, whatever ``u``.
     """
     uniform = torch.rand(probs.size(0), dtype=torch.float64, device=probs.device)  # [B] in [0, 1)
     return inverse_cdf(probs, uniform)

@@ -36,10 +36,11 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 LOGIT_CHUNK_BYTES = {"cpu": 4 * 2**20}
-"""Float32 logits per chunk when ``model.logprob_chunk_size`` is automatic, by device type. On a
-CPU, 4 MiB chunks cost no time and save memory (benchmarks/RESULTS.md: a 32,000-token vocabulary,
-4 against 64 completions a chunk: the same step time within the machine's drift, 0.85x the peak
-RSS). Other devices: :data:`ACCELERATOR_LOGIT_CHUNK_BYTES`."""
+"""Float32 logits per chunk when ``model.logprob_chunk_size`` is automatic, by device type, unless a
+quarter of the head's float32 weight is more (:func:`completions_per_chunk`). On a CPU, 4 MiB
+chunks cost no time and save memory (benchmarks/RESULTS.md: a 32,000-token vocabulary, 4 against
+64 completions a chunk: the same step time within the machine's drift, 0.85x the peak RSS).
+Other devices: :data:`ACCELERATOR_LOGIT_CHUNK_BYTES`."""
 
 ACCELERATOR_LOGIT_CHUNK_BYTES = 2**30
 """1 GiB of float32 logits per chunk on GPUs: large enough that the output head's matmul stays
@@ -50,26 +51,37 @@ on. Not measured (no GPU was lent to this project's benchmarks yet)."""
 class LinearTokenScores(torch.autograd.Function):
     """Log-probs and entropy of ``token_ids`` under ``linear(hidden, weight, bias) / temperature``.
 
-    hidden [n, H], weight [V, H], bias [V] or None, token_ids [n] -> logprobs [n], entropy [n]
-    (float32; entropy empty unless ``with_entropy``). Saves only the inputs and the log-normalizer
-    and recomputes the logits in the backward pass, where, with p = softmax(z) and z the scaled
-    logits, d logprob / dz = onehot - p and d entropy / dz = -p * (z - logsumexp(z) + entropy).
-    The head runs in the dtype the surrounding autocast gives it, forward and backward alike.
+    hidden [N, H], weight [V, H], bias [V] or None, token_ids [N] -> logprobs [N], entropy [N]
+    (float32; entropy empty unless ``with_entropy``), ``chunk_tokens`` rows of logits at a time.
+    Saves only the inputs and the log-normalizer; the backward pass recomputes each chunk's
+    logits and, with p = softmax(z) and z the scaled logits, turns them in place into
+    d loss / dz = dlogprob * (onehot - p) - dentropy * p * (log p + entropy), then adds the
+    chunk's share of the weight gradient into one [V, H] buffer (a chunk's own [V, H] gradient,
+    summed by autograd, would cost a weight-sized write per chunk). The head runs in the dtype the
+    surrounding autocast gives it, forward and backward alike.
     """
 
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, bias: Optional[Tensor], token_ids: Tensor,
-                temperature: float, with_entropy: bool, entropy_grad: bool) -> tuple[Tensor, Tensor]:
-        logits = nn.functional.linear(hidden, weight, bias)                     # [n, V]
-        scaled = logits.float() / temperature                                   # [n, V]
-        log_normalizer = torch.logsumexp(scaled, dim=-1)                        # [n]
-        logprobs = scaled.gather(-1, token_ids.unsqueeze(-1)).squeeze(-1) - log_normalizer
-        entropy = torch.empty(0, device=hidden.device)
-        if with_entropy:
-            scaled = scaled.sub_(log_normalizer.unsqueeze(-1))                  # log p, in place
-            entropy = -(scaled.exp() * scaled).sum(dim=-1)                      # [n]
+                temperature: float, with_entropy: bool, entropy_grad: bool, chunk_tokens: int
+                ) -> tuple[Tensor, Tensor]:
+        num_tokens = hidden.size(0)
+        logprobs = hidden.new_empty(num_tokens, dtype=torch.float32)            # [N]
+        log_normalizer = torch.empty_like(logprobs)                             # [N]
+        entropy = torch.empty_like(logprobs) if with_entropy else logprobs.new_empty(0)
+        logits_dtype = None
+        for start in range(0, num_tokens, chunk_tokens):
+            rows = slice(start, start + chunk_tokens)
+            logits = nn.functional.linear(hidden[rows], weight, bias)           # [n, V]
+            logits_dtype = logits.dtype
+            scaled = logits.float() / temperature                               # [n, V]
+            log_normalizer[rows] = torch.logsumexp(scaled, dim=-1)
+            logprobs[rows] = scaled.gather(-1, token_ids[rows].unsqueeze(-1)).squeeze(-1) - log_normalizer[rows]
+            if with_entropy:
+                log_p = scaled.sub_(log_normalizer[rows].unsqueeze(-1))         # in place
+                entropy[rows] = -(log_p.exp() * log_p).sum(dim=-1)
         ctx.save_for_backward(hidden, weight, bias, token_ids, log_normalizer, entropy)
-        ctx.logits_dtype, ctx.temperature = logits.dtype, temperature
+        ctx.logits_dtype, ctx.temperature, ctx.chunk_tokens = logits_dtype, temperature, chunk_tokens
         ctx.entropy_grad = with_entropy and entropy_grad
         if not ctx.entropy_grad:
             ctx.mark_non_differentiable(entropy)
@@ -79,23 +91,37 @@ class LinearTokenScores(torch.autograd.Function):
     def backward(ctx, logprob_grad: Tensor, entropy_grad: Optional[Tensor]):
         hidden, weight, bias, token_ids, log_normalizer, entropy = ctx.saved_tensors
         dtype = ctx.logits_dtype
-        log_p = nn.functional.linear(hidden.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
-        log_p = log_p.float().div_(ctx.temperature).sub_(log_normalizer.unsqueeze(-1))  # [n, V]
-        probs = log_p.exp()                                                      # [n, V]
-        if ctx.entropy_grad and entropy_grad is not None:
-            # -p * (log p + H) * dH, then -p * dlogprob: one [n, V] buffer, reused in place
-            grad = log_p.add_(entropy.unsqueeze(-1)).mul_(probs).mul_(-entropy_grad.unsqueeze(-1))
-            grad.sub_(probs.mul_(logprob_grad.unsqueeze(-1)))
-        else:
-            grad = probs.mul_(-logprob_grad.unsqueeze(-1))
-        grad.scatter_add_(-1, token_ids.unsqueeze(-1), logprob_grad.unsqueeze(-1))
-        grad = grad.div_(ctx.temperature).to(dtype)                             # d loss / d logits [n, V]
-        hidden_grad = grad @ weight.to(dtype) if ctx.needs_input_grad[0] else None
-        weight_grad = grad.t() @ hidden.to(dtype) if ctx.needs_input_grad[1] else None
-        bias_grad = grad.sum(dim=0) if bias is not None and ctx.needs_input_grad[2] else None
-        return (None if hidden_grad is None else hidden_grad.to(hidden.dtype),
-                None if weight_grad is None else weight_grad.to(weight.dtype),
-                None if bias_grad is None else bias_grad.to(bias.dtype), None, None, None, None)
+        with_entropy_grad = ctx.entropy_grad and entropy_grad is not None
+        head_weight = weight.to(dtype)
+        head_bias = None if bias is None else bias.to(dtype)
+        needs_hidden, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+        hidden_grad = torch.empty_like(hidden) if needs_hidden else None
+        weight_grad = torch.zeros_like(weight) if needs_weight else None
+        bias_grad = torch.zeros_like(bias) if bias is not None and needs_bias else None
+        for start in range(0, hidden.size(0), ctx.chunk_tokens):
+            rows = slice(start, start + ctx.chunk_tokens)
+            chunk = hidden[rows].to(dtype)                                      # [n, H]
+            log_p = nn.functional.linear(chunk, head_weight, head_bias).float()
+            log_p = log_p.div_(ctx.temperature).sub_(log_normalizer[rows].unsqueeze(-1))  # [n, V]
+            probs = log_p.exp()                                                  # [n, V]
+            d_logprob = logprob_grad[rows].unsqueeze(-1)                        # [n, 1]
+            if with_entropy_grad:
+                grad = log_p.add_(entropy[rows].unsqueeze(-1)).mul_(probs).mul_(-entropy_grad[rows].unsqueeze(-1))
+                grad.sub_(probs.mul_(d_logprob))
+            else:
+                grad = probs.mul_(-d_logprob)
+            grad.scatter_add_(-1, token_ids[rows].unsqueeze(-1), d_logprob)
+            grad = grad.div_(ctx.temperature).to(dtype)                         # d loss / d logits [n, V]
+            if hidden_grad is not None:
+                hidden_grad[rows] = grad @ head_weight
+            if weight_grad is not None:
+                if weight_grad.dtype == dtype:
+                    weight_grad.addmm_(grad.t(), chunk)
+                else:
+                    weight_grad.add_(grad.t() @ chunk)
+            if bias_grad is not None:
+                bias_grad.add_(grad.sum(dim=0))
+        return hidden_grad, weight_grad, bias_grad, None, None, None, None, None
 
 
 def fuses_head(head: nn.Module) -> bool:
@@ -106,10 +132,18 @@ def fuses_head(head: nn.Module) -> bool:
             and plain(head.weight) and plain(head.bias))
 
 
-def completions_per_chunk(completion_tokens: int, vocab_size: int, device: torch.device) -> int:
+def completions_per_chunk(completion_tokens: int, vocab_size: int, device: torch.device,
+                          hidden_size: int = 0) -> int:
     """The automatic ``model.logprob_chunk_size``: completions of ``completion_tokens`` whose float32
-    logits fit the device's budget (:data:`LOGIT_CHUNK_BYTES`), at least 1."""
-    budget = LOGIT_CHUNK_BYTES.get(device.type, ACCELERATOR_LOGIT_CHUNK_BYTES)
+    logits fit the device's budget (:data:`LOGIT_CHUNK_BYTES`), at least 1.
+
+    The budget is never below a quarter of the head's float32 weight (``vocab_size x hidden_size``
+    x 4 bytes): every chunk adds its share into the [V, H] weight gradient, a weight-sized write,
+    so chunks much smaller than the weight spend more on that than on their logits (a 151,936 x 128
+    head: 4 completions of 8 tokens a chunk, 0.75x the time of 1; bench_logprobs.py). A chunk's
+    logits, probabilities and their gradient then stay below the weight gradient itself.
+    """
+    budget = max(LOGIT_CHUNK_BYTES.get(device.type, ACCELERATOR_LOGIT_CHUNK_BYTES), vocab_size * hidden_size)
     return max(1, budget // (4 * max(completion_tokens, 1) * vocab_size))
 
 
@@ -279,11 +313,7 @@ def completion_token_scores_from_hidden(model: nn.Module, prompt_ids: Tensor, pr
     if not fuses_head(head):
         return _scores_in_chunks(head, hidden, completion_ids, temperature=temperature,
                                  with_entropy=with_entropy, chunk_size=chunk_size, entropy_grad=entropy_grad)
-    logprob_chunks, entropy_chunks = [], []
-    for start in range(0, hidden.size(0), chunk_size):
-        chunk, ids = hidden[start:start + chunk_size], completion_ids[start:start + chunk_size]  # [c, T, H], [c, T]
-        lp, ent = LinearTokenScores.apply(chunk.flatten(0, 1), head.weight, head.bias, ids.flatten(),
-                                          temperature, with_entropy, entropy_grad)  # [c*T] each
-        logprob_chunks.append(lp.view_as(ids))
-        entropy_chunks.append(ent.view_as(ids) if with_entropy else ent)
-    return torch.cat(logprob_chunks), torch.cat(entropy_chunks) if with_entropy else None  # [B, T] each
+    lp, ent = LinearTokenScores.apply(hidden.flatten(0, 1), head.weight, head.bias, completion_ids.flatten(),
+                                      temperature, with_entropy, entropy_grad,
+                                      chunk_size * completion_ids.size(1))     # [B*T] each
+    return lp.view_as(completion_ids), ent.view_as(completion_ids) if with_entropy else None  # [B, T] each

@@ -129,6 +129,9 @@ def test_automatic_chunk_size_keeps_a_chunks_logits_within_the_device_budget():
     # 1 GiB elsewhere: 128 tokens x 151,936 ids x 4 bytes = 77.8 MB a completion -> 13
     assert completions_per_chunk(128, 151_936, gpu) == 13
     assert completions_per_chunk(0, 151_936, gpu) == completions_per_chunk(1, 151_936, gpu)
+    # never below a quarter of the float32 head: 151,936 x 128 x 4 / 4 bytes over 8 x 151,936 x 4 a completion
+    assert completions_per_chunk(8, 151_936, cpu, hidden_size=128) == 4
+    assert completions_per_chunk(8, 32_000, cpu, hidden_size=128) == 4     # 4 MiB is the larger there
 
 
 def test_policy_chunk_size_is_set_fixed_or_sized_for_the_longest_completion(arith_policy, monkeypatch):
@@ -141,15 +144,16 @@ def test_policy_chunk_size_is_set_fixed_or_sized_for_the_longest_completion(arit
     monkeypatch.setattr(policy_module, "completion_token_scores_from_hidden",
                         lambda *a, **k: sizes.append(k["chunk_size"]) or real(*a, **k))
     vocab = arith_policy.model.config.vocab_size
-    monkeypatch.setitem(logprobs.LOGIT_CHUNK_BYTES, "cpu", 4 * vocab * 12)   # 12 tokens' logits a chunk
+    monkeypatch.setitem(logprobs.LOGIT_CHUNK_BYTES, "cpu", 4 * vocab * 48)   # 48 tokens' logits a chunk
+    assert 4 * vocab * 48 > vocab * arith_policy.model.config.hidden_size   # (more than a quarter of the head)
     batch = TokenBatch(*arith_policy.encode_prompts(["12+3=", "45+67="]),
                        torch.tensor([[5, 6, 2], [7, 2, 2]]), torch.tensor([[1, 1, 1], [1, 1, 0]]))
-    arith_policy.token_scores(batch, temperature=1.0, with_entropy=False)   # the batch's 3 tokens: 4 a chunk
-    arith_policy.max_completion_tokens = 6                                  # the run's longest: 2 a chunk
+    arith_policy.token_scores(batch, temperature=1.0, with_entropy=False)   # the batch's 3 tokens: 16 a chunk
+    arith_policy.max_completion_tokens = 6                                  # the run's longest: 8 a chunk
     arith_policy.token_scores(batch, temperature=1.0, with_entropy=False)
     arith_policy.logprob_chunk_size = 1                                     # set: used as is
     arith_policy.token_scores(batch, temperature=1.0, with_entropy=False)
-    assert sizes == [4, 2, 1]
+    assert sizes == [16, 8, 1]
 
 
 def test_the_module_sizes_chunks_for_its_longest_completion(arith_policy):
@@ -189,7 +193,7 @@ def test_fused_head_scores_match_autograd_through_the_linear_head(with_entropy, 
     loss = (want_lp * weights[0]).sum() + ((want_ent * weights[1]).sum() if entropy_grad else 0)
     want_grads = torch.autograd.grad(loss, [hidden, head.weight, head.bias])
 
-    lp, ent = LinearTokenScores.apply(hidden, head.weight, head.bias, ids, 0.7, with_entropy, entropy_grad)
+    lp, ent = LinearTokenScores.apply(hidden, head.weight, head.bias, ids, 0.7, with_entropy, entropy_grad, 4)
     torch.testing.assert_close(lp, want_lp, rtol=1e-5, atol=1e-6)
     if with_entropy:
         torch.testing.assert_close(ent, want_ent.detach(), rtol=1e-5, atol=1e-6)
@@ -208,7 +212,7 @@ def test_fused_head_under_bf16_autocast_runs_the_head_in_bf16_both_ways():
     ids = torch.randint(0, 32, (8,), generator=generator)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         want = torch.log_softmax(head(hidden).float(), -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
-        got, _ = LinearTokenScores.apply(hidden, head.weight, None, ids, 1.0, False, False)
+        got, _ = LinearTokenScores.apply(hidden, head.weight, None, ids, 1.0, False, False, 3)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)                # bf16 logits (fp32 ones: ~1e-2 off)
     want_grads = torch.autograd.grad(want.sum(), [hidden, head.weight])
     got_grads = torch.autograd.grad(got.sum(), [hidden, head.weight])
