@@ -62,7 +62,7 @@ def main() -> None:
     inverse_cdf_draw = generation_loop.draw_tokens
     for sampler in ("hf", "loop-multinomial", "loop"):
         backend = sampler.split("-")[0]
-        generation_loop.draw_tokens = (lambda probs: torch.multinomial(probs, 1).squeeze(1)) \
+        generation_loop.draw_tokens = (lambda scores: torch.multinomial(scores.softmax(dim=-1), 1).squeeze(1)) \
             if sampler == "loop-multinomial" else inverse_cdf_draw
         sampling = SamplingParams(args.max_new_tokens, backend=backend)
         policy.sample(prompt_ids, prompt_mask, sampling)  # warm-up

@@ -61,22 +61,28 @@ def filter_logits(logits: Tensor, temperature: float, top_k: int, top_p: float) 
     return scores
 
 
-def draw_tokens(probs: Tensor) -> Tensor:
-    """One token per row of ``probs`` [B, V] (rows summing to ~1), drawn from that row's distribution.
+def draw_tokens(scores: Tensor) -> Tensor:
+    """One token per row of ``scores`` [B, V] (filtered logits), drawn from ``softmax(scores)``.
 
     Inverse-CDF sampling (:func:`inverse_cdf`) in float64: a float32 cumulative sum over 150k
-    probabilities would misplace the boundaries of the rarest tokens. The target
-    ``(1 - u) * total`` lies in ``(0, total]``, so the first bucket reaching it always has positive
-    probability: a token filtered to zero (top-k, top-p) is never drawn, whatever ``u``.
+    probabilities would misplace the boundaries of the rarest tokens. One float64 copy of the
+    scores becomes the unnormalized cumulative distribution in place (exp(s - max), summed), so a
+    draw holds one [B, V] float64 buffer besides the logits.
     """
-    uniform = torch.rand(probs.size(0), dtype=torch.float64, device=probs.device)  # [B] in [0, 1)
-    return inverse_cdf(probs, uniform)
+    weights = scores.double()                                                   # [B, V]
+    cumulative = weights.sub_(weights.amax(dim=-1, keepdim=True)).exp_().cumsum_(dim=-1)
+    uniform = torch.rand(scores.size(0), dtype=torch.float64, device=scores.device)  # [B] in [0, 1)
+    return inverse_cdf(cumulative, uniform)
 
 
-def inverse_cdf(probs: Tensor, uniform: Tensor) -> Tensor:
-    """The token of each row of ``probs`` [B, V] whose cumulative bucket holds ``uniform`` [B] in [0, 1)."""
-    cumulative = probs.double().cumsum(dim=-1)                                  # [B, V]
-    target = (1.0 - uniform.double().unsqueeze(1)) * cumulative[:, -1:]         # [B, 1] in (0, total]
+def inverse_cdf(cumulative: Tensor, uniform: Tensor) -> Tensor:
+    """The token of each row whose bucket of ``cumulative`` [B, V] (a row's running sum of
+    nonnegative weights) holds ``uniform`` [B] in [0, 1), scaled to the row's total.
+
+    The target ``(1 - u) * total`` lies in ``(0, total]``, so the first bucket reaching it always
+    has positive weight: a token filtered to zero (top-k, top-p) is never drawn, whatever ``u``.
+    """
+    target = (1.0 - uniform.to(cumulative.dtype).unsqueeze(1)) * cumulative[:, -1:]  # [B, 1] in (0, total]
     return torch.searchsorted(cumulative, target).squeeze(1)                    # [B]
 
 
@@ -112,13 +118,11 @@ def sample_with_kv_cache(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tens
     logits = _prefill(model, prompt_ids, attention_mask, position_ids, cache)  # [B, V]
     while True:
         logits = logits.float()                                                 # [B, V]
+        finite_rows = logits.amax(dim=-1).isfinite()                           # [B]: NaN and +inf show here
         if do_sample:
-            probs = filter_logits(logits, temperature, top_k, top_p).softmax(dim=-1)
-            tokens = draw_tokens(probs)                                         # [B]
-            finite_rows = probs.sum(dim=-1).isfinite()                          # [B]
+            tokens = draw_tokens(filter_logits(logits, temperature, top_k, top_p))  # [B]
         else:
-            tokens = logits.argmax(dim=-1)                                      # [B] (NaN wins argmax)
-            finite_rows = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).isfinite()
+            tokens = logits.argmax(dim=-1)                                      # [B]
         finite_or_done = finite_rows | finished                                 # [B]: finished rows are padding
         tokens = tokens.masked_fill(finished, pad_token_id)
         columns.append(tokens)

@@ -74,12 +74,14 @@ class LinearTokenScores(torch.autograd.Function):
             rows = slice(start, start + chunk_tokens)
             logits = nn.functional.linear(hidden[rows], weight, bias)           # [n, V]
             logits_dtype = logits.dtype
-            scaled = logits.float() / temperature                               # [n, V]
+            scaled = logits.float()                                             # [n, V], fresh: changed in place
+            if temperature != 1.0:
+                scaled = scaled.div_(temperature)
             log_normalizer[rows] = torch.logsumexp(scaled, dim=-1)
             logprobs[rows] = scaled.gather(-1, token_ids[rows].unsqueeze(-1)).squeeze(-1) - log_normalizer[rows]
             if with_entropy:
-                log_p = scaled.sub_(log_normalizer[rows].unsqueeze(-1))         # in place
-                entropy[rows] = -(log_p.exp() * log_p).sum(dim=-1)
+                log_p = scaled.sub_(log_normalizer[rows].unsqueeze(-1))         # [n, V]
+                entropy[rows] = -log_p.exp().mul_(log_p).sum(dim=-1)
         ctx.save_for_backward(hidden, weight, bias, token_ids, log_normalizer, entropy)
         ctx.logits_dtype, ctx.temperature, ctx.chunk_tokens = logits_dtype, temperature, chunk_tokens
         ctx.entropy_grad = with_entropy and entropy_grad

@@ -13,7 +13,8 @@ from grpo_lightning.generation_loop import (LOOP_MODEL_TYPES, draw_tokens, filte
 @pytest.fixture
 def multinomial_draw(monkeypatch):
     """The loop drawing as generate does, so that the same seed gives the same tokens."""
-    monkeypatch.setattr(generation_loop, "draw_tokens", lambda probs: torch.multinomial(probs, 1).squeeze(1))
+    monkeypatch.setattr(generation_loop, "draw_tokens",
+                        lambda scores: torch.multinomial(scores.softmax(dim=-1), 1).squeeze(1))
 
 
 def test_inverse_cdf_by_hand():
@@ -23,7 +24,7 @@ def test_inverse_cdf_by_hand():
                               ((0.5, 0.5), (1, 1)),              # 0.5 reaches token 1's bucket end exactly
                               ((0.6, 0.85), (1, 0)),
                               ((1 - 1e-12, 1 - 1e-12), (1, 0))]:  # target just above 0: never a zero token
-        drawn = inverse_cdf(probs, torch.tensor(uniform, dtype=torch.float64))
+        drawn = inverse_cdf(probs.double().cumsum(dim=-1), torch.tensor(uniform, dtype=torch.float64))
         assert drawn.tolist() == list(expected), uniform
 
 
@@ -31,7 +32,7 @@ def test_draw_tokens_follows_each_rows_distribution():
     torch.manual_seed(0)
     probs = torch.tensor([[0.1, 0.2, 0.3, 0.4, 0.0], [0.0, 0.0, 0.9, 0.0, 0.1]])
     draws = 50_000
-    tokens = draw_tokens(probs.repeat(draws, 1)).view(draws, 2)                # [draws, 2]
+    tokens = draw_tokens(probs.log().repeat(draws, 1)).view(draws, 2)          # [draws, 2]; log 0 = -inf
     for row in range(2):
         frequency = torch.bincount(tokens[:, row], minlength=5).double() / draws
         sigma = (probs[row].double() * (1 - probs[row].double()) / draws).sqrt()
