@@ -29,6 +29,7 @@ device's peak (``--peak-tflops``, known for H100/H200/A100 in bf16), its model F
     /work/venv-bench/bin/python benchmarks/bench_vs_trl.py                 # tiny model, CPU
     /work/venv-bench/bin/python benchmarks/bench_vs_trl.py --steps 10 --repeats 3
     /work/venv-bench/bin/python benchmarks/bench_vs_trl.py --prompt-tokens 120   # long prompts
+    /work/venv-bench/bin/python benchmarks/bench_vs_trl.py --vocab-size 32000    # Llama 2's vocabulary
     python benchmarks/bench_vs_trl.py --size 0.5b --device cuda --precision bf16   # on a GPU
     python benchmarks/bench_vs_trl.py --size 0.5b --build-only             # construct + load only
 
