@@ -66,8 +66,9 @@ def global_sum(value: Tensor) -> Tensor:
     return total
 
 
-def _moment_dtype(device: torch.device) -> torch.dtype:
-    return torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+def widest_float(device: torch.device) -> torch.dtype:
+    """float64, for sums that float32 would round badly; float32 on MPS, which has no float64."""
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
 def shards_weights(strategy) -> bool:
@@ -89,7 +90,7 @@ def global_mean_std(values: Tensor, mask: Tensor | None = None) -> tuple[Tensor,
     """Mean and population std of ``values`` (``[B]`` or any shape, optionally masked) over the
     elements of every process: one all-reduce of (count, sum, sum of squares), in float64 (float32
     on MPS) so the E[x^2] - E[x]^2 form does not lose precision."""
-    x = values.detach().to(_moment_dtype(values.device))
+    x = values.detach().to(widest_float(values.device))
     weights = torch.ones_like(x) if mask is None else mask.to(x.dtype)
     moments = torch.stack([weights.sum(), (x * weights).sum(), (x * x * weights).sum()])   # [3]
     count, total, squares = global_sum(moments).unbind()

@@ -30,7 +30,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from grpo_lightning.distributed import AllAgree
+from grpo_lightning.distributed import AllAgree, widest_float
 
 
 LOOP_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral"})
@@ -64,14 +64,15 @@ def filter_logits(logits: Tensor, temperature: float, top_k: int, top_p: float) 
 def draw_tokens(scores: Tensor) -> Tensor:
     """One token per row of ``scores`` [B, V] (filtered logits), drawn from ``softmax(scores)``.
 
-    Inverse-CDF sampling (:func:`inverse_cdf`) in float64: a float32 cumulative sum over 150k
-    probabilities would misplace the boundaries of the rarest tokens. One float64 copy of the
-    scores becomes the unnormalized cumulative distribution in place (exp(s - max), summed), so a
-    draw holds one [B, V] float64 buffer besides the logits.
+    Inverse-CDF sampling (:func:`inverse_cdf`) in float64 (float32 on MPS, which has none): a
+    float32 cumulative sum over 150k probabilities would misplace the boundaries of the rarest
+    tokens. One float64 copy of the scores becomes the unnormalized cumulative distribution in
+    place (exp(s - max), summed), so a draw holds one [B, V] float64 buffer besides the logits.
     """
-    weights = scores.double()                                                   # [B, V]
+    dtype = widest_float(scores.device)
+    weights = scores.to(dtype, copy=True)                                       # [B, V]
     cumulative = weights.sub_(weights.amax(dim=-1, keepdim=True)).exp_().cumsum_(dim=-1)
-    uniform = torch.rand(scores.size(0), dtype=torch.float64, device=scores.device)  # [B] in [0, 1)
+    uniform = torch.rand(scores.size(0), dtype=dtype, device=scores.device)     # [B] in [0, 1)
     return inverse_cdf(cumulative, uniform)
 
 

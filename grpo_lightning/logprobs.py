@@ -10,12 +10,12 @@ Only completion positions are scored, never the prompt's. Two paths give the sam
 
 Either way the float32 log-softmax over the vocabulary is formed one chunk at a time and,
 under autograd, recomputed in the backward pass (activation checkpointing), so the float32
-``[B, T, V]`` tensor never exists. Where the head is a plain ``nn.Linear`` (no hooks: not
-sharded by FSDP or DeepSpeed, not wrapped by LoRA), :class:`LinearTokenScores` does a chunk's
-head, log-softmax and entropy in one autograd node: one head matmul forward (the log-probs and
-the logged entropy together), and in the backward one recomputed head matmul whose output becomes
-the logits' gradient in place, instead of autograd's separate log-softmax, gather and entropy
-graphs.
+``[B, T, V]`` tensor never exists. Where the head is a plain ``nn.Linear`` (no hooks of its
+own: not gathered by DeepSpeed ZeRO-3 or FSDP2, not wrapped by LoRA), :class:`LinearTokenScores`
+does the chunks' head, log-softmax and entropy in one autograd node: one head matmul a chunk
+forward (the log-probs and the logged entropy together), and in the backward one recomputed
+head matmul a chunk whose output becomes the logits' gradient in place, instead of autograd's
+separate log-softmax, gather and entropy graphs.
 
 With ``share_prompts=True`` a batch whose rows repeat prompts (the G completions of a GRPO
 group) runs each distinct prompt through the model once, keeps its keys and values in a KV
@@ -33,6 +33,7 @@ from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
 LOGIT_CHUNK_BYTES = {"cpu": 4 * 2**20}
@@ -57,8 +58,10 @@ class LinearTokenScores(torch.autograd.Function):
     logits and, with p = softmax(z) and z the scaled logits, turns them in place into
     d loss / dz = dlogprob * (onehot - p) - dentropy * p * (log p + entropy), then adds the
     chunk's share of the weight gradient into one [V, H] buffer (a chunk's own [V, H] gradient,
-    summed by autograd, would cost a weight-sized write per chunk). The head runs in the dtype the
-    surrounding autocast gives it, forward and backward alike.
+    summed by autograd, would cost a weight-sized allocation per chunk; under autocast with
+    float32 weights the chunk's bf16 product is still formed before it is added). The head runs
+    in the dtype the surrounding autocast gives it, forward and backward alike. Not twice
+    differentiable.
     """
 
     @staticmethod
@@ -69,7 +72,7 @@ class LinearTokenScores(torch.autograd.Function):
         logprobs = hidden.new_empty(num_tokens, dtype=torch.float32)            # [N]
         log_normalizer = torch.empty_like(logprobs)                             # [N]
         entropy = torch.empty_like(logprobs) if with_entropy else logprobs.new_empty(0)
-        logits_dtype = None
+        logits_dtype = weight.dtype  # the head output's dtype, set below; this for an empty batch
         for start in range(0, num_tokens, chunk_tokens):
             rows = slice(start, start + chunk_tokens)
             logits = nn.functional.linear(hidden[rows], weight, bias)           # [n, V]
@@ -90,6 +93,7 @@ class LinearTokenScores(torch.autograd.Function):
         return logprobs, entropy
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, logprob_grad: Tensor, entropy_grad: Optional[Tensor]):
         hidden, weight, bias, token_ids, log_normalizer, entropy = ctx.saved_tensors
         dtype = ctx.logits_dtype
@@ -128,7 +132,11 @@ class LinearTokenScores(torch.autograd.Function):
 
 def fuses_head(head: nn.Module) -> bool:
     """Whether :class:`LinearTokenScores` may stand in for calling ``head``: a plain Linear whose
-    weights are ordinary tensors and whose call runs no hooks (sharding, offloading, adapters)."""
+    weights are ordinary tensors and whose call runs no hooks of its own (DeepSpeed ZeRO-3's
+    gathering, FSDP2's per-module sharding, PEFT adapters replace or hook it). Lightning's FSDP
+    strategy wraps the whole model and leaves the head a plain Linear: it is fused there, reading
+    the weight as the unfused call would. A ``forward`` replaced without a hook (accelerate's
+    ``device_map`` offloading) is not seen: load such models without it."""
     plain = lambda tensor: tensor is None or type(tensor.data) is torch.Tensor  # noqa: E731
     return (type(head) is nn.Linear and not head._forward_hooks and not head._forward_pre_hooks
             and plain(head.weight) and plain(head.bias))
@@ -317,5 +325,5 @@ def completion_token_scores_from_hidden(model: nn.Module, prompt_ids: Tensor, pr
                                  with_entropy=with_entropy, chunk_size=chunk_size, entropy_grad=entropy_grad)
     lp, ent = LinearTokenScores.apply(hidden.flatten(0, 1), head.weight, head.bias, completion_ids.flatten(),
                                       temperature, with_entropy, entropy_grad,
-                                      chunk_size * completion_ids.size(1))     # [B*T] each
+                                      max(1, chunk_size * completion_ids.size(1)))  # [B*T] each
     return lp.view_as(completion_ids), ent.view_as(completion_ids) if with_entropy else None  # [B, T] each

@@ -277,7 +277,7 @@ class CausalLMPolicy(Policy):
 
     def token_scores(self, batch: "TokenBatch", *, temperature: float, with_entropy: bool,
                      reference: bool = False, entropy_grad: bool = True) -> tuple[Tensor, Optional[Tensor]]:
-        config = self.model.config
+        config = self.model.config.get_text_config()  # multimodal configs keep the vocabulary there
         chunk_size = self.logprob_chunk_size or completions_per_chunk(
             self.max_completion_tokens or batch.completion_ids.size(1), config.vocab_size,
             batch.completion_ids.device, getattr(config, "hidden_size", 0))

@@ -229,3 +229,31 @@ def test_heads_with_hooks_or_adapters_are_called_not_fused():
     head.register_forward_pre_hook(lambda *_: None)      # what FSDP / DeepSpeed / offloading install
     assert not fuses_head(head)
     assert not fuses_head(torch.nn.Sequential(torch.nn.Linear(4, 8)))
+
+
+def test_fused_head_refuses_a_second_derivative_clearly():
+    from grpo_lightning.logprobs import LinearTokenScores
+
+    hidden = torch.randn(3, 4, requires_grad=True)
+    head = torch.nn.Linear(4, 5, bias=False)
+    lp, _ = LinearTokenScores.apply(hidden, head.weight, None, torch.tensor([0, 1, 2]), 1.0, False, False, 2)
+    (grad,) = torch.autograd.grad(lp.sum(), hidden, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
+        grad.sum().backward()
+
+
+def test_policy_reads_the_vocabulary_of_a_multimodal_config(arith_policy, monkeypatch):
+    from types import SimpleNamespace
+
+    import grpo_lightning.policy as policy_module
+    from grpo_lightning.rollout import TokenBatch
+
+    asked = []
+    real = policy_module.completions_per_chunk
+    monkeypatch.setattr(policy_module, "completions_per_chunk", lambda *a: asked.append(a) or real(*a))
+    # A composite config (Gemma 3, Qwen2.5-VL, Llava) has no vocab_size of its own: its text config does.
+    monkeypatch.setattr(arith_policy.model.config, "get_text_config",
+                        lambda *_, **__: SimpleNamespace(vocab_size=123, hidden_size=7), raising=False)
+    batch = TokenBatch(*arith_policy.encode_prompts(["12+3="]), torch.tensor([[5, 2]]), torch.tensor([[1, 1]]))
+    arith_policy.token_scores(batch, temperature=1.0, with_entropy=False)
+    assert [(vocab, hidden) for _, vocab, _, hidden in asked] == [(123, 7)]
