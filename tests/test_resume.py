@@ -268,7 +268,8 @@ def test_wandb_run_resumes_under_the_same_id(compose_config, random_arith_dir, t
     train(compose_config(*common, "trainer.max_steps=2", "ckpt_path=last"))
     assert read_resume_info(str(tmp_path / "checkpoints" / "last.ckpt")) == (2, run_id)  # logged as run_id
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
-    assert runs and all(run.name.endswith(run_id) for run in runs)
+    # offline-run-<time>-<id>, and "-1" after it when both runs started within the same second
+    assert runs and all(re.search(rf"-{run_id}(-\d+)?$", run.name) for run in runs), runs
     # The completions table counts on from the checkpoint (step 2 of the run, not 1 of the process).
     states = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["callbacks"]
     assert [state for key, state in states.items() if key.startswith("CompletionsTable")] == [{"steps_seen": 2}]
