@@ -16,7 +16,7 @@ from typing import Any, Optional
 import lightning as L
 from lightning.pytorch.callbacks import Callback, RichProgressBar
 
-from grpo_lightning.resume import validates_after_this_batch
+from grpo_lightning.resume import AfterItsValidation
 
 # Postfix label -> metric, first found wins: the KL to the reference when beta > 0, else the
 # KL between the sampling and the updated policy.
@@ -55,7 +55,7 @@ class GRPOProgressBar(RichProgressBar):
         return metrics | {label: _fmt(label, value) for label, value in step_summary(trainer.callback_metrics).items()}
 
 
-class ConsoleLog(Callback):
+class ConsoleLog(AfterItsValidation):
     """One line every ``every_n_steps`` training steps (and after the last), for non-terminals.
 
     A step that is validated gets its line after the validation, so that ``val/reward`` is that
@@ -67,7 +67,6 @@ class ConsoleLog(Callback):
         self.optimizer_steps_per_step = optimizer_steps_per_step
         self.step = 0
         self.started: Optional[float] = None
-        self._after_validation = False
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.started = time.perf_counter()
@@ -77,17 +76,9 @@ class ConsoleLog(Callback):
                            batch_idx: int) -> None:
         self.step += 1
         if self.step % self.every_n_steps == 0 or self.step == self.total_steps:
-            if validates_after_this_batch(trainer):
-                self._after_validation = True
-            else:
-                self._print(trainer)
+            self.after_step_or_its_validation(trainer)
 
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._after_validation and not trainer.sanity_checking:
-            self._after_validation = False
-            self._print(trainer)
-
-    def _print(self, trainer: L.Trainer) -> None:
+    def after_step(self, trainer: L.Trainer) -> None:
         if trainer.is_global_zero:
             print(self.line(trainer.callback_metrics), flush=True)
 

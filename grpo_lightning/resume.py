@@ -259,7 +259,29 @@ def validates_after_this_batch(trainer: L.Trainer) -> bool:
             and (trainer.fit_loop.epoch_loop.total_batch_idx + 1) % trainer.val_check_batch == 0)
 
 
-class LastCheckpoint(Callback):
+class AfterItsValidation(Callback):
+    """A callback acting on a training step's outcome: :meth:`after_step` runs at once, or, when
+    Lightning validates after the step, once that validation has ended (so it sees its results)."""
+
+    _after_validation = False
+
+    def after_step(self, trainer: L.Trainer) -> None:
+        raise NotImplementedError
+
+    def after_step_or_its_validation(self, trainer: L.Trainer) -> None:
+        """Call from ``on_train_batch_end`` for a step that is due."""
+        if validates_after_this_batch(trainer):
+            self._after_validation = True
+        else:
+            self.after_step(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._after_validation and trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
+            self._after_validation = False
+            self.after_step(trainer)
+
+
+class LastCheckpoint(AfterItsValidation):
     """Writes ``last.ckpt`` every ``every_n_optimizer_steps`` optimizer steps and at the last one.
 
     A step that is validated is saved after its validation (Lightning's ModelCheckpoint saves
@@ -273,22 +295,14 @@ class LastCheckpoint(Callback):
         self.path = Path(dirpath) / LAST_CHECKPOINT
         self.every_n_optimizer_steps = every_n_optimizer_steps
         self._saved_at: Optional[int] = None
-        self._after_validation = False
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        due = trainer.global_step >= trainer.max_steps or trainer.global_step % self.every_n_optimizer_steps == 0
-        if not due:
-            return
-        if validates_after_this_batch(trainer):
-            self._after_validation = True
-        else:
-            self.save(trainer)
+        if trainer.global_step >= trainer.max_steps or trainer.global_step % self.every_n_optimizer_steps == 0:
+            self.after_step_or_its_validation(trainer)
 
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._after_validation and trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
-            self._after_validation = False
-            self.save(trainer)
+    def after_step(self, trainer: L.Trainer) -> None:
+        self.save(trainer)
 
     def save(self, trainer: L.Trainer) -> None:
         # A skipped update does not advance global_step: the state is the one already saved.

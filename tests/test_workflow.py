@@ -180,13 +180,15 @@ def test_console_line_has_reward_kl_and_step_time():
 def test_a_validated_steps_line_waits_for_its_validation(monkeypatch, capsys):
     from types import SimpleNamespace
 
-    import grpo_lightning.progress as progress
+    from lightning.pytorch.trainer.states import TrainerFn
 
-    trainer = SimpleNamespace(is_global_zero=True, sanity_checking=False,
+    import grpo_lightning.resume as resume
+
+    trainer = SimpleNamespace(is_global_zero=True, sanity_checking=False, state=SimpleNamespace(fn=TrainerFn.FITTING),
                               callback_metrics={"reward/mean": torch.tensor(0.5)})
     log = ConsoleLog(every_n_steps=1, total_steps=3)
     for validated, before, after in [(False, 0.1, 0.2), (True, 0.3, 0.9)]:
-        monkeypatch.setattr(progress, "validates_after_this_batch", lambda _: validated)
+        monkeypatch.setattr(resume, "validates_after_this_batch", lambda _: validated)
         trainer.callback_metrics["val/reward/mean"] = torch.tensor(before)
         log.on_train_batch_end(trainer, None, None, None, 0)
         trainer.callback_metrics["val/reward/mean"] = torch.tensor(after)  # a validation's result
