@@ -3,7 +3,7 @@
     python benchmarks/bench_generation.py                         # tiny model, 32 rows x 8 tokens
     python benchmarks/bench_generation.py --rows 128 --max-new-tokens 32
     python benchmarks/bench_generation.py --prompt-tokens 120      # a 120-token preamble
-    python benchmarks/bench_generation.py --vocab-size 32000       # a real vocabulary's draw cost
+    python benchmarks/bench_generation.py --vocab-size 16          # the task's 16 characters: no draw cost
 
 The rows are 4 distinct prompts, each repeated rows/4 times (a GRPO group), optionally after the
 same ``--prompt-tokens`` preamble. Three samplers run the same rows from the same seeds: ``hf``,
@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=15)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--prompt-tokens", type=int, default=0, help="preamble before every prompt")
-    parser.add_argument("--vocab-size", type=int, default=None, help="the tiny model's vocabulary (bench_vs_trl)")
+    parser.add_argument("--vocab-size", type=int, default=32_000, help="the tiny model's vocabulary (bench_vs_trl)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 

@@ -12,7 +12,9 @@ the time is the median of ``--repeats`` passes. The outputs of both modes are ch
     logits: completion_token_scores, the model's [B, T+1, V] logits, log-softmax chunked
     hidden-unfused: completion_token_scores_from_hidden with the head called per chunk under
         activation checkpointing (what a head with hooks gets: a no-op hook keeps it from fusing)
-    hidden: the same, the head fused with the log-softmax and entropy (LinearTokenScores)
+    hidden-lookup-gradient: the head fused with the log-softmax and entropy (LinearTokenScores),
+        the tied embedding's lookup forming its own dense [V, H] gradient, as ``nn.Embedding`` does
+    hidden: the same, the lookup adding into the head's weight gradient (TiedWeightGradient)
 """
 
 from __future__ import annotations
@@ -29,13 +31,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_vs_trl import _proc_status_mib  # noqa: E402
 
 
-MODES = ("logits", "hidden-unfused", "hidden")
+MODES = ("logits", "hidden-unfused", "hidden-lookup-gradient", "hidden")
 
 
 def worker(args: argparse.Namespace) -> None:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
+    from grpo_lightning import logprobs as scoring
     from grpo_lightning.logprobs import completion_token_scores, completion_token_scores_from_hidden
 
     torch.set_num_threads(args.threads)
@@ -49,6 +52,8 @@ def worker(args: argparse.Namespace) -> None:
     score = completion_token_scores if args.worker == "logits" else completion_token_scores_from_hidden
     if args.worker == "hidden-unfused":
         model.get_output_embeddings().register_forward_pre_hook(lambda *_: None)
+    if args.worker == "hidden-lookup-gradient":
+        scoring.TiedWeightGradient.for_model = staticmethod(lambda *_: None)
     times, baseline = [], _proc_status_mib("VmRSS")
     for _ in range(args.repeats):
         started = time.perf_counter()
@@ -95,7 +100,9 @@ def main() -> None:
     print(f"  hidden / logits peak rise: {results['hidden']['peak_rise_mib'] / results['logits']['peak_rise_mib']:.2f}; "
           f"hidden / hidden-unfused: peak rise "
           f"{results['hidden']['peak_rise_mib'] / results['hidden-unfused']['peak_rise_mib']:.2f}, "
-          f"time {median['hidden'] / median['hidden-unfused']:.2f}")
+          f"time {median['hidden'] / median['hidden-unfused']:.2f}; hidden / hidden-lookup-gradient: peak rise "
+          f"{results['hidden']['peak_rise_mib'] / results['hidden-lookup-gradient']['peak_rise_mib']:.2f}, "
+          f"time {median['hidden'] / median['hidden-lookup-gradient']:.2f}")
 
 
 if __name__ == "__main__":

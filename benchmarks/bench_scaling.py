@@ -1,6 +1,6 @@
 """How our GRPO step time grows with completions per step and with max_new_tokens.
 
-    python benchmarks/bench_scaling.py                          # tiny model, CPU, 1 thread
+    python benchmarks/bench_scaling.py                          # tiny model (32,000 ids), CPU, 1 thread
     python benchmarks/bench_scaling.py --steps 8 --completions 32 64 --new-tokens 8 32
 
 Every point is one ``grpo-train`` run in its own subprocess with the settings of
@@ -45,6 +45,7 @@ def report(label: str, value: int, completions: int, point: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=["tiny", "0.5b"], default="tiny")
+    parser.add_argument("--vocab-size", type=int, default=32_000, help="the tiny model's vocabulary (bench_vs_trl)")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
@@ -56,8 +57,8 @@ def main() -> None:
 
     scratch = Path(tempfile.mkdtemp(prefix="bench_scaling-"))
     try:
-        model_dir = build_checkpoint(args.size, scratch / f"model-{args.size}")
-        print(f"{args.size} model, {args.device}, {args.precision}, {args.threads} thread(s), "
+        model_dir = build_checkpoint(args.size, scratch / f"model-{args.size}", args.vocab_size)
+        print(f"{args.size} model (vocabulary {args.vocab_size}), {args.device}, {args.precision}, {args.threads} thread(s), "
               f"{args.steps} steps per point, first {args.warmup} not timed\n")
         print("| swept | completions/step | mean length | step ms (min-max) | completions/s | tokens/s | peak RSS MiB |")
         print("|---|---|---|---|---|---|---|")

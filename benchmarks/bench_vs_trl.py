@@ -1,7 +1,12 @@
 """grpo-lightning against TRL's GRPOTrainer: step time, throughput and peak memory, side by side.
 
 One random model and the arithmetic tokenizer are saved once; both trainers then train that
-same checkpoint on the built-in addition prompts with the same settings:
+same checkpoint on the built-in addition prompts with the same settings. The tiny model is the
+built-in task's 4-layer, 128-wide Llama with ``LlamaConfig``'s own vocabulary size, 32,000 ids
+(Llama 2's), as tiny test models keep their tokenizer's vocabulary (TRL builds its own with
+``vocab_size=len(tokenizer.vocab)``): the output head and the ``[batch, length, vocab]`` logits
+then weigh in a step as they do in the models GRPO is run on. ``--vocab-size 16`` gives the
+task's own character vocabulary, where they cost nothing.
 
     8 prompts x 4 completions per step, at most 8 new tokens, sampling at temperature 1,
     beta 0.04 (both keep a frozen reference model), clip 0.2, advantages scaled by the group
@@ -27,9 +32,10 @@ synchronized around it) and reports its model FLOP/s (``update_model_flops``) an
 device's peak (``--peak-tflops``, known for H100/H200/A100 in bf16), its model FLOPs utilization.
 
     /work/venv-bench/bin/python benchmarks/bench_vs_trl.py                 # tiny model, CPU
+    /work/venv-bench/bin/python benchmarks/bench_vs_trl.py --vocab-size 151936   # Qwen2.5's vocabulary
+    /work/venv-bench/bin/python benchmarks/bench_vs_trl.py --vocab-size 16       # the task's 16 characters
     /work/venv-bench/bin/python benchmarks/bench_vs_trl.py --steps 10 --repeats 3
     /work/venv-bench/bin/python benchmarks/bench_vs_trl.py --prompt-tokens 120   # long prompts
-    /work/venv-bench/bin/python benchmarks/bench_vs_trl.py --vocab-size 32000    # Llama 2's vocabulary
     python benchmarks/bench_vs_trl.py --size 0.5b --device cuda --precision bf16   # on a GPU
     python benchmarks/bench_vs_trl.py --size 0.5b --build-only             # construct + load only
 
@@ -77,12 +83,12 @@ def bench_splits(prompt_tokens: int = 0, num_val: int = 200) -> tuple[list[dict]
                  for rows in load_splits(num_val=num_val, seed=0))
 
 
-def build_checkpoint(size: str, directory: Path, vocab_size: int | None = None) -> Path:
+def build_checkpoint(size: str, directory: Path, vocab_size: int = 32_000) -> Path:
     """Save a random model of ``size`` and the arithmetic tokenizer to ``directory``.
 
-    ``vocab_size`` widens the tiny model's embedding and LM head to a real tokenizer's size
-    (32,000 for Llama 2, 151,936 for Qwen2.5): the character tokenizer covers the first ids,
-    the rest are never produced by a prompt and decode to nothing when sampled.
+    ``vocab_size`` sets the tiny model's embedding and (tied) LM head: a real tokenizer's size
+    (32,000 for Llama 2, 151,936 for Qwen2.5) or the task's 16. The character tokenizer covers
+    the first 16 ids; the rest are never produced by a prompt and decode to nothing when sampled.
     """
     import torch
     from transformers import AutoModelForCausalLM, Qwen2Config
@@ -91,9 +97,9 @@ def build_checkpoint(size: str, directory: Path, vocab_size: int | None = None) 
 
     tokenizer = build_tokenizer()
     if size == "tiny":
-        config = model_config()  # the 0.66M-parameter Llama of the built-in task
+        config = model_config()  # the built-in task's Llama: 0.66M parameters at 16 ids, 4.8M at 32,000
         config.max_position_embeddings = 1024  # room for --prompt-tokens (rotary: no weights)
-        config.vocab_size = vocab_size or config.vocab_size
+        config.vocab_size = vocab_size
     else:
         # Qwen2.5-0.5B's shape (494M parameters with its 151,936-token vocabulary). The
         # character tokenizer covers the first ids; the rest are never produced by a prompt,
@@ -444,7 +450,7 @@ def _drive(args: argparse.Namespace, scratch: Path) -> None:
             f"{r['peak_rss_mib']:.0f} MiB" for side, r in row.items()),
             flush=True)
 
-    print(f"\n{args.size} model{f' (vocabulary {args.vocab_size})' if args.vocab_size else ''}, {args.device}, {args.precision}, {args.threads} threads, "
+    print(f"\n{args.size} model{f' (vocabulary {args.vocab_size})' if args.size == 'tiny' else ''}, {args.device}, {args.precision}, {args.threads} threads, "
           f"{args.prompt_tokens}-token preamble, "
           f"{args.steps} steps, first {args.warmup} not timed, {args.repeats} repeats (median (min, max) "
           "over repeats; each repeat's step time is the median of its step intervals)")
@@ -487,10 +493,11 @@ def _drive(args: argparse.Namespace, scratch: Path) -> None:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=["tiny", "0.5b"], default="tiny",
-                        help="tiny: the 0.66M Llama of the arithmetic task; 0.5b: Qwen2.5-0.5B-shaped (GPU)")
-    parser.add_argument("--vocab-size", type=int, default=None,
-                        help="the tiny model's vocabulary (default: the arithmetic tokenizer's 16 ids; "
-                             "32000 is Llama 2's): the [batch, length, vocab] logits grow with it")
+                        help="tiny: the arithmetic task's 4-layer Llama (--vocab-size); 0.5b: Qwen2.5-0.5B-shaped (GPU)")
+    parser.add_argument("--vocab-size", type=int, default=32_000,
+                        help="the tiny model's vocabulary (default 32000, Llama 2's and LlamaConfig's; "
+                             "151936 is Qwen2.5's, 16 the arithmetic tokenizer's own): the output head "
+                             "and the [batch, length, vocab] logits grow with it")
     parser.add_argument("--steps", type=int, default=12, help="training steps per run")
     parser.add_argument("--warmup", type=int, default=2, help="first steps left out of the timing")
     parser.add_argument("--repeats", type=int, default=3)

@@ -61,19 +61,36 @@ def filter_logits(logits: Tensor, temperature: float, top_k: int, top_p: float) 
     return scores
 
 
+DRAW_CHUNK_BYTES = {"cpu": 4 * 2**20}
+"""Float64 working memory of one draw by device type (others: :data:`ACCELERATOR_DRAW_CHUNK_BYTES`):
+rows are drawn this many bytes' worth at a time. On a CPU a draw's [B, V] float64 buffer past
+glibc's mmap threshold is fresh zeroed pages at every token (32 rows of a 151,936-token
+vocabulary: 39 MB); 4 MiB pieces are reused."""
+
+ACCELERATOR_DRAW_CHUNK_BYTES = 2**30
+"""1 GiB on GPUs: one piece for most batches (kernel launches, not memory, are their cost)."""
+
+
 def draw_tokens(scores: Tensor) -> Tensor:
     """One token per row of ``scores`` [B, V] (filtered logits), drawn from ``softmax(scores)``.
 
     Inverse-CDF sampling (:func:`inverse_cdf`) in float64 (float32 on MPS, which has none): a
     float32 cumulative sum over 150k probabilities would misplace the boundaries of the rarest
-    tokens. One float64 copy of the scores becomes the unnormalized cumulative distribution in
-    place (exp(s - max), summed), so a draw holds one [B, V] float64 buffer besides the logits.
+    tokens. A float64 copy of a block of rows becomes their unnormalized cumulative distribution
+    in place (exp(s - max), summed), blocks of at most :data:`DRAW_CHUNK_BYTES`; the uniform
+    variates are drawn for all rows first, so the tokens do not depend on the block size.
     """
     dtype = widest_float(scores.device)
-    weights = scores.to(dtype, copy=True)                                       # [B, V]
-    cumulative = weights.sub_(weights.amax(dim=-1, keepdim=True)).exp_().cumsum_(dim=-1)
     uniform = torch.rand(scores.size(0), dtype=dtype, device=scores.device)     # [B] in [0, 1)
-    return inverse_cdf(cumulative, uniform)
+    budget = DRAW_CHUNK_BYTES.get(scores.device.type, ACCELERATOR_DRAW_CHUNK_BYTES)
+    rows_per_block = max(1, budget // (scores.size(-1) * dtype.itemsize))
+    tokens = []
+    for start in range(0, scores.size(0) or 1, rows_per_block):  # an empty batch: one empty block
+        rows = slice(start, start + rows_per_block)
+        weights = scores[rows].to(dtype, copy=True)                             # [b, V]
+        cumulative = weights.sub_(weights.amax(dim=-1, keepdim=True)).exp_().cumsum_(dim=-1)
+        tokens.append(inverse_cdf(cumulative, uniform[rows]))                   # [b]
+    return torch.cat(tokens) if len(tokens) > 1 else tokens[0]              # [B]
 
 
 def inverse_cdf(cumulative: Tensor, uniform: Tensor) -> Tensor:

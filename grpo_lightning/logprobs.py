@@ -15,7 +15,10 @@ own: not gathered by DeepSpeed ZeRO-3 or FSDP2, not wrapped by LoRA), :class:`Li
 does the chunks' head, log-softmax and entropy in one autograd node: one head matmul a chunk
 forward (the log-probs and the logged entropy together), and in the backward one recomputed
 head matmul a chunk whose output becomes the logits' gradient in place, instead of autograd's
-separate log-softmax, gather and entropy graphs.
+separate log-softmax, gather and entropy graphs. Where the input embedding shares the head's
+weight (tied embeddings), :class:`TiedWeightGradient` has the embedding's lookups add into the
+head's weight-gradient buffer, so the backward pass forms one weight-sized gradient, not one
+more per lookup.
 
 With ``share_prompts=True`` a batch whose rows repeat prompts (the G completions of a GRPO
 group) runs each distinct prompt through the model once, keeps its keys and values in a KV
@@ -61,13 +64,14 @@ class LinearTokenScores(torch.autograd.Function):
     summed by autograd, would cost a weight-sized allocation per chunk; under autocast with
     float32 weights the chunk's bf16 product is still formed before it is added). The head runs
     in the dtype the surrounding autocast gives it, forward and backward alike. Not twice
-    differentiable.
+    differentiable. With ``tied`` (the weight is also the input embedding's) the weight gradient
+    goes to the embedding's lookups instead (:class:`TiedWeightGradient`).
     """
 
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, bias: Optional[Tensor], token_ids: Tensor,
-                temperature: float, with_entropy: bool, entropy_grad: bool, chunk_tokens: int
-                ) -> tuple[Tensor, Tensor]:
+                temperature: float, with_entropy: bool, entropy_grad: bool, chunk_tokens: int,
+                tied: Optional[TiedWeightGradient] = None) -> tuple[Tensor, Tensor]:
         num_tokens = hidden.size(0)
         logprobs = hidden.new_empty(num_tokens, dtype=torch.float32)            # [N]
         log_normalizer = torch.empty_like(logprobs)                             # [N]
@@ -87,6 +91,7 @@ class LinearTokenScores(torch.autograd.Function):
                 entropy[rows] = -log_p.exp().mul_(log_p).sum(dim=-1)
         ctx.save_for_backward(hidden, weight, bias, token_ids, log_normalizer, entropy)
         ctx.logits_dtype, ctx.temperature, ctx.chunk_tokens = logits_dtype, temperature, chunk_tokens
+        ctx.tied = tied
         ctx.entropy_grad = with_entropy and entropy_grad
         if not ctx.entropy_grad:
             ctx.mark_non_differentiable(entropy)
@@ -127,7 +132,84 @@ class LinearTokenScores(torch.autograd.Function):
                     weight_grad.add_(grad.t() @ chunk)
             if bias_grad is not None:
                 bias_grad.add_(grad.sum(dim=0))
-        return hidden_grad, weight_grad, bias_grad, None, None, None, None, None
+        if weight_grad is not None and ctx.tied is not None and ctx.tied.lookups:
+            ctx.tied.hand_over(weight_grad)
+            weight_grad = None  # the embedding's last lookup returns it, with the lookups' rows added
+        return hidden_grad, weight_grad, bias_grad, None, None, None, None, None, None
+
+
+class TiedWeightGradient:
+    """One [V, H] gradient for a weight that is both the fused output head and the input embedding.
+
+    Autograd would form it twice over: the head's gradient (one buffer, :class:`LinearTokenScores`)
+    and, for every embedding lookup, a dense [V, H] scatter of the looked-up rows' gradients
+    (``embedding_dense_backward``), added into the first and freed: a second weight-sized
+    allocation at the peak of the backward pass (74 MiB for a 151,936 x 128 float32 embedding,
+    0.9 GiB for Qwen2.5-1.5B's). Here the head's backward hands its buffer over instead of
+    returning it, each lookup's backward adds its rows into it, and the last one returns it, so
+    the weight receives one gradient, formed once. The hand-over always completes: autograd runs
+    a lookup's backward only after the head's (the lookup's output reaches the head through the
+    decoder), and accumulates the weight's gradient only after every lookup's backward has run
+    (each lookup has an edge to the weight). Where the head's backward did not run, a lookup
+    returns its own gradient, as ``nn.Embedding`` would.
+    """
+
+    def __init__(self, embedding: nn.Embedding):
+        self.embedding = embedding
+        self.lookups = 0          # lookups made in the forward pass
+        self.pending = 0          # lookups whose backward has not run since the hand-over
+        self.buffer: Optional[Tensor] = None
+
+    def lookup(self, ids: Tensor) -> Tensor:
+        """The embedding of ``ids`` [b, L] -> [b, L, H], as ``self.embedding(ids)``."""
+        return _TiedLookup.apply(ids, self.embedding.weight, self)
+
+    def hand_over(self, head_weight_grad: Tensor) -> None:
+        self.buffer, self.pending = head_weight_grad, self.lookups
+
+    @staticmethod
+    def for_model(model: nn.Module, head: nn.Module) -> Optional[TiedWeightGradient]:
+        """One for ``model`` if its input embedding is a plain ``nn.Embedding`` sharing the fused
+        ``head``'s weight (tied: Qwen2.5 up to 3B, Llama 3.2) and the weight is trained here;
+        not in a compiled decoder (it would be traced with other inputs)."""
+        embedding = model.get_input_embeddings()
+        plain = (type(embedding) is nn.Embedding and not embedding._forward_hooks
+                 and not embedding._forward_pre_hooks and embedding.max_norm is None
+                 and not embedding.scale_grad_by_freq and not embedding.sparse)
+        compiled = getattr(model.get_decoder(), "_compiled_call_impl", None) is not None
+        trained = torch.is_grad_enabled() and head.weight.requires_grad
+        if plain and embedding.weight is head.weight and trained and not compiled:
+            return TiedWeightGradient(embedding)
+        return None
+
+
+class _TiedLookup(torch.autograd.Function):
+    """``nn.functional.embedding(ids, weight)`` whose backward adds into a :class:`TiedWeightGradient`."""
+
+    @staticmethod
+    def forward(ctx, ids: Tensor, weight: Tensor, tied: TiedWeightGradient) -> Tensor:
+        tied.lookups += 1
+        ctx.save_for_backward(ids)
+        ctx.tied, ctx.weight_shape, ctx.weight_dtype = tied, weight.shape, weight.dtype
+        return nn.functional.embedding(ids, weight, tied.embedding.padding_idx)  # [b, L, H]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        (ids,) = ctx.saved_tensors
+        tied, padding_idx = ctx.tied, ctx.tied.embedding.padding_idx
+        flat_ids = ids.reshape(-1)                                              # [b*L]
+        rows = grad.reshape(flat_ids.numel(), -1).to(ctx.weight_dtype)          # [b*L, H]
+        if padding_idx is not None:  # nn.Embedding never updates the padding row
+            rows = rows.masked_fill((flat_ids == padding_idx).unsqueeze(-1), 0)
+        if tied.buffer is None:      # the head took no part in this backward pass
+            return None, rows.new_zeros(ctx.weight_shape).index_add_(0, flat_ids, rows), None
+        tied.buffer.index_add_(0, flat_ids, rows)
+        tied.pending -= 1
+        if tied.pending:
+            return None, None, None
+        weight_grad, tied.buffer = tied.buffer, None  # autograd's reference alone: it keeps the buffer
+        return None, weight_grad, None
 
 
 def fuses_head(head: nn.Module) -> bool:
@@ -313,17 +395,22 @@ def completion_token_scores_from_hidden(model: nn.Module, prompt_ids: Tensor, pr
     a time. Only for models where :func:`supports_hidden_head`.
     """
     decoder = model.get_decoder()
+    head = model.get_output_embeddings()
+    fused = fuses_head(head)
+    # Sharded weights (same_calls) get their gradients from the sharding strategy's own hooks.
+    tied = TiedWeightGradient.for_model(model, head) if fused and not same_calls else None
 
-    def hidden_states(keep: int, **inputs) -> Tensor:
-        return decoder(**inputs).last_hidden_state                              # [b, L, H]
+    def hidden_states(keep: int, input_ids: Tensor, **inputs) -> Tensor:
+        if tied is not None:
+            return decoder(inputs_embeds=tied.lookup(input_ids), **inputs).last_hidden_state  # [b, L, H]
+        return decoder(input_ids=input_ids, **inputs).last_hidden_state                     # [b, L, H]
 
     hidden = _predicting_outputs(hidden_states, model.config, prompt_ids, prompt_mask, completion_ids,
                                  completion_mask, share_prompts, same_calls)      # [B, T, H]
-    head = model.get_output_embeddings()
-    if not fuses_head(head):
+    if not fused:
         return _scores_in_chunks(head, hidden, completion_ids, temperature=temperature,
                                  with_entropy=with_entropy, chunk_size=chunk_size, entropy_grad=entropy_grad)
     lp, ent = LinearTokenScores.apply(hidden.flatten(0, 1), head.weight, head.bias, completion_ids.flatten(),
                                       temperature, with_entropy, entropy_grad,
-                                      max(1, chunk_size * completion_ids.size(1)))  # [B*T] each
+                                      max(1, chunk_size * completion_ids.size(1)), tied)  # [B*T] each
     return lp.view_as(completion_ids), ent.view_as(completion_ids) if with_entropy else None  # [B, T] each

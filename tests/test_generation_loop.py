@@ -40,6 +40,19 @@ def test_draw_tokens_follows_each_rows_distribution():
         assert frequency[probs[row] == 0].eq(0).all()
 
 
+def test_draw_tokens_in_row_blocks_gives_the_same_tokens(monkeypatch):
+    generator = torch.Generator().manual_seed(3)
+    scores = torch.randn(7, 50, generator=generator)
+    scores[2, :45] = float("-inf")                                             # a filtered row
+    torch.manual_seed(0)
+    whole = draw_tokens(scores)
+    monkeypatch.setitem(generation_loop.DRAW_CHUNK_BYTES, "cpu", 3 * 50 * 8)  # blocks of 3, 3 and 1 rows
+    torch.manual_seed(0)
+    assert draw_tokens(scores).tolist() == whole.tolist()
+    assert whole[2] >= 45
+    assert draw_tokens(scores[:0]).shape == (0,)
+
+
 @pytest.mark.parametrize("do_sample", [True, False])
 def test_non_finite_logits_stop_sampling_with_a_clear_error(arith_policy, do_sample):
     policy = arith_policy

@@ -257,3 +257,72 @@ def test_policy_reads_the_vocabulary_of_a_multimodal_config(arith_policy, monkey
     batch = TokenBatch(*arith_policy.encode_prompts(["12+3="]), torch.tensor([[5, 2]]), torch.tensor([[1, 1]]))
     arith_policy.token_scores(batch, temperature=1.0, with_entropy=False)
     assert [(vocab, hidden) for _, vocab, _, hidden in asked] == [(123, 7)]
+
+
+def _weight_sized_allocations(loss: torch.Tensor, weight: torch.Tensor, **backward) -> int:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        loss.backward(**backward)
+    size = weight.numel() * weight.element_size()
+    return sum(1 for event in prof.events()
+               if event.name in ("aten::empty", "aten::empty_strided") and event.cpu_memory_usage == size)
+
+
+@pytest.mark.parametrize("share_prompts", [False, True])
+def test_tied_embedding_and_fused_head_form_one_weight_gradient(share_prompts, monkeypatch):
+    import grpo_lightning.logprobs as logprobs
+    from grpo_lightning.logprobs import completion_token_scores_from_hidden
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=1031, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32,
+                                         tie_word_embeddings=True, pad_token_id=0))
+    weight = model.get_input_embeddings().weight
+    assert weight is model.get_output_embeddings().weight
+    prompt = torch.tensor([[0, 5, 6], [0, 5, 6], [7, 8, 9], [7, 8, 9]])        # two prompts, two rows each
+    prompt_mask = (prompt != 0).long()
+    completion = torch.tensor([[3, 4, 1], [2, 0, 0], [9, 0, 0], [5, 5, 5]])   # pad id 0 (the padding row)
+    completion_mask = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 0, 0], [1, 1, 1]])
+    coefficients = torch.randn(4, 3, generator=torch.Generator().manual_seed(1))
+
+    def loss() -> torch.Tensor:
+        lp, ent = completion_token_scores_from_hidden(model, prompt, prompt_mask, completion, completion_mask,
+                                                      with_entropy=True, share_prompts=share_prompts)
+        return (lp * coefficients + 0.1 * ent).sum()
+
+    tied = loss()
+    assert _weight_sized_allocations(tied, weight, retain_graph=True) == 1   # the head's buffer only
+    tied.backward()                                                          # twice: the hand-over repeats
+    got = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    monkeypatch.setattr(logprobs.TiedWeightGradient, "for_model", staticmethod(lambda *_: None))
+    plain = loss()
+    assert _weight_sized_allocations(plain, weight, retain_graph=True) > 1   # + a dense scatter per lookup
+    plain.backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(got[name], p.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_tied_lookup_without_the_head_gives_the_embeddings_own_gradient():
+    from grpo_lightning.logprobs import TiedWeightGradient
+
+    embedding = torch.nn.Embedding(10, 3, padding_idx=2)
+    ids = torch.tensor([[1, 2, 1], [4, 2, 9]])
+    upstream = torch.randn(2, 3, 3)
+    (TiedWeightGradient(embedding).lookup(ids) * upstream).sum().backward()
+    got, embedding.weight.grad = embedding.weight.grad, None
+    (embedding(ids) * upstream).sum().backward()
+    torch.testing.assert_close(got, embedding.weight.grad)
+
+
+def test_tied_gradient_only_for_a_plain_trained_tied_embedding():
+    from grpo_lightning.logprobs import TiedWeightGradient
+
+    tied, untied = _tiny_llama(True), _tiny_llama(False)
+    assert TiedWeightGradient.for_model(tied, tied.get_output_embeddings()) is not None
+    assert TiedWeightGradient.for_model(untied, untied.get_output_embeddings()) is None
+    with torch.no_grad():
+        assert TiedWeightGradient.for_model(tied, tied.get_output_embeddings()) is None
+    tied.get_input_embeddings().register_forward_hook(lambda *_: None)
+    assert TiedWeightGradient.for_model(tied, tied.get_output_embeddings()) is None
