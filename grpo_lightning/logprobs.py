@@ -114,13 +114,13 @@ class LinearTokenScores(torch.autograd.Function):
             chunk = hidden[rows].to(dtype)                                      # [n, H]
             log_p = nn.functional.linear(chunk, head_weight, head_bias).float()
             log_p = log_p.div_(ctx.temperature).sub_(log_normalizer[rows].unsqueeze(-1))  # [n, V]
-            probs = log_p.exp()                                                  # [n, V]
             d_logprob = logprob_grad[rows].unsqueeze(-1)                        # [n, 1]
             if with_entropy_grad:
+                probs = log_p.exp()                                              # [n, V]
                 grad = log_p.add_(entropy[rows].unsqueeze(-1)).mul_(probs).mul_(-entropy_grad[rows].unsqueeze(-1))
                 grad.sub_(probs.mul_(d_logprob))
-            else:
-                grad = probs.mul_(-d_logprob)
+            else:  # the probabilities in place: no second [n, V] buffer
+                grad = log_p.exp_().mul_(-d_logprob)
             grad.scatter_add_(-1, token_ids[rows].unsqueeze(-1), d_logprob)
             grad = grad.div_(ctx.temperature).to(dtype)                         # d loss / d logits [n, V]
             if hidden_grad is not None:
@@ -132,8 +132,7 @@ class LinearTokenScores(torch.autograd.Function):
                     weight_grad.add_(grad.t() @ chunk)
             if bias_grad is not None:
                 bias_grad.add_(grad.sum(dim=0))
-        if weight_grad is not None and ctx.tied is not None and ctx.tied.lookups:
-            ctx.tied.hand_over(weight_grad)
+        if weight_grad is not None and ctx.tied is not None and ctx.tied.hand_over(weight_grad):
             weight_grad = None  # the embedding's last lookup returns it, with the lookups' rows added
         return hidden_grad, weight_grad, bias_grad, None, None, None, None, None, None
 
@@ -151,65 +150,85 @@ class TiedWeightGradient:
     a lookup's backward only after the head's (the lookup's output reaches the head through the
     decoder), and accumulates the weight's gradient only after every lookup's backward has run
     (each lookup has an edge to the weight). Where the head's backward did not run, a lookup
-    returns its own gradient, as ``nn.Embedding`` would.
+    returns its own gradient, as ``nn.Embedding`` would. One head call per pass
+    (:func:`blocks_token_scores_from_hidden`), however many length buckets, keeps it one buffer.
     """
 
     def __init__(self, embedding: nn.Embedding):
         self.embedding = embedding
-        self.lookups = 0          # lookups made in the forward pass
-        self.pending = 0          # lookups whose backward has not run since the hand-over
-        self.buffer: Optional[Tensor] = None
+        self._lookups = 0         # lookups made in the forward pass
+        self._pending = 0         # lookups whose backward has not run since the hand-over
+        self._buffer: Optional[Tensor] = None
+
+    @classmethod
+    def for_model(cls, model: nn.Module, head: nn.Module) -> Optional[TiedWeightGradient]:
+        """One for ``model`` if its input embedding is a plain ``nn.Embedding`` sharing the fused
+        ``head``'s weight (tied: Qwen2.5 up to 3B, Llama 3.2) and the weight is trained here.
+
+        Not for an embedding with hooks of its own (accelerate's offloading, adapters): the lookup
+        would bypass them. ``transformers``' hook that makes the embedding's output require grad
+        (installed with gradient checkpointing) is no hindrance: the lookup's output does. Not in a
+        compiled decoder, where ``inputs_embeds`` would compile a second graph (and is untested).
+        """
+        embedding = model.get_input_embeddings()
+        if not (type(embedding) is nn.Embedding and fuses_head(head) and embedding.weight is head.weight):
+            return None
+        require_grads_hooks = {handle.id for handle in getattr(model, "_require_grads_hooks", None) or ()}
+        hooked = (set(embedding._forward_hooks) - require_grads_hooks or embedding._forward_pre_hooks
+                  or hasattr(embedding, "_hf_hook"))
+        plain = embedding.max_norm is None and not embedding.scale_grad_by_freq and not embedding.sparse
+        compiled = getattr(model.get_decoder(), "_compiled_call_impl", None) is not None
+        trained = torch.is_grad_enabled() and embedding.weight.requires_grad
+        return cls(embedding) if plain and trained and not hooked and not compiled else None
 
     def lookup(self, ids: Tensor) -> Tensor:
         """The embedding of ``ids`` [b, L] -> [b, L, H], as ``self.embedding(ids)``."""
+        self._lookups += 1
         return _TiedLookup.apply(ids, self.embedding.weight, self)
 
-    def hand_over(self, head_weight_grad: Tensor) -> None:
-        self.buffer, self.pending = head_weight_grad, self.lookups
+    def hand_over(self, head_weight_grad: Tensor) -> bool:
+        """The head's backward gives its weight gradient to the lookups; False if there are none
+        (the head then returns it itself)."""
+        if not self._lookups:
+            return False
+        self._buffer, self._pending = head_weight_grad, self._lookups
+        return True
 
-    @staticmethod
-    def for_model(model: nn.Module, head: nn.Module) -> Optional[TiedWeightGradient]:
-        """One for ``model`` if its input embedding is a plain ``nn.Embedding`` sharing the fused
-        ``head``'s weight (tied: Qwen2.5 up to 3B, Llama 3.2) and the weight is trained here;
-        not in a compiled decoder (it would be traced with other inputs)."""
-        embedding = model.get_input_embeddings()
-        plain = (type(embedding) is nn.Embedding and not embedding._forward_hooks
-                 and not embedding._forward_pre_hooks and embedding.max_norm is None
-                 and not embedding.scale_grad_by_freq and not embedding.sparse)
-        compiled = getattr(model.get_decoder(), "_compiled_call_impl", None) is not None
-        trained = torch.is_grad_enabled() and head.weight.requires_grad
-        if plain and embedding.weight is head.weight and trained and not compiled:
-            return TiedWeightGradient(embedding)
-        return None
+    def lookup_gradient(self, ids: Tensor, rows: Tensor) -> Optional[Tensor]:
+        """A lookup's backward: its rows' gradients [n, H] at ``ids`` [n] added into the buffer;
+        the buffer itself once every lookup has added (None before that)."""
+        if self._buffer is None:  # the head took no part in this backward pass
+            weight = self.embedding.weight
+            return rows.new_zeros(weight.shape).index_put_((ids,), rows, accumulate=True)
+        # index_put_ rather than index_add_: on CUDA it sums repeated ids in a fixed order (and in
+        # float32 for bf16 weights), as embedding_dense_backward does; index_add_ uses atomics.
+        self._buffer.index_put_((ids,), rows, accumulate=True)
+        self._pending -= 1
+        if self._pending:
+            return None
+        weight_grad, self._buffer = self._buffer, None  # autograd then holds the only reference and
+        return weight_grad                               # accumulates it without a copy
 
 
 class _TiedLookup(torch.autograd.Function):
-    """``nn.functional.embedding(ids, weight)`` whose backward adds into a :class:`TiedWeightGradient`."""
+    """``nn.functional.embedding(ids, weight)`` whose backward goes through a :class:`TiedWeightGradient`."""
 
     @staticmethod
     def forward(ctx, ids: Tensor, weight: Tensor, tied: TiedWeightGradient) -> Tensor:
-        tied.lookups += 1
         ctx.save_for_backward(ids)
-        ctx.tied, ctx.weight_shape, ctx.weight_dtype = tied, weight.shape, weight.dtype
+        ctx.tied, ctx.weight_dtype = tied, weight.dtype
         return nn.functional.embedding(ids, weight, tied.embedding.padding_idx)  # [b, L, H]
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
         (ids,) = ctx.saved_tensors
-        tied, padding_idx = ctx.tied, ctx.tied.embedding.padding_idx
-        flat_ids = ids.reshape(-1)                                              # [b*L]
-        rows = grad.reshape(flat_ids.numel(), -1).to(ctx.weight_dtype)          # [b*L, H]
+        flat_ids = ids.reshape(-1)                                              # [n]
+        rows = grad.reshape(flat_ids.numel(), -1).to(ctx.weight_dtype)          # [n, H]
+        padding_idx = ctx.tied.embedding.padding_idx
         if padding_idx is not None:  # nn.Embedding never updates the padding row
             rows = rows.masked_fill((flat_ids == padding_idx).unsqueeze(-1), 0)
-        if tied.buffer is None:      # the head took no part in this backward pass
-            return None, rows.new_zeros(ctx.weight_shape).index_add_(0, flat_ids, rows), None
-        tied.buffer.index_add_(0, flat_ids, rows)
-        tied.pending -= 1
-        if tied.pending:
-            return None, None, None
-        weight_grad, tied.buffer = tied.buffer, None  # autograd's reference alone: it keeps the buffer
-        return None, weight_grad, None
+        return None, ctx.tied.lookup_gradient(flat_ids, rows), None
 
 
 def fuses_head(head: nn.Module) -> bool:
@@ -384,33 +403,54 @@ def supports_hidden_head(model: nn.Module) -> bool:
 
 
 def completion_token_scores_from_hidden(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor,
-                                        completion_ids: Tensor, completion_mask: Tensor, *,
-                                        temperature: float = 1.0, with_entropy: bool = False,
-                                        chunk_size: int = 64, entropy_grad: bool = True,
-                                        share_prompts: bool = False, same_calls: bool = False
+                                        completion_ids: Tensor, completion_mask: Tensor, **options
                                         ) -> tuple[Tensor, Optional[Tensor]]:
     """Same result as :func:`completion_token_scores`, but the ``[B, T, V]`` logits never exist.
 
     The decoder returns hidden states; the output head is applied ``chunk_size`` completions at
-    a time. Only for models where :func:`supports_hidden_head`.
+    a time. Only for models where :func:`supports_hidden_head`. ``options``: those of
+    :func:`blocks_token_scores_from_hidden`.
+    """
+    return blocks_token_scores_from_hidden(model, [(prompt_ids, prompt_mask, completion_ids, completion_mask)],
+                                           **options)[0]
+
+
+def blocks_token_scores_from_hidden(model: nn.Module, blocks: list[tuple[Tensor, Tensor, Tensor, Tensor]], *,
+                                    temperature: float = 1.0, with_entropy: bool = False, chunk_size: int = 64,
+                                    entropy_grad: bool = True, share_prompts: bool = False, same_calls: bool = False
+                                    ) -> list[tuple[Tensor, Optional[Tensor]]]:
+    """:func:`completion_token_scores_from_hidden` of each block (prompt ids, prompt mask,
+    completion ids, completion mask; the length buckets of a pass), the decoder run per block.
+
+    A fused head (:func:`fuses_head`) runs once over all blocks' completion positions, so that
+    its weight gradient is one buffer for the whole pass, shared with the tied embedding's
+    lookups where there is one (:class:`TiedWeightGradient`). ``same_calls``: make the same model
+    calls whatever the prompts (sharded weights).
     """
     decoder = model.get_decoder()
     head = model.get_output_embeddings()
     fused = fuses_head(head)
-    # Sharded weights (same_calls) get their gradients from the sharding strategy's own hooks.
-    tied = TiedWeightGradient.for_model(model, head) if fused and not same_calls else None
+    # Sharded weights (same_calls) keep the embedding's own backward, which their strategy's
+    # gradient hooks were written for (the hand-over is not exercised there: no GPUs here).
+    tied = None if same_calls else TiedWeightGradient.for_model(model, head)
 
     def hidden_states(keep: int, input_ids: Tensor, **inputs) -> Tensor:
         if tied is not None:
             return decoder(inputs_embeds=tied.lookup(input_ids), **inputs).last_hidden_state  # [b, L, H]
         return decoder(input_ids=input_ids, **inputs).last_hidden_state                     # [b, L, H]
 
-    hidden = _predicting_outputs(hidden_states, model.config, prompt_ids, prompt_mask, completion_ids,
-                                 completion_mask, share_prompts, same_calls)      # [B, T, H]
+    hidden = [_predicting_outputs(hidden_states, model.config, *block, share_prompts, same_calls)
+              for block in blocks]                                               # [b, T_b, H] each
+    completion_ids = [block[2] for block in blocks]                              # [b, T_b] each
     if not fused:
-        return _scores_in_chunks(head, hidden, completion_ids, temperature=temperature,
-                                 with_entropy=with_entropy, chunk_size=chunk_size, entropy_grad=entropy_grad)
-    lp, ent = LinearTokenScores.apply(hidden.flatten(0, 1), head.weight, head.bias, completion_ids.flatten(),
-                                      temperature, with_entropy, entropy_grad,
-                                      max(1, chunk_size * completion_ids.size(1)), tied)  # [B*T] each
-    return lp.view_as(completion_ids), ent.view_as(completion_ids) if with_entropy else None  # [B, T] each
+        return [_scores_in_chunks(head, states, ids, temperature=temperature, with_entropy=with_entropy,
+                                  chunk_size=chunk_size, entropy_grad=entropy_grad)
+                for states, ids in zip(hidden, completion_ids)]
+    chunk_tokens = max(1, chunk_size * max(ids.size(1) for ids in completion_ids))
+    lp, ent = LinearTokenScores.apply(torch.cat([states.flatten(0, 1) for states in hidden]), head.weight,
+                                      head.bias, torch.cat([ids.flatten() for ids in completion_ids]),
+                                      temperature, with_entropy, entropy_grad, chunk_tokens, tied)  # [N] each
+    sizes = [ids.numel() for ids in completion_ids]
+    entropies = ent.split(sizes) if with_entropy else [None] * len(blocks)
+    return [(block_lp.view_as(ids), None if block_ent is None else block_ent.view_as(ids))
+            for block_lp, block_ent, ids in zip(lp.split(sizes), entropies, completion_ids)]  # [b, T_b] each

@@ -31,7 +31,7 @@ from grpo_lightning.config import DEFAULT_LENGTH_BUCKETS, ConfigError, LoRAConfi
 from grpo_lightning.distributed import AllAgree
 from grpo_lightning.generation_loop import sample_with_kv_cache, supports_generation_loop
 from grpo_lightning.buckets import could_pay, length_buckets, scatter_rows, trim_padding
-from grpo_lightning.logprobs import (completion_token_scores, completion_token_scores_from_hidden,
+from grpo_lightning.logprobs import (blocks_token_scores_from_hidden, completion_token_scores,
                                      completions_per_chunk, distinct_prompts, supports_hidden_head)
 from grpo_lightning.vllm_backend import VLLMEngineArgs, VLLMSampler, vllm_sampling_params
 
@@ -282,20 +282,21 @@ class CausalLMPolicy(Policy):
             self.max_completion_tokens or batch.completion_ids.size(1), config.vocab_size,
             batch.completion_ids.device, getattr(config, "hidden_size", 0))
 
-        def score_block(model: nn.Module, *tensors: Tensor) -> tuple[Tensor, Optional[Tensor]]:
-            scorer = completion_token_scores
+        def score_blocks(model: nn.Module, blocks: list[tuple[Tensor, ...]]) -> list[tuple[Tensor, Optional[Tensor]]]:
+            options = dict(temperature=temperature, with_entropy=with_entropy, chunk_size=chunk_size,
+                           entropy_grad=entropy_grad, share_prompts=self.share_prompts,
+                           same_calls=self.lockstep is not None)
             if self.chunked_lm_head and supports_hidden_head(model):
-                scorer = completion_token_scores_from_hidden
-            return scorer(model, *tensors, temperature=temperature, with_entropy=with_entropy,
-                          chunk_size=chunk_size, entropy_grad=entropy_grad,
-                          share_prompts=self.share_prompts, same_calls=self.lockstep is not None)
+                return blocks_token_scores_from_hidden(model, blocks, **options)  # one head call for all
+            return [completion_token_scores(model, *block, **options) for block in blocks]
 
         def score(model: nn.Module) -> tuple[Tensor, Optional[Tensor]]:
             tensors = (batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask)
             buckets = self._length_buckets(batch)
             if buckets is None:
-                return score_block(model, *tensors)
-            scored = [(rows, score_block(model, *trim_padding(*(t[rows] for t in tensors)))) for rows in buckets]
+                return score_blocks(model, [tensors])[0]
+            blocks = [trim_padding(*(t[rows] for t in tensors)) for rows in buckets]
+            scored = list(zip(buckets, score_blocks(model, blocks)))
             num_rows, num_completion = batch.completion_ids.shape
             logprobs = scatter_rows([(rows, lp) for rows, (lp, _) in scored], num_rows, num_completion)
             entropy = scatter_rows([(rows, ent) for rows, (_, ent) in scored], num_rows, num_completion) \

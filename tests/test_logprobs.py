@@ -108,7 +108,7 @@ def test_policy_uses_the_hidden_state_path_only_when_asked(arith_policy, monkeyp
     from grpo_lightning.rollout import TokenBatch
 
     used = []
-    for name in ("completion_token_scores", "completion_token_scores_from_hidden"):
+    for name in ("completion_token_scores", "blocks_token_scores_from_hidden"):
         real = getattr(policy_module, name)
         monkeypatch.setattr(policy_module, name, lambda *a, _real=real, _name=name, **k: used.append(_name) or _real(*a, **k))
     batch = TokenBatch(*arith_policy.encode_prompts(["12+3=", "45+67="]),
@@ -116,7 +116,7 @@ def test_policy_uses_the_hidden_state_path_only_when_asked(arith_policy, monkeyp
     chunked, _ = arith_policy.token_scores(batch, temperature=1.0, with_entropy=False)
     arith_policy.chunked_lm_head = False
     full, _ = arith_policy.token_scores(batch, temperature=1.0, with_entropy=False)
-    assert used == ["completion_token_scores_from_hidden", "completion_token_scores"]
+    assert used == ["blocks_token_scores_from_hidden", "completion_token_scores"]
     torch.testing.assert_close(chunked, full, rtol=1e-5, atol=1e-5)
 
 
@@ -140,8 +140,8 @@ def test_policy_chunk_size_is_set_fixed_or_sized_for_the_longest_completion(arit
     from grpo_lightning.rollout import TokenBatch
 
     sizes = []
-    real = policy_module.completion_token_scores_from_hidden
-    monkeypatch.setattr(policy_module, "completion_token_scores_from_hidden",
+    real = policy_module.blocks_token_scores_from_hidden
+    monkeypatch.setattr(policy_module, "blocks_token_scores_from_hidden",
                         lambda *a, **k: sizes.append(k["chunk_size"]) or real(*a, **k))
     vocab = arith_policy.model.config.vocab_size
     monkeypatch.setitem(logprobs.LOGIT_CHUNK_BYTES, "cpu", 4 * vocab * 48)   # 48 tokens' logits a chunk
@@ -270,9 +270,10 @@ def _weight_sized_allocations(loss: torch.Tensor, weight: torch.Tensor, **backwa
 
 
 @pytest.mark.parametrize("share_prompts", [False, True])
-def test_tied_embedding_and_fused_head_form_one_weight_gradient(share_prompts, monkeypatch):
+@pytest.mark.parametrize("blocks", [[[0, 1, 2, 3]], [[0, 1], [2, 3]]])  # one block, or two (length buckets)
+def test_tied_embedding_and_fused_head_form_one_weight_gradient(share_prompts, blocks, monkeypatch):
     import grpo_lightning.logprobs as logprobs
-    from grpo_lightning.logprobs import completion_token_scores_from_hidden
+    from grpo_lightning.logprobs import blocks_token_scores_from_hidden
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=1031, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
@@ -285,18 +286,18 @@ def test_tied_embedding_and_fused_head_form_one_weight_gradient(share_prompts, m
     completion = torch.tensor([[3, 4, 1], [2, 0, 0], [9, 0, 0], [5, 5, 5]])   # pad id 0 (the padding row)
     completion_mask = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 0, 0], [1, 1, 1]])
     coefficients = torch.randn(4, 3, generator=torch.Generator().manual_seed(1))
+    row_blocks = [[t[rows] for t in (prompt, prompt_mask, completion, completion_mask)] for rows in blocks]
 
     def loss() -> torch.Tensor:
-        lp, ent = completion_token_scores_from_hidden(model, prompt, prompt_mask, completion, completion_mask,
-                                                      with_entropy=True, share_prompts=share_prompts)
-        return (lp * coefficients + 0.1 * ent).sum()
+        scored = blocks_token_scores_from_hidden(model, row_blocks, with_entropy=True, share_prompts=share_prompts)
+        return sum((lp * coefficients[rows] + 0.1 * ent).sum() for (lp, ent), rows in zip(scored, blocks))
 
     tied = loss()
     assert _weight_sized_allocations(tied, weight, retain_graph=True) == 1   # the head's buffer only
     tied.backward()                                                          # twice: the hand-over repeats
     got = {name: p.grad.clone() for name, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)
-    monkeypatch.setattr(logprobs.TiedWeightGradient, "for_model", staticmethod(lambda *_: None))
+    monkeypatch.setattr(logprobs.TiedWeightGradient, "for_model", classmethod(lambda *_: None))
     plain = loss()
     assert _weight_sized_allocations(plain, weight, retain_graph=True) > 1   # + a dense scatter per lookup
     plain.backward()
@@ -324,5 +325,8 @@ def test_tied_gradient_only_for_a_plain_trained_tied_embedding():
     assert TiedWeightGradient.for_model(untied, untied.get_output_embeddings()) is None
     with torch.no_grad():
         assert TiedWeightGradient.for_model(tied, tied.get_output_embeddings()) is None
+    tied.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert tied.get_input_embeddings()._forward_hooks                      # transformers' requires-grad hook
+    assert TiedWeightGradient.for_model(tied, tied.get_output_embeddings()) is not None
     tied.get_input_embeddings().register_forward_hook(lambda *_: None)
     assert TiedWeightGradient.for_model(tied, tied.get_output_embeddings()) is None
