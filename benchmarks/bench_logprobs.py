@@ -2,12 +2,15 @@
 
     python benchmarks/bench_logprobs.py                    # Qwen2-sized vocabulary, tiny decoder
     python benchmarks/bench_logprobs.py --rows 32 --completion-length 64 --chunk-size 4
+    python benchmarks/bench_logprobs.py --no-entropy-grad      # entropy only logged (entropy_coef 0)
 
 The decoder is deliberately small (2 layers, hidden 64) and the vocabulary that of Qwen2
 (151,936), so the head and the log-softmax dominate as they do in LLM training. Each mode
 runs a forward and a backward pass (log-probs and entropy, as in the policy update) in its own
 subprocess; the figure is the rise of the peak RSS (VmHWM) over the RSS before the pass, and
-the time is the median of ``--repeats`` passes. The outputs of both modes are checked equal.
+the time is the median of ``--repeats`` passes. The outputs of all modes are checked equal. The
+loss is the sum of the log-probs and entropies; with ``--no-entropy-grad`` the log-probs alone,
+the entropy computed but only logged, as a GRPO update without an entropy bonus does.
 
     logits: completion_token_scores, the model's [B, T+1, V] logits, log-softmax chunked
     hidden-unfused: completion_token_scores_from_hidden with the head called per chunk under
@@ -58,8 +61,8 @@ def worker(args: argparse.Namespace) -> None:
     for _ in range(args.repeats):
         started = time.perf_counter()
         logprobs, entropy = score(model, prompt, masks[0], completion, masks[1], with_entropy=True,
-                                  chunk_size=args.chunk_size)
-        (logprobs.sum() + entropy.sum()).backward()
+                                  chunk_size=args.chunk_size, entropy_grad=args.entropy_grad)
+        (logprobs.sum() + (entropy.sum() if args.entropy_grad else 0)).backward()
         times.append(time.perf_counter() - started)
         model.zero_grad(set_to_none=True)
     print(json.dumps({"peak_rise_mib": _proc_status_mib("VmHWM") - baseline, "seconds": times,
@@ -74,13 +77,16 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=2, help="model.logprob_chunk_size")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--entropy-grad", action=argparse.BooleanOptionalAction, default=True,
+                        help="differentiate the entropy too (an entropy bonus); --no-entropy-grad: only log it")
     parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args)
         return
     print(f"{args.rows} completions x {args.completion_length} tokens, vocabulary {args.vocab}, "
-          f"chunk {args.chunk_size} rows, forward + backward, {args.threads} thread(s)")
+          f"chunk {args.chunk_size} rows, forward + backward "
+          f"({'log-probs and entropy' if args.entropy_grad else 'log-probs; entropy logged'}), {args.threads} thread(s)")
     results = {}
     for mode in MODES:
         command = [sys.executable, __file__, "--worker", mode] + sys.argv[1:]

@@ -330,6 +330,9 @@ class GRPOModule(L.LightningModule):
                     # counts in Lightning's global_step, which max_steps and checkpoints count in.
                     optimizer.zero_grad(set_to_none=True)
                     optimizer.step()
+                # Free the gradients now, not at the next update: the next rollout's sampling and
+                # reference pass would otherwise run with a weight-sized gradient still held.
+                optimizer.zero_grad(set_to_none=True)
         self.train_means.update({"actor/skipped_updates": self.skip_guard.total})
 
     def _micro_batch_loss(self, part: UpdateBatch) -> tuple[Tensor, dict[str, Tensor]]:

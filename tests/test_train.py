@@ -53,6 +53,20 @@ def test_beta_zero_logs_no_kl_and_builds_no_reference(compose_config, random_ari
     assert "actor/entropy" in header
 
 
+def test_gradients_are_freed_after_each_update(compose_config, random_arith_dir, tmp_path, monkeypatch):
+    from grpo_lightning.module import GRPOModule
+
+    held, update_policy = [], GRPOModule._update_policy
+
+    def update_and_count(self, update):
+        update_policy(self, update)
+        held.append(sum(p.grad is not None for p in self.policy.model.parameters()))
+
+    monkeypatch.setattr(GRPOModule, "_update_policy", update_and_count)
+    train(compose_config(f"model.name_or_path={random_arith_dir}", "trainer.max_steps=2"))
+    assert held == [0, 0]  # none held through the next rollout
+
+
 def test_several_iterations_and_mini_batches_count_training_steps(compose_config, random_arith_dir, tmp_path):
     # 4 prompts x 4 completions = 16 rows, mini-batches of 8 in micro-batches of 4, 2 passes:
     # 4 optimizer steps per training step; trainer.max_steps still counts training steps.
