@@ -20,14 +20,20 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_vs_trl import GROUP_SIZE, _run_worker, build_checkpoint, step_intervals  # noqa: E402
+from bench_vs_trl import GROUP_SIZE, _run_worker, build_checkpoint, parse_args, step_intervals  # noqa: E402
+
+
+def worker_arguments(args: argparse.Namespace, overrides: list[str]) -> argparse.Namespace:
+    """bench_vs_trl's own arguments for one of our runs: its defaults, this sweep's settings."""
+    worker_args = parse_args(["--threads", str(args.threads), "--device", args.device, "--precision",
+                              args.precision, "--warmup", str(args.warmup), "--steps", str(args.steps)])
+    worker_args.ours_override = overrides
+    return worker_args
 
 
 def measure(overrides: list[str], completions: int, args: argparse.Namespace, model_dir: Path,
             scratch: Path) -> dict:
-    worker_args = argparse.Namespace(trl_python=sys.executable, threads=args.threads, device=args.device,
-                                     precision=args.precision, seed=0, ours_override=overrides)
-    run = _run_worker("ours", args.steps, worker_args, model_dir, scratch)
+    run = _run_worker("ours", args.steps, worker_arguments(args, overrides), model_dir, scratch)
     intervals, _ = step_intervals(run["step_ends"], args.warmup)
     step_s = statistics.median(intervals)
     return {"step_s": step_s, "min_s": min(intervals), "max_s": max(intervals),

@@ -45,3 +45,23 @@ def test_phase_timers_label_each_call_and_keep_the_result():
     assert Scorer().score(3, reference=True) == 6 and Scorer().score(4) == 8
     assert [len(times["reference log-probs"]), len(times["policy forward"])] == [1, 1]
     assert all(t >= 0 for calls in times.values() for t in calls)
+
+
+def test_scaling_sweep_hands_the_worker_every_argument_it_reads(monkeypatch, tmp_path):
+    import subprocess
+
+    import bench_scaling
+
+    commands = []
+
+    def fake_run(command, **_):
+        commands.append(command)
+        return subprocess.CompletedProcess(command, 0, stdout=bench_vs_trl.RESULT_TAG + "{}", stderr="")
+
+    monkeypatch.setattr(bench_vs_trl.subprocess, "run", fake_run)
+    sweep = argparse.Namespace(threads=1, device="cpu", precision="fp32", warmup=2, steps=8)
+    bench_vs_trl._run_worker("ours", 8, bench_scaling.worker_arguments(sweep, ["algorithm.group_size=8"]),
+                             tmp_path / "model", tmp_path)
+    (command,) = commands
+    assert "--ours-override=algorithm.group_size=8" in command
+    assert command[command.index("--warmup") + 1] == "2" and command[command.index("--prompt-tokens") + 1] == "0"
