@@ -86,7 +86,8 @@ def main() -> None:
         return
     print(f"{args.rows} completions x {args.completion_length} tokens, vocabulary {args.vocab}, "
           f"chunk {args.chunk_size} rows, forward + backward "
-          f"({'log-probs and entropy' if args.entropy_grad else 'log-probs; entropy logged'}), {args.threads} thread(s)")
+          f"({'log-probs and entropy' if args.entropy_grad else 'log-probs; entropy logged'}), "
+          f"{args.threads} thread(s)")
     results = {}
     for mode in MODES:
         command = [sys.executable, __file__, "--worker", mode] + sys.argv[1:]
@@ -103,11 +104,12 @@ def main() -> None:
         if abs(results[mode]["logprob_sum"] - a) > 1e-3 * abs(a):
             raise AssertionError(f"{mode} and logits disagree: {results[mode]['logprob_sum']} vs {a}")
     median = {mode: statistics.median(results[mode]["seconds"]) for mode in MODES}
-    print(f"  hidden / logits peak rise: {results['hidden']['peak_rise_mib'] / results['logits']['peak_rise_mib']:.2f}; "
+    rise = {mode: results[mode]["peak_rise_mib"] for mode in MODES}
+    print(f"  hidden / logits peak rise: {rise['hidden'] / rise['logits']:.2f}; "
           f"hidden / hidden-unfused: peak rise "
-          f"{results['hidden']['peak_rise_mib'] / results['hidden-unfused']['peak_rise_mib']:.2f}, "
+          f"{rise['hidden'] / rise['hidden-unfused']:.2f}, "
           f"time {median['hidden'] / median['hidden-unfused']:.2f}; hidden / hidden-lookup-gradient: peak rise "
-          f"{results['hidden']['peak_rise_mib'] / results['hidden-lookup-gradient']['peak_rise_mib']:.2f}, "
+          f"{rise['hidden'] / rise['hidden-lookup-gradient']:.2f}, "
           f"time {median['hidden'] / median['hidden-lookup-gradient']:.2f}")
 
 

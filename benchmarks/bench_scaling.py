@@ -64,7 +64,8 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="bench_scaling-"))
     try:
         model_dir = build_checkpoint(args.size, scratch / f"model-{args.size}", args.vocab_size)
-        print(f"{args.size} model (vocabulary {args.vocab_size}), {args.device}, {args.precision}, {args.threads} thread(s), "
+        vocabulary = f" (vocabulary {args.vocab_size})" if args.size == "tiny" else ""
+        print(f"{args.size} model{vocabulary}, {args.device}, {args.precision}, {args.threads} thread(s), "
               f"{args.steps} steps per point, first {args.warmup} not timed\n")
         print("| swept | completions/step | mean length | step ms (min-max) | completions/s | tokens/s | peak RSS MiB |")
         print("|---|---|---|---|---|---|---|")

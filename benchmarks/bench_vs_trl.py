@@ -450,7 +450,8 @@ def _drive(args: argparse.Namespace, scratch: Path) -> None:
             f"{r['peak_rss_mib']:.0f} MiB" for side, r in row.items()),
             flush=True)
 
-    print(f"\n{args.size} model{f' (vocabulary {args.vocab_size})' if args.size == 'tiny' else ''}, {args.device}, {args.precision}, {args.threads} threads, "
+    vocabulary = f" (vocabulary {args.vocab_size})" if args.size == "tiny" else ""
+    print(f"\n{args.size} model{vocabulary}, {args.device}, {args.precision}, {args.threads} threads, "
           f"{args.prompt_tokens}-token preamble, "
           f"{args.steps} steps, first {args.warmup} not timed, {args.repeats} repeats (median (min, max) "
           "over repeats; each repeat's step time is the median of its step intervals)")
@@ -493,7 +494,8 @@ def _drive(args: argparse.Namespace, scratch: Path) -> None:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=["tiny", "0.5b"], default="tiny",
-                        help="tiny: the arithmetic task's 4-layer Llama (--vocab-size); 0.5b: Qwen2.5-0.5B-shaped (GPU)")
+                        help="tiny: the arithmetic task's 4-layer Llama (--vocab-size); "
+                             "0.5b: Qwen2.5-0.5B-shaped (GPU)")
     parser.add_argument("--vocab-size", type=int, default=32_000,
                         help="the tiny model's vocabulary (default 32000, Llama 2's and LlamaConfig's; "
                              "151936 is Qwen2.5's, 16 the arithmetic tokenizer's own): the output head "

@@ -110,7 +110,8 @@ def test_policy_uses_the_hidden_state_path_only_when_asked(arith_policy, monkeyp
     used = []
     for name in ("completion_token_scores", "blocks_token_scores_from_hidden"):
         real = getattr(policy_module, name)
-        monkeypatch.setattr(policy_module, name, lambda *a, _real=real, _name=name, **k: used.append(_name) or _real(*a, **k))
+        monkeypatch.setattr(policy_module, name,
+                            lambda *a, _real=real, _name=name, **k: used.append(_name) or _real(*a, **k))
     batch = TokenBatch(*arith_policy.encode_prompts(["12+3=", "45+67="]),
                        torch.tensor([[5, 6, 2], [7, 2, 2]]), torch.tensor([[1, 1, 1], [1, 1, 0]]))
     chunked, _ = arith_policy.token_scores(batch, temperature=1.0, with_entropy=False)
