@@ -491,6 +491,12 @@ def _drive(args: argparse.Namespace, scratch: Path) -> None:
         Path(args.json).write_text(json.dumps({"args": vars(args), "repeats": per_repeat}, indent=2))
 
 
+def _task_tokenizer():
+    from grpo_lightning.tasks.arithmetic import build_tokenizer
+
+    return build_tokenizer()
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=["tiny", "0.5b"], default="tiny",
@@ -525,7 +531,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--work-dir", help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.size == "tiny" and args.vocab_size < (task_vocabulary := len(_task_tokenizer())):
+        parser.error(f"--vocab-size {args.vocab_size}: the arithmetic tokenizer's ids need at least "
+                     f"{task_vocabulary}; give {task_vocabulary} or more (32000 is the default)")
+    return args
 
 
 if __name__ == "__main__":

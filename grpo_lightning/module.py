@@ -293,7 +293,6 @@ class GRPOModule(L.LightningModule):
             order = torch.randperm(num_rows, device=self.device) if mini < num_rows else \
                 torch.arange(num_rows, device=self.device)
             for mini_rows in order.split(mini):
-                optimizer.zero_grad(set_to_none=True)
                 # Per process: what the mini-batch's mean runs over, averaged over processes, as
                 # DDP averages their gradients: a token mean is then over every process's tokens.
                 mini_mask = update.completion_mask[mini_rows].float()
@@ -331,7 +330,8 @@ class GRPOModule(L.LightningModule):
                     optimizer.zero_grad(set_to_none=True)
                     optimizer.step()
                 # Free the gradients now, not at the next update: the next rollout's sampling and
-                # reference pass would otherwise run with a weight-sized gradient still held.
+                # reference pass would otherwise run with a weight-sized gradient still held. Every
+                # mini-batch thus starts from none.
                 optimizer.zero_grad(set_to_none=True)
         self.train_means.update({"actor/skipped_updates": self.skip_guard.total})
 

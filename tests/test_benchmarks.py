@@ -65,3 +65,12 @@ def test_scaling_sweep_hands_the_worker_every_argument_it_reads(monkeypatch, tmp
     (command,) = commands
     assert "--ours-override=algorithm.group_size=8" in command
     assert command[command.index("--warmup") + 1] == "2" and command[command.index("--prompt-tokens") + 1] == "0"
+
+
+def test_a_vocabulary_smaller_than_the_tokenizer_is_refused_by_name(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        bench_vs_trl.parse_args(["--vocab-size", "10"])
+    assert "--vocab-size 10" in capsys.readouterr().err
+    assert bench_vs_trl.parse_args(["--vocab-size", "16"]).vocab_size == 16
