@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.signals import RANDOM_MODEL_SEED
+
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -21,7 +23,7 @@ def random_arith_dir(tmp_path_factory) -> Path:
 
     from grpo_lightning.tasks.arithmetic import build_tokenizer, model_config
 
-    torch.manual_seed(0)
+    torch.manual_seed(RANDOM_MODEL_SEED)
     directory = tmp_path_factory.mktemp("random_arith")
     LlamaForCausalLM(model_config()).save_pretrained(directory)
     build_tokenizer().save_pretrained(directory)

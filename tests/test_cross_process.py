@@ -149,13 +149,16 @@ def test_the_update_divides_by_the_token_count_of_every_process(compose_config, 
     from grpo_lightning.train import train
 
     def grad_norm(output_dir):
+        # A gradient on every machine: spread in every group and an entropy bonus (tests/signals.py).
         train(compose_config(f"model.name_or_path={random_arith_dir}", "algorithm.loss_agg=token-mean",
+                             "reward.functions.correct.fn=tests.signals.alternating", "algorithm.entropy_coef=0.01",
                              "trainer.max_steps=1", "validate_before_training=false", "seed=3",
                              f"output_dir={output_dir}"))
         with open(output_dir / "metrics.csv") as handle:
             return next(float(row["actor/grad_norm"]) for row in csv.DictReader(handle) if row["actor/grad_norm"])
 
     alone = grad_norm(tmp_path / "alone")
+    assert alone > 0, "the test needs a gradient"
     monkeypatch.setattr(module, "mean_over_processes", lambda units: (units + 3 * units) / 2)
     beside_a_bigger_one = grad_norm(tmp_path / "beside")
     assert beside_a_bigger_one == pytest.approx(alone / 2, rel=1e-4)

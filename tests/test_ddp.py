@@ -1,6 +1,11 @@
 """Two processes (DDP over gloo on CPU; DDP/FSDP over NCCL with 2 GPUs) train a few steps and end with the
-same parameters."""
+same parameters.
 
+The learning signal does not depend on what the random policy samples: tests.signals.alternating gives
+every group spread (non-zero advantages) and the entropy bonus moves the parameters even where a
+group's completions all came out the same."""
+
+import csv
 import os
 import subprocess
 import sys
@@ -40,7 +45,8 @@ def test_two_processes_agree_on_parameters(trainer, random_arith_dir, tmp_path):
                  "trainer.max_steps=2", "data.batch_size=2", "algorithm.group_size=4", "optim.lr=1e-2",
                  "algorithm.mini_batch_size=4", "trainer.enable_progress_bar=false", "data.val_batch_size=8",
                  "trainer.limit_val_batches=1", "trainer.val_every_n_steps=1", "validate_before_training=false",
-                 "algorithm.beta=0.04"]
+                 "algorithm.beta=0.04", "algorithm.entropy_coef=0.01",
+                 "reward.functions.correct.fn=tests.signals.alternating"]
     env = dict(os.environ, WANDB_MODE="offline", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
     result = subprocess.run([sys.executable, str(script), str(tmp_path), *overrides], cwd=tmp_path, env=env,
@@ -53,4 +59,7 @@ def test_two_processes_agree_on_parameters(trainer, random_arith_dir, tmp_path):
     p0, p1 = ranks[0]["params"], ranks[1]["params"]
     assert all(torch.equal(p0[k], p1[k]) for k in p0), "the ranks' parameters diverged"
     assert any(not torch.equal(p0[k], initial[k]) for k in initial), "no parameter changed"
+    with open(tmp_path / "run" / "metrics.csv") as handle:
+        steps = [row for row in csv.DictReader(handle) if row.get("reward/frac_zero_std")]
+    assert [float(row["reward/frac_zero_std"]) for row in steps] == [0.0, 0.0]  # every group had a signal
     assert (tmp_path / "run" / "policy" / "model.safetensors").is_file()  # exported once, by rank 0

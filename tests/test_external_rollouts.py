@@ -7,19 +7,32 @@ from torch.utils.data import DataLoader
 
 from grpo_lightning.config import GRPOConfig, GenerationConfig
 from grpo_lightning.module import GRPOModule
-from grpo_lightning.policy import SamplingParams
 from grpo_lightning.rewards import WeightedReward
-from grpo_lightning.rollout import generate_rollout
+from grpo_lightning.rollout import TokenBatch
 
 
 def never_called(prompts, completions, **columns):
     raise AssertionError("an external batch must not be scored again")
 
 
+LENGTHS = [1, 4, 3, 3, 2, 2, 4, 1]
+"""Completion lengths (EOS included) of the hand-written external rows: micro-batches of 2 rows
+hold 5, 6, 4 and 5 tokens."""
+
+
 def _external_batches(policy, group_size, with_ref, token_rewards=False):
-    torch.manual_seed(5)  # a draw whose micro-batches of 2 differ in tokens
-    rollout = generate_rollout(policy, ["12+34=", "50+7="], {}, group_size, SamplingParams(max_new_tokens=4))
-    tokens = rollout.tokens
+    """Two prompts x group_size hand-written completions: the same tokens on every machine (a
+    sampled draw would depend on the CPU's floating-point paths)."""
+    prompt_ids, prompt_mask = (t.repeat_interleave(group_size, dim=0)
+                               for t in policy.encode_prompts(["12+34=", "50+7="]))        # [B, P]
+    rows, width = prompt_ids.size(0), max(LENGTHS)
+    digits = policy.tokenizer.convert_tokens_to_ids(list("0123456789"))
+    completion_ids = torch.full((rows, width), policy.tokenizer.pad_token_id)             # [B, T]
+    for row, length in enumerate(LENGTHS[:rows]):
+        completion_ids[row, :length - 1] = torch.tensor([digits[(row + t) % 10] for t in range(length - 1)])
+        completion_ids[row, length - 1] = policy.eos_token_ids[0]
+    completion_mask = (torch.arange(width) < torch.tensor(LENGTHS[:rows]).unsqueeze(1)).long()
+    tokens = TokenBatch(prompt_ids, prompt_mask, completion_ids, completion_mask)
     with torch.no_grad():
         logprobs, _ = policy.token_scores(tokens, temperature=1.0, with_entropy=False)
     batch = {"prompt_ids": tokens.prompt_ids, "prompt_mask": tokens.prompt_mask,

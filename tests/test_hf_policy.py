@@ -19,6 +19,7 @@ from transformers import LlamaConfig, PreTrainedTokenizerFast, Qwen2Config
 from grpo_lightning.config import ConfigError, LoRAConfig, ModelConfig
 from grpo_lightning.policy import CausalLMPolicy
 from grpo_lightning.train import load_config, train
+from tests.signals import RANDOM_MODEL_SEED
 
 SPECIAL = ("<pad>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>")
 CHAT_TEMPLATE = (
@@ -51,7 +52,7 @@ def save_tiny(kind: str, directory: Path) -> Path:
 
     tokenizer = chat_tokenizer()
     config = LlamaConfig(**_shape(tokenizer)) if kind == "llama" else Qwen2Config(**_shape(tokenizer))
-    torch.manual_seed(0)
+    torch.manual_seed(RANDOM_MODEL_SEED)
     AutoModelForCausalLM.from_config(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory

@@ -86,15 +86,10 @@ def test_overlong_penalty_by_hand():
     torch.testing.assert_close(overlong_penalty(lengths, 10, 4, 0.5), torch.tensor([0.0, 0.0, -0.125, -0.25, -0.5]))
 
 
-def constant_for_even_first_digit(prompts, completions, **columns):
-    """A reward under which every prompt starting with an even digit forms a constant group."""
-    return [0.5 if int(p[0]) % 2 == 0 else float(sum(map(ord, c)) % 3) for p, c in zip(prompts, completions)]
-
-
 def test_dynamic_sampling_end_to_end(compose_config, random_arith_dir, tmp_path):
     cfg = compose_config(f"model.name_or_path={random_arith_dir}", "algorithm.group_size=4",
                          "algorithm.filter_zero_std_groups=true", "algorithm.max_generation_rounds=4",
-                         f"reward.functions.correct.fn={__name__}.constant_for_even_first_digit",
+                         "reward.functions.correct.fn=tests.signals.constant_for_even_first_digit",
                          "generation.max_new_tokens=6",
                          "trainer.max_steps=2", "validate_before_training=false")
     train(cfg)
