@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from grpo_lightning.advantages import get_adv_estimator
+from grpo_lightning.algo.advantages import get_adv_estimator
 
 
 def time_estimator(name: str, rewards: torch.Tensor, group_ids: torch.Tensor, group_size: int,

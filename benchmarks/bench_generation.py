@@ -42,9 +42,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    import grpo_lightning.generation_loop as generation_loop
+    import grpo_lightning.policy.generation.loop as generation_loop
     from grpo_lightning.config import ModelConfig
-    from grpo_lightning.policy import CausalLMPolicy, SamplingParams
+    from grpo_lightning.policy.causal_lm import CausalLMPolicy
+    from grpo_lightning.policy.base import SamplingParams
 
     scratch = Path(tempfile.mkdtemp(prefix="bench_generation-"))
     try:

@@ -43,9 +43,9 @@ def completion_lengths(rows: int, longest: int, kind: str, generator) -> list[in
 def worker(args: argparse.Namespace) -> None:
     import torch
 
-    from grpo_lightning.policy import CausalLMPolicy
-    from grpo_lightning.rollout import TokenBatch
-    from grpo_lightning.tasks.arithmetic import build_tokenizer
+    from grpo_lightning.policy.causal_lm import CausalLMPolicy
+    from grpo_lightning.types import TokenBatch
+    from grpo_lightning.data.tasks.arithmetic import build_tokenizer
 
     num_prompts, group_size, prompt_length, completion_length = args.shape
     model = tiny_llama(prompt_length + completion_length, args.threads)

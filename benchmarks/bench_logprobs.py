@@ -42,7 +42,7 @@ def worker(args: argparse.Namespace) -> None:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from grpo_lightning import logprobs as scoring
-    from grpo_lightning.logprobs import completion_token_scores, completion_token_scores_from_hidden
+    from grpo_lightning.policy.scoring.logprobs import completion_token_scores, completion_token_scores_from_hidden
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

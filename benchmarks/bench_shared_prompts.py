@@ -36,7 +36,7 @@ def tiny_llama(positions: int, threads: int):
     import torch
     from transformers import LlamaForCausalLM
 
-    from grpo_lightning.tasks.arithmetic import model_config
+    from grpo_lightning.data.tasks.arithmetic import model_config
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -68,7 +68,7 @@ def run_worker(script: str, mode: str, shape: list[int], args: argparse.Namespac
 def worker(args: argparse.Namespace) -> None:
     import torch
 
-    from grpo_lightning.logprobs import completion_token_scores_from_hidden
+    from grpo_lightning.policy.scoring.logprobs import completion_token_scores_from_hidden
 
     num_prompts, group_size, prompt_length, completion_length = args.shape
     model = tiny_llama(prompt_length + completion_length, args.threads)

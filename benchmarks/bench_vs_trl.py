@@ -76,7 +76,7 @@ LR = 1e-4
 
 def bench_splits(prompt_tokens: int = 0, num_val: int = 200) -> tuple[list[dict], list[dict]]:
     """The addition rows, each prompt after the same ``prompt_tokens``-character preamble."""
-    from grpo_lightning.tasks.arithmetic import load_splits
+    from grpo_lightning.data.tasks.arithmetic import load_splits
 
     preamble = ("0123456789" * (prompt_tokens // 10 + 1))[:prompt_tokens]
     return tuple([{**row, "prompt": preamble + row["prompt"]} for row in rows]
@@ -93,7 +93,7 @@ def build_checkpoint(size: str, directory: Path, vocab_size: int = 32_000) -> Pa
     import torch
     from transformers import AutoModelForCausalLM, Qwen2Config
 
-    from grpo_lightning.tasks.arithmetic import build_tokenizer, model_config
+    from grpo_lightning.data.tasks.arithmetic import build_tokenizer, model_config
 
     tokenizer = build_tokenizer()
     if size == "tiny":
@@ -155,7 +155,7 @@ def update_model_flops(model, update) -> float:
     """
     import torch
 
-    from grpo_lightning.logprobs import distinct_prompts
+    from grpo_lightning.policy.scoring.logprobs import distinct_prompts
 
     head = model.get_output_embeddings()
     body_weights = sum(module.weight.numel() for module in model.modules()
@@ -191,7 +191,7 @@ def run_ours(args: argparse.Namespace) -> dict:
     import csv
 
     from grpo_lightning.module import GRPOModule
-    from grpo_lightning.train import main
+    from grpo_lightning.run.train import main
 
     _RSS_AFTER_IMPORT.append(_rss_mib())
     step_ends: list[float] = []
@@ -232,7 +232,7 @@ def run_trl(args: argparse.Namespace) -> dict:
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from grpo_lightning.tasks.arithmetic import correct_answer
+    from grpo_lightning.data.tasks.arithmetic import correct_answer
 
     _RSS_AFTER_IMPORT.append(_rss_mib())
     train_rows, _ = bench_splits(args.prompt_tokens)
@@ -310,7 +310,7 @@ def _time_phases(side: str) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {phase: [] for phase in PHASES}
     _wrap_timed(torch.optim.AdamW, "step", "optimizer step", times)
     if side == "ours":
-        from grpo_lightning.policy import CausalLMPolicy
+        from grpo_lightning.policy.causal_lm import CausalLMPolicy
 
         _wrap_timed(CausalLMPolicy, "sample", "sampling", times)
         _wrap_timed(CausalLMPolicy, "token_scores", lambda _, kwargs: "reference log-probs"
@@ -492,7 +492,7 @@ def _drive(args: argparse.Namespace, scratch: Path) -> None:
 
 
 def _task_tokenizer():
-    from grpo_lightning.tasks.arithmetic import build_tokenizer
+    from grpo_lightning.data.tasks.arithmetic import build_tokenizer
 
     return build_tokenizer()
 

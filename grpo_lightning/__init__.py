@@ -2,7 +2,7 @@
 
 Run the embedded default (a tiny decoder learning 2-digit addition on CPU)::
 
-    grpo-train                      # or: python -m grpo_lightning.train
+    grpo-train                      # or: python -m grpo_lightning.run.train
     grpo-train -m algorithm.clip_range=0.1,0.3 seed=0,1      # a Hydra sweep
 
 Use from Python: see :class:`grpo_lightning.module.GRPOModule`.

@@ -37,23 +37,24 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from grpo_lightning.advantages import (TOKEN_LEVEL_SCALE, compute_advantages, get_adv_estimator,
-                                       token_level_advantages)
-from grpo_lightning.callbacks import RolloutSample
+from grpo_lightning.algo.advantages import TOKEN_LEVEL_SCALE, compute_advantages, get_adv_estimator, token_level_advantages
+from grpo_lightning.types import RolloutSample
 from grpo_lightning.config import ConfigError, GenerationConfig, GRPOConfig, OptimConfig
 from grpo_lightning.distributed import mean_over_processes, shards_weights
-from grpo_lightning.evaluation import pass_at_k
-from grpo_lightning.experience import (Experience, experience_from_rollout, external_experience, is_external,
-                                       overlong_penalty)
-from grpo_lightning.kl import get_kl_estimator, kl_penalized_rewards
-from grpo_lightning.losses import build_policy_loss, get_loss_aggregation, policy_objective
+from grpo_lightning.algo.pass_at_k import pass_at_k
+from grpo_lightning.types import Experience, experience_from_rollout
+from grpo_lightning.data.external import external_experience, is_external
+from grpo_lightning.algo.shaping import overlong_penalty
+from grpo_lightning.algo.kl import get_kl_estimator, kl_penalized_rewards
+from grpo_lightning.algo.losses import build_policy_loss, get_loss_aggregation, policy_objective
 from grpo_lightning.metrics import StageMeans
-from grpo_lightning.numerics import SkipGuard
-from grpo_lightning.policy import Policy, SamplingParams
+from grpo_lightning.algo.numerics import SkipGuard
+from grpo_lightning.policy.base import Policy, SamplingParams
 from grpo_lightning.rewards import WeightedReward
-from grpo_lightning.rollout import Rollout, TokenBatch, UpdateBatch, generate_rollout
-from grpo_lightning.sampling import dynamic_sample
-from grpo_lightning.vllm_backend import VLLMEngineArgs
+from grpo_lightning.types import Rollout, TokenBatch, UpdateBatch
+from grpo_lightning.policy.rollout import generate_rollout
+from grpo_lightning.algo.dynamic_sampling import dynamic_sample
+from grpo_lightning.policy.generation.vllm import VLLMEngineArgs
 
 KL_STATS = ("grpo_kl", "kl_penalty")
 LOSS_TERMS = ("actor/loss", "actor/policy_loss", "actor/kl_penalty")
@@ -63,7 +64,7 @@ DEFAULT_MAX_GENERATION_ROUNDS = 3
 
 
 class GRPOModule(L.LightningModule):
-    """Group Relative Policy Optimization of a :class:`~grpo_lightning.policy.Policy`."""
+    """Group Relative Policy Optimization of a :class:`~grpo_lightning.policy.base.Policy`."""
 
     def __init__(self, policy: Policy, reward: WeightedReward, *,
                  algorithm: Optional[GRPOConfig] = None, generation: Optional[GenerationConfig] = None,

@@ -29,7 +29,7 @@ from statistics import fmean
 import torch
 from transformers import GenerationConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from grpo_lightning.tasks.arithmetic import build_tokenizer, correct_answer, load_splits, model_config
+from grpo_lightning.data.tasks.arithmetic import build_tokenizer, correct_answer, load_splits, model_config
 
 NOISE_RATE = 0.6
 SAMPLES_PER_PROMPT = 8
@@ -182,9 +182,9 @@ Produced by `scripts/make_arith_checkpoint.py`; do not edit by hand.
 
 - Command: `{command}`
 - Date: {date} (training took {seconds:.0f} s on CPU)
-- Model: Llama decoder from `grpo_lightning.tasks.arithmetic.model_config()`
+- Model: Llama decoder from `grpo_lightning.data.tasks.arithmetic.model_config()`
   ({num_params:,} parameters, float32, safetensors)
-- Tokenizer: character level, from `grpo_lightning.tasks.arithmetic.build_tokenizer()`
+- Tokenizer: character level, from `grpo_lightning.data.tasks.arithmetic.build_tokenizer()`
 
 Supervised on the training split of `load_splits()` only, `<bos>12+34=46<eos>`
 with loss on the answer and `<eos>`. Each time an example was drawn, with

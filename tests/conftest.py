@@ -21,7 +21,7 @@ def random_arith_dir(tmp_path_factory) -> Path:
     """A randomly initialised arithmetic decoder in Hugging Face format (saved once)."""
     from transformers import LlamaForCausalLM
 
-    from grpo_lightning.tasks.arithmetic import build_tokenizer, model_config
+    from grpo_lightning.data.tasks.arithmetic import build_tokenizer, model_config
 
     torch.manual_seed(RANDOM_MODEL_SEED)
     directory = tmp_path_factory.mktemp("random_arith")
@@ -33,7 +33,7 @@ def random_arith_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def arith_policy(random_arith_dir):
     from grpo_lightning.config import ModelConfig
-    from grpo_lightning.policy import CausalLMPolicy
+    from grpo_lightning.policy.causal_lm import CausalLMPolicy
 
     return CausalLMPolicy.from_config(ModelConfig(name_or_path=str(random_arith_dir)))
 
@@ -61,7 +61,7 @@ def votes():
 @pytest.fixture
 def compose_config(tmp_path):
     """compose_config(*overrides) -> the real Hydra config, written to tmp_path, shrunk for CPU tests."""
-    from grpo_lightning.train import load_config
+    from grpo_lightning.run.train import load_config
 
     def compose_with(*overrides: str):
         small = [f"output_dir={tmp_path}", "trainer.max_steps=2", "trainer.val_every_n_steps=1",

@@ -5,8 +5,7 @@ import math
 import pytest
 import torch
 
-from grpo_lightning.advantages import (ADV_ESTIMATORS, get_adv_estimator, normalize_group_rewards,
-                                       register_adv_estimator)
+from grpo_lightning.algo.advantages import ADV_ESTIMATORS, get_adv_estimator, normalize_group_rewards, register_adv_estimator
 
 
 def test_population_std_normalization_by_hand():

@@ -85,7 +85,7 @@ def test_bad_input_fails_with_a_message(case, helpers_dir, random_arith_dir, tmp
                PYTHONPATH=os.pathsep.join([str(helpers_dir), str(REPO), os.environ.get("PYTHONPATH", "")]))
     args = [f"output_dir={tmp_path}", f"model.name_or_path={random_arith_dir}", "algorithm.group_size=4", *SMALL,
             *overrides]
-    result = subprocess.run([sys.executable, "-m", "grpo_lightning.train", *args], cwd=tmp_path, env=env,
+    result = subprocess.run([sys.executable, "-m", "grpo_lightning.run.train", *args], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == code, result.stderr[-3000:]
     assert message in result.stderr, result.stderr[-3000:]
@@ -111,7 +111,7 @@ def test_bad_jsonl_fails_with_file_and_line(case, random_arith_dir, tmp_path):
                 "missing column": "question"}[case]
     args = [f"output_dir={tmp_path}/run", f"model.name_or_path={random_arith_dir}", "data=jsonl",
             f"data.path={path}", *SMALL]
-    result = subprocess.run([sys.executable, "-m", "grpo_lightning.train", *args], cwd=tmp_path,
+    result = subprocess.run([sys.executable, "-m", "grpo_lightning.run.train", *args], cwd=tmp_path,
                             env=dict(os.environ, WANDB_MODE="offline", HF_HUB_OFFLINE="1"),
                             capture_output=True, text=True, timeout=300)
     assert result.returncode != 0

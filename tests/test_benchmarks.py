@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import bench_vs_trl  # noqa: E402
 
-from grpo_lightning.rollout import TokenBatch  # noqa: E402
+from grpo_lightning.types import TokenBatch  # noqa: E402
 
 
 def test_update_flops_count_each_distinct_prompt_once_and_the_head_on_completions(arith_policy):

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-import grpo_lightning.buckets as buckets_module
-from grpo_lightning.buckets import could_pay, length_buckets, scatter_rows, trim_padding
-from grpo_lightning.rollout import TokenBatch
+import grpo_lightning.policy.scoring.buckets as buckets_module
+from grpo_lightning.policy.scoring.buckets import could_pay, length_buckets, scatter_rows, trim_padding
+from grpo_lightning.types import TokenBatch
 
 
 def _mask(lengths, width):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from grpo_lightning.config import ConfigError, RewardConfig, RewardFunctionConfig
-from grpo_lightning.evaluation import pass_at_k
+from grpo_lightning.algo.pass_at_k import pass_at_k
 from grpo_lightning.rewards import WeightedReward, format_reward, length_penalty, math_answer
 from grpo_lightning.rewards.math import final_answer, parse_number
 
@@ -66,7 +66,7 @@ def test_length_penalty_is_dapo_soft_overlong_in_chars_and_tokens(random_arith_d
 def reward_model_dir(tmp_path_factory):
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    from grpo_lightning.tasks.arithmetic import build_tokenizer
+    from grpo_lightning.data.tasks.arithmetic import build_tokenizer
 
     tokenizer = build_tokenizer()
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,

@@ -7,7 +7,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from grpo_lightning.config import ConfigError, TrainConfig, to_train_config
-from grpo_lightning.train import load_config
+from grpo_lightning.run.train import load_config
 
 
 def _validate(cfg):
@@ -142,7 +142,7 @@ def test_reward_functions_set_as_dataclasses_in_python_load(compose_config):
     from grpo_lightning.config import RewardFunctionConfig
 
     cfg = compose_config()
-    cfg.reward.functions.correct = RewardFunctionConfig(fn="grpo_lightning.tasks.arithmetic.correct_answer", weight=2)
+    cfg.reward.functions.correct = RewardFunctionConfig(fn="grpo_lightning.data.tasks.arithmetic.correct_answer", weight=2)
     assert to_train_config(cfg).reward.functions["correct"].weight == 2.0
 
 

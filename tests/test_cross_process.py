@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from grpo_lightning.advantages import compute_advantages, token_level_advantages
+from grpo_lightning.algo.advantages import compute_advantages, token_level_advantages
 
 REWARDS = torch.tensor([1.0, 0.0, 0.5, 0.5, 3.0, 1.0, 0.0, 2.0])      # [8], 4 groups of 2
 TOKEN_REWARDS = torch.arange(24, dtype=torch.float).view(8, 3) % 5     # [8, 3]
@@ -35,9 +35,9 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from grpo_lightning.advantages import compute_advantages, token_level_advantages
+from grpo_lightning.algo.advantages import compute_advantages, token_level_advantages
 from grpo_lightning.distributed import mean_over_processes
-from grpo_lightning.generation_loop import sample_with_kv_cache
+from grpo_lightning.policy.generation.loop import sample_with_kv_cache
 
 rank, store, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
@@ -146,7 +146,7 @@ def test_the_update_divides_by_the_token_count_of_every_process(compose_config, 
     import csv
 
     import grpo_lightning.module as module
-    from grpo_lightning.train import train
+    from grpo_lightning.run.train import train
 
     def grad_norm(output_dir):
         # A gradient on every machine: spread in every group and an entropy bonus (tests/signals.py).

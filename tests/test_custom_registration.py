@@ -5,9 +5,9 @@ import csv
 import pytest
 import torch
 
-from grpo_lightning.advantages import ADV_ESTIMATORS, normalize_group_rewards, register_adv_estimator
-from grpo_lightning.losses import POLICY_LOSSES, register_policy_loss
-from grpo_lightning.train import train
+from grpo_lightning.algo.advantages import ADV_ESTIMATORS, normalize_group_rewards, register_adv_estimator
+from grpo_lightning.algo.losses import POLICY_LOSSES, register_policy_loss
+from grpo_lightning.run.train import train
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ SCRIPT = '''
 import sys
 import torch
 from grpo_lightning.module import GRPOModule
-from grpo_lightning.train import load_config, train
+from grpo_lightning.run.train import load_config, train
 
 out = sys.argv[1]
 

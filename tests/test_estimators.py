@@ -4,8 +4,7 @@ import math
 
 import torch
 
-from grpo_lightning.advantages import (compute_advantages, discounted_returns, get_adv_estimator,
-                                       scale_by_batch_std, token_level_advantages)
+from grpo_lightning.algo.advantages import compute_advantages, discounted_returns, get_adv_estimator, scale_by_batch_std, token_level_advantages
 
 IDS = torch.tensor([0, 0, 0, 1, 1, 1])
 R = torch.tensor([1.0, 0.0, 2.0, 3.0, 3.0, 0.0])  # group means 1 and 2

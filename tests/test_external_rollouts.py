@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader
 from grpo_lightning.config import GRPOConfig, GenerationConfig
 from grpo_lightning.module import GRPOModule
 from grpo_lightning.rewards import WeightedReward
-from grpo_lightning.rollout import TokenBatch
+from grpo_lightning.types import TokenBatch
 
 
 def never_called(prompts, completions, **columns):
@@ -89,7 +89,7 @@ def test_external_token_rewards(arith_policy, tmp_path):
 
 
 def test_external_batch_missing_keys_is_a_clear_error():
-    from grpo_lightning.experience import external_experience
+    from grpo_lightning.data.external import external_experience
 
     with pytest.raises(ValueError, match="logprobs"):
         external_experience({"completion_ids": torch.zeros(4, 2)}, 2)

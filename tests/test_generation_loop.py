@@ -4,10 +4,9 @@ import pytest
 import torch
 from transformers import GenerationConfig
 
-import grpo_lightning.generation_loop as generation_loop
-from grpo_lightning.policy import SamplingParams
-from grpo_lightning.generation_loop import (LOOP_MODEL_TYPES, draw_tokens, filter_logits, inverse_cdf,
-                                           sample_with_kv_cache, supports_generation_loop)
+import grpo_lightning.policy.generation.loop as generation_loop
+from grpo_lightning.policy.base import SamplingParams
+from grpo_lightning.policy.generation.loop import LOOP_MODEL_TYPES, draw_tokens, filter_logits, inverse_cdf, sample_with_kv_cache, supports_generation_loop
 
 
 @pytest.fixture
@@ -160,7 +159,7 @@ def test_every_loop_model_type_samples_the_tokens_of_generate(multinomial_draw, 
 
 
 def test_auto_backend_picks_the_loop_only_for_supported_model_types(arith_policy, monkeypatch):
-    import grpo_lightning.policy as policy_module
+    import grpo_lightning.policy.causal_lm as policy_module
 
     looped = []
     real_loop = policy_module.sample_with_kv_cache

@@ -17,8 +17,8 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_token
 from transformers import LlamaConfig, PreTrainedTokenizerFast, Qwen2Config
 
 from grpo_lightning.config import ConfigError, LoRAConfig, ModelConfig
-from grpo_lightning.policy import CausalLMPolicy
-from grpo_lightning.train import load_config, train
+from grpo_lightning.policy.causal_lm import CausalLMPolicy
+from grpo_lightning.run.train import load_config, train
 from tests.signals import RANDOM_MODEL_SEED
 
 SPECIAL = ("<pad>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>")
@@ -144,7 +144,7 @@ def test_lora_trains_only_adapters_and_keeps_one_copy_of_the_base(llama_dir):
     trainable = [name for name, p in policy.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in name for name in trainable)
 
-    from grpo_lightning.rollout import TokenBatch
+    from grpo_lightning.types import TokenBatch
 
     ids, mask = policy.encode_prompts(["What is 1 + 2?", "Hi"])
     completion = torch.randint(5, 50, (2, 3))
@@ -165,7 +165,7 @@ def test_lora_trains_only_adapters_and_keeps_one_copy_of_the_base(llama_dir):
 @pytest.fixture
 def capture_policy(monkeypatch):
     """Records the policy train() builds and its parameters before training."""
-    import grpo_lightning.train as train_module
+    import grpo_lightning.run.train as train_module
 
     captured = {}
 
@@ -243,7 +243,7 @@ def test_cli_subprocess(llama_dir, prompts_file, tmp_path):
     args = ["model=hf", f"model.name_or_path={llama_dir}", "data=jsonl", f"data.path={prompts_file}",
             "data.prompt_key=question", "data.answer_key=solution", "reward=gsm8k",
             "reward.functions.length_penalty.kwargs.cache_length=2", f"hydra.run.dir={tmp_path / 'cli'}", *SMALL]
-    result = subprocess.run([sys.executable, "-m", "grpo_lightning.train", *args], env=env, capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "grpo_lightning.run.train", *args], env=env, capture_output=True,
                             text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "cli" / "policy" / "config.json").is_file()
@@ -257,8 +257,8 @@ def test_dropout_is_off_so_two_passes_agree(tmp_path, disable_dropout):
     from transformers import AutoModelForCausalLM
 
     from grpo_lightning.config import ModelConfig
-    from grpo_lightning.policy import CausalLMPolicy
-    from grpo_lightning.rollout import TokenBatch
+    from grpo_lightning.policy.causal_lm import CausalLMPolicy
+    from grpo_lightning.types import TokenBatch
 
     tokenizer = chat_tokenizer()
     torch.manual_seed(0)
@@ -275,7 +275,7 @@ def test_dropout_is_off_so_two_passes_agree(tmp_path, disable_dropout):
 
 
 def test_disable_dropout_zeroes_dropout_modules():
-    from grpo_lightning.policy import disable_dropout
+    from grpo_lightning.policy.causal_lm import disable_dropout
 
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5))
     disable_dropout(model.train())

@@ -10,14 +10,14 @@ import pytest
 import torch
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStrategy
 
-import grpo_lightning.buckets as buckets_module
+import grpo_lightning.policy.scoring.buckets as buckets_module
 from grpo_lightning.config import ConfigError, GenerationConfig
-from grpo_lightning.generation_loop import sample_with_kv_cache
-from grpo_lightning.logprobs import completion_token_scores_from_hidden
+from grpo_lightning.policy.generation.loop import sample_with_kv_cache
+from grpo_lightning.policy.scoring.logprobs import completion_token_scores_from_hidden
 from grpo_lightning.module import GRPOModule
-from grpo_lightning.policy import SamplingParams
+from grpo_lightning.policy.base import SamplingParams
 from grpo_lightning.rewards import WeightedReward
-from grpo_lightning.rollout import TokenBatch
+from grpo_lightning.types import TokenBatch
 
 
 def _count_calls(model):
@@ -143,7 +143,7 @@ def test_generate_backend_is_told_to_sync(arith_policy, monkeypatch, votes):
 
 @pytest.mark.parametrize("strategy, expected", [(FSDPStrategy, [1, 1]), (DDPStrategy, [2, 1])])
 def test_every_process_gets_as_many_validation_batches_under_sharded_weights(strategy, expected):
-    from grpo_lightning.data import PromptDataModule
+    from grpo_lightning.data.datamodule import PromptDataModule
 
     rows = [{"prompt": f"{i}+1=", "answer": str(i + 1)} for i in range(9)]     # 5 + 4 over 2 processes
     datamodule = PromptDataModule(rows, rows, batch_size=2, val_batch_size=4)

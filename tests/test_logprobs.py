@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from grpo_lightning.logprobs import completion_token_scores, completions_per_chunk, token_scores_from_logits
+from grpo_lightning.policy.scoring.logprobs import completion_token_scores, completions_per_chunk, token_scores_from_logits
 
 
 @pytest.mark.parametrize("chunk_size", [1, 3, 64])
@@ -57,7 +57,7 @@ def _tiny_llama(tie: bool) -> LlamaForCausalLM:
 @pytest.mark.parametrize("tie", [True, False])
 @pytest.mark.parametrize("chunk_size", [1, 2, 64])
 def test_hidden_state_scores_match_full_logits(tie, chunk_size):
-    from grpo_lightning.logprobs import completion_token_scores_from_hidden, supports_hidden_head
+    from grpo_lightning.policy.scoring.logprobs import completion_token_scores_from_hidden, supports_hidden_head
 
     model = _tiny_llama(tie)
     assert supports_hidden_head(model)
@@ -95,7 +95,7 @@ def test_hidden_state_scores_match_full_logits(tie, chunk_size):
 def test_models_with_post_head_scaling_fall_back_to_logits():
     from transformers import GemmaConfig, GemmaForCausalLM
 
-    from grpo_lightning.logprobs import supports_hidden_head
+    from grpo_lightning.policy.scoring.logprobs import supports_hidden_head
 
     gemma = GemmaForCausalLM(GemmaConfig(vocab_size=11, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
                                          num_attention_heads=2, num_key_value_heads=1, head_dim=4))
@@ -104,8 +104,8 @@ def test_models_with_post_head_scaling_fall_back_to_logits():
 
 
 def test_policy_uses_the_hidden_state_path_only_when_asked(arith_policy, monkeypatch):
-    import grpo_lightning.policy as policy_module
-    from grpo_lightning.rollout import TokenBatch
+    import grpo_lightning.policy.causal_lm as policy_module
+    from grpo_lightning.types import TokenBatch
 
     used = []
     for name in ("completion_token_scores", "blocks_token_scores_from_hidden"):
@@ -136,9 +136,9 @@ def test_automatic_chunk_size_keeps_a_chunks_logits_within_the_device_budget():
 
 
 def test_policy_chunk_size_is_set_fixed_or_sized_for_the_longest_completion(arith_policy, monkeypatch):
-    import grpo_lightning.logprobs as logprobs
-    import grpo_lightning.policy as policy_module
-    from grpo_lightning.rollout import TokenBatch
+    import grpo_lightning.policy.scoring.logprobs as logprobs
+    import grpo_lightning.policy.causal_lm as policy_module
+    from grpo_lightning.types import TokenBatch
 
     sizes = []
     real = policy_module.blocks_token_scores_from_hidden
@@ -169,7 +169,7 @@ def test_the_module_sizes_chunks_for_its_longest_completion(arith_policy):
 
 def test_model_compile_wraps_the_decoder_lazily(random_arith_dir):
     from grpo_lightning.config import ModelConfig
-    from grpo_lightning.policy import CausalLMPolicy
+    from grpo_lightning.policy.causal_lm import CausalLMPolicy
 
     plain = CausalLMPolicy.from_config(ModelConfig(name_or_path=str(random_arith_dir)))
     compiled = CausalLMPolicy.from_config(ModelConfig(name_or_path=str(random_arith_dir), compile=True))
@@ -179,7 +179,7 @@ def test_model_compile_wraps_the_decoder_lazily(random_arith_dir):
 
 @pytest.mark.parametrize("with_entropy,entropy_grad", [(False, False), (True, True), (True, False)])
 def test_fused_head_scores_match_autograd_through_the_linear_head(with_entropy, entropy_grad):
-    from grpo_lightning.logprobs import LinearTokenScores
+    from grpo_lightning.policy.scoring.fused_head import LinearTokenScores
 
     generator = torch.Generator().manual_seed(0)
     hidden = torch.randn(6, 5, generator=generator, requires_grad=True)
@@ -205,7 +205,7 @@ def test_fused_head_scores_match_autograd_through_the_linear_head(with_entropy, 
 
 
 def test_fused_head_under_bf16_autocast_runs_the_head_in_bf16_both_ways():
-    from grpo_lightning.logprobs import LinearTokenScores
+    from grpo_lightning.policy.scoring.fused_head import LinearTokenScores
 
     generator = torch.Generator().manual_seed(0)
     hidden = torch.randn(8, 16, generator=generator, requires_grad=True)
@@ -223,7 +223,7 @@ def test_fused_head_under_bf16_autocast_runs_the_head_in_bf16_both_ways():
 
 
 def test_heads_with_hooks_or_adapters_are_called_not_fused():
-    from grpo_lightning.logprobs import fuses_head
+    from grpo_lightning.policy.scoring.fused_head import fuses_head
 
     head = torch.nn.Linear(4, 8, bias=False)
     assert fuses_head(head)
@@ -233,7 +233,7 @@ def test_heads_with_hooks_or_adapters_are_called_not_fused():
 
 
 def test_fused_head_refuses_a_second_derivative_clearly():
-    from grpo_lightning.logprobs import LinearTokenScores
+    from grpo_lightning.policy.scoring.fused_head import LinearTokenScores
 
     hidden = torch.randn(3, 4, requires_grad=True)
     head = torch.nn.Linear(4, 5, bias=False)
@@ -246,8 +246,8 @@ def test_fused_head_refuses_a_second_derivative_clearly():
 def test_policy_reads_the_vocabulary_of_a_multimodal_config(arith_policy, monkeypatch):
     from types import SimpleNamespace
 
-    import grpo_lightning.policy as policy_module
-    from grpo_lightning.rollout import TokenBatch
+    import grpo_lightning.policy.causal_lm as policy_module
+    from grpo_lightning.types import TokenBatch
 
     asked = []
     real = policy_module.completions_per_chunk
@@ -273,8 +273,8 @@ def _weight_sized_allocations(loss: torch.Tensor, weight: torch.Tensor, **backwa
 @pytest.mark.parametrize("share_prompts", [False, True])
 @pytest.mark.parametrize("blocks", [[[0, 1, 2, 3]], [[0, 1], [2, 3]]])  # one block, or two (length buckets)
 def test_tied_embedding_and_fused_head_form_one_weight_gradient(share_prompts, blocks, monkeypatch):
-    import grpo_lightning.logprobs as logprobs
-    from grpo_lightning.logprobs import blocks_token_scores_from_hidden
+    import grpo_lightning.policy.scoring.logprobs as logprobs
+    from grpo_lightning.policy.scoring.logprobs import blocks_token_scores_from_hidden
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=1031, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
@@ -307,7 +307,7 @@ def test_tied_embedding_and_fused_head_form_one_weight_gradient(share_prompts, b
 
 
 def test_tied_lookup_without_the_head_gives_the_embeddings_own_gradient():
-    from grpo_lightning.logprobs import TiedWeightGradient
+    from grpo_lightning.policy.scoring.fused_head import TiedWeightGradient
 
     embedding = torch.nn.Embedding(10, 3, padding_idx=2)
     ids = torch.tensor([[1, 2, 1], [4, 2, 9]])
@@ -319,7 +319,7 @@ def test_tied_lookup_without_the_head_gives_the_embeddings_own_gradient():
 
 
 def test_tied_gradient_only_for_a_plain_trained_tied_embedding():
-    from grpo_lightning.logprobs import TiedWeightGradient
+    from grpo_lightning.policy.scoring.fused_head import TiedWeightGradient
 
     tied, untied = _tiny_llama(True), _tiny_llama(False)
     assert TiedWeightGradient.for_model(tied, tied.get_output_embeddings()) is not None

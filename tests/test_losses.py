@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from grpo_lightning.losses import grpo_loss, kl_k3, sequence_then_token_mean
+from grpo_lightning.algo.losses import grpo_loss, kl_k3, sequence_then_token_mean
 
 LOG = math.log
 
@@ -89,7 +89,7 @@ def test_extreme_or_infinite_padding_keeps_loss_gradient_and_stats_finite(policy
     """A log-ratio of 100 on padding overflows exp in float32 and inf * 0 is NaN; an external
     batch may pad with -inf. Neither may reach the loss, its gradient or a statistic."""
     from grpo_lightning.config import GRPOConfig
-    from grpo_lightning.losses import build_policy_loss, policy_objective
+    from grpo_lightning.algo.losses import build_policy_loss, policy_objective
 
     mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
     clean = {}
@@ -115,7 +115,7 @@ def test_extreme_or_infinite_padding_keeps_loss_gradient_and_stats_finite(policy
 @pytest.mark.parametrize("aggregation", ["seq-mean-token-mean", "token-mean", "seq-mean-token-sum",
                                          "seq-mean-token-sum-norm"])
 def test_entropy_and_kl_are_reported_as_token_means_whatever_the_aggregation(aggregation):
-    from grpo_lightning.losses import LOSS_AGGREGATIONS, ClippedSurrogate, policy_objective
+    from grpo_lightning.algo.losses import LOSS_AGGREGATIONS, ClippedSurrogate, policy_objective
 
     logprobs = torch.tensor([[-1.0, -2.0, -0.5], [-0.5, 0.0, 0.0]])
     ref = torch.tensor([[-1.5, -2.0, -0.5], [-0.5, 0.0, 0.0]])
@@ -180,7 +180,7 @@ def test_sequence_then_token_mean_weights_sequences_equally():
 @pytest.mark.parametrize("aggregation", ["seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"])
 def test_a_fully_masked_sequence_is_not_part_of_a_mean_over_sequences(aggregation):
     """mask_truncated_completions masks whole sequences: the loss over the others must not shrink."""
-    from grpo_lightning.losses import LOSS_AGGREGATIONS
+    from grpo_lightning.algo.losses import LOSS_AGGREGATIONS
 
     agg = LOSS_AGGREGATIONS[aggregation]
     values = torch.tensor([[1.0, 3.0], [2.0, 2.0], [9.0, 9.0]])

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from grpo_lightning.distributed import global_mean_std, global_sum
-from grpo_lightning.numerics import NonFiniteError, SkipGuard
+from grpo_lightning.algo.numerics import NonFiniteError, SkipGuard
 from grpo_lightning.rewards import RewardError, WeightedReward
-from grpo_lightning.train import train
+from grpo_lightning.run.train import train
 
 
 def test_skip_guard_counts_and_fails_after_the_limit():

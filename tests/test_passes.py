@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from grpo_lightning.config import GRPOConfig
-from grpo_lightning.experience import Experience
+from grpo_lightning.types import Experience
 from grpo_lightning.module import GRPOModule
 from grpo_lightning.rewards import WeightedReward
-from grpo_lightning.rollout import TokenBatch
-from grpo_lightning.tasks.arithmetic import correct_answer
+from grpo_lightning.types import TokenBatch
+from grpo_lightning.data.tasks.arithmetic import correct_answer
 
 
 def _count_scoring_passes(policy, algorithm: GRPOConfig):

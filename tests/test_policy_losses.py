@@ -5,9 +5,8 @@ import math
 import pytest
 import torch
 
-from grpo_lightning.kl import get_kl_estimator
-from grpo_lightning.losses import (LOSS_AGGREGATIONS, POLICY_LOSSES, CISPOLoss, ClippedSurrogate, GSPOLoss,
-                                   get_policy_loss, policy_objective, register_policy_loss)
+from grpo_lightning.algo.kl import get_kl_estimator
+from grpo_lightning.algo.losses import LOSS_AGGREGATIONS, POLICY_LOSSES, CISPOLoss, ClippedSurrogate, GSPOLoss, get_policy_loss, policy_objective, register_policy_loss
 
 LOG = math.log
 
@@ -154,7 +153,7 @@ def test_register_custom_policy_loss_from_user_code():
 
 
 def test_kl_in_reward_by_hand():
-    from grpo_lightning.kl import kl_penalized_rewards
+    from grpo_lightning.algo.kl import kl_penalized_rewards
 
     kl = torch.tensor([[0.5, 1.0, 9.0], [2.0, 0.0, 0.0]])
     mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
@@ -164,7 +163,7 @@ def test_kl_in_reward_by_hand():
 
 
 def test_entropy_without_grad_has_the_same_values():
-    from grpo_lightning.logprobs import token_scores_from_logits
+    from grpo_lightning.policy.scoring.logprobs import token_scores_from_logits
 
     logits = torch.randn(3, 4, 7, requires_grad=True)
     ids = torch.randint(0, 7, (3, 4))

@@ -8,10 +8,10 @@ import logging
 import pytest
 
 from grpo_lightning.config import ConfigError, DataConfig
-from grpo_lightning.data import PromptDataModule
-from grpo_lightning.prompt_files import load_splits
-from grpo_lightning.prompts import PromptFormatter
-from grpo_lightning.tasks.arithmetic import build_tokenizer
+from grpo_lightning.data.datamodule import PromptDataModule
+from grpo_lightning.data.files import load_splits
+from grpo_lightning.data.formatting import PromptFormatter
+from grpo_lightning.data.tasks.arithmetic import build_tokenizer
 
 ROWS = [{"q": f"{a}+{a}=", "sol": f"#### {2 * a}", "level": a % 3} for a in range(10, 30)]
 
@@ -109,7 +109,7 @@ def test_data_config_errors_at_load(compose_config, tmp_path):
 def test_plain_prompts_are_unchanged_and_length_limit_drops_with_a_logged_count(caplog):
     rows = [{"prompt": "1+1="}, {"prompt": "11+11="}, {"prompt": "111+111="}]
     formatter = PromptFormatter(build_tokenizer(), max_length=7)   # <bos> + 6 characters
-    with caplog.at_level(logging.WARNING, logger="grpo_lightning.prompts"):
+    with caplog.at_level(logging.WARNING, logger="grpo_lightning.data.formatting"):
         kept = formatter.prepare(rows, "train")
     assert [r["prompt"] for r in kept] == ["1+1=", "11+11="]
     assert "train: 1 of 3 prompts are longer than data.max_prompt_length=7 tokens: dropped" in caplog.text

@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from grpo_lightning.resume import AtomicCheckpointIO, ResumableSampler, capture_rng_state, restore_rng_state
-from grpo_lightning.train import train
+from grpo_lightning.run.checkpoints import AtomicCheckpointIO
+from grpo_lightning.data.sampler import ResumableSampler
+from grpo_lightning.run.resume import capture_rng_state, restore_rng_state
+from grpo_lightning.run.train import train
 
 # A reward with spread inside groups (so advantages and updates are non-zero even for a random
 # policy): the share of the digit 1 in the completion.
@@ -22,7 +24,7 @@ def ones(prompts, completions, **columns):
     return [c.count("1") / max(len(c), 1) for c in completions]
 
 def ten_prompts(**kwargs):  # 2 batches of 4 per epoch (2 rows dropped): resumes cross epochs
-    from grpo_lightning.tasks.arithmetic import load_splits
+    from grpo_lightning.data.tasks.arithmetic import load_splits
     train, val = load_splits()
     return train[:10], val[:8]
 '''
@@ -145,7 +147,7 @@ def test_resume_with_other_step_defining_settings_is_refused(compose_config, ran
 
 def test_random_states_of_another_process_count_are_refused():
     from grpo_lightning.config import ConfigError
-    from grpo_lightning.resume import RNGStateCallback, capture_rng_state
+    from grpo_lightning.run.resume import RNGStateCallback, capture_rng_state
 
     state = capture_rng_state()
     with pytest.raises(ConfigError, match="written by 2 processes and is resumed on 1"):
@@ -157,7 +159,7 @@ DIVERGING_RANKS = '''
 import sys
 import torch
 from grpo_lightning.module import GRPOModule
-from grpo_lightning.train import load_config, train
+from grpo_lightning.run.train import load_config, train
 
 
 def diverge(self, *_):
@@ -205,7 +207,7 @@ def test_missing_checkpoint_file_is_a_config_error(compose_config, random_arith_
 def _grpo_train(*args: str, cwd: Path, extra_path: Path) -> subprocess.Popen:
     env = dict(os.environ, WANDB_MODE="offline", HF_HUB_OFFLINE="1",
                PYTHONPATH=os.pathsep.join([str(extra_path), os.environ.get("PYTHONPATH", "")]))
-    return subprocess.Popen([sys.executable, "-m", "grpo_lightning.train", *args], cwd=cwd, env=env,
+    return subprocess.Popen([sys.executable, "-m", "grpo_lightning.run.train", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -259,7 +261,7 @@ def test_sigterm_stops_a_whole_sweep(random_arith_dir, reward_module, tmp_path):
 
 
 def test_wandb_run_resumes_under_the_same_id(compose_config, random_arith_dir, tmp_path):
-    from grpo_lightning.loggers import read_resume_info
+    from grpo_lightning.run.loggers import read_resume_info
 
     common = [f"model.name_or_path={random_arith_dir}", "logger=wandb", "logger.offline=true",
               "validate_before_training=false", "checkpoint.every_n_steps=1"]
@@ -278,7 +280,7 @@ def test_wandb_run_resumes_under_the_same_id(compose_config, random_arith_dir, t
 
 def test_a_file_that_is_not_a_checkpoint_is_a_config_error(tmp_path):
     from grpo_lightning.config import ConfigError
-    from grpo_lightning.loggers import read_resume_info
+    from grpo_lightning.run.loggers import read_resume_info
 
     (tmp_path / "notes.ckpt").write_text("not a checkpoint")
     torch.save({"state_dict": {}}, tmp_path / "weights_only.ckpt")
@@ -324,7 +326,8 @@ def test_submitits_preemption_signal_writes_the_checkpoint_before_submitit_reque
 
     from lightning.pytorch.trainer.states import TrainerFn
 
-    from grpo_lightning.resume import PREEMPTED, LastCheckpoint, PreemptionCallback, preemption_signals
+    from grpo_lightning.run.preemption import PREEMPTED, PreemptionCallback, preemption_signals
+    from grpo_lightning.run.checkpoints import LastCheckpoint
 
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
     monkeypatch.delenv("SUBMITIT_PREEMPT_SIGNAL", raising=False)
@@ -377,7 +380,7 @@ def test_a_run_into_a_directory_a_live_run_holds_is_refused(compose_config, rand
     import socket
 
     from grpo_lightning.config import ConfigError
-    from grpo_lightning.run_dir import RUN_LOCK
+    from grpo_lightning.run.run_dir import RUN_LOCK
 
     common = [f"model.name_or_path={random_arith_dir}", "validate_before_training=false", "trainer.max_steps=1",
               "trainer.limit_val_batches=1", "data.batch_size=4"]
@@ -424,7 +427,7 @@ def _validation_rows(run_dir: Path) -> list[tuple[str, str]]:
 @pytest.mark.parametrize("max_steps", [4, 2])   # step 2's validation: mid-run / the last step's
 def test_a_signal_during_validation_stops_the_run_there_and_it_resumes_bitwise(max_steps, compose_config,
                                                                                random_arith_dir, tmp_path):
-    from grpo_lightning.resume import PREEMPTED
+    from grpo_lightning.run.preemption import PREEMPTED
 
     common = [f"model.name_or_path={random_arith_dir}", "algorithm.group_size=4", "data.batch_size=4",
               f"reward.functions.correct.fn={__name__}.signal_in_first_validation", "generation.max_new_tokens=4",
@@ -464,7 +467,7 @@ def test_a_signal_during_a_step_stops_after_it_without_a_validation_and_counts_r
         compose_config, random_arith_dir, tmp_path):
     """The step finishes and is saved; no validation is squeezed in (Lightning validates when
     asked to stop), and the W&B completions table has counted the step the checkpoint holds."""
-    from grpo_lightning.resume import PREEMPTED
+    from grpo_lightning.run.preemption import PREEMPTED
 
     common = [f"model.name_or_path={random_arith_dir}", "algorithm.group_size=4", "data.batch_size=4",
               f"reward.functions.correct.fn={__name__}.signal_in_a_training_step", "generation.max_new_tokens=4",
@@ -494,7 +497,7 @@ def test_a_signal_during_a_step_stops_after_it_without_a_validation_and_counts_r
 def test_processes_started_together_take_no_lock(monkeypatch, tmp_path):
     """Under torchrun or srun only rank 0 could hold the lock, and its refusal would leave the
     other processes waiting at the first collective: no lock is taken there."""
-    from grpo_lightning.run_dir import RUN_LOCK, output_dir_lock
+    from grpo_lightning.run.run_dir import RUN_LOCK, output_dir_lock
 
     (tmp_path / RUN_LOCK).write_text(f"elsewhere {os.getpid()}")          # would refuse a single process
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -508,7 +511,7 @@ def test_a_validation_without_batches_does_not_hold_back_a_checkpoint(tmp_path):
     back for it would never be written."""
     from types import SimpleNamespace
 
-    from grpo_lightning.resume import LastCheckpoint, validates_after_this_batch
+    from grpo_lightning.run.checkpoints import LastCheckpoint, validates_after_this_batch
 
     saved = []
     trainer = SimpleNamespace(enable_validation=True, num_val_batches=[0], val_check_batch=2, global_step=2,

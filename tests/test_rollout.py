@@ -2,8 +2,8 @@
 
 import torch
 
-from grpo_lightning.policy import SamplingParams
-from grpo_lightning.rollout import completion_mask_from_eos, generate_rollout
+from grpo_lightning.policy.base import SamplingParams
+from grpo_lightning.policy.rollout import completion_mask_from_eos, generate_rollout
 
 
 def test_mask_runs_through_first_eos_even_when_pad_is_eos():

@@ -5,11 +5,11 @@ import csv
 import pytest
 import torch
 
-from grpo_lightning.experience import overlong_penalty
+from grpo_lightning.algo.shaping import overlong_penalty
 from grpo_lightning.rewards import RewardScores
-from grpo_lightning.rollout import Rollout, TokenBatch
-from grpo_lightning.sampling import dynamic_sample, zero_std_groups
-from grpo_lightning.train import train
+from grpo_lightning.types import Rollout, TokenBatch
+from grpo_lightning.algo.dynamic_sampling import dynamic_sample, zero_std_groups
+from grpo_lightning.run.train import train
 
 G = 2
 
@@ -104,7 +104,7 @@ def test_dynamic_sampling_end_to_end(compose_config, random_arith_dir, tmp_path)
 
 
 def test_refills_come_in_an_order_of_their_own_and_leave_the_main_stream_alone():
-    from grpo_lightning.data import PromptDataModule
+    from grpo_lightning.data.datamodule import PromptDataModule
 
     rows = [{"prompt": f"{i}+1=", "answer": str(i + 1)} for i in range(40)]
     datamodule = PromptDataModule(rows, rows[:4], batch_size=4, val_batch_size=4, seed=3)
@@ -121,7 +121,7 @@ def test_the_refill_position_survives_a_checkpoint_with_no_refill_in_between():
     it resumed at (else a second resume would restart its refills from the beginning)."""
     from types import SimpleNamespace
 
-    from grpo_lightning.data import PromptDataModule
+    from grpo_lightning.data.datamodule import PromptDataModule
 
     rows = [{"prompt": f"{i}+1=", "answer": str(i + 1)} for i in range(40)]
     progress = SimpleNamespace(current=SimpleNamespace(processed=1))

@@ -5,8 +5,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from grpo_lightning.config import ConfigError
-from grpo_lightning.logprobs import (completion_token_scores, completion_token_scores_from_hidden,
-                                     distinct_prompts)
+from grpo_lightning.policy.scoring.logprobs import completion_token_scores, completion_token_scores_from_hidden, distinct_prompts
 
 SIZES = dict(vocab_size=23, hidden_size=16, intermediate_size=32, num_hidden_layers=2, max_position_embeddings=64)
 
@@ -89,7 +88,7 @@ def test_prompts_with_the_same_ids_but_different_padding_are_distinct():
 
 def test_policy_shares_prompts_unless_gradient_checkpointing(random_arith_dir):
     from grpo_lightning.config import ModelConfig
-    from grpo_lightning.policy import CausalLMPolicy
+    from grpo_lightning.policy.causal_lm import CausalLMPolicy
 
     def policy(**fields):
         return CausalLMPolicy.from_config(ModelConfig(name_or_path=str(random_arith_dir), **fields))

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from grpo_lightning.train import train
+from grpo_lightning.run.train import train
 
 REQUIRED_METRICS = [
     "actor/policy_loss", "actor/clip_frac", "actor/approx_kl", "actor/grpo_kl", "actor/kl_penalty",
@@ -82,7 +82,7 @@ def test_several_iterations_and_mini_batches_count_training_steps(compose_config
 
 def _grpo_train(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, WANDB_MODE="offline", HF_HUB_OFFLINE="1")
-    return subprocess.run([sys.executable, "-m", "grpo_lightning.train", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "grpo_lightning.run.train", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -142,7 +142,7 @@ def test_every_algorithm_preset_trains(random_arith_dir, tmp_path):
 def test_step_metrics_reach_loggers_and_callbacks_as_lightning_log_dict_would(random_arith_dir, tmp_path,
                                                                               monkeypatch):
     from grpo_lightning.module import GRPOModule
-    from grpo_lightning.train import load_config
+    from grpo_lightning.run.train import load_config
 
     def run(name):
         overrides = [f"output_dir={tmp_path / name}", f"model.name_or_path={random_arith_dir}", "trainer.max_steps=5",
@@ -165,7 +165,7 @@ def test_step_metrics_reach_loggers_and_callbacks_as_lightning_log_dict_would(ra
 
 
 def test_limit_val_batches_zero_runs_no_validation(random_arith_dir, tmp_path):
-    from grpo_lightning.train import load_config
+    from grpo_lightning.run.train import load_config
 
     metrics = train(load_config([f"output_dir={tmp_path}", f"model.name_or_path={random_arith_dir}",
                                  "trainer.max_steps=2", "trainer.limit_val_batches=0", "data.batch_size=4",

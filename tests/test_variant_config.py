@@ -3,7 +3,7 @@
 import pytest
 
 from grpo_lightning.config import ConfigError, to_train_config
-from grpo_lightning.train import load_config
+from grpo_lightning.run.train import load_config
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -17,8 +17,9 @@ import pytest
 import torch
 
 from grpo_lightning.config import ConfigError, LoRAConfig, ModelConfig, to_train_config
-from grpo_lightning.policy import CausalLMPolicy, SamplingParams
-from grpo_lightning.vllm_backend import VLLMEngineArgs, completion_ids_from_outputs, vllm_sampling_params
+from grpo_lightning.policy.causal_lm import CausalLMPolicy
+from grpo_lightning.policy.base import SamplingParams
+from grpo_lightning.policy.generation.vllm import VLLMEngineArgs, completion_ids_from_outputs, vllm_sampling_params
 
 EOS = 2  # the arithmetic tokenizer's EOS id (checked in the fixture)
 
@@ -224,7 +225,7 @@ def test_a_model_built_in_memory_is_saved_for_vllm(fake_vllm, policy):
 def test_real_vllm_greedy_matches_the_training_model_after_a_sync(tmp_path):
     from transformers import LlamaForCausalLM
 
-    from grpo_lightning.tasks.arithmetic import build_tokenizer, model_config
+    from grpo_lightning.data.tasks.arithmetic import build_tokenizer, model_config
 
     torch.manual_seed(0)
     LlamaForCausalLM(model_config()).to(torch.bfloat16).save_pretrained(tmp_path)

@@ -11,11 +11,11 @@ import pytest
 import torch
 import yaml
 
-from grpo_lightning.callbacks import RolloutSample
+from grpo_lightning.types import RolloutSample
 from grpo_lightning.config import ConfigError
-from grpo_lightning.plots import RunCurves, find_runs, informative_curves, main as grpo_plot, panels_for, read_curves
-from grpo_lightning.progress import ConsoleLog, step_summary
-from grpo_lightning.train import check_optimized_metric, load_config, optimized_value, train
+from grpo_lightning.run.plots import RunCurves, find_runs, informative_curves, main as grpo_plot, panels_for, read_curves
+from grpo_lightning.run.progress import ConsoleLog, step_summary
+from grpo_lightning.run.train import check_optimized_metric, load_config, optimized_value, train
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -105,7 +105,7 @@ def test_optimized_value_returns_the_metric_and_is_loud_when_missing():
 
 def _grpo_train(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, WANDB_MODE="offline", HF_HUB_OFFLINE="1")
-    return subprocess.run([sys.executable, "-m", "grpo_lightning.train", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "grpo_lightning.run.train", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -147,7 +147,7 @@ def test_a_sweep_runs_on_past_a_failing_job_and_refuses_a_shared_output_dir(rand
 
 
 def test_a_sweep_job_claims_its_output_dir(tmp_path):
-    from grpo_lightning.run_dir import claim_output_dir
+    from grpo_lightning.run.run_dir import claim_output_dir
 
     claim_output_dir(str(tmp_path / "run"), "/sweeps/1", 0)
     claim_output_dir(str(tmp_path / "run"), "/sweeps/1", 0)              # the same job again (a requeue)
@@ -182,7 +182,7 @@ def test_a_validated_steps_line_waits_for_its_validation(monkeypatch, capsys):
 
     from lightning.pytorch.trainer.states import TrainerFn
 
-    import grpo_lightning.resume as resume
+    import grpo_lightning.run.checkpoints as resume
 
     trainer = SimpleNamespace(is_global_zero=True, sanity_checking=False, state=SimpleNamespace(fn=TrainerFn.FITTING),
                               callback_metrics={"reward/mean": torch.tensor(0.5)})
@@ -267,9 +267,9 @@ def test_debug_presets(tmp_path):
 
 def test_overfit_rows_validate_on_the_training_rows():
     from grpo_lightning.config import DataConfig
-    from grpo_lightning.data import PromptDataModule
+    from grpo_lightning.data.datamodule import PromptDataModule
 
-    data = PromptDataModule.from_config(DataConfig(builder="grpo_lightning.tasks.arithmetic.load_splits",
+    data = PromptDataModule.from_config(DataConfig(builder="grpo_lightning.data.tasks.arithmetic.load_splits",
                                                    batch_size=4, overfit_rows=4))
     assert data.train_rows == data.val_rows and len(data.train_rows) == 4
 
@@ -278,7 +278,7 @@ def test_slurm_launcher_and_optuna_sweeper_compose():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     from hydra import compose, initialize_config_dir
 
-    from grpo_lightning.train import config_dir
+    from grpo_lightning.run.train import config_dir
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose("config", overrides=["hydra/launcher=slurm", "hparams_search=optuna", "output_dir=x"],
@@ -289,7 +289,7 @@ def test_slurm_launcher_and_optuna_sweeper_compose():
 
 
 def test_a_wandb_run_without_an_account_is_a_config_error_naming_the_ways_out():
-    from grpo_lightning.loggers import log_run_config
+    from grpo_lightning.run.loggers import log_run_config
 
     UsageError = type("UsageError", (Exception,), {"__module__": "wandb.errors.errors"})
 

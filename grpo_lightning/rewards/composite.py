@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol, Sequence
 
 import torch
-from torch import Tensor
 
 from grpo_lightning.config import ConfigError, RewardConfig, import_object
+from grpo_lightning.types import RewardScores
 
 
 class RewardFunction(Protocol):
@@ -20,16 +19,6 @@ class RewardFunction(Protocol):
 
 class RewardError(RuntimeError):
     """A reward function failed or returned something unusable; the message says which."""
-
-
-@dataclass
-class RewardScores:
-    """Rewards of one batch of completions."""
-
-    total: Tensor                   # [B] weighted sum, None counted as 0
-    per_function: dict[str, Tensor]  # name -> [B] raw values (0 where not applicable)
-    applicable: dict[str, Tensor]    # name -> [B] bool, False where the function returned None
-    non_finite: dict[str, int] = field(default_factory=dict)  # name -> NaN/inf values scored 0
 
 
 class WeightedReward:

@@ -1,13 +1,4 @@
-"""The policy interface and its Hugging Face causal-LM implementation.
-
-The training step only needs four things from a policy, so the math never depends on where
-the policy comes from:
-
-* ``encode_prompts(texts)``: left-padded prompt ids and mask;
-* ``sample(prompt_ids, prompt_mask, sampling)``: completion ids (no grad, eval mode);
-* ``decode(completion_ids, completion_mask)``: completion texts;
-* ``token_scores(batch, ...)``: log-probs (and entropy) of completion tokens, under the policy
-  or under its frozen reference.
+"""The Hugging Face implementation of the policy contract (policy/base.py).
 
 :class:`CausalLMPolicy` implements it for any ``AutoModelForCausalLM`` with its tokenizer,
 optionally with LoRA adapters (peft): then only the adapters train and the reference policy is
@@ -19,8 +10,6 @@ from __future__ import annotations
 import copy
 import sys
 import tempfile
-from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Optional
 
@@ -28,71 +17,15 @@ import torch
 from torch import Tensor, nn
 
 from grpo_lightning.config import DEFAULT_LENGTH_BUCKETS, ConfigError, LoRAConfig, ModelConfig
-from grpo_lightning.distributed import AllAgree
-from grpo_lightning.generation_loop import sample_with_kv_cache, supports_generation_loop
-from grpo_lightning.buckets import could_pay, length_buckets, scatter_rows, trim_padding
-from grpo_lightning.logprobs import (blocks_token_scores_from_hidden, completion_token_scores,
-                                     completions_per_chunk, distinct_prompts, supports_hidden_head)
-from grpo_lightning.vllm_backend import VLLMEngineArgs, VLLMSampler, vllm_sampling_params
+from grpo_lightning.policy.generation.loop import sample_with_kv_cache, supports_generation_loop
+from grpo_lightning.policy.scoring.buckets import could_pay, length_buckets, scatter_rows, trim_padding
+from grpo_lightning.policy.scoring.logprobs import blocks_token_scores_from_hidden, completion_token_scores, completions_per_chunk, distinct_prompts, supports_hidden_head
+from grpo_lightning.policy.generation.vllm import VLLMSampler, vllm_sampling_params
+from grpo_lightning.policy.base import Policy, SamplingParams
+
 
 if TYPE_CHECKING:
-    from grpo_lightning.rollout import TokenBatch
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """How to draw completions. ``do_sample=False`` is greedy decoding."""
-
-    max_new_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    do_sample: bool = True
-    backend: str = "auto"
-    """"hf": ``model.generate``; "loop": grpo_lightning.generation_loop's lean KV-cache loop;
-    "auto": the loop for the model types it supports, else generate; "vllm": a colocated vLLM
-    engine (grpo_lightning.vllm_backend), built at the first call with ``vllm_engine``."""
-    vllm_engine: VLLMEngineArgs = field(default_factory=VLLMEngineArgs)
-
-
-class Policy(nn.Module, ABC):
-    """What GRPOModule needs from a generative policy."""
-
-    eos_token_ids: list[int]
-    lockstep: Optional[AllAgree] = None
-    """Set (by ``GRPOModule.setup``) when the weights are sharded across processes: each
-    forward call is then a collective, so sampling and scoring must make the same calls on
-    every process, whatever their data (grpo_lightning.distributed)."""
-
-    @abstractmethod
-    def encode_prompts(self, texts: list[str]) -> tuple[Tensor, Tensor]:
-        """Left-padded prompt ids [B, P] and attention mask [B, P]."""
-
-    @abstractmethod
-    def sample(self, prompt_ids: Tensor, prompt_mask: Tensor, sampling: SamplingParams) -> Tensor:
-        """Completion ids [B, T] (T <= max_new_tokens), padded after the end of each row."""
-
-    @abstractmethod
-    def decode(self, completion_ids: Tensor, completion_mask: Tensor) -> list[str]:
-        """Completion texts, special tokens removed."""
-
-    @abstractmethod
-    def token_scores(self, batch: "TokenBatch", *, temperature: float, with_entropy: bool,
-                     reference: bool = False, entropy_grad: bool = True) -> tuple[Tensor, Optional[Tensor]]:
-        """Log-probs [B, T] (and entropy [B, T] or None) of the batch's completion tokens.
-
-        ``entropy_grad=False``: the entropy is only logged, so it may be computed without grad."""
-
-    @abstractmethod
-    def enable_reference(self) -> None:
-        """Freeze a copy of the current weights as the KL reference."""
-
-    @abstractmethod
-    def trainable_parameters(self) -> Iterator[nn.Parameter]:
-        """The parameters the optimizer updates."""
-
-    def weights_updated(self) -> None:
-        """Called after each optimizer step: a sampler with its own copy of the weights re-syncs."""
+    from grpo_lightning.types import TokenBatch
 
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -9,53 +9,13 @@ the layout the vectorized advantage estimator relies on.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from grpo_lightning.policy import Policy, SamplingParams
-
-
-@dataclass
-class TokenBatch:
-    """The tensors one forward pass needs; every field has the batch as its first dimension."""
-
-    prompt_ids: Tensor        # [B, P] left-padded
-    prompt_mask: Tensor       # [B, P]
-    completion_ids: Tensor    # [B, T] right-padded
-    completion_mask: Tensor   # [B, T] 1 on completion tokens up to and including EOS
-
-    def rows(self, index: Tensor) -> "TokenBatch":
-        """The rows ``index`` of every tensor field."""
-        return replace(self, **{f.name: getattr(self, f.name)[index] for f in fields(self)
-                                if isinstance(getattr(self, f.name), Tensor)})
-
-
-@dataclass
-class UpdateBatch(TokenBatch):
-    """A scored rollout, ready for the policy update."""
-
-    advantages: Optional[Tensor] = None      # [B] or [B, T]
-    old_logprobs: Optional[Tensor] = None    # [B, T]; None: the current log-probs, detached
-    ref_logprobs: Optional[Tensor] = None    # [B, T]; None: no KL term
-
-
-@dataclass
-class Rollout:
-    """Sampled completions with the text and columns the reward functions see."""
-
-    tokens: TokenBatch
-    prompts: list[str]              # [B] the prompt of each row (repeated G times)
-    completions: list[str]          # [B]
-    columns: dict[str, list[Any]]   # each [B], the dataset's other columns, repeated like prompts
-    group_ids: Tensor               # [B] index of the prompt within the batch
-    truncated: Tensor               # [B] bool: hit max_new_tokens before EOS
-
-    @property
-    def lengths(self) -> Tensor:
-        return self.tokens.completion_mask.sum(dim=1)                          # [B]
+from grpo_lightning.policy.base import Policy, SamplingParams
+from grpo_lightning.types import Rollout, TokenBatch
 
 
 def completion_mask_from_eos(completion_ids: Tensor, eos_token_ids: list[int]) -> tuple[Tensor, Tensor]:

@@ -26,7 +26,7 @@ from typing import Iterator, Optional
 from lightning.pytorch.utilities import rank_zero_only
 
 from grpo_lightning.config import ConfigError
-from grpo_lightning.resume import LAST_CHECKPOINT
+from grpo_lightning.run.checkpoints import LAST_CHECKPOINT
 
 RUN_LOCK = ".grpo-run.lock"
 SWEEP_JOB_MARKER = ".grpo-sweep-job.json"

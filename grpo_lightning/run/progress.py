@@ -16,7 +16,7 @@ from typing import Any, Optional
 import lightning as L
 from lightning.pytorch.callbacks import Callback, RichProgressBar
 
-from grpo_lightning.resume import AfterItsValidation
+from grpo_lightning.run.checkpoints import AfterItsValidation
 
 # Postfix label -> metric, first found wins: the KL to the reference when beta > 0, else the
 # KL between the sampling and the updated policy.

@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 from grpo_lightning.distributed import AllAgree
 from grpo_lightning.rewards import RewardScores
-from grpo_lightning.rollout import Rollout, TokenBatch
+from grpo_lightning.types import Rollout, TokenBatch
 
 
 def zero_std_groups(rewards: Tensor, group_size: int) -> Tensor:

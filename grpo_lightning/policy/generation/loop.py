@@ -169,7 +169,7 @@ def _prefill(model: nn.Module, prompt_ids: Tensor, attention_mask: Tensor, posit
 
     Each distinct prompt runs once; its rows then share its logits and a copy of its cache.
     """
-    from grpo_lightning.logprobs import distinct_prompts
+    from grpo_lightning.policy.scoring.logprobs import distinct_prompts
 
     shared = distinct_prompts(prompt_ids, attention_mask)
     if shared is None:

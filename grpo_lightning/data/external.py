@@ -24,46 +24,21 @@ here too (:func:`overlong_penalty`) because it only needs completion lengths.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Any, Optional
+from dataclasses import replace
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from grpo_lightning.rewards import RewardScores
-from grpo_lightning.rollout import Rollout, TokenBatch
+from grpo_lightning.types import Experience, TokenBatch
+
 
 EXTERNAL_KEYS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "logprobs")
-
-
-@dataclass
-class Experience:
-    tokens: TokenBatch
-    rewards: Tensor                           # [B] outcome reward of each completion
-    group_ids: Tensor                         # [B] prompt index, consecutive groups
-    group_size: int
-    token_rewards: Optional[Tensor] = None    # [B, T] process rewards, or None
-    truncated: Optional[Tensor] = None        # [B] bool, or None when unknown
-    scores: Optional[RewardScores] = None     # per-function rewards (generated rollouts only)
-    sampling_logprobs: Optional[Tensor] = None  # [B, T], or None: recompute when needed
-    ref_logprobs: Optional[Tensor] = None     # [B, T], or None: compute when beta > 0
-    prompts: Optional[list[str]] = None       # [B] texts (generated rollouts only)
-    completions: Optional[list[str]] = None   # [B]
-
-    @property
-    def lengths(self) -> Tensor:
-        return self.tokens.completion_mask.sum(dim=1)                          # [B]
 
 
 def is_external(batch: dict[str, Any]) -> bool:
     """A batch that already carries completions (as opposed to a batch of prompts)."""
     return "completion_ids" in batch
-
-
-def experience_from_rollout(rollout: Rollout, scores: RewardScores, group_size: int) -> Experience:
-    return Experience(tokens=rollout.tokens, rewards=scores.total, group_ids=rollout.group_ids,
-                      group_size=group_size, truncated=rollout.truncated, scores=scores,
-                      prompts=rollout.prompts, completions=rollout.completions)
 
 
 def external_experience(batch: dict[str, Any], default_group_size: int) -> Experience:
@@ -72,7 +47,7 @@ def external_experience(batch: dict[str, Any], default_group_size: int) -> Exper
     if "rewards" not in batch and "token_rewards" not in batch:
         missing.append("rewards (or token_rewards)")
     if missing:
-        raise ValueError(f"an external rollout batch needs {missing}; see grpo_lightning.experience")
+        raise ValueError(f"an external rollout batch needs {missing}; see grpo_lightning.data.external")
     completion_ids = batch["completion_ids"]
     rows, length = completion_ids.shape
     for key in ("completion_mask", "logprobs", "ref_logprobs", "token_rewards"):
@@ -97,16 +72,6 @@ def external_experience(batch: dict[str, Any], default_group_size: int) -> Exper
         sampling_logprobs=batch["logprobs"].float(),
         ref_logprobs=None if batch.get("ref_logprobs") is None else batch["ref_logprobs"].float(),
     )
-
-
-def overlong_penalty(lengths: Tensor, max_length: int, buffer: int, factor: float) -> Tensor:
-    """DAPO soft overlong punishment, added to the reward.  lengths [B] -> [B]
-
-        0                                        if L <= max_length - buffer
-        -factor * (L - (max_length - buffer)) / buffer   otherwise (reaching -factor at max_length)
-    """
-    excess = (lengths.float() - (max_length - buffer)).clamp(min=0)
-    return -factor * (excess / buffer).clamp(max=1.0)
 
 
 def with_rewards(experience: Experience, rewards: Tensor) -> Experience:

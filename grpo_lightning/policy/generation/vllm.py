@@ -29,17 +29,14 @@ What differs from the in-process backends (``loop``, ``hf``):
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import socket
-import sys
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
 import torch
 from torch import Tensor
 
-INSTALL_HINT = "pip install vllm (on a CUDA machine)"
 
 
 @dataclass(frozen=True)
@@ -50,11 +47,6 @@ class VLLMEngineArgs:
     max_model_len: Optional[int] = None
 
 
-def vllm_available() -> bool:
-    """Whether ``import vllm`` would find a module, without paying for the import."""
-    if "vllm" in sys.modules:
-        return sys.modules["vllm"] is not None
-    return importlib.util.find_spec("vllm") is not None
 
 
 def vllm_sampling_params(max_new_tokens: int, *, do_sample: bool, temperature: float, top_p: float,

@@ -9,37 +9,11 @@ step (``media/table/completions_<step>_*.table.json``) instead of overwriting th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Optional
 
 import lightning as L
 from lightning.pytorch.loggers import WandbLogger
-from torch import Tensor
-
-
-@dataclass
-class RolloutSample:
-    """One training step's completions, as the reward functions and the estimator saw them."""
-
-    prompts: list[str]              # [B] one per completion (each prompt repeated G times)
-    completions: list[str]          # [B]
-    rewards: dict[str, Tensor]      # name -> [B] raw values
-    applicable: dict[str, Tensor]   # name -> [B] bool, False where the function returned None
-    total: Tensor                   # [B] weighted sum
-    advantages: Tensor              # [B]
-    lengths: Tensor                 # [B] completion tokens
-
-    def columns(self) -> list[str]:
-        return ["prompt", "completion", *(f"reward/{name}" for name in self.rewards), "reward", "advantage",
-                "length"]
-
-    def rows(self) -> list[list[Any]]:
-        """Table rows; a reward that did not apply to a completion is None, not 0."""
-        per_function = [[value if ok else None for value, ok in zip(values.tolist(), self.applicable[name].tolist())]
-                        for name, values in self.rewards.items()]
-        columns = [self.prompts, self.completions, *per_function, self.total.tolist(),
-                   self.advantages.tolist(), self.lengths.tolist()]
-        return [list(row) for row in zip(*columns)]
+from grpo_lightning.types import RolloutSample
 
 
 def wandb_logger(trainer: L.Trainer) -> Optional[WandbLogger]:

@@ -3,8 +3,8 @@
 A row is a dict with a prompt column (``data.prompt_key``) and any other columns (e.g.
 ``answer``); a batch is a dict of lists, one entry per prompt. The rows come from a builder
 function named in the config (``data.builder``), which returns (train_rows, val_rows), or from
-a file or dataset (``data.path``, see :mod:`grpo_lightning.prompt_files`). An optional
-``prepare(rows, split)`` callable (e.g. :meth:`grpo_lightning.prompts.PromptFormatter.prepare`)
+a file or dataset (``data.path``, see :mod:`grpo_lightning.data.files`). An optional
+``prepare(rows, split)`` callable (e.g. :meth:`grpo_lightning.data.formatting.PromptFormatter.prepare`)
 formats the prompts and enforces their length limit, so this module needs no tokenizer.
 """
 
@@ -19,8 +19,8 @@ from torch.utils.data import DataLoader
 
 from grpo_lightning.config import ConfigError, DataConfig, import_object
 from grpo_lightning.distributed import per_process, rank, shards_weights
-from grpo_lightning.prompt_files import load_splits
-from grpo_lightning.resume import ResumableSampler
+from grpo_lightning.data.files import load_splits
+from grpo_lightning.data.sampler import ResumableSampler
 
 Row = dict[str, Any]
 

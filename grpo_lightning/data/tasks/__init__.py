@@ -1,0 +1,1 @@
+"""Built-in verifiable tasks (arithmetic.py: the embedded default)."""
