@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: train test test-fast test-second-draw install clean
+.PHONY: train test test-fast test-second-draw lint format install clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,15 @@ test-fast: $(STAMP)
 # here; CI runs it after `make test`.
 test-second-draw: $(STAMP)
 	GRPO_TEST_SEED=1 WANDB_MODE=offline HF_HUB_OFFLINE=1 $(PY) -m pytest -m "slow or not slow" $(PYTEST_ARGS)
+
+# ruff, configured in pyproject.toml: the lint rules and the format (what CI checks).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check grpo_lightning tests benchmarks scripts
+	$(VENV)/bin/ruff format --check grpo_lightning tests benchmarks scripts
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix grpo_lightning tests benchmarks scripts
+	$(VENV)/bin/ruff format grpo_lightning tests benchmarks scripts
 
 clean:
 	rm -rf outputs multirun .pytest_cache

@@ -19,8 +19,9 @@ import torch
 from grpo_lightning.algo.advantages import get_adv_estimator
 
 
-def time_estimator(name: str, rewards: torch.Tensor, group_ids: torch.Tensor, group_size: int,
-                   calls: int, repeats: int) -> list[float]:
+def time_estimator(
+    name: str, rewards: torch.Tensor, group_ids: torch.Tensor, group_size: int, calls: int, repeats: int
+) -> list[float]:
     """Seconds per call, one figure per block of ``calls`` calls."""
     estimator = get_adv_estimator(name)
     kwargs = dict(group_ids=group_ids, group_size=group_size, eps=1e-8, normalize_by_std=True)
@@ -46,25 +47,31 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     generator = torch.Generator().manual_seed(0)
-    rewards = (torch.rand(args.completions, generator=generator) > 0.5).float()       # [N] 0/1
+    rewards = (torch.rand(args.completions, generator=generator) > 0.5).float()  # [N] 0/1
     group_ids = torch.arange(args.completions // args.group_size).repeat_interleave(args.group_size)
     results = {}
     for name in ("grpo", "grpo_vectorized"):
-        out = get_adv_estimator(name)(rewards, group_ids=group_ids, group_size=args.group_size, eps=1e-8,
-                                      normalize_by_std=True)
+        out = get_adv_estimator(name)(
+            rewards, group_ids=group_ids, group_size=args.group_size, eps=1e-8, normalize_by_std=True
+        )
         results[name] = out
     torch.testing.assert_close(results["grpo"], results["grpo_vectorized"])
 
-    timings = {name: time_estimator(name, rewards, group_ids, args.group_size, args.calls, args.repeats)
-               for name in ("grpo", "grpo_vectorized")}
-    print(f"{args.completions} completions, group size {args.group_size}, {args.threads} thread(s), "
-          f"median of {args.repeats} blocks of {args.calls} calls (min, max)")
+    timings = {
+        name: time_estimator(name, rewards, group_ids, args.group_size, args.calls, args.repeats)
+        for name in ("grpo", "grpo_vectorized")
+    }
+    print(
+        f"{args.completions} completions, group size {args.group_size}, {args.threads} thread(s), "
+        f"median of {args.repeats} blocks of {args.calls} calls (min, max)"
+    )
     for name, blocks in timings.items():
-        print(f"  {name:>15}: {statistics.median(blocks) * 1e6:8.1f} us/call "
-              f"({min(blocks) * 1e6:.1f}, {max(blocks) * 1e6:.1f})")
+        print(
+            f"  {name:>15}: {statistics.median(blocks) * 1e6:8.1f} us/call "
+            f"({min(blocks) * 1e6:.1f}, {max(blocks) * 1e6:.1f})"
+        )
     speedups = [slow / fast for slow, fast in zip(timings["grpo"], timings["grpo_vectorized"])]
-    print(f"  grpo / grpo_vectorized: {statistics.median(speedups):.2f}x "
-          f"({min(speedups):.2f}, {max(speedups):.2f})")
+    print(f"  grpo / grpo_vectorized: {statistics.median(speedups):.2f}x ({min(speedups):.2f}, {max(speedups):.2f})")
 
 
 if __name__ == "__main__":

@@ -44,8 +44,8 @@ def main() -> None:
 
     import grpo_lightning.policy.generation.loop as generation_loop
     from grpo_lightning.config import ModelConfig
-    from grpo_lightning.policy.causal_lm import CausalLMPolicy
     from grpo_lightning.policy.base import SamplingParams
+    from grpo_lightning.policy.causal_lm import CausalLMPolicy
 
     scratch = Path(tempfile.mkdtemp(prefix="bench_generation-"))
     try:
@@ -53,18 +53,24 @@ def main() -> None:
         policy = CausalLMPolicy.from_config(ModelConfig(name_or_path=str(checkpoint)))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    preamble = ("0123456789" * (args.prompt_tokens // 10 + 1))[:args.prompt_tokens]
+    preamble = ("0123456789" * (args.prompt_tokens // 10 + 1))[: args.prompt_tokens]
     prompt_ids, prompt_mask = policy.encode_prompts(
-        [preamble + prompt for prompt in ["12+34=", "56+78=", "90+12=", "34+5="] * (args.rows // 4)])
-    print(f"{args.size} model (vocabulary {policy.model.config.vocab_size}), {prompt_ids.size(0)} rows, "
-          f"prompts of {prompt_ids.size(1)} tokens, max {args.max_new_tokens} new tokens, "
-          f"{args.threads} thread(s), median of {args.calls} calls (min, max)")
+        [preamble + prompt for prompt in ["12+34=", "56+78=", "90+12=", "34+5="] * (args.rows // 4)]
+    )
+    print(
+        f"{args.size} model (vocabulary {policy.model.config.vocab_size}), {prompt_ids.size(0)} rows, "
+        f"prompts of {prompt_ids.size(1)} tokens, max {args.max_new_tokens} new tokens, "
+        f"{args.threads} thread(s), median of {args.calls} calls (min, max)"
+    )
     outputs, cpu_medians = {}, {}
     inverse_cdf_draw = generation_loop.draw_tokens
     for sampler in ("hf", "loop-multinomial", "loop"):
         backend = sampler.split("-")[0]
-        generation_loop.draw_tokens = (lambda scores: torch.multinomial(scores.softmax(dim=-1), 1).squeeze(1)) \
-            if sampler == "loop-multinomial" else inverse_cdf_draw
+        generation_loop.draw_tokens = (
+            (lambda scores: torch.multinomial(scores.softmax(dim=-1), 1).squeeze(1))
+            if sampler == "loop-multinomial"
+            else inverse_cdf_draw
+        )
         sampling = SamplingParams(args.max_new_tokens, backend=backend)
         policy.sample(prompt_ids, prompt_mask, sampling)  # warm-up
         cpu, wall = [], []
@@ -75,15 +81,21 @@ def main() -> None:
             cpu.append(time.process_time() - started_cpu)
             wall.append(time.perf_counter() - started_wall)
         cpu_medians[sampler] = statistics.median(cpu)
-        print(f"  {sampler:>16}: CPU {statistics.median(cpu) * 1000:7.1f} ms ({min(cpu) * 1000:.1f}, "
-              f"{max(cpu) * 1000:.1f}) | wall {statistics.median(wall) * 1000:7.1f} ms "
-              f"({min(wall) * 1000:.1f}, {max(wall) * 1000:.1f})")
+        print(
+            f"  {sampler:>16}: CPU {statistics.median(cpu) * 1000:7.1f} ms ({min(cpu) * 1000:.1f}, "
+            f"{max(cpu) * 1000:.1f}) | wall {statistics.median(wall) * 1000:7.1f} ms "
+            f"({min(wall) * 1000:.1f}, {max(wall) * 1000:.1f})"
+        )
     for call in range(args.calls):
         torch.testing.assert_close(outputs["hf", call], outputs["loop-multinomial", call], rtol=0, atol=0)
-    print(f"  loop-multinomial / hf CPU time: {cpu_medians['loop-multinomial'] / cpu_medians['hf']:.2f} "
-          "(identical tokens)")
-    print(f"  loop / hf CPU time: {cpu_medians['loop'] / cpu_medians['hf']:.2f}; "
-          f"loop / loop-multinomial: {cpu_medians['loop'] / cpu_medians['loop-multinomial']:.2f}")
+    print(
+        f"  loop-multinomial / hf CPU time: {cpu_medians['loop-multinomial'] / cpu_medians['hf']:.2f} "
+        "(identical tokens)"
+    )
+    print(
+        f"  loop / hf CPU time: {cpu_medians['loop'] / cpu_medians['hf']:.2f}; "
+        f"loop / loop-multinomial: {cpu_medians['loop'] / cpu_medians['loop-multinomial']:.2f}"
+    )
 
 
 if __name__ == "__main__":

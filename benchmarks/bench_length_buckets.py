@@ -43,9 +43,9 @@ def completion_lengths(rows: int, longest: int, kind: str, generator) -> list[in
 def worker(args: argparse.Namespace) -> None:
     import torch
 
+    from grpo_lightning.data.tasks.arithmetic import build_tokenizer
     from grpo_lightning.policy.causal_lm import CausalLMPolicy
     from grpo_lightning.types import TokenBatch
-    from grpo_lightning.data.tasks.arithmetic import build_tokenizer
 
     num_prompts, group_size, prompt_length, completion_length = args.shape
     model = tiny_llama(prompt_length + completion_length, args.threads)
@@ -56,9 +56,12 @@ def worker(args: argparse.Namespace) -> None:
     lengths = torch.tensor(completion_lengths(rows, completion_length, args.lengths, generator))
     completion_mask = (torch.arange(completion_length).unsqueeze(0) < lengths.unsqueeze(1)).long()
     prompts = torch.randint(4, config.vocab_size, (num_prompts, prompt_length), generator=generator)
-    batch = TokenBatch(prompts.repeat_interleave(group_size, 0), torch.ones(rows, prompt_length, dtype=torch.long),
-                       torch.randint(4, config.vocab_size, (rows, completion_length), generator=generator) * completion_mask,
-                       completion_mask)
+    batch = TokenBatch(
+        prompts.repeat_interleave(group_size, 0),
+        torch.ones(rows, prompt_length, dtype=torch.long),
+        torch.randint(4, config.vocab_size, (rows, completion_length), generator=generator) * completion_mask,
+        completion_mask,
+    )
     times, baseline = [], _proc_status_mib("VmRSS")
     for _ in range(args.repeats):
         started = time.perf_counter()
@@ -67,23 +70,36 @@ def worker(args: argparse.Namespace) -> None:
         times.append(time.perf_counter() - started)
         policy.model.zero_grad(set_to_none=True)
     kept = (logprobs * completion_mask).detach().flatten()
-    print(json.dumps({"peak_rise_mib": _proc_status_mib("VmHWM") - baseline, "seconds": times,
-                      "logprobs": kept[kept != 0][:256].tolist(), "split": policy._length_buckets(batch) is not None,
-                      "padding_share": 1 - completion_mask.float().mean().item()}))
+    print(
+        json.dumps(
+            {
+                "peak_rise_mib": _proc_status_mib("VmHWM") - baseline,
+                "seconds": times,
+                "logprobs": kept[kept != 0][:256].tolist(),
+                "split": policy._length_buckets(batch) is not None,
+                "padding_share": 1 - completion_mask.float().mean().item(),
+            }
+        )
+    )
 
 
 def main() -> None:
-    parser = shape_parser(__doc__.split("\n\n")[0], ["8x4x8x8", "8x4x32x128", "4x8x64x256"], repeats=9,
-                          modes=list(MODES))
+    parser = shape_parser(
+        __doc__.split("\n\n")[0], ["8x4x8x8", "8x4x32x128", "4x8x64x256"], repeats=9, modes=list(MODES)
+    )
     parser.add_argument("--lengths", choices=["uniform", "tail"], default="tail")
     args = parser.parse_args()
     if args.worker:
         worker(args)
         return
-    print(f"forward + backward of the completion log-probs, tiny Llama, {args.lengths} completion lengths, "
-          f"{args.threads} thread(s), median of {args.repeats} passes (min-max)")
-    print("| N x G x P x T | padding | split | padded ms | buckets ms | padded / buckets | padded peak rise MiB "
-          "| buckets peak rise MiB |")
+    print(
+        f"forward + backward of the completion log-probs, tiny Llama, {args.lengths} completion lengths, "
+        f"{args.threads} thread(s), median of {args.repeats} passes (min-max)"
+    )
+    print(
+        "| N x G x P x T | padding | split | padded ms | buckets ms | padded / buckets | padded peak rise MiB "
+        "| buckets peak rise MiB |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for text in args.shapes:
         shape = [int(part) for part in text.split("x")]
@@ -93,9 +109,11 @@ def main() -> None:
             raise AssertionError(f"{text}: bucketed and padded log-probs differ")
         ms = {mode: statistics.median(result["seconds"]) * 1000 for mode, result in results.items()}
         spread = {mode: f"{min(r['seconds']) * 1000:.1f}-{max(r['seconds']) * 1000:.1f}" for mode, r in results.items()}
-        print(f"| {text} | {padded['padding_share']:.0%} | {'yes' if buckets['split'] else 'no'} | "
-              f"{ms['padded']:.1f} ({spread['padded']}) | {ms['buckets']:.1f} ({spread['buckets']}) | "
-              f"{ms['padded'] / ms['buckets']:.2f} | {padded['peak_rise_mib']:.1f} | {buckets['peak_rise_mib']:.1f} |")
+        print(
+            f"| {text} | {padded['padding_share']:.0%} | {'yes' if buckets['split'] else 'no'} | "
+            f"{ms['padded']:.1f} ({spread['padded']}) | {ms['buckets']:.1f} ({spread['buckets']}) | "
+            f"{ms['padded'] / ms['buckets']:.2f} | {padded['peak_rise_mib']:.1f} | {buckets['peak_rise_mib']:.1f} |"
+        )
 
 
 if __name__ == "__main__":

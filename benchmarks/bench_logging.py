@@ -52,10 +52,16 @@ class LoggingOnly(L.LightningModule):
 def run(num_metrics: int, steps: int, direct: bool) -> float:
     module = LoggingOnly(num_metrics, direct)
     with tempfile.TemporaryDirectory() as directory:
-        trainer = L.Trainer(max_steps=steps, logger=L.pytorch.loggers.CSVLogger(directory), log_every_n_steps=1,
-                            enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
+        trainer = L.Trainer(
+            max_steps=steps,
+            logger=L.pytorch.loggers.CSVLogger(directory),
+            log_every_n_steps=1,
+            enable_progress_bar=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+        )
         trainer.fit(module)
-    return statistics.median(module.seconds[steps // 10:])
+    return statistics.median(module.seconds[steps // 10 :])
 
 
 def main() -> None:
@@ -68,8 +74,10 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     lightning_s = run(args.metrics, args.steps, direct=False)
     direct_s = run(args.metrics, args.steps, direct=True)
-    print(f"{args.metrics} metrics per step, median over {args.steps} steps: log_dict {lightning_s * 1e3:.2f} ms, "
-          f"direct {direct_s * 1e3:.2f} ms ({lightning_s / direct_s:.0f}x)")
+    print(
+        f"{args.metrics} metrics per step, median over {args.steps} steps: log_dict {lightning_s * 1e3:.2f} ms, "
+        f"direct {direct_s * 1e3:.2f} ms ({lightning_s / direct_s:.0f}x)"
+    )
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_vs_trl import _proc_status_mib  # noqa: E402
 
-
 MODES = ("logits", "hidden-unfused", "hidden-lookup-gradient", "hidden")
 
 
@@ -46,9 +45,17 @@ def worker(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=args.vocab, hidden_size=64, intermediate_size=128,
-                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                         tie_word_embeddings=True))
+    model = Qwen2ForCausalLM(
+        Qwen2Config(
+            vocab_size=args.vocab,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=True,
+        )
+    )
     prompt = torch.randint(0, args.vocab, (args.rows, 8))
     completion = torch.randint(0, args.vocab, (args.rows, args.completion_length))
     masks = torch.ones_like(prompt), torch.ones_like(completion)
@@ -60,13 +67,28 @@ def worker(args: argparse.Namespace) -> None:
     times, baseline = [], _proc_status_mib("VmRSS")
     for _ in range(args.repeats):
         started = time.perf_counter()
-        logprobs, entropy = score(model, prompt, masks[0], completion, masks[1], with_entropy=True,
-                                  chunk_size=args.chunk_size, entropy_grad=args.entropy_grad)
+        logprobs, entropy = score(
+            model,
+            prompt,
+            masks[0],
+            completion,
+            masks[1],
+            with_entropy=True,
+            chunk_size=args.chunk_size,
+            entropy_grad=args.entropy_grad,
+        )
         (logprobs.sum() + (entropy.sum() if args.entropy_grad else 0)).backward()
         times.append(time.perf_counter() - started)
         model.zero_grad(set_to_none=True)
-    print(json.dumps({"peak_rise_mib": _proc_status_mib("VmHWM") - baseline, "seconds": times,
-                      "logprob_sum": logprobs.sum().item()}))
+    print(
+        json.dumps(
+            {
+                "peak_rise_mib": _proc_status_mib("VmHWM") - baseline,
+                "seconds": times,
+                "logprob_sum": logprobs.sum().item(),
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -77,17 +99,23 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=2, help="model.logprob_chunk_size")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--entropy-grad", action=argparse.BooleanOptionalAction, default=True,
-                        help="differentiate the entropy too (an entropy bonus); --no-entropy-grad: only log it")
+    parser.add_argument(
+        "--entropy-grad",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="differentiate the entropy too (an entropy bonus); --no-entropy-grad: only log it",
+    )
     parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args)
         return
-    print(f"{args.rows} completions x {args.completion_length} tokens, vocabulary {args.vocab}, "
-          f"chunk {args.chunk_size} rows, forward + backward "
-          f"({'log-probs and entropy' if args.entropy_grad else 'log-probs; entropy logged'}), "
-          f"{args.threads} thread(s)")
+    print(
+        f"{args.rows} completions x {args.completion_length} tokens, vocabulary {args.vocab}, "
+        f"chunk {args.chunk_size} rows, forward + backward "
+        f"({'log-probs and entropy' if args.entropy_grad else 'log-probs; entropy logged'}), "
+        f"{args.threads} thread(s)"
+    )
     results = {}
     for mode in MODES:
         command = [sys.executable, __file__, "--worker", mode] + sys.argv[1:]
@@ -96,21 +124,25 @@ def main() -> None:
             raise RuntimeError(done.stderr[-3000:])
         results[mode] = json.loads(done.stdout.strip().splitlines()[-1])
         times = results[mode]["seconds"]
-        print(f"  {mode:>14}: peak RSS rise {results[mode]['peak_rise_mib']:8.1f} MiB | "
-              f"{statistics.median(times) * 1000:8.1f} ms per pass (min {min(times) * 1000:.1f}, "
-              f"max {max(times) * 1000:.1f})")
+        print(
+            f"  {mode:>14}: peak RSS rise {results[mode]['peak_rise_mib']:8.1f} MiB | "
+            f"{statistics.median(times) * 1000:8.1f} ms per pass (min {min(times) * 1000:.1f}, "
+            f"max {max(times) * 1000:.1f})"
+        )
     a = results["logits"]["logprob_sum"]
     for mode in MODES[1:]:
         if abs(results[mode]["logprob_sum"] - a) > 1e-3 * abs(a):
             raise AssertionError(f"{mode} and logits disagree: {results[mode]['logprob_sum']} vs {a}")
     median = {mode: statistics.median(results[mode]["seconds"]) for mode in MODES}
     rise = {mode: results[mode]["peak_rise_mib"] for mode in MODES}
-    print(f"  hidden / logits peak rise: {rise['hidden'] / rise['logits']:.2f}; "
-          f"hidden / hidden-unfused: peak rise "
-          f"{rise['hidden'] / rise['hidden-unfused']:.2f}, "
-          f"time {median['hidden'] / median['hidden-unfused']:.2f}; hidden / hidden-lookup-gradient: peak rise "
-          f"{rise['hidden'] / rise['hidden-lookup-gradient']:.2f}, "
-          f"time {median['hidden'] / median['hidden-lookup-gradient']:.2f}")
+    print(
+        f"  hidden / logits peak rise: {rise['hidden'] / rise['logits']:.2f}; "
+        f"hidden / hidden-unfused: peak rise "
+        f"{rise['hidden'] / rise['hidden-unfused']:.2f}, "
+        f"time {median['hidden'] / median['hidden-unfused']:.2f}; hidden / hidden-lookup-gradient: peak rise "
+        f"{rise['hidden'] / rise['hidden-lookup-gradient']:.2f}, "
+        f"time {median['hidden'] / median['hidden-lookup-gradient']:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -25,27 +25,45 @@ from bench_vs_trl import GROUP_SIZE, _run_worker, build_checkpoint, parse_args, 
 
 def worker_arguments(args: argparse.Namespace, overrides: list[str]) -> argparse.Namespace:
     """bench_vs_trl's own arguments for one of our runs: its defaults, this sweep's settings."""
-    worker_args = parse_args(["--threads", str(args.threads), "--device", args.device, "--precision",
-                              args.precision, "--warmup", str(args.warmup), "--steps", str(args.steps)])
+    worker_args = parse_args(
+        [
+            "--threads",
+            str(args.threads),
+            "--device",
+            args.device,
+            "--precision",
+            args.precision,
+            "--warmup",
+            str(args.warmup),
+            "--steps",
+            str(args.steps),
+        ]
+    )
     worker_args.ours_override = overrides
     return worker_args
 
 
-def measure(overrides: list[str], completions: int, args: argparse.Namespace, model_dir: Path,
-            scratch: Path) -> dict:
+def measure(overrides: list[str], completions: int, args: argparse.Namespace, model_dir: Path, scratch: Path) -> dict:
     run = _run_worker("ours", args.steps, worker_arguments(args, overrides), model_dir, scratch)
     intervals, _ = step_intervals(run["step_ends"], args.warmup)
     step_s = statistics.median(intervals)
-    return {"step_s": step_s, "min_s": min(intervals), "max_s": max(intervals),
-            "length": run["mean_completion_length"], "peak_rss_mib": run["peak_rss_mib"],
-            "tokens_per_s": completions * run["mean_completion_length"] / step_s}
+    return {
+        "step_s": step_s,
+        "min_s": min(intervals),
+        "max_s": max(intervals),
+        "length": run["mean_completion_length"],
+        "peak_rss_mib": run["peak_rss_mib"],
+        "tokens_per_s": completions * run["mean_completion_length"] / step_s,
+    }
 
 
 def report(label: str, value: int, completions: int, point: dict) -> None:
-    print(f"| {label} = {value:>4} | {completions:>4} | {point['length']:6.2f} | "
-          f"{point['step_s'] * 1000:8.1f} ({point['min_s'] * 1000:.0f}-{point['max_s'] * 1000:.0f}) | "
-          f"{completions / point['step_s']:7.1f} | {point['tokens_per_s']:8.1f} | {point['peak_rss_mib']:6.0f} |",
-          flush=True)
+    print(
+        f"| {label} = {value:>4} | {completions:>4} | {point['length']:6.2f} | "
+        f"{point['step_s'] * 1000:8.1f} ({point['min_s'] * 1000:.0f}-{point['max_s'] * 1000:.0f}) | "
+        f"{completions / point['step_s']:7.1f} | {point['tokens_per_s']:8.1f} | {point['peak_rss_mib']:6.0f} |",
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -65,9 +83,13 @@ def main() -> None:
     try:
         model_dir = build_checkpoint(args.size, scratch / f"model-{args.size}", args.vocab_size)
         vocabulary = f" (vocabulary {args.vocab_size})" if args.size == "tiny" else ""
-        print(f"{args.size} model{vocabulary}, {args.device}, {args.precision}, {args.threads} thread(s), "
-              f"{args.steps} steps per point, first {args.warmup} not timed\n")
-        print("| swept | completions/step | mean length | step ms (min-max) | completions/s | tokens/s | peak RSS MiB |")
+        print(
+            f"{args.size} model{vocabulary}, {args.device}, {args.precision}, {args.threads} thread(s), "
+            f"{args.steps} steps per point, first {args.warmup} not timed\n"
+        )
+        print(
+            "| swept | completions/step | mean length | step ms (min-max) | completions/s | tokens/s | peak RSS MiB |"
+        )
         print("|---|---|---|---|---|---|---|")
         for completions in args.completions:
             overrides = [f"data.batch_size={completions // GROUP_SIZE}"]

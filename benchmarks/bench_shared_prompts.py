@@ -48,8 +48,12 @@ def tiny_llama(positions: int, threads: int):
 def shape_parser(description: str, shapes: list[str], repeats: int, modes) -> argparse.ArgumentParser:
     """The options every NxGxPxT scoring benchmark takes, and its hidden worker options."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--shapes", nargs="+", default=shapes,
-                        help="NxGxPxT: prompts, group size, prompt length, (padded) completion length")
+    parser.add_argument(
+        "--shapes",
+        nargs="+",
+        default=shapes,
+        help="NxGxPxT: prompts, group size, prompt length, (padded) completion length",
+    )
     parser.add_argument("--repeats", type=int, default=repeats)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--worker", choices=modes, help=argparse.SUPPRESS)
@@ -59,8 +63,19 @@ def shape_parser(description: str, shapes: list[str], repeats: int, modes) -> ar
 
 def run_worker(script: str, mode: str, shape: list[int], args: argparse.Namespace, *extra: str) -> dict:
     """Run ``script``'s worker for (mode, shape) in a subprocess; its last stdout line, as JSON."""
-    command = [sys.executable, script, "--worker", mode, "--shape", *map(str, shape),
-               "--repeats", str(args.repeats), "--threads", str(args.threads), *extra]
+    command = [
+        sys.executable,
+        script,
+        "--worker",
+        mode,
+        "--shape",
+        *map(str, shape),
+        "--repeats",
+        str(args.repeats),
+        "--threads",
+        str(args.threads),
+        *extra,
+    ]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -80,24 +95,35 @@ def worker(args: argparse.Namespace) -> None:
     times, baseline = [], _proc_status_mib("VmRSS")
     for _ in range(args.repeats):
         started = time.perf_counter()
-        logprobs, _ = completion_token_scores_from_hidden(model, prompts, masks[0], completions, masks[1],
-                                                          share_prompts=args.worker == "shared")
+        logprobs, _ = completion_token_scores_from_hidden(
+            model, prompts, masks[0], completions, masks[1], share_prompts=args.worker == "shared"
+        )
         logprobs.sum().backward()
         times.append(time.perf_counter() - started)
         model.zero_grad(set_to_none=True)
-    print(json.dumps({"peak_rise_mib": _proc_status_mib("VmHWM") - baseline, "seconds": times,
-                      "logprobs": logprobs.detach().flatten()[:64].tolist()}))
+    print(
+        json.dumps(
+            {
+                "peak_rise_mib": _proc_status_mib("VmHWM") - baseline,
+                "seconds": times,
+                "logprobs": logprobs.detach().flatten()[:64].tolist(),
+            }
+        )
+    )
 
 
 def main() -> None:
-    parser = shape_parser(__doc__.split("\n\n")[0], ["8x4x8x8", "8x4x120x8", "4x8x64x32", "4x8x256x64"],
-                          repeats=15, modes=MODES)
+    parser = shape_parser(
+        __doc__.split("\n\n")[0], ["8x4x8x8", "8x4x120x8", "4x8x64x32", "4x8x256x64"], repeats=15, modes=MODES
+    )
     args = parser.parse_args()
     if args.worker:
         worker(args)
         return
-    print(f"forward + backward of the completion log-probs, tiny Llama, {args.threads} thread(s), "
-          f"median of {args.repeats} passes (min, max)")
+    print(
+        f"forward + backward of the completion log-probs, tiny Llama, {args.threads} thread(s), "
+        f"median of {args.repeats} passes (min, max)"
+    )
     print("| N x G x P x T | full ms | shared ms | full / shared | full peak rise MiB | shared peak rise MiB |")
     print("|---|---|---|---|---|---|")
     for text in args.shapes:
@@ -107,10 +133,14 @@ def main() -> None:
         if max(abs(a - b) for a, b in zip(full["logprobs"], shared["logprobs"])) > 1e-4:
             raise AssertionError(f"{text}: shared and full log-probs differ")
         ms = {mode: statistics.median(results[mode]["seconds"]) * 1000 for mode in MODES}
-        spread = {mode: f"{min(results[mode]['seconds']) * 1000:.1f}-{max(results[mode]['seconds']) * 1000:.1f}"
-                  for mode in MODES}
-        print(f"| {text} | {ms['full']:.1f} ({spread['full']}) | {ms['shared']:.1f} ({spread['shared']}) | "
-              f"{ms['full'] / ms['shared']:.2f} | {full['peak_rise_mib']:.1f} | {shared['peak_rise_mib']:.1f} |")
+        spread = {
+            mode: f"{min(results[mode]['seconds']) * 1000:.1f}-{max(results[mode]['seconds']) * 1000:.1f}"
+            for mode in MODES
+        }
+        print(
+            f"| {text} | {ms['full']:.1f} ({spread['full']}) | {ms['shared']:.1f} ({spread['shared']}) | "
+            f"{ms['full'] / ms['shared']:.2f} | {full['peak_rise_mib']:.1f} | {shared['peak_rise_mib']:.1f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -74,13 +74,15 @@ LR = 1e-4
 
 # -- the shared checkpoint and prompts -------------------------------------------------------
 
+
 def bench_splits(prompt_tokens: int = 0, num_val: int = 200) -> tuple[list[dict], list[dict]]:
     """The addition rows, each prompt after the same ``prompt_tokens``-character preamble."""
     from grpo_lightning.data.tasks.arithmetic import load_splits
 
     preamble = ("0123456789" * (prompt_tokens // 10 + 1))[:prompt_tokens]
-    return tuple([{**row, "prompt": preamble + row["prompt"]} for row in rows]
-                 for rows in load_splits(num_val=num_val, seed=0))
+    return tuple(
+        [{**row, "prompt": preamble + row["prompt"]} for row in rows] for rows in load_splits(num_val=num_val, seed=0)
+    )
 
 
 def build_checkpoint(size: str, directory: Path, vocab_size: int = 32_000) -> Path:
@@ -104,11 +106,19 @@ def build_checkpoint(size: str, directory: Path, vocab_size: int = 32_000) -> Pa
         # Qwen2.5-0.5B's shape (494M parameters with its 151,936-token vocabulary). The
         # character tokenizer covers the first ids; the rest are never produced by a prompt,
         # and sampled ones decode to nothing, which only lowers the reward.
-        config = Qwen2Config(vocab_size=151_936, hidden_size=896, intermediate_size=4864,
-                             num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-                             max_position_embeddings=4096, tie_word_embeddings=True,
-                             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                             pad_token_id=tokenizer.pad_token_id)
+        config = Qwen2Config(
+            vocab_size=151_936,
+            hidden_size=896,
+            intermediate_size=4864,
+            num_hidden_layers=24,
+            num_attention_heads=14,
+            num_key_value_heads=2,
+            max_position_embeddings=4096,
+            tie_word_embeddings=True,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.save_pretrained(directory)
@@ -117,6 +127,7 @@ def build_checkpoint(size: str, directory: Path, vocab_size: int = 32_000) -> Pa
 
 
 # -- workers: one training run each, in a subprocess ---------------------------------------
+
 
 def _proc_status_mib(field: str) -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -158,8 +169,11 @@ def update_model_flops(model, update) -> float:
     from grpo_lightning.policy.scoring.logprobs import distinct_prompts
 
     head = model.get_output_embeddings()
-    body_weights = sum(module.weight.numel() for module in model.modules()
-                       if isinstance(module, torch.nn.Linear) and module is not head)
+    body_weights = sum(
+        module.weight.numel()
+        for module in model.modules()
+        if isinstance(module, torch.nn.Linear) and module is not head
+    )
     shared = distinct_prompts(update.prompt_ids, update.prompt_mask)
     prompt_tokens = (shared[1] if shared is not None else update.prompt_mask).sum().item()
     completion_tokens = update.completion_mask.sum().item()
@@ -200,29 +214,54 @@ def run_ours(args: argparse.Namespace) -> dict:
     work = Path(args.work_dir)
     accelerator = "gpu" if args.device == "cuda" else "cpu"
     precision = "bf16-mixed" if args.precision == "bf16" else "32-true"
-    sys.argv = ["grpo-train", f"hydra.run.dir={work}", f"model.name_or_path={args.model_dir}",
-                f"data.batch_size={PROMPTS_PER_STEP}", f"algorithm.group_size={GROUP_SIZE}",
-                f"generation.max_new_tokens={MAX_NEW_TOKENS}", "generation.temperature=1.0",
-                "generation.top_p=1.0", "generation.top_k=0",
-                f"algorithm.beta={BETA}", "algorithm.entropy_coef=0.0", "algorithm.clip_range=0.2",
-                "algorithm.normalize_by_std=true", "algorithm.num_iterations=1",
-                "algorithm.mini_batch_size=null", "algorithm.micro_batch_size=null",
-                "algorithm.max_grad_norm=1.0", f"optim.lr={LR}", "optim.warmup_steps=0",
-                "optim.weight_decay=0.0", "model.dtype=float32", "model.gradient_checkpointing=false",
-                f"trainer.accelerator={accelerator}", f"trainer.precision={precision}",
-                f"trainer.max_steps={args.steps}", "trainer.val_every_n_steps=1000000",
-                "trainer.limit_val_batches=0", "validate_before_training=false",  # no eval, as TRL's
-                "checkpoint.enabled=false", "trainer.enable_progress_bar=false",
-                "trainer.log_every_n_steps=1", "logger=csv", f"seed={args.seed}",
-                "data.builder=bench_vs_trl.bench_splits", f"++data.builder_kwargs.prompt_tokens={args.prompt_tokens}",
-                *args.ours_override]
+    sys.argv = [
+        "grpo-train",
+        f"hydra.run.dir={work}",
+        f"model.name_or_path={args.model_dir}",
+        f"data.batch_size={PROMPTS_PER_STEP}",
+        f"algorithm.group_size={GROUP_SIZE}",
+        f"generation.max_new_tokens={MAX_NEW_TOKENS}",
+        "generation.temperature=1.0",
+        "generation.top_p=1.0",
+        "generation.top_k=0",
+        f"algorithm.beta={BETA}",
+        "algorithm.entropy_coef=0.0",
+        "algorithm.clip_range=0.2",
+        "algorithm.normalize_by_std=true",
+        "algorithm.num_iterations=1",
+        "algorithm.mini_batch_size=null",
+        "algorithm.micro_batch_size=null",
+        "algorithm.max_grad_norm=1.0",
+        f"optim.lr={LR}",
+        "optim.warmup_steps=0",
+        "optim.weight_decay=0.0",
+        "model.dtype=float32",
+        "model.gradient_checkpointing=false",
+        f"trainer.accelerator={accelerator}",
+        f"trainer.precision={precision}",
+        f"trainer.max_steps={args.steps}",
+        "trainer.val_every_n_steps=1000000",
+        "trainer.limit_val_batches=0",
+        "validate_before_training=false",  # no eval, as TRL's
+        "checkpoint.enabled=false",
+        "trainer.enable_progress_bar=false",
+        "trainer.log_every_n_steps=1",
+        "logger=csv",
+        f"seed={args.seed}",
+        "data.builder=bench_vs_trl.bench_splits",
+        f"++data.builder_kwargs.prompt_tokens={args.prompt_tokens}",
+        *args.ours_override,
+    ]
     try:
         main()
     except SystemExit as stop:
         if stop.code not in (0, None):
             raise
-    lengths = [float(row["response_length/mean"]) for row in csv.DictReader(open(work / "metrics.csv"))
-               if row.get("response_length/mean")]
+    lengths = [
+        float(row["response_length/mean"])
+        for row in csv.DictReader(open(work / "metrics.csv"))
+        if row.get("response_length/mean")
+    ]
     return {"mean_completion_length": statistics.fmean(lengths), "step_ends": step_ends, "updates": updates}
 
 
@@ -241,27 +280,33 @@ def run_trl(args: argparse.Namespace) -> dict:
         per_device_train_batch_size=PROMPTS_PER_STEP * GROUP_SIZE,  # completions, not prompts
         num_generations=GROUP_SIZE,
         gradient_accumulation_steps=1,
-        steps_per_generation=1,                  # one optimizer step per generated batch
+        steps_per_generation=1,  # one optimizer step per generated batch
         num_iterations=1,
         max_completion_length=MAX_NEW_TOKENS,
-        temperature=1.0, top_p=1.0, top_k=0,
-        beta=BETA,                               # TRL default 0: no reference model
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        beta=BETA,  # TRL default 0: no reference model
         epsilon=0.2,
         scale_rewards="group",
-        loss_type="grpo",                        # TRL default "dapo"; ours is per-sequence mean
+        loss_type="grpo",  # TRL default "dapo"; ours is per-sequence mean
         entropy_coef=0.0,
-        learning_rate=LR,                        # TRL default 1e-6
-        lr_scheduler_type="constant", warmup_steps=0,
-        optim="adamw_torch_fused",               # torch's fused AdamW, as ours
-        weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8,
+        learning_rate=LR,  # TRL default 1e-6
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        optim="adamw_torch_fused",  # torch's fused AdamW, as ours
+        weight_decay=0.0,
+        adam_beta1=0.9,
+        adam_beta2=0.999,
+        adam_epsilon=1e-8,
         max_grad_norm=1.0,
-        bf16=args.precision == "bf16",           # TRL default True
+        bf16=args.precision == "bf16",  # TRL default True
         fp16=False,
-        gradient_checkpointing=False,            # TRL default True
+        gradient_checkpointing=False,  # TRL default True
         use_vllm=False,
         use_cpu=args.device == "cpu",
         model_init_kwargs={"dtype": "float32"},
-        logging_steps=1,                         # TRL default 10
+        logging_steps=1,  # TRL default 10
         eval_strategy="no",
         save_strategy="no",
         report_to="none",
@@ -277,11 +322,17 @@ def run_trl(args: argparse.Namespace) -> dict:
         def on_step_end(self, *_, **__):
             step_ends.append(_clocks())
 
-    trainer = GRPOTrainer(model=args.model_dir, reward_funcs=correct_answer, args=config,
-                          train_dataset=datasets.Dataset.from_list(train_rows), callbacks=[StepClock()])
+    trainer = GRPOTrainer(
+        model=args.model_dir,
+        reward_funcs=correct_answer,
+        args=config,
+        train_dataset=datasets.Dataset.from_list(train_rows),
+        callbacks=[StepClock()],
+    )
     trainer.train()
-    lengths = [entry["completions/mean_length"] for entry in trainer.state.log_history
-               if "completions/mean_length" in entry]
+    lengths = [
+        entry["completions/mean_length"] for entry in trainer.state.log_history if "completions/mean_length" in entry
+    ]
     return {"mean_completion_length": statistics.fmean(lengths), "step_ends": step_ends}
 
 
@@ -313,8 +364,12 @@ def _time_phases(side: str) -> dict[str, list[float]]:
         from grpo_lightning.policy.causal_lm import CausalLMPolicy
 
         _wrap_timed(CausalLMPolicy, "sample", "sampling", times)
-        _wrap_timed(CausalLMPolicy, "token_scores", lambda _, kwargs: "reference log-probs"
-                    if kwargs.get("reference") else "policy forward", times)
+        _wrap_timed(
+            CausalLMPolicy,
+            "token_scores",
+            lambda _, kwargs: "reference log-probs" if kwargs.get("reference") else "policy forward",
+            times,
+        )
         return times
     from transformers.generation.utils import GenerationMixin
     from trl import GRPOTrainer
@@ -331,8 +386,12 @@ def _time_phases(side: str) -> dict[str, list[float]]:
             in_loss.pop()
 
     GRPOTrainer.compute_loss = marked_compute_loss
-    _wrap_timed(GRPOTrainer, "_get_per_token_logps_and_entropies",
-                lambda *_: "policy forward" if in_loss else "reference log-probs", times)
+    _wrap_timed(
+        GRPOTrainer,
+        "_get_per_token_logps_and_entropies",
+        lambda *_: "policy forward" if in_loss else "reference log-probs",
+        times,
+    )
     return times
 
 
@@ -343,36 +402,67 @@ def worker_main(args: argparse.Namespace) -> None:
     phase_times = _time_phases(args.worker) if args.phases else None
     started = time.perf_counter()
     figures = WORKERS[args.worker](args)
-    figures.update(peak_rss_mib=_peak_rss_mib(), import_rss_mib=_RSS_AFTER_IMPORT[0],
-                   train_wall_s=time.perf_counter() - started)
+    figures.update(
+        peak_rss_mib=_peak_rss_mib(), import_rss_mib=_RSS_AFTER_IMPORT[0], train_wall_s=time.perf_counter() - started
+    )
     if phase_times is not None:  # one call per phase per step: the first warmup steps left out
-        figures["phase_s"] = {phase: statistics.median(calls[args.warmup:]) for phase, calls in phase_times.items()
-                              if calls[args.warmup:]}
+        figures["phase_s"] = {
+            phase: statistics.median(calls[args.warmup :])
+            for phase, calls in phase_times.items()
+            if calls[args.warmup :]
+        }
     print(RESULT_TAG + json.dumps(figures), flush=True)
 
 
 # -- driver ----------------------------------------------------------------------------------
 
+
 def _run_worker(side: str, steps: int, args: argparse.Namespace, model_dir: Path, scratch: Path) -> dict:
     work = Path(tempfile.mkdtemp(prefix=f"{side}-{steps}-", dir=scratch))
     python = args.trl_python if side == "trl" else sys.executable
-    command = [python, __file__, "--worker", side, "--steps", str(steps), "--model-dir", str(model_dir),
-               "--work-dir", str(work), "--threads", str(args.threads), "--device", args.device,
-               "--precision", args.precision, "--seed", str(args.seed), "--prompt-tokens", str(args.prompt_tokens),
-               "--warmup", str(args.warmup)] + (["--phases"] if args.phases else [])
+    command = [
+        python,
+        __file__,
+        "--worker",
+        side,
+        "--steps",
+        str(steps),
+        "--model-dir",
+        str(model_dir),
+        "--work-dir",
+        str(work),
+        "--threads",
+        str(args.threads),
+        "--device",
+        args.device,
+        "--precision",
+        args.precision,
+        "--seed",
+        str(args.seed),
+        "--prompt-tokens",
+        str(args.prompt_tokens),
+        "--warmup",
+        str(args.warmup),
+    ] + (["--phases"] if args.phases else [])
     command += [f"--ours-override={o}" for o in args.ours_override]
-    env = dict(os.environ, WANDB_MODE="offline", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
-               PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]),
-                                           os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ,
+        WANDB_MODE="offline",
+        HF_HUB_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        OMP_NUM_THREADS=str(args.threads),
+        MKL_NUM_THREADS=str(args.threads),
+        PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]),
+    )
     started = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - started
     tagged = [line for line in done.stdout.splitlines() if line.startswith(RESULT_TAG)]
     if done.returncode != 0 or not tagged:
-        raise RuntimeError(f"{side} worker ({steps} steps) failed with exit code {done.returncode}:\n"
-                           f"{done.stderr[-4000:]}")
-    return json.loads(tagged[-1][len(RESULT_TAG):]) | {"wall_s": wall}
+        raise RuntimeError(
+            f"{side} worker ({steps} steps) failed with exit code {done.returncode}:\n{done.stderr[-4000:]}"
+        )
+    return json.loads(tagged[-1][len(RESULT_TAG) :]) | {"wall_s": wall}
 
 
 def step_intervals(step_ends: list[list[float]], warmup: int) -> tuple[list[float], list[float]]:
@@ -420,8 +510,10 @@ def _drive(args: argparse.Namespace, scratch: Path) -> None:
 
         model = AutoModelForCausalLM.from_pretrained(model_dir)
         AutoTokenizer.from_pretrained(model_dir)
-        print(f"built and loaded {args.size}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M "
-              f"parameters at {model_dir}")
+        print(
+            f"built and loaded {args.size}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M "
+            f"parameters at {model_dir}"
+        )
         return
     per_step_completions = PROMPTS_PER_STEP * GROUP_SIZE
     per_repeat: list[dict] = []
@@ -432,52 +524,76 @@ def _drive(args: argparse.Namespace, scratch: Path) -> None:
             intervals, cpu_intervals = step_intervals(run["step_ends"], args.warmup)
             step_s = statistics.median(intervals)
             length = run["mean_completion_length"]
-            row[side] = {"step_s": step_s, "step_s_min": min(intervals), "step_s_max": max(intervals),
-                         "cpu_step_s": statistics.median(cpu_intervals),
-                         "completions_per_s": per_step_completions / step_s,
-                         "tokens_per_s": per_step_completions * length / step_s,
-                         "mean_completion_length": length, "peak_rss_mib": run["peak_rss_mib"],
-                         "import_rss_mib": run["import_rss_mib"],
-                         "working_rss_mib": run["peak_rss_mib"] - run["import_rss_mib"],
-                         "wall_s": run["wall_s"]}
+            row[side] = {
+                "step_s": step_s,
+                "step_s_min": min(intervals),
+                "step_s_max": max(intervals),
+                "cpu_step_s": statistics.median(cpu_intervals),
+                "completions_per_s": per_step_completions / step_s,
+                "tokens_per_s": per_step_completions * length / step_s,
+                "mean_completion_length": length,
+                "peak_rss_mib": run["peak_rss_mib"],
+                "import_rss_mib": run["import_rss_mib"],
+                "working_rss_mib": run["peak_rss_mib"] - run["import_rss_mib"],
+                "wall_s": run["wall_s"],
+            }
             if "updates" in run:
-                row[side].update(_update_figures(run["updates"][args.warmup:], args))
+                row[side].update(_update_figures(run["updates"][args.warmup :], args))
             if "phase_s" in run:
                 row[side]["phase_s"] = run["phase_s"]
         per_repeat.append(row)
-        print(f"repeat {repeat + 1}/{args.repeats}: " + "; ".join(
-            f"{side} {r['step_s'] * 1000:.1f} ms/step ({r['cpu_step_s'] * 1000:.1f} CPU ms), "
-            f"{r['peak_rss_mib']:.0f} MiB" for side, r in row.items()),
-            flush=True)
+        print(
+            f"repeat {repeat + 1}/{args.repeats}: "
+            + "; ".join(
+                f"{side} {r['step_s'] * 1000:.1f} ms/step ({r['cpu_step_s'] * 1000:.1f} CPU ms), "
+                f"{r['peak_rss_mib']:.0f} MiB"
+                for side, r in row.items()
+            ),
+            flush=True,
+        )
 
     vocabulary = f" (vocabulary {args.vocab_size})" if args.size == "tiny" else ""
-    print(f"\n{args.size} model{vocabulary}, {args.device}, {args.precision}, {args.threads} threads, "
-          f"{args.prompt_tokens}-token preamble, "
-          f"{args.steps} steps, first {args.warmup} not timed, {args.repeats} repeats (median (min, max) "
-          "over repeats; each repeat's step time is the median of its step intervals)")
+    print(
+        f"\n{args.size} model{vocabulary}, {args.device}, {args.precision}, {args.threads} threads, "
+        f"{args.prompt_tokens}-token preamble, "
+        f"{args.steps} steps, first {args.warmup} not timed, {args.repeats} repeats (median (min, max) "
+        "over repeats; each repeat's step time is the median of its step intervals)"
+    )
     for side in args.sides:
         rows = [r[side] for r in per_repeat]
-        print(f"  {side:>4}: step {_summary([r['step_s'] * 1000 for r in rows])} ms, "
-              f"CPU {_summary([r['cpu_step_s'] * 1000 for r in rows])} ms | "
-              f"{_summary([r['completions_per_s'] for r in rows])} completions/s | "
-              f"{_summary([r['tokens_per_s'] for r in rows])} tokens/s | "
-              f"peak RSS {_summary([r['peak_rss_mib'] for r in rows])} MiB "
-              f"(after imports {_summary([r['import_rss_mib'] for r in rows])} MiB)")
+        print(
+            f"  {side:>4}: step {_summary([r['step_s'] * 1000 for r in rows])} ms, "
+            f"CPU {_summary([r['cpu_step_s'] * 1000 for r in rows])} ms | "
+            f"{_summary([r['completions_per_s'] for r in rows])} completions/s | "
+            f"{_summary([r['tokens_per_s'] for r in rows])} tokens/s | "
+            f"peak RSS {_summary([r['peak_rss_mib'] for r in rows])} MiB "
+            f"(after imports {_summary([r['import_rss_mib'] for r in rows])} MiB)"
+        )
     if "ours" in args.sides:
         rows = [r["ours"] for r in per_repeat]
-        mfu = (f", MFU {_summary([100 * r['update_mfu'] for r in rows])} %" if "update_mfu" in rows[0]
-               else " (MFU: give --peak-tflops)")
-        print(f"  ours, update phase (policy forward, backward, optimizer): "
-              f"{_summary([r['update_s'] * 1000 for r in rows])} ms, "
-              f"{_summary([r['update_tflops'] * 1000 for r in rows])} model GFLOP/s{mfu}")
+        mfu = (
+            f", MFU {_summary([100 * r['update_mfu'] for r in rows])} %"
+            if "update_mfu" in rows[0]
+            else " (MFU: give --peak-tflops)"
+        )
+        print(
+            f"  ours, update phase (policy forward, backward, optimizer): "
+            f"{_summary([r['update_s'] * 1000 for r in rows])} ms, "
+            f"{_summary([r['update_tflops'] * 1000 for r in rows])} model GFLOP/s{mfu}"
+        )
     if args.phases:
+
         def phase_ms(side: str) -> str:
             timed = [phase for phase in PHASES if phase in per_repeat[0][side]["phase_s"]]
-            return ", ".join(f"{phase} {statistics.median(r[side]['phase_s'][phase] for r in per_repeat) * 1000:.1f}"
-                             for phase in timed)
+            return ", ".join(
+                f"{phase} {statistics.median(r[side]['phase_s'][phase] for r in per_repeat) * 1000:.1f}"
+                for phase in timed
+            )
 
-        print("  phases, ms per step (median over repeats): "
-              + " | ".join(f"{side}: {phase_ms(side)}" for side in args.sides))
+        print(
+            "  phases, ms per step (median over repeats): "
+            + " | ".join(f"{side}: {phase_ms(side)}" for side in args.sides)
+        )
     if {"ours", "trl"} <= set(args.sides):
         time_ratio = [r["ours"]["step_s"] / r["trl"]["step_s"] for r in per_repeat]
         cpu_ratio = [r["ours"]["cpu_step_s"] / r["trl"]["cpu_step_s"] for r in per_repeat]
@@ -499,42 +615,65 @@ def _task_tokenizer():
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", choices=["tiny", "0.5b"], default="tiny",
-                        help="tiny: the arithmetic task's 4-layer Llama (--vocab-size); "
-                             "0.5b: Qwen2.5-0.5B-shaped (GPU)")
-    parser.add_argument("--vocab-size", type=int, default=32_000,
-                        help="the tiny model's vocabulary (default 32000, Llama 2's and LlamaConfig's; "
-                             "151936 is Qwen2.5's, 16 the arithmetic tokenizer's own): the output head "
-                             "and the [batch, length, vocab] logits grow with it")
+    parser.add_argument(
+        "--size",
+        choices=["tiny", "0.5b"],
+        default="tiny",
+        help="tiny: the arithmetic task's 4-layer Llama (--vocab-size); 0.5b: Qwen2.5-0.5B-shaped (GPU)",
+    )
+    parser.add_argument(
+        "--vocab-size",
+        type=int,
+        default=32_000,
+        help="the tiny model's vocabulary (default 32000, Llama 2's and LlamaConfig's; "
+        "151936 is Qwen2.5's, 16 the arithmetic tokenizer's own): the output head "
+        "and the [batch, length, vocab] logits grow with it",
+    )
     parser.add_argument("--steps", type=int, default=12, help="training steps per run")
     parser.add_argument("--warmup", type=int, default=2, help="first steps left out of the timing")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads of each worker (1: no oversubscription on a shared CPU)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads of each worker (1: no oversubscription on a shared CPU)"
+    )
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--sides", nargs="+", choices=sorted(WORKERS), default=["ours", "trl"])
-    parser.add_argument("--trl-python", default=sys.executable,
-                        help="interpreter with TRL installed (default: this one)")
-    parser.add_argument("--ours-override", action="append", default=[],
-                        help="extra grpo-train override for our side (repeatable)")
+    parser.add_argument(
+        "--trl-python", default=sys.executable, help="interpreter with TRL installed (default: this one)"
+    )
+    parser.add_argument(
+        "--ours-override", action="append", default=[], help="extra grpo-train override for our side (repeatable)"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--prompt-tokens", type=int, default=0,
-                        help="the same preamble of this many tokens before every prompt (both sides)")
-    parser.add_argument("--peak-tflops", type=float, default=None,
-                        help="the device's peak TFLOP/s at this precision, for the update phase's MFU "
-                             "(default: known for H100/H200/A100 in bf16)")
+    parser.add_argument(
+        "--prompt-tokens",
+        type=int,
+        default=0,
+        help="the same preamble of this many tokens before every prompt (both sides)",
+    )
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="the device's peak TFLOP/s at this precision, for the update phase's MFU "
+        "(default: known for H100/H200/A100 in bf16)",
+    )
     parser.add_argument("--json", help="also write every figure to this file")
     parser.add_argument("--build-only", action="store_true", help="build and load the model, then stop")
-    parser.add_argument("--phases", action="store_true",
-                        help="also time sampling, the reference and policy passes and the optimizer step")
+    parser.add_argument(
+        "--phases",
+        action="store_true",
+        help="also time sampling, the reference and policy passes and the optimizer step",
+    )
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--work-dir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.size == "tiny" and args.vocab_size < (task_vocabulary := len(_task_tokenizer())):
-        parser.error(f"--vocab-size {args.vocab_size}: the arithmetic tokenizer's ids need at least "
-                     f"{task_vocabulary}; give {task_vocabulary} or more (32000 is the default)")
+        parser.error(
+            f"--vocab-size {args.vocab_size}: the arithmetic tokenizer's ids need at least "
+            f"{task_vocabulary}; give {task_vocabulary} or more (32000 is the default)"
+        )
     return args
 
 

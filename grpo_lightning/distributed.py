@@ -92,7 +92,7 @@ def global_mean_std(values: Tensor, mask: Tensor | None = None) -> tuple[Tensor,
     on MPS) so the E[x^2] - E[x]^2 form does not lose precision."""
     x = values.detach().to(widest_float(values.device))
     weights = torch.ones_like(x) if mask is None else mask.to(x.dtype)
-    moments = torch.stack([weights.sum(), (x * weights).sum(), (x * x * weights).sum()])   # [3]
+    moments = torch.stack([weights.sum(), (x * weights).sum(), (x * x * weights).sum()])  # [3]
     count, total, squares = global_sum(moments).unbind()
     count = count.clamp(min=1)
     mean = total / count

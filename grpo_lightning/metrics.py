@@ -49,10 +49,12 @@ class StageMeans(Metric):
 
     def compute(self) -> dict[str, Tensor]:
         """Means of the statistics that received at least one value."""
-        means = self.sums / self.weights.clamp(min=torch.finfo(torch.float32).tiny)            # [M]
-        received, finite = torch.stack([self.weights > 0, means.isfinite()]).tolist()   # one host sync
+        means = self.sums / self.weights.clamp(min=torch.finfo(torch.float32).tiny)  # [M]
+        received, finite = torch.stack([self.weights > 0, means.isfinite()]).tolist()  # one host sync
         broken = [name for name, seen, ok in zip(self.names, received, finite) if seen and not ok]
         if broken:
-            raise RuntimeError(f"non-finite values were logged for {broken}: a NaN or inf reached the "
-                               "metrics (the loss guard skips such updates; this is a bug worth reporting)")
+            raise RuntimeError(
+                f"non-finite values were logged for {broken}: a NaN or inf reached the "
+                "metrics (the loss guard skips such updates; this is a bug worth reporting)"
+            )
         return {name: means[slot] for slot, (name, seen) in enumerate(zip(self.names, received)) if seen}

@@ -37,24 +37,27 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from grpo_lightning.algo.advantages import TOKEN_LEVEL_SCALE, compute_advantages, get_adv_estimator, token_level_advantages
-from grpo_lightning.types import RolloutSample
-from grpo_lightning.config import ConfigError, GenerationConfig, GRPOConfig, OptimConfig
-from grpo_lightning.distributed import mean_over_processes, shards_weights
-from grpo_lightning.algo.pass_at_k import pass_at_k
-from grpo_lightning.types import Experience, experience_from_rollout
-from grpo_lightning.data.external import external_experience, is_external
-from grpo_lightning.algo.shaping import overlong_penalty
+from grpo_lightning.algo.advantages import (
+    TOKEN_LEVEL_SCALE,
+    compute_advantages,
+    get_adv_estimator,
+    token_level_advantages,
+)
+from grpo_lightning.algo.dynamic_sampling import dynamic_sample
 from grpo_lightning.algo.kl import get_kl_estimator, kl_penalized_rewards
 from grpo_lightning.algo.losses import build_policy_loss, get_loss_aggregation, policy_objective
-from grpo_lightning.metrics import StageMeans
 from grpo_lightning.algo.numerics import SkipGuard
+from grpo_lightning.algo.pass_at_k import pass_at_k
+from grpo_lightning.algo.shaping import overlong_penalty
+from grpo_lightning.config import ConfigError, GenerationConfig, GRPOConfig, OptimConfig
+from grpo_lightning.data.external import external_experience, is_external
+from grpo_lightning.distributed import mean_over_processes, shards_weights
+from grpo_lightning.metrics import StageMeans
 from grpo_lightning.policy.base import Policy, SamplingParams
-from grpo_lightning.rewards import WeightedReward
-from grpo_lightning.types import Rollout, TokenBatch, UpdateBatch
-from grpo_lightning.policy.rollout import generate_rollout
-from grpo_lightning.algo.dynamic_sampling import dynamic_sample
 from grpo_lightning.policy.generation.vllm import VLLMEngineArgs
+from grpo_lightning.policy.rollout import generate_rollout
+from grpo_lightning.rewards import WeightedReward
+from grpo_lightning.types import Experience, Rollout, RolloutSample, TokenBatch, UpdateBatch, experience_from_rollout
 
 KL_STATS = ("grpo_kl", "kl_penalty")
 LOSS_TERMS = ("actor/loss", "actor/policy_loss", "actor/kl_penalty")
@@ -66,9 +69,16 @@ DEFAULT_MAX_GENERATION_ROUNDS = 3
 class GRPOModule(L.LightningModule):
     """Group Relative Policy Optimization of a :class:`~grpo_lightning.policy.base.Policy`."""
 
-    def __init__(self, policy: Policy, reward: WeightedReward, *,
-                 algorithm: Optional[GRPOConfig] = None, generation: Optional[GenerationConfig] = None,
-                 optim: Optional[OptimConfig] = None, prompt_key: str = "prompt"):
+    def __init__(
+        self,
+        policy: Policy,
+        reward: WeightedReward,
+        *,
+        algorithm: Optional[GRPOConfig] = None,
+        generation: Optional[GenerationConfig] = None,
+        optim: Optional[OptimConfig] = None,
+        prompt_key: str = "prompt",
+    ):
         super().__init__()
         self.automatic_optimization = False  # several optimizer steps per batch (PPO-style)
         self.policy = policy
@@ -90,13 +100,24 @@ class GRPOModule(L.LightningModule):
         gen = self.generation
         self.val_k = gen.val_num_samples  # completions per validation prompt
         self.val_pass_metric = f"val/pass@{self.val_k}" if self.val_k > 1 or gen.val_pass_reward else None
-        self.val_means = StageMeans(["val/reward/mean"] + [f"val/reward/{n}/mean" for n in reward.names]
-                                    + ([self.val_pass_metric] if self.val_pass_metric else []))
+        self.val_means = StageMeans(
+            ["val/reward/mean"]
+            + [f"val/reward/{n}/mean" for n in reward.names]
+            + ([self.val_pass_metric] if self.val_pass_metric else [])
+        )
         engine = VLLMEngineArgs(gen.vllm_gpu_memory_utilization, gen.vllm_max_model_len)
-        self.train_sampling = SamplingParams(gen.max_new_tokens, gen.temperature, gen.top_p, gen.top_k,
-                                             backend=gen.backend, vllm_engine=engine)
-        self.val_sampling = SamplingParams(gen.max_new_tokens, gen.temperature, gen.top_p, gen.top_k,
-                                           do_sample=gen.val_do_sample, backend=gen.backend, vllm_engine=engine)
+        self.train_sampling = SamplingParams(
+            gen.max_new_tokens, gen.temperature, gen.top_p, gen.top_k, backend=gen.backend, vllm_engine=engine
+        )
+        self.val_sampling = SamplingParams(
+            gen.max_new_tokens,
+            gen.temperature,
+            gen.top_p,
+            gen.top_k,
+            do_sample=gen.val_do_sample,
+            backend=gen.backend,
+            vllm_engine=engine,
+        )
         self.validated_at_step: Optional[int] = None  # Lightning global_step of the last validation
         self.last_val_metrics: dict[str, float] = {}  # its results
         self.resumed_at_step: Optional[int] = None  # the global_step of the checkpoint resumed from
@@ -108,8 +129,14 @@ class GRPOModule(L.LightningModule):
         actor = [f"actor/{name}" for name in self.policy_loss.stat_names] + ["actor/entropy"]
         if alg.beta > 0:
             actor += [f"actor/{name}" for name in KL_STATS]
-        actor += ["actor/loss", "actor/adv_mean", "actor/adv_std", "actor/grad_norm", "actor/lr",
-                  "actor/skipped_updates"]
+        actor += [
+            "actor/loss",
+            "actor/adv_mean",
+            "actor/adv_std",
+            "actor/grad_norm",
+            "actor/lr",
+            "actor/skipped_updates",
+        ]
         reward = ["reward/mean", "reward/std", "reward/frac_zero_std"]
         reward += [f"reward/{name}/mean" for name in self.reward.names]
         if alg.overlong_buffer_frac is not None:
@@ -130,8 +157,10 @@ class GRPOModule(L.LightningModule):
         strategy = self.trainer.strategy
         if self.trainer.world_size > 1 and shards_weights(strategy):
             if self.generation.backend == "vllm":
-                raise ConfigError(f"generation.backend=vllm with {type(strategy).__name__}: the weights are "
-                                  "sharded and vLLM needs whole ones; use DDP, or generation.backend=auto")
+                raise ConfigError(
+                    f"generation.backend=vllm with {type(strategy).__name__}: the weights are "
+                    "sharded and vLLM needs whole ones; use DDP, or generation.backend=auto"
+                )
             self.policy.lockstep = lambda decision: strategy.reduce_boolean_decision(decision, all=True)
         else:
             self.policy.lockstep = None
@@ -144,18 +173,28 @@ class GRPOModule(L.LightningModule):
     def training_step(self, batch: dict[str, list[Any]], batch_idx: int) -> None:
         started = time.perf_counter()
         self.train_means.reset()
-        experience = external_experience(batch, self.algorithm.group_size) if is_external(batch) \
+        experience = (
+            external_experience(batch, self.algorithm.group_size)
+            if is_external(batch)
             else self._generate_experience(batch)
+        )
         update = self._prepare_update(experience)
         self._update_policy(update)
         self._record_experience(experience, update.advantages)
         if experience.scores is not None:
-            self.last_rollout = RolloutSample(experience.prompts, experience.completions,
-                                              experience.scores.per_function, experience.scores.applicable,
-                                              experience.rewards, update.advantages, experience.lengths)
+            self.last_rollout = RolloutSample(
+                experience.prompts,
+                experience.completions,
+                experience.scores.per_function,
+                experience.scores.applicable,
+                experience.rewards,
+                update.advantages,
+                experience.lengths,
+            )
         elapsed = time.perf_counter() - started
-        self.train_means.update({"perf/step_time_s": elapsed,
-                                 "perf/tokens_per_s": experience.lengths.sum().item() / elapsed})
+        self.train_means.update(
+            {"perf/step_time_s": elapsed, "perf/tokens_per_s": experience.lengths.sum().item() / elapsed}
+        )
         self._log_step_metrics(self.train_means.compute())
 
     def _log_step_metrics(self, metrics: dict[str, Tensor]) -> None:
@@ -181,8 +220,11 @@ class GRPOModule(L.LightningModule):
         """Sample and score; with dynamic sampling, more rounds until the groups carry signal."""
         alg = self.algorithm
         if alg.gamma != 1.0 and not self._warned_gamma:
-            warnings.warn("algorithm.gamma only applies to token-level rewards (external batches with "
-                          "token_rewards); generated rollouts have outcome rewards only", stacklevel=2)
+            warnings.warn(
+                "algorithm.gamma only applies to token-level rewards (external batches with "
+                "token_rewards); generated rollouts have outcome rewards only",
+                stacklevel=2,
+            )
             self._warned_gamma = True
 
         def draw(round_index: int):
@@ -202,8 +244,9 @@ class GRPOModule(L.LightningModule):
         else:
             num_groups = len(batch[self.prompt_key])
             rounds_cap = alg.max_generation_rounds or DEFAULT_MAX_GENERATION_ROUNDS
-            rollout, scores, rounds, kept = dynamic_sample(draw, num_groups, alg.group_size, rounds_cap,
-                                                           lockstep=self.policy.lockstep)
+            rollout, scores, rounds, kept = dynamic_sample(
+                draw, num_groups, alg.group_size, rounds_cap, lockstep=self.policy.lockstep
+            )
             self.train_means.update({"sampling/rounds": rounds, "sampling/kept_group_frac": kept})
         return experience_from_rollout(rollout, scores, alg.group_size)
 
@@ -219,8 +262,11 @@ class GRPOModule(L.LightningModule):
         if datamodule is None:
             return batch
         if self._refill is None:
-            self._refill = (datamodule.refill_batches() if hasattr(datamodule, "refill_batches")
-                            else _cycle(datamodule.train_dataloader))
+            self._refill = (
+                datamodule.refill_batches()
+                if hasattr(datamodule, "refill_batches")
+                else _cycle(datamodule.train_dataloader)
+            )
         return next(self._refill)
 
     def _rollout(self, batch: dict[str, list[Any]], group_size: int, sampling: SamplingParams) -> Rollout:
@@ -243,29 +289,42 @@ class GRPOModule(L.LightningModule):
         ref = experience.ref_logprobs if alg.beta > 0 else None  # beta = 0: no KL, given or not
         if ref is None and alg.beta > 0:
             ref = self._score_in_chunks(tokens, reference=True)
-        mask = tokens.completion_mask.float()                                       # [B, T]
+        mask = tokens.completion_mask.float()  # [B, T]
         rewards, token_rewards = experience.rewards, experience.token_rewards
         if alg.kl_in_reward:
-            kl = self.kl_estimator(old, ref) * mask                                 # [B, T]
+            kl = self.kl_estimator(old, ref) * mask  # [B, T]
             rewards, token_rewards = kl_penalized_rewards(rewards, token_rewards, kl, mask, alg.beta)
             mean_kl = kl.sum() / mask.sum().clamp(min=1)
-            self.train_means.update({"actor/grpo_kl": mean_kl, "actor/kl_penalty": alg.beta * mean_kl},
-                                    weight=num_rows)
+            self.train_means.update({"actor/grpo_kl": mean_kl, "actor/kl_penalty": alg.beta * mean_kl}, weight=num_rows)
         if token_rewards is not None:
             if alg.adv_estimator not in TOKEN_LEVEL_SCALE:
-                raise ValueError(f"this batch carries token_rewards, which algorithm.adv_estimator="
-                                 f"{alg.adv_estimator} does not handle; use one of {sorted(TOKEN_LEVEL_SCALE)}")
+                raise ValueError(
+                    f"this batch carries token_rewards, which algorithm.adv_estimator="
+                    f"{alg.adv_estimator} does not handle; use one of {sorted(TOKEN_LEVEL_SCALE)}"
+                )
             scale = TOKEN_LEVEL_SCALE[alg.adv_estimator] or self._scale_rewards()
-            advantages = token_level_advantages(token_rewards, mask, group_ids=experience.group_ids,
-                                                gamma=alg.gamma, eps=alg.adv_eps, scale_rewards=scale)  # [B, T]
+            advantages = token_level_advantages(
+                token_rewards,
+                mask,
+                group_ids=experience.group_ids,
+                gamma=alg.gamma,
+                eps=alg.adv_eps,
+                scale_rewards=scale,
+            )  # [B, T]
         else:
-            advantages = compute_advantages(alg.adv_estimator, rewards, group_ids=experience.group_ids,
-                                            group_size=experience.group_size, eps=alg.adv_eps,
-                                            scale_rewards=self._scale_rewards())                     # [B]
+            advantages = compute_advantages(
+                alg.adv_estimator,
+                rewards,
+                group_ids=experience.group_ids,
+                group_size=experience.group_size,
+                eps=alg.adv_eps,
+                scale_rewards=self._scale_rewards(),
+            )  # [B]
         if alg.mask_truncated_completions and experience.truncated is not None:
             tokens = replace(tokens, completion_mask=tokens.completion_mask * ~experience.truncated.unsqueeze(1))
-        return UpdateBatch(**vars(tokens), advantages=advantages, old_logprobs=old,
-                           ref_logprobs=None if alg.kl_in_reward else ref)
+        return UpdateBatch(
+            **vars(tokens), advantages=advantages, old_logprobs=old, ref_logprobs=None if alg.kl_in_reward else ref
+        )
 
     def _scale_rewards(self) -> str:
         alg = self.algorithm
@@ -276,10 +335,13 @@ class GRPOModule(L.LightningModule):
     def _score_in_chunks(self, tokens: TokenBatch, reference: bool) -> Tensor:
         rows = torch.arange(tokens.prompt_ids.size(0), device=tokens.prompt_ids.device)
         chunk = self.algorithm.micro_batch_size or self.algorithm.mini_batch_size or rows.numel()
-        parts = [self.policy.token_scores(tokens.rows(index), temperature=self.generation.temperature,
-                                          with_entropy=False, reference=reference)[0]
-                 for index in rows.split(chunk)]
-        return torch.cat(parts)                                                    # [B, T]
+        parts = [
+            self.policy.token_scores(
+                tokens.rows(index), temperature=self.generation.temperature, with_entropy=False, reference=reference
+            )[0]
+            for index in rows.split(chunk)
+        ]
+        return torch.cat(parts)  # [B, T]
 
     def _update_policy(self, update: UpdateBatch) -> None:
         alg = self.algorithm
@@ -288,11 +350,16 @@ class GRPOModule(L.LightningModule):
         mini = alg.mini_batch_size or num_rows
         micro = alg.micro_batch_size or mini
         if num_rows % mini or mini % micro:
-            raise ValueError(f"this batch has {num_rows} completions, which algorithm.mini_batch_size={mini} "
-                             f"and algorithm.micro_batch_size={micro} must divide in turn")
+            raise ValueError(
+                f"this batch has {num_rows} completions, which algorithm.mini_batch_size={mini} "
+                f"and algorithm.micro_batch_size={micro} must divide in turn"
+            )
         for _ in range(alg.num_iterations):
-            order = torch.randperm(num_rows, device=self.device) if mini < num_rows else \
-                torch.arange(num_rows, device=self.device)
+            order = (
+                torch.randperm(num_rows, device=self.device)
+                if mini < num_rows
+                else torch.arange(num_rows, device=self.device)
+            )
             for mini_rows in order.split(mini):
                 # Per process: what the mini-batch's mean runs over, averaged over processes, as
                 # DDP averages their gradients: a token mean is then over every process's tokens.
@@ -313,8 +380,12 @@ class GRPOModule(L.LightningModule):
                     # with a weight too small to move the others.
                     stats = {f"actor/{k}": v for k, v in stats.items()} | {"actor/loss": loss.detach()}
                     logged.append(({k: v for k, v in stats.items() if k in LOSS_TERMS}, units.clamp(min=1e-6)))
-                    logged.append(({k: v for k, v in stats.items() if k not in LOSS_TERMS},
-                                   part.completion_mask.sum().float().clamp(min=1e-6)))
+                    logged.append(
+                        (
+                            {k: v for k, v in stats.items() if k not in LOSS_TERMS},
+                            part.completion_mask.sum().float().clamp(min=1e-6),
+                        )
+                    )
                 grad_norm = self._clip_gradients()
                 # Every process must skip the same updates (their gradients are all-reduced).
                 finite = self.trainer.strategy.reduce_boolean_decision(finite and bool(grad_norm.isfinite()))
@@ -339,36 +410,51 @@ class GRPOModule(L.LightningModule):
     def _micro_batch_loss(self, part: UpdateBatch) -> tuple[Tensor, dict[str, Tensor]]:
         alg = self.algorithm
         # With no entropy bonus the entropy is only logged: computed without grad.
-        logprobs, entropy = self.policy.token_scores(part, temperature=self.generation.temperature,
-                                                     with_entropy=True,
-                                                     entropy_grad=alg.entropy_coef != 0)  # [b, T] each
+        logprobs, entropy = self.policy.token_scores(
+            part, temperature=self.generation.temperature, with_entropy=True, entropy_grad=alg.entropy_coef != 0
+        )  # [b, T] each
         old = part.old_logprobs if part.old_logprobs is not None else logprobs.detach()
-        return policy_objective(self.policy_loss, logprobs, old, part.advantages, part.completion_mask,
-                                aggregation=self.loss_aggregation, max_length=self.generation.max_new_tokens,
-                                ref_logprobs=part.ref_logprobs, kl_estimator=self.kl_estimator, beta=alg.beta,
-                                entropy=entropy, entropy_coef=alg.entropy_coef)
+        return policy_objective(
+            self.policy_loss,
+            logprobs,
+            old,
+            part.advantages,
+            part.completion_mask,
+            aggregation=self.loss_aggregation,
+            max_length=self.generation.max_new_tokens,
+            ref_logprobs=part.ref_logprobs,
+            kl_estimator=self.kl_estimator,
+            beta=alg.beta,
+            entropy=entropy,
+            entropy_coef=alg.entropy_coef,
+        )
 
     def _clip_gradients(self) -> Tensor:
         """Clip to max_grad_norm (if set) and return the norm before clipping."""
         max_norm = self.algorithm.max_grad_norm
-        return torch.nn.utils.clip_grad_norm_(list(self.policy.trainable_parameters()),
-                                              max_norm if max_norm is not None else float("inf"))
+        return torch.nn.utils.clip_grad_norm_(
+            list(self.policy.trainable_parameters()), max_norm if max_norm is not None else float("inf")
+        )
 
     def _record_experience(self, experience: Experience, advantages: Tensor) -> None:
         rewards = experience.rewards
         size = rewards.numel()
-        grouped = rewards.view(-1, experience.group_size)                           # [N, G]
-        zero_std = (grouped.amax(dim=1) == grouped.amin(dim=1)).float()             # [N]
+        grouped = rewards.view(-1, experience.group_size)  # [N, G]
+        zero_std = (grouped.amax(dim=1) == grouped.amin(dim=1)).float()  # [N]
         lengths = experience.lengths.float()
         if advantages.dim() == 2:  # token-level: over completion tokens, not padding
             advantages = advantages[experience.tokens.completion_mask.bool()]
-        self.train_means.update({
-            "reward/mean": rewards.mean(),
-            "reward/std": rewards.std(unbiased=False),
-            "response_length/mean": lengths.mean(),
-        }, weight=size)
-        self.train_means.update({"actor/adv_mean": advantages.mean(),
-                                 "actor/adv_std": advantages.std(unbiased=False)}, weight=size)
+        self.train_means.update(
+            {
+                "reward/mean": rewards.mean(),
+                "reward/std": rewards.std(unbiased=False),
+                "response_length/mean": lengths.mean(),
+            },
+            weight=size,
+        )
+        self.train_means.update(
+            {"actor/adv_mean": advantages.mean(), "actor/adv_std": advantages.std(unbiased=False)}, weight=size
+        )
         if experience.truncated is not None:
             self.train_means.update({"response_length/clip_ratio": experience.truncated.float().mean()}, weight=size)
         self.train_means.update({"reward/frac_zero_std": zero_std.mean()}, weight=zero_std.numel())
@@ -388,7 +474,7 @@ class GRPOModule(L.LightningModule):
         if self.val_pass_metric is not None:
             gen = self.generation
             judged = scores.total if gen.val_pass_reward is None else scores.per_function[gen.val_pass_reward]
-            passed = (judged >= gen.val_pass_threshold).view(-1, self.val_k)          # [N, k]
+            passed = (judged >= gen.val_pass_threshold).view(-1, self.val_k)  # [N, k]
             self.val_means.update({self.val_pass_metric: pass_at_k(passed, self.val_k)})
         self.val_means.update({"val/reward/mean": scores.total})
         for name, values in scores.per_function.items():
@@ -420,11 +506,13 @@ class GRPOModule(L.LightningModule):
         opt = self.optim
         params = list(self.policy.trainable_parameters())
         fused = opt.fused if opt.fused is not None else _fused_adamw_supported(params)
-        optimizer = torch.optim.AdamW(params, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps,
-                                      weight_decay=opt.weight_decay, fused=fused or None)
+        optimizer = torch.optim.AdamW(
+            params, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps, weight_decay=opt.weight_decay, fused=fused or None
+        )
         warmup = opt.warmup_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0)
+            optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
@@ -433,8 +521,9 @@ def _fused_adamw_supported(params: list[torch.nn.Parameter]) -> bool:
     from torch.optim.optimizer import _get_fused_kernels_supported_devices
 
     devices = _get_fused_kernels_supported_devices()
-    return bool(params) and all(p.device.type in devices and p.dtype in (torch.float32, torch.bfloat16, torch.float16)
-                                for p in params)
+    return bool(params) and all(
+        p.device.type in devices and p.dtype in (torch.float32, torch.bfloat16, torch.float16) for p in params
+    )
 
 
 def _cycle(make_loader: Callable[[], Iterable[Any]]) -> Iterator[Any]:

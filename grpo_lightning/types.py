@@ -17,24 +17,26 @@ from torch import Tensor
 class TokenBatch:
     """The tensors one forward pass needs; every field has the batch as its first dimension."""
 
-    prompt_ids: Tensor        # [B, P] left-padded
-    prompt_mask: Tensor       # [B, P]
-    completion_ids: Tensor    # [B, T] right-padded
-    completion_mask: Tensor   # [B, T] 1 on completion tokens up to and including EOS
+    prompt_ids: Tensor  # [B, P] left-padded
+    prompt_mask: Tensor  # [B, P]
+    completion_ids: Tensor  # [B, T] right-padded
+    completion_mask: Tensor  # [B, T] 1 on completion tokens up to and including EOS
 
     def rows(self, index: Tensor) -> "TokenBatch":
         """The rows ``index`` of every tensor field."""
-        return replace(self, **{f.name: getattr(self, f.name)[index] for f in fields(self)
-                                if isinstance(getattr(self, f.name), Tensor)})
+        return replace(
+            self,
+            **{f.name: getattr(self, f.name)[index] for f in fields(self) if isinstance(getattr(self, f.name), Tensor)},
+        )
 
 
 @dataclass
 class UpdateBatch(TokenBatch):
     """A scored rollout, ready for the policy update."""
 
-    advantages: Optional[Tensor] = None      # [B] or [B, T]
-    old_logprobs: Optional[Tensor] = None    # [B, T]; None: the current log-probs, detached
-    ref_logprobs: Optional[Tensor] = None    # [B, T]; None: no KL term
+    advantages: Optional[Tensor] = None  # [B] or [B, T]
+    old_logprobs: Optional[Tensor] = None  # [B, T]; None: the current log-probs, detached
+    ref_logprobs: Optional[Tensor] = None  # [B, T]; None: no KL term
 
 
 @dataclass
@@ -42,72 +44,86 @@ class Rollout:
     """Sampled completions with the text and columns the reward functions see."""
 
     tokens: TokenBatch
-    prompts: list[str]              # [B] the prompt of each row (repeated G times)
-    completions: list[str]          # [B]
-    columns: dict[str, list[Any]]   # each [B], the dataset's other columns, repeated like prompts
-    group_ids: Tensor               # [B] index of the prompt within the batch
-    truncated: Tensor               # [B] bool: hit max_new_tokens before EOS
+    prompts: list[str]  # [B] the prompt of each row (repeated G times)
+    completions: list[str]  # [B]
+    columns: dict[str, list[Any]]  # each [B], the dataset's other columns, repeated like prompts
+    group_ids: Tensor  # [B] index of the prompt within the batch
+    truncated: Tensor  # [B] bool: hit max_new_tokens before EOS
 
     @property
     def lengths(self) -> Tensor:
-        return self.tokens.completion_mask.sum(dim=1)                          # [B]
+        return self.tokens.completion_mask.sum(dim=1)  # [B]
 
 
 @dataclass
 class RewardScores:
     """Rewards of one batch of completions."""
 
-    total: Tensor                   # [B] weighted sum, None counted as 0
+    total: Tensor  # [B] weighted sum, None counted as 0
     per_function: dict[str, Tensor]  # name -> [B] raw values (0 where not applicable)
-    applicable: dict[str, Tensor]    # name -> [B] bool, False where the function returned None
+    applicable: dict[str, Tensor]  # name -> [B] bool, False where the function returned None
     non_finite: dict[str, int] = field(default_factory=dict)  # name -> NaN/inf values scored 0
 
 
 @dataclass
 class Experience:
     tokens: TokenBatch
-    rewards: Tensor                           # [B] outcome reward of each completion
-    group_ids: Tensor                         # [B] prompt index, consecutive groups
+    rewards: Tensor  # [B] outcome reward of each completion
+    group_ids: Tensor  # [B] prompt index, consecutive groups
     group_size: int
-    token_rewards: Optional[Tensor] = None    # [B, T] process rewards, or None
-    truncated: Optional[Tensor] = None        # [B] bool, or None when unknown
-    scores: Optional[RewardScores] = None     # per-function rewards (generated rollouts only)
+    token_rewards: Optional[Tensor] = None  # [B, T] process rewards, or None
+    truncated: Optional[Tensor] = None  # [B] bool, or None when unknown
+    scores: Optional[RewardScores] = None  # per-function rewards (generated rollouts only)
     sampling_logprobs: Optional[Tensor] = None  # [B, T], or None: recompute when needed
-    ref_logprobs: Optional[Tensor] = None     # [B, T], or None: compute when beta > 0
-    prompts: Optional[list[str]] = None       # [B] texts (generated rollouts only)
-    completions: Optional[list[str]] = None   # [B]
+    ref_logprobs: Optional[Tensor] = None  # [B, T], or None: compute when beta > 0
+    prompts: Optional[list[str]] = None  # [B] texts (generated rollouts only)
+    completions: Optional[list[str]] = None  # [B]
 
     @property
     def lengths(self) -> Tensor:
-        return self.tokens.completion_mask.sum(dim=1)                          # [B]
+        return self.tokens.completion_mask.sum(dim=1)  # [B]
 
 
 def experience_from_rollout(rollout: Rollout, scores: RewardScores, group_size: int) -> Experience:
-    return Experience(tokens=rollout.tokens, rewards=scores.total, group_ids=rollout.group_ids,
-                      group_size=group_size, truncated=rollout.truncated, scores=scores,
-                      prompts=rollout.prompts, completions=rollout.completions)
+    return Experience(
+        tokens=rollout.tokens,
+        rewards=scores.total,
+        group_ids=rollout.group_ids,
+        group_size=group_size,
+        truncated=rollout.truncated,
+        scores=scores,
+        prompts=rollout.prompts,
+        completions=rollout.completions,
+    )
 
 
 @dataclass
 class RolloutSample:
     """One training step's completions, as the reward functions and the estimator saw them."""
 
-    prompts: list[str]              # [B] one per completion (each prompt repeated G times)
-    completions: list[str]          # [B]
-    rewards: dict[str, Tensor]      # name -> [B] raw values
-    applicable: dict[str, Tensor]   # name -> [B] bool, False where the function returned None
-    total: Tensor                   # [B] weighted sum
-    advantages: Tensor              # [B]
-    lengths: Tensor                 # [B] completion tokens
+    prompts: list[str]  # [B] one per completion (each prompt repeated G times)
+    completions: list[str]  # [B]
+    rewards: dict[str, Tensor]  # name -> [B] raw values
+    applicable: dict[str, Tensor]  # name -> [B] bool, False where the function returned None
+    total: Tensor  # [B] weighted sum
+    advantages: Tensor  # [B]
+    lengths: Tensor  # [B] completion tokens
 
     def columns(self) -> list[str]:
-        return ["prompt", "completion", *(f"reward/{name}" for name in self.rewards), "reward", "advantage",
-                "length"]
+        return ["prompt", "completion", *(f"reward/{name}" for name in self.rewards), "reward", "advantage", "length"]
 
     def rows(self) -> list[list[Any]]:
         """Table rows; a reward that did not apply to a completion is None, not 0."""
-        per_function = [[value if ok else None for value, ok in zip(values.tolist(), self.applicable[name].tolist())]
-                        for name, values in self.rewards.items()]
-        columns = [self.prompts, self.completions, *per_function, self.total.tolist(),
-                   self.advantages.tolist(), self.lengths.tolist()]
+        per_function = [
+            [value if ok else None for value, ok in zip(values.tolist(), self.applicable[name].tolist())]
+            for name, values in self.rewards.items()
+        ]
+        columns = [
+            self.prompts,
+            self.completions,
+            *per_function,
+            self.total.tolist(),
+            self.advantages.tolist(),
+            self.lengths.tolist(),
+        ]
         return [list(row) for row in zip(*columns)]

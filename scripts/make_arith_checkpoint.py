@@ -147,9 +147,7 @@ def evaluate(
     sampled_text = tokenizer.batch_decode(sampled, skip_special_tokens=True)
     repeated = [answer for answer in answers for _ in range(SAMPLES_PER_PROMPT)]
     # Decoding with special tokens kept exposes whether generation stopped on <eos>.
-    well_formed = re.compile(
-        rf"\d+{re.escape(tokenizer.eos_token)}(?:{re.escape(tokenizer.pad_token)})*"
-    )
+    well_formed = re.compile(rf"\d+{re.escape(tokenizer.eos_token)}(?:{re.escape(tokenizer.pad_token)})*")
     raw_text = tokenizer.batch_decode(sampled, skip_special_tokens=False)
     return {
         "greedy_accuracy": fmean(correct_answer(prompts, greedy_text, answer=answers)),

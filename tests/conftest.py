@@ -64,9 +64,15 @@ def compose_config(tmp_path):
     from grpo_lightning.run.train import load_config
 
     def compose_with(*overrides: str):
-        small = [f"output_dir={tmp_path}", "trainer.max_steps=2", "trainer.val_every_n_steps=1",
-                 "trainer.enable_progress_bar=false", "data.batch_size=4", "data.val_batch_size=16",
-                 "trainer.limit_val_batches=1"]
+        small = [
+            f"output_dir={tmp_path}",
+            "trainer.max_steps=2",
+            "trainer.val_every_n_steps=1",
+            "trainer.enable_progress_bar=false",
+            "data.batch_size=4",
+            "data.val_batch_size=16",
+            "trainer.limit_val_batches=1",
+        ]
         return load_config(small + list(overrides))
 
     return compose_with

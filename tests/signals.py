@@ -37,5 +37,7 @@ def constant_for_even_first_digit(prompts: list[str], completions: list[str], **
     >>> constant_for_even_first_digit(["21+3=", "21+3=", "12+3=", "12+3="], ["1", "1", "2", "3"])
     [0.5, 0.5, 1.0, 0.0]
     """
-    return [0.5 if int(prompt[0]) % 2 == 0 else reward
-            for prompt, reward in zip(prompts, alternating(prompts, completions), strict=True)]
+    return [
+        0.5 if int(prompt[0]) % 2 == 0 else reward
+        for prompt, reward in zip(prompts, alternating(prompts, completions), strict=True)
+    ]

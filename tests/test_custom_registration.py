@@ -33,13 +33,17 @@ def user_variants():
 
 
 def test_user_registered_estimator_and_loss_train(user_variants, compose_config, random_arith_dir, tmp_path):
-    cfg = compose_config(f"model.name_or_path={random_arith_dir}", "algorithm.adv_estimator=test_sign",
-                         "algorithm.policy_loss=test_reinforce", "trainer.max_steps=1",
-                         "validate_before_training=false")
+    cfg = compose_config(
+        f"model.name_or_path={random_arith_dir}",
+        "algorithm.adv_estimator=test_sign",
+        "algorithm.policy_loss=test_reinforce",
+        "trainer.max_steps=1",
+        "validate_before_training=false",
+    )
     train(cfg)
     with open(tmp_path / "metrics.csv") as handle:
         rows = [row for row in csv.DictReader(handle) if row.get("actor/policy_loss")]
     assert len(rows) == 1
-    assert float(rows[0]["actor/logprob_mean"]) < 0     # the custom stat was declared and logged
-    assert "actor/clip_frac" not in rows[0]              # not computed by this loss, so not logged
+    assert float(rows[0]["actor/logprob_mean"]) < 0  # the custom stat was declared and logged
+    assert "actor/clip_frac" not in rows[0]  # not computed by this loss, so not logged
     assert abs(float(rows[0]["actor/adv_mean"])) <= 1

@@ -53,8 +53,9 @@ from grpo_lightning.distributed import global_mean_std
 
 
 class AdvantageEstimator(Protocol):
-    def __call__(self, rewards: Tensor, *, group_ids: Tensor, group_size: int, eps: float,
-                 normalize_by_std: bool) -> Tensor: ...
+    def __call__(
+        self, rewards: Tensor, *, group_ids: Tensor, group_size: int, eps: float, normalize_by_std: bool
+    ) -> Tensor: ...
 
 
 ADV_ESTIMATORS: dict[str, AdvantageEstimator] = {}
@@ -63,8 +64,9 @@ SELF_SCALED: set[str] = set()
 SCALE_REWARDS = ("group", "batch", "none")
 
 
-def register_adv_estimator(name: str, *, scale_rewards: bool = True
-                           ) -> Callable[[AdvantageEstimator], AdvantageEstimator]:
+def register_adv_estimator(
+    name: str, *, scale_rewards: bool = True
+) -> Callable[[AdvantageEstimator], AdvantageEstimator]:
     """Decorator: make an estimator selectable as ``algorithm.adv_estimator=<name>``.
 
     ``scale_rewards=True`` (default): the estimator divides by the group std when called with
@@ -90,8 +92,9 @@ def get_adv_estimator(name: str) -> AdvantageEstimator:
         raise KeyError(f"unknown advantage estimator {name!r}; known: {sorted(ADV_ESTIMATORS)}") from None
 
 
-def normalize_group_rewards(rewards: Tensor, group_size: int, eps: float = 1e-8,
-                            normalize_by_std: bool = True) -> Tensor:
+def normalize_group_rewards(
+    rewards: Tensor, group_size: int, eps: float = 1e-8, normalize_by_std: bool = True
+) -> Tensor:
     """Advantages for rewards laid out as consecutive groups of ``group_size``.
 
     >>> normalize_group_rewards(torch.tensor([1.0, 0.0, 0.5, 0.5]), group_size=2)
@@ -100,40 +103,44 @@ def normalize_group_rewards(rewards: Tensor, group_size: int, eps: float = 1e-8,
     if group_size < 2:
         raise ValueError(f"group_size must be >= 2 to form a group baseline, got {group_size}")
     if rewards.dim() != 1 or rewards.numel() % group_size != 0:
-        raise ValueError(f"rewards must be a 1-D tensor whose length is a multiple of group_size="
-                         f"{group_size}; got shape {tuple(rewards.shape)}")
-    grouped = rewards.view(-1, group_size)                          # [N, G]
-    centred = grouped - grouped.mean(dim=1, keepdim=True)           # [N, G]
+        raise ValueError(
+            f"rewards must be a 1-D tensor whose length is a multiple of group_size="
+            f"{group_size}; got shape {tuple(rewards.shape)}"
+        )
+    grouped = rewards.view(-1, group_size)  # [N, G]
+    centred = grouped - grouped.mean(dim=1, keepdim=True)  # [N, G]
     if normalize_by_std:
         centred = centred / (grouped.std(dim=1, unbiased=False, keepdim=True) + eps)
     # A constant group would give tiny float noise (or 0/0 with eps=0) instead of 0.
     constant = grouped.amax(dim=1, keepdim=True) == grouped.amin(dim=1, keepdim=True)
-    return centred.masked_fill(constant, 0.0).view(-1)              # [N*G]
+    return centred.masked_fill(constant, 0.0).view(-1)  # [N*G]
 
 
 @register_adv_estimator("grpo_vectorized")
-def grpo_vectorized(rewards: Tensor, *, group_ids: Tensor, group_size: int, eps: float,
-                    normalize_by_std: bool) -> Tensor:
+def grpo_vectorized(
+    rewards: Tensor, *, group_ids: Tensor, group_size: int, eps: float, normalize_by_std: bool
+) -> Tensor:
     """GRPO for consecutive equal-size groups: one reshape, no scatter."""
     return normalize_group_rewards(rewards, group_size, eps, normalize_by_std)
 
 
 @register_adv_estimator("grpo")
-def grpo(rewards: Tensor, *, group_ids: Tensor, group_size: int, eps: float,
-         normalize_by_std: bool) -> Tensor:
+def grpo(rewards: Tensor, *, group_ids: Tensor, group_size: int, eps: float, normalize_by_std: bool) -> Tensor:
     """GRPO for groups given by ``group_ids`` in any order and of any sizes (>= 1 each)."""
     if rewards.shape != group_ids.shape or rewards.dim() != 1:
-        raise ValueError(f"rewards {tuple(rewards.shape)} and group_ids {tuple(group_ids.shape)} "
-                         "must be 1-D tensors of the same length")
-    _, index = torch.unique(group_ids, return_inverse=True)                 # [N] in 0..K-1
+        raise ValueError(
+            f"rewards {tuple(rewards.shape)} and group_ids {tuple(group_ids.shape)} "
+            "must be 1-D tensors of the same length"
+        )
+    _, index = torch.unique(group_ids, return_inverse=True)  # [N] in 0..K-1
     num_groups = int(index.max()) + 1 if index.numel() else 0
     values = rewards
     zeros = values.new_zeros(num_groups)
-    count = zeros.index_add(0, index, torch.ones_like(values))             # [K]
-    mean = zeros.index_add(0, index, values) / count                       # [K]
-    centred = values - mean[index]                                         # [N]
+    count = zeros.index_add(0, index, torch.ones_like(values))  # [K]
+    mean = zeros.index_add(0, index, values) / count  # [K]
+    centred = values - mean[index]  # [N]
     if normalize_by_std:
-        var = zeros.index_add(0, index, centred.square()) / count          # [K], population
+        var = zeros.index_add(0, index, centred.square()) / count  # [K], population
         centred = centred / (var.sqrt()[index] + eps)
     high = zeros.scatter_reduce(0, index, values, reduce="amax", include_self=False)
     low = zeros.scatter_reduce(0, index, values, reduce="amin", include_self=False)
@@ -151,49 +158,48 @@ def scale_by_batch_std(advantages: Tensor, eps: float) -> Tensor:
     return torch.where(std > 0, advantages / (std + eps), advantages)
 
 
-def compute_advantages(estimator_name: str, rewards: Tensor, *, group_ids: Tensor, group_size: int,
-                       eps: float, scale_rewards: str) -> Tensor:
+def compute_advantages(
+    estimator_name: str, rewards: Tensor, *, group_ids: Tensor, group_size: int, eps: float, scale_rewards: str
+) -> Tensor:
     """Run a registered estimator with ``scale_rewards`` applied as that estimator allows.  [N] -> [N]"""
     estimator = get_adv_estimator(estimator_name)
     if estimator_name in SELF_SCALED:
         return estimator(rewards, group_ids=group_ids, group_size=group_size, eps=eps, normalize_by_std=False)
-    advantages = estimator(rewards, group_ids=group_ids, group_size=group_size, eps=eps,
-                           normalize_by_std=scale_rewards == "group")
+    advantages = estimator(
+        rewards, group_ids=group_ids, group_size=group_size, eps=eps, normalize_by_std=scale_rewards == "group"
+    )
     return scale_by_batch_std(advantages, eps) if scale_rewards == "batch" else advantages
 
 
 @register_adv_estimator("dr_grpo", scale_rewards=False)
-def dr_grpo(rewards: Tensor, *, group_ids: Tensor, group_size: int, eps: float,
-            normalize_by_std: bool) -> Tensor:
+def dr_grpo(rewards: Tensor, *, group_ids: Tensor, group_size: int, eps: float, normalize_by_std: bool) -> Tensor:
     """Dr. GRPO: r_i - mean(r), no std division (the std favours too-easy / too-hard groups)."""
     return grpo(rewards, group_ids=group_ids, group_size=group_size, eps=eps, normalize_by_std=False)
 
 
 @register_adv_estimator("rloo", scale_rewards=False)
-def rloo(rewards: Tensor, *, group_ids: Tensor, group_size: int, eps: float,
-         normalize_by_std: bool) -> Tensor:
+def rloo(rewards: Tensor, *, group_ids: Tensor, group_size: int, eps: float, normalize_by_std: bool) -> Tensor:
     """RLOO: A_i = r_i - mean_{j != i} r_j = G / (G - 1) * (r_i - mean(r)), per group.
 
     Groups of any sizes and order (``group_ids``); a group of one completion has no baseline
     and gets 0.
     """
-    _, index = torch.unique(group_ids, return_inverse=True)                 # [N] in 0..K-1
+    _, index = torch.unique(group_ids, return_inverse=True)  # [N] in 0..K-1
     num_groups = int(index.max()) + 1 if index.numel() else 0
     zeros = rewards.new_zeros(num_groups)
-    count = zeros.index_add(0, index, torch.ones_like(rewards))[index]     # [N] size of own group
-    total = zeros.index_add(0, index, rewards)[index]                       # [N] sum of own group
-    others_mean = (total - rewards) / (count - 1).clamp(min=1)              # [N]
+    count = zeros.index_add(0, index, torch.ones_like(rewards))[index]  # [N] size of own group
+    total = zeros.index_add(0, index, rewards)[index]  # [N] sum of own group
+    others_mean = (total - rewards) / (count - 1).clamp(min=1)  # [N]
     return torch.where(count > 1, rewards - others_mean, torch.zeros_like(rewards))
 
 
 @register_adv_estimator("reinforce_pp", scale_rewards=False)
-def reinforce_pp(rewards: Tensor, *, group_ids: Tensor, group_size: int, eps: float,
-                 normalize_by_std: bool) -> Tensor:
+def reinforce_pp(rewards: Tensor, *, group_ids: Tensor, group_size: int, eps: float, normalize_by_std: bool) -> Tensor:
     """REINFORCE++: (r_i - mean_batch(r)) / (std_batch(r) + eps), no per-prompt baseline.
 
     The batch is that of every process (the global batch under DDP)."""
     mean, std = global_mean_std(rewards)
-    centred = rewards - mean                                                # [N]
+    centred = rewards - mean  # [N]
     return torch.where(std > 0, centred / (std + eps), centred)
 
 
@@ -201,15 +207,16 @@ def discounted_returns(token_rewards: Tensor, mask: Tensor, gamma: float) -> Ten
     """G_t = sum_{k >= t} gamma^(k - t) r_k over each completion's valid tokens.  [N, T] -> [N, T]"""
     rewards = token_rewards * mask
     returns = torch.zeros_like(rewards)
-    running = rewards.new_zeros(rewards.size(0))                            # [N]
+    running = rewards.new_zeros(rewards.size(0))  # [N]
     for t in range(rewards.size(1) - 1, -1, -1):
         running = rewards[:, t] + gamma * running
         returns[:, t] = running
     return returns * mask
 
 
-def token_level_advantages(token_rewards: Tensor, mask: Tensor, *, group_ids: Tensor, gamma: float,
-                           eps: float, scale_rewards: str = "group") -> Tensor:
+def token_level_advantages(
+    token_rewards: Tensor, mask: Tensor, *, group_ids: Tensor, gamma: float, eps: float, scale_rewards: str = "group"
+) -> Tensor:
     """Process rewards: per-token returns, centred on the mean over all valid tokens of each group
     and scaled by the std of those tokens (``group``), of all valid tokens of the batch
     (``batch``), or not at all (``none``).
@@ -224,26 +231,28 @@ def token_level_advantages(token_rewards: Tensor, mask: Tensor, *, group_ids: Te
     mask = mask.to(token_rewards.dtype)
     # Padding may hold anything (NaN from an external batch); NaN * 0 would still be NaN.
     token_rewards = torch.where(valid, token_rewards, torch.zeros_like(token_rewards))
-    returns = discounted_returns(token_rewards, mask, gamma)                # [N, T]
-    _, index = torch.unique(group_ids, return_inverse=True)                 # [N]
+    returns = discounted_returns(token_rewards, mask, gamma)  # [N, T]
+    _, index = torch.unique(group_ids, return_inverse=True)  # [N]
     num_groups = int(index.max()) + 1 if index.numel() else 0
     zeros = returns.new_zeros(num_groups)
-    count = zeros.index_add(0, index, mask.sum(dim=1)).clamp(min=1)         # [K] valid tokens
-    mean = zeros.index_add(0, index, returns.sum(dim=1)) / count            # [K]
-    centred = (returns - mean[index].unsqueeze(1)) * mask                   # [N, T]
+    count = zeros.index_add(0, index, mask.sum(dim=1)).clamp(min=1)  # [K] valid tokens
+    mean = zeros.index_add(0, index, returns.sum(dim=1)) / count  # [K]
+    centred = (returns - mean[index].unsqueeze(1)) * mask  # [N, T]
     # A group whose valid returns are all equal carries no signal: exactly 0, not the float
     # noise of its mean divided by a near-zero std.
-    high = zeros.scatter_reduce(0, index, returns.masked_fill(~valid, float("-inf")).amax(dim=1),
-                                reduce="amax", include_self=False)          # [K]
-    low = zeros.scatter_reduce(0, index, returns.masked_fill(~valid, float("inf")).amin(dim=1),
-                               reduce="amin", include_self=False)           # [K]
+    high = zeros.scatter_reduce(
+        0, index, returns.masked_fill(~valid, float("-inf")).amax(dim=1), reduce="amax", include_self=False
+    )  # [K]
+    low = zeros.scatter_reduce(
+        0, index, returns.masked_fill(~valid, float("inf")).amin(dim=1), reduce="amin", include_self=False
+    )  # [K]
     centred = centred.masked_fill((high <= low)[index].unsqueeze(1), 0.0)
     if scale_rewards == "group":
         var = zeros.index_add(0, index, centred.square().sum(dim=1)) / count
-        std = var.sqrt()[index].unsqueeze(1)                                # [N, 1]
+        std = var.sqrt()[index].unsqueeze(1)  # [N, 1]
         centred = torch.where(std > 0, centred / (std + eps), centred)
     elif scale_rewards == "batch":
-        std = global_mean_std(centred, mask)[1]                             # every process's tokens; mean 0
+        std = global_mean_std(centred, mask)[1]  # every process's tokens; mean 0
         centred = torch.where(std > 0, centred / (std + eps), centred)
     return centred
 

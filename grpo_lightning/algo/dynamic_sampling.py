@@ -26,7 +26,7 @@ from grpo_lightning.types import Rollout, TokenBatch
 
 def zero_std_groups(rewards: Tensor, group_size: int) -> Tensor:
     """Which groups have all rewards equal.  rewards [N*G] -> [N] bool"""
-    grouped = rewards.view(-1, group_size)                                     # [N, G]
+    grouped = rewards.view(-1, group_size)  # [N, G]
     return grouped.amax(dim=1) == grouped.amin(dim=1)
 
 
@@ -41,22 +41,33 @@ def _pad_tokens(parts: list[TokenBatch]) -> TokenBatch:
     def right(x: Tensor) -> Tensor:
         return F.pad(x, (0, completion_len - x.size(1)))
 
-    return TokenBatch(torch.cat([left(p.prompt_ids) for p in parts]), torch.cat([left(p.prompt_mask) for p in parts]),
-                      torch.cat([right(p.completion_ids) for p in parts]),
-                      torch.cat([right(p.completion_mask) for p in parts]))
+    return TokenBatch(
+        torch.cat([left(p.prompt_ids) for p in parts]),
+        torch.cat([left(p.prompt_mask) for p in parts]),
+        torch.cat([right(p.completion_ids) for p in parts]),
+        torch.cat([right(p.completion_mask) for p in parts]),
+    )
 
 
-def _select_groups(rollout: Rollout, scores: RewardScores, groups: Tensor, group_size: int
-                   ) -> tuple[Rollout, RewardScores]:
+def _select_groups(
+    rollout: Rollout, scores: RewardScores, groups: Tensor, group_size: int
+) -> tuple[Rollout, RewardScores]:
     """The rows of the given group indices [K], in that order."""
     rows = (groups.unsqueeze(1) * group_size + torch.arange(group_size, device=groups.device)).view(-1)
     index = rows.tolist()
-    picked = Rollout(tokens=rollout.tokens.rows(rows), prompts=[rollout.prompts[i] for i in index],
-                     completions=[rollout.completions[i] for i in index],
-                     columns={k: [v[i] for i in index] for k, v in rollout.columns.items()},
-                     group_ids=rollout.group_ids[rows], truncated=rollout.truncated[rows])
-    picked_scores = RewardScores(scores.total[rows], {k: v[rows] for k, v in scores.per_function.items()},
-                                 {k: v[rows] for k, v in scores.applicable.items()})
+    picked = Rollout(
+        tokens=rollout.tokens.rows(rows),
+        prompts=[rollout.prompts[i] for i in index],
+        completions=[rollout.completions[i] for i in index],
+        columns={k: [v[i] for i in index] for k, v in rollout.columns.items()},
+        group_ids=rollout.group_ids[rows],
+        truncated=rollout.truncated[rows],
+    )
+    picked_scores = RewardScores(
+        scores.total[rows],
+        {k: v[rows] for k, v in scores.per_function.items()},
+        {k: v[rows] for k, v in scores.applicable.items()},
+    )
     return picked, picked_scores
 
 
@@ -66,20 +77,29 @@ def concat(parts: list[tuple[Rollout, RewardScores]], group_size: int) -> tuple[
     scores = [s for _, s in parts]
     tokens = _pad_tokens([r.tokens for r in rollouts])
     rows = tokens.prompt_ids.size(0)
-    rollout = Rollout(tokens=tokens, prompts=sum((r.prompts for r in rollouts), []),
-                      completions=sum((r.completions for r in rollouts), []),
-                      columns={k: sum((r.columns[k] for r in rollouts), []) for k in rollouts[0].columns},
-                      group_ids=torch.arange(rows // group_size, device=tokens.prompt_ids.device
-                                             ).repeat_interleave(group_size),
-                      truncated=torch.cat([r.truncated for r in rollouts]))
-    total = RewardScores(torch.cat([s.total for s in scores]),
-                         {k: torch.cat([s.per_function[k] for s in scores]) for k in scores[0].per_function},
-                         {k: torch.cat([s.applicable[k] for s in scores]) for k in scores[0].applicable})
+    rollout = Rollout(
+        tokens=tokens,
+        prompts=sum((r.prompts for r in rollouts), []),
+        completions=sum((r.completions for r in rollouts), []),
+        columns={k: sum((r.columns[k] for r in rollouts), []) for k in rollouts[0].columns},
+        group_ids=torch.arange(rows // group_size, device=tokens.prompt_ids.device).repeat_interleave(group_size),
+        truncated=torch.cat([r.truncated for r in rollouts]),
+    )
+    total = RewardScores(
+        torch.cat([s.total for s in scores]),
+        {k: torch.cat([s.per_function[k] for s in scores]) for k in scores[0].per_function},
+        {k: torch.cat([s.applicable[k] for s in scores]) for k in scores[0].applicable},
+    )
     return rollout, total
 
 
-def dynamic_sample(draw: Callable[[int], tuple[Rollout, RewardScores]], num_groups: int, group_size: int,
-                   max_rounds: int, lockstep: Optional[AllAgree] = None) -> tuple[Rollout, RewardScores, int, float]:
+def dynamic_sample(
+    draw: Callable[[int], tuple[Rollout, RewardScores]],
+    num_groups: int,
+    group_size: int,
+    max_rounds: int,
+    lockstep: Optional[AllAgree] = None,
+) -> tuple[Rollout, RewardScores, int, float]:
     """Draw rounds (``draw(round_index)`` -> one scored rollout) until ``num_groups`` groups with
     non-constant rewards are kept or ``max_rounds`` ran.
 
@@ -88,6 +108,7 @@ def dynamic_sample(draw: Callable[[int], tuple[Rollout, RewardScores]], num_grou
     Returns (rollout, scores, rounds used, fraction of generated groups that were kept). The
     result has exactly ``num_groups`` groups when enough were generated in total.
     """
+
     def enough(kept_groups: int) -> bool:
         return lockstep(kept_groups >= num_groups) if lockstep is not None else kept_groups >= num_groups
 
@@ -99,7 +120,7 @@ def dynamic_sample(draw: Callable[[int], tuple[Rollout, RewardScores]], num_grou
         rollout, scores = draw(rounds)
         rounds += 1
         non_finite.update(scores.non_finite)
-        constant = zero_std_groups(scores.total, group_size)                   # [N]
+        constant = zero_std_groups(scores.total, group_size)  # [N]
         generated_groups += constant.numel()
         keep = (~constant).nonzero().view(-1)
         kept.append(_select_groups(rollout, scores, keep, group_size))
@@ -108,8 +129,9 @@ def dynamic_sample(draw: Callable[[int], tuple[Rollout, RewardScores]], num_grou
     rollout, scores = concat(kept + dropped, group_size)
     available = scores.total.numel() // group_size
     if available > num_groups:
-        rollout, scores = _select_groups(rollout, scores, torch.arange(num_groups, device=scores.total.device),
-                                         group_size)
+        rollout, scores = _select_groups(
+            rollout, scores, torch.arange(num_groups, device=scores.total.device), group_size
+        )
         rollout.group_ids = torch.arange(num_groups, device=scores.total.device).repeat_interleave(group_size)
     scores = replace(scores, non_finite={name: non_finite[name] for name in scores.per_function if name in non_finite})
     return rollout, scores, rounds, kept_groups / max(generated_groups, 1)

@@ -59,8 +59,9 @@ def kl_k3(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
     return torch.exp(log_ratio) - log_ratio - 1
 
 
-def kl_penalized_rewards(rewards: Tensor, token_rewards: Optional[Tensor], kl: Tensor, mask: Tensor,
-                         beta: float) -> tuple[Tensor, Optional[Tensor]]:
+def kl_penalized_rewards(
+    rewards: Tensor, token_rewards: Optional[Tensor], kl: Tensor, mask: Tensor, beta: float
+) -> tuple[Tensor, Optional[Tensor]]:
     """``kl_in_reward``: the KL as a cost in the reward instead of a term of the loss.
 
     Args:
@@ -69,6 +70,6 @@ def kl_penalized_rewards(rewards: Tensor, token_rewards: Optional[Tensor], kl: T
         kl: [B, T] per-token KL estimate (from the sampling policy's log-probs, no grad).
         mask: [B, T] 1 on completion tokens.
     """
-    kl = kl * mask                                                              # [B, T]
+    kl = kl * mask  # [B, T]
     penalized_tokens = None if token_rewards is None else token_rewards - beta * kl
     return rewards - beta * kl.sum(dim=1), penalized_tokens

@@ -38,9 +38,23 @@ from torch import Tensor
 
 from grpo_lightning.algo.kl import KLEstimator, kl_k3
 
-__all__ = ["grpo_loss", "policy_objective", "masked_mean", "sequence_then_token_mean", "kl_k3",
-           "POLICY_LOSSES", "register_policy_loss", "get_policy_loss", "ClippedSurrogate", "GSPOLoss",
-           "CISPOLoss", "build_policy_loss", "LOSS_AGGREGATIONS", "LossAggregation", "get_loss_aggregation"]
+__all__ = [
+    "grpo_loss",
+    "policy_objective",
+    "masked_mean",
+    "sequence_then_token_mean",
+    "kl_k3",
+    "POLICY_LOSSES",
+    "register_policy_loss",
+    "get_policy_loss",
+    "ClippedSurrogate",
+    "GSPOLoss",
+    "CISPOLoss",
+    "build_policy_loss",
+    "LOSS_AGGREGATIONS",
+    "LossAggregation",
+    "get_loss_aggregation",
+]
 
 
 def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
@@ -61,11 +75,12 @@ def scored_sequences(mask: Tensor) -> Tensor:
 
 def sequence_then_token_mean(values: Tensor, mask: Tensor) -> Tensor:
     """Mean over each sequence's valid tokens, then over sequences.  values, mask: [B, T]."""
-    per_sequence = (values * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)    # [B]
+    per_sequence = (values * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)  # [B]
     return per_sequence.sum() / scored_sequences(mask).clamp(min=1)
 
 
 # -- loss aggregation ------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class LossAggregation:
@@ -93,11 +108,13 @@ LOSS_AGGREGATIONS: dict[str, LossAggregation] = {
     # DAPO: each token weighs the same; long sequences weigh more in total.
     "token-mean": LossAggregation(lambda v, m, L: masked_mean(v, m), by_tokens=True),
     # Sum over tokens: the loss and gradient grow with the length of the sequence.
-    "seq-mean-token-sum": LossAggregation(lambda v, m, L: (v * m).sum() / scored_sequences(m).clamp(min=1),
-                                          by_tokens=False),
+    "seq-mean-token-sum": LossAggregation(
+        lambda v, m, L: (v * m).sum() / scored_sequences(m).clamp(min=1), by_tokens=False
+    ),
     # Dr. GRPO: the token sum divided by a constant (the max completion length): no length bias.
-    "seq-mean-token-sum-norm": LossAggregation(lambda v, m, L: (v * m).sum() / scored_sequences(m).clamp(min=1) / L,
-                                               by_tokens=False),
+    "seq-mean-token-sum-norm": LossAggregation(
+        lambda v, m, L: (v * m).sum() / scored_sequences(m).clamp(min=1) / L, by_tokens=False
+    ),
 }
 
 
@@ -114,6 +131,7 @@ Aggregate = Callable[[Tensor, Tensor], Tensor]
 
 # -- policy losses ---------------------------------------------------------------------------
 
+
 class PolicyLoss(Protocol):
     """``loss(logprobs, old_logprobs, advantages, mask, aggregate) -> (loss, stats)``.
 
@@ -123,8 +141,9 @@ class PolicyLoss(Protocol):
 
     stat_names: tuple[str, ...]
 
-    def __call__(self, logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor,
-                 aggregate: Aggregate) -> tuple[Tensor, dict[str, Tensor]]: ...
+    def __call__(
+        self, logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, aggregate: Aggregate
+    ) -> tuple[Tensor, dict[str, Tensor]]: ...
 
 
 POLICY_LOSSES: dict[str, Callable[..., PolicyLoss]] = {}
@@ -173,24 +192,27 @@ class ClippedSurrogate:
 
     def __init__(self, clip_low: float = 0.2, clip_high: float = 0.2, clip_ratio_c: Optional[float] = None):
         self.clip_low, self.clip_high, self.clip_ratio_c = clip_low, clip_high, clip_ratio_c
-        self.stat_names = ("policy_loss", "clip_frac", "approx_kl", "ratio_mean") + \
-            (("dual_clip_frac",) if clip_ratio_c is not None else ())
+        self.stat_names = ("policy_loss", "clip_frac", "approx_kl", "ratio_mean") + (
+            ("dual_clip_frac",) if clip_ratio_c is not None else ()
+        )
 
     @classmethod
     def from_config(cls, alg) -> "ClippedSurrogate":
         return cls(*_clip_bounds(alg), clip_ratio_c=alg.clip_ratio_c)
 
-    def __call__(self, logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor,
-                 aggregate: Aggregate) -> tuple[Tensor, dict[str, Tensor]]:
-        log_ratio = logprobs - old_logprobs                                          # [B, T]
-        ratio = torch.exp(log_ratio)                                                 # [B, T]
+    def __call__(
+        self, logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, aggregate: Aggregate
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        log_ratio = logprobs - old_logprobs  # [B, T]
+        ratio = torch.exp(log_ratio)  # [B, T]
         clipped_ratio = ratio.clamp(1.0 - self.clip_low, 1.0 + self.clip_high)
-        per_token = -torch.minimum(ratio * advantages, clipped_ratio * advantages)   # [B, T]
-        clipped = ((ratio > 1.0 + self.clip_high) & (advantages > 0)) | \
-                  ((ratio < 1.0 - self.clip_low) & (advantages < 0))
+        per_token = -torch.minimum(ratio * advantages, clipped_ratio * advantages)  # [B, T]
+        clipped = ((ratio > 1.0 + self.clip_high) & (advantages > 0)) | (
+            (ratio < 1.0 - self.clip_low) & (advantages < 0)
+        )
         stats = {}
         if self.clip_ratio_c is not None:
-            cap = -self.clip_ratio_c * advantages                                    # [B, 1] or [B, T]
+            cap = -self.clip_ratio_c * advantages  # [B, 1] or [B, T]
             dual = (advantages < 0) & (per_token > cap)
             per_token = torch.where(dual, cap.expand_as(per_token), per_token)
             stats["dual_clip_frac"] = masked_mean(dual.to(mask.dtype), mask)
@@ -218,23 +240,28 @@ class GSPOLoss:
     def from_config(cls, alg) -> "GSPOLoss":
         return cls(*_clip_bounds(alg))
 
-    def __call__(self, logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor,
-                 aggregate: Aggregate) -> tuple[Tensor, dict[str, Tensor]]:
-        log_ratio = logprobs - old_logprobs                                          # [B, T]
+    def __call__(
+        self, logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, aggregate: Aggregate
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        log_ratio = logprobs - old_logprobs  # [B, T]
         seq_log_ratio = (log_ratio * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)  # [B]
         token_log_s = seq_log_ratio.detach().unsqueeze(1) + logprobs - logprobs.detach()
-        s = torch.exp(token_log_s)                                                   # [B, T], value s_i
+        s = torch.exp(token_log_s)  # [B, T], value s_i
         clipped_s = s.clamp(1.0 - self.clip_low, 1.0 + self.clip_high)
-        per_token = -torch.minimum(s * advantages, clipped_s * advantages)          # [B, T]
-        seq_ratio = torch.exp(seq_log_ratio.detach())                                # [B]
-        seq_adv = (advantages * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)      # [B]
-        clipped = ((seq_ratio > 1.0 + self.clip_high) & (seq_adv > 0)) | \
-                  ((seq_ratio < 1.0 - self.clip_low) & (seq_adv < 0))
+        per_token = -torch.minimum(s * advantages, clipped_s * advantages)  # [B, T]
+        seq_ratio = torch.exp(seq_log_ratio.detach())  # [B]
+        seq_adv = (advantages * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)  # [B]
+        clipped = ((seq_ratio > 1.0 + self.clip_high) & (seq_adv > 0)) | (
+            (seq_ratio < 1.0 - self.clip_low) & (seq_adv < 0)
+        )
         loss = aggregate(per_token, mask)
-        scored = scored_rows(mask)                                                   # [B]
-        return loss, {"policy_loss": loss, "clip_frac": masked_mean(clipped.to(mask.dtype), scored),
-                      "approx_kl": masked_mean(torch.exp(log_ratio) - 1.0 - log_ratio, mask),
-                      "ratio_mean": masked_mean(seq_ratio, scored)}
+        scored = scored_rows(mask)  # [B]
+        return loss, {
+            "policy_loss": loss,
+            "clip_frac": masked_mean(clipped.to(mask.dtype), scored),
+            "approx_kl": masked_mean(torch.exp(log_ratio) - 1.0 - log_ratio, mask),
+            "ratio_mean": masked_mean(seq_ratio, scored),
+        }
 
 
 @register_policy_loss("cispo")
@@ -254,16 +281,18 @@ class CISPOLoss:
     def from_config(cls, alg) -> "CISPOLoss":
         return cls(*_clip_bounds(alg))
 
-    def __call__(self, logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor,
-                 aggregate: Aggregate) -> tuple[Tensor, dict[str, Tensor]]:
-        log_ratio = logprobs - old_logprobs                                          # [B, T]
-        ratio = torch.exp(log_ratio.detach())                                        # [B, T]
-        weight = ratio.clamp(1.0 - self.clip_low, 1.0 + self.clip_high)              # [B, T], no grad
-        per_token = -weight * advantages * logprobs                                  # [B, T]
+    def __call__(
+        self, logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, aggregate: Aggregate
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        log_ratio = logprobs - old_logprobs  # [B, T]
+        ratio = torch.exp(log_ratio.detach())  # [B, T]
+        weight = ratio.clamp(1.0 - self.clip_low, 1.0 + self.clip_high)  # [B, T], no grad
+        per_token = -weight * advantages * logprobs  # [B, T]
         clipped = (ratio > 1.0 + self.clip_high) | (ratio < 1.0 - self.clip_low)
         loss = aggregate(per_token, mask)
-        return loss, {"policy_loss": loss, "clip_frac": masked_mean(clipped.to(mask.dtype), mask)} | \
-            _ratio_stats(log_ratio.detach(), ratio, mask)
+        return loss, {"policy_loss": loss, "clip_frac": masked_mean(clipped.to(mask.dtype), mask)} | _ratio_stats(
+            log_ratio.detach(), ratio, mask
+        )
 
 
 def build_policy_loss(name: str, alg) -> PolicyLoss:
@@ -272,6 +301,7 @@ def build_policy_loss(name: str, alg) -> PolicyLoss:
 
 
 # -- the whole objective ---------------------------------------------------------------------
+
 
 def policy_objective(
     policy_loss: PolicyLoss,
@@ -310,7 +340,7 @@ def policy_objective(
     if entropy is not None:
         entropy = torch.where(valid, entropy, torch.zeros_like(entropy))
     if advantages.dim() == 1:
-        advantages = advantages.unsqueeze(1)                                     # [B, 1]
+        advantages = advantages.unsqueeze(1)  # [B, 1]
     else:
         advantages = torch.where(valid, advantages, torch.zeros_like(advantages))
     length = max_length or mask.size(1)
@@ -322,7 +352,7 @@ def policy_objective(
     # The loss terms are aggregated as the loss is; grpo_kl and entropy are reported as token
     # means whatever the aggregation (a token sum would scale them with the length).
     if ref_logprobs is not None:
-        kl = kl_estimator(logprobs, ref_logprobs)                                # [B, T]
+        kl = kl_estimator(logprobs, ref_logprobs)  # [B, T]
         kl_term = beta * aggregate(kl, mask)
         loss = loss + kl_term
         stats |= {"grpo_kl": masked_mean(kl, mask), "kl_penalty": kl_term}
@@ -359,6 +389,15 @@ def grpo_loss(
         (loss, stats) where stats holds detached scalars: policy_loss, clip_frac, approx_kl,
         ratio_mean, and grpo_kl / kl_penalty / entropy when their inputs are given.
     """
-    return policy_objective(ClippedSurrogate(clip_range, clip_range), logprobs, old_logprobs, advantages, mask,
-                            ref_logprobs=ref_logprobs, kl_estimator=kl_k3, beta=beta, entropy=entropy,
-                            entropy_coef=entropy_coef)
+    return policy_objective(
+        ClippedSurrogate(clip_range, clip_range),
+        logprobs,
+        old_logprobs,
+        advantages,
+        mask,
+        ref_logprobs=ref_logprobs,
+        kl_estimator=kl_k3,
+        beta=beta,
+        entropy=entropy,
+        entropy_coef=entropy_coef,
+    )

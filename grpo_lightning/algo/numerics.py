@@ -37,7 +37,8 @@ class SkipGuard:
                 f"{self.consecutive} consecutive updates had a non-finite loss or gradient norm (last at "
                 f"optimizer step {step}); "
                 f"the limit is algorithm.max_consecutive_skips={self.max_consecutive}. Lower optim.lr, check "
-                "the reward functions, or use trainer.precision=32-true")
+                "the reward functions, or use trainer.precision=32-true"
+            )
         return False
 
     def state_dict(self) -> dict[str, Any]:

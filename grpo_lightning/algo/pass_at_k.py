@@ -21,8 +21,8 @@ def pass_at_k(passed: Tensor, k: int) -> Tensor:
     n = passed.size(1)
     if not 1 <= k <= n:
         raise ValueError(f"pass@k needs 1 <= k <= n samples (got k={k}, n={n})")
-    failures = n - passed.sum(dim=1)                                            # [N]
+    failures = n - passed.sum(dim=1)  # [N]
     # C(f, k) / C(n, k) = prod_{i=0}^{k-1} (f - i) / (n - i), 0 once f < k.
-    steps = torch.arange(k, device=passed.device)                               # [k]
+    steps = torch.arange(k, device=passed.device)  # [k]
     ratio = ((failures.unsqueeze(1) - steps).clamp(min=0).float() / (n - steps).float()).prod(dim=1)
     return 1.0 - ratio

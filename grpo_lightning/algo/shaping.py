@@ -3,16 +3,14 @@
 
 from __future__ import annotations
 
-
 from torch import Tensor
-
 
 
 def overlong_penalty(lengths: Tensor, max_length: int, buffer: int, factor: float) -> Tensor:
     """DAPO soft overlong punishment, added to the reward.  lengths [B] -> [B]
 
-        0                                        if L <= max_length - buffer
-        -factor * (L - (max_length - buffer)) / buffer   otherwise (reaching -factor at max_length)
+    0                                        if L <= max_length - buffer
+    -factor * (L - (max_length - buffer)) / buffer   otherwise (reaching -factor at max_length)
     """
     excess = (lengths.float() - (max_length - buffer)).clamp(min=0)
     return -factor * (excess / buffer).clamp(max=1.0)

@@ -13,8 +13,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from grpo_lightning.config.schema import (DEFAULT_LENGTH_BUCKETS, ConfigError, RewardFunctionConfig,
-                                         TrainConfig)
+from grpo_lightning.config.schema import DEFAULT_LENGTH_BUCKETS, ConfigError, RewardFunctionConfig, TrainConfig
 from grpo_lightning.config.validation import _require, shards_weights_by_name, validate_config
 
 
@@ -24,8 +23,10 @@ def import_object(path: str, field_name: str) -> Any:
     try:
         return getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError, ValueError) as error:
-        raise ConfigError(f"{field_name}={path!r} does not resolve ({error}); give an import path "
-                          "like package.module.function, importable from the current environment") from None
+        raise ConfigError(
+            f"{field_name}={path!r} does not resolve ({error}); give an import path "
+            "like package.module.function, importable from the current environment"
+        ) from None
 
 
 def asset_path(name: str) -> str:
@@ -65,16 +66,23 @@ def _reward_function(name: str, spec: Any) -> RewardFunctionConfig:
         return spec
     where = f"reward.functions.{name}"
     keys = [f.name for f in dataclasses.fields(RewardFunctionConfig)]
-    _require(isinstance(spec, dict), f"{where}={spec!r} must be a mapping with the keys {keys}, e.g. "
-             f"+{where}={{fn:my_module.my_reward,weight:0.5}}")
+    _require(
+        isinstance(spec, dict),
+        f"{where}={spec!r} must be a mapping with the keys {keys}, e.g. +{where}={{fn:my_module.my_reward,weight:0.5}}",
+    )
     unknown = sorted(set(spec) - set(keys))
-    _require(not unknown, f"unknown config key(s): {', '.join(f'{where}.{key}' for key in unknown)}; "
-             f"a reward function takes {keys}")
-    _require(isinstance(spec.get("fn"), str), f"{where}.fn must be the import path of the function "
-             f"(got {spec.get('fn')!r})")
+    _require(
+        not unknown,
+        f"unknown config key(s): {', '.join(f'{where}.{key}' for key in unknown)}; a reward function takes {keys}",
+    )
+    _require(
+        isinstance(spec.get("fn"), str), f"{where}.fn must be the import path of the function (got {spec.get('fn')!r})"
+    )
     weight = spec.get("weight", 1.0)
-    _require(isinstance(weight, (int, float)) and not isinstance(weight, bool),
-             f"{where}.weight must be a number (got {weight!r})")
+    _require(
+        isinstance(weight, (int, float)) and not isinstance(weight, bool),
+        f"{where}.weight must be a number (got {weight!r})",
+    )
     kwargs = spec.get("kwargs") or {}
     _require(isinstance(kwargs, dict), f"{where}.kwargs must be a mapping of keyword arguments (got {kwargs!r})")
     return RewardFunctionConfig(fn=spec["fn"], weight=float(weight), kwargs=kwargs)
@@ -84,14 +92,17 @@ def to_train_config(cfg: DictConfig) -> "TrainConfig":
     """The composed config as a TrainConfig, refusing keys the schema does not know."""
     unknown = _unknown_keys(cfg)
     if unknown:
-        raise ConfigError(f"unknown config key(s): {', '.join(unknown)}; see grpo_lightning/config.py "
-                          "for the fields of each group (a typo, or a key from another trainer?)")
+        raise ConfigError(
+            f"unknown config key(s): {', '.join(unknown)}; see grpo_lightning/config.py "
+            "for the fields of each group (a typo, or a key from another trainer?)"
+        )
     try:
         train_config = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as error:
         raise ConfigError(str(error).splitlines()[0] + f" (at {getattr(error, 'full_key', '?')})") from None
-    train_config.reward.functions = {name: _reward_function(name, spec)
-                                     for name, spec in train_config.reward.functions.items()}
+    train_config.reward.functions = {
+        name: _reward_function(name, spec) for name, spec in train_config.reward.functions.items()
+    }
     validate_config(train_config)
     if train_config.model.length_buckets is None:
         sharded = shards_weights_by_name(train_config.trainer.strategy)

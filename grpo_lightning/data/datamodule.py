@@ -18,9 +18,9 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from grpo_lightning.config import ConfigError, DataConfig, import_object
-from grpo_lightning.distributed import per_process, rank, shards_weights
 from grpo_lightning.data.files import load_splits
 from grpo_lightning.data.sampler import ResumableSampler
+from grpo_lightning.distributed import per_process, rank, shards_weights
 
 Row = dict[str, Any]
 
@@ -34,8 +34,9 @@ def check_rows(rows: list[Row], prompt_key: str, split: str) -> None:
     if not rows:
         raise ConfigError(f"the {split} split is empty; check data.path / data.builder and their options")
     if prompt_key not in rows[0]:
-        raise ConfigError(f"data.prompt_key={prompt_key!r} is not a column of the {split} rows; "
-                          f"columns found: {sorted(rows[0])}")
+        raise ConfigError(
+            f"data.prompt_key={prompt_key!r} is not a column of the {split} rows; columns found: {sorted(rows[0])}"
+        )
 
 
 REFILL_SEED_OFFSET = 1_000_000
@@ -46,15 +47,26 @@ from seed + e, so the two never share an order."""
 class PromptDataModule(L.LightningDataModule):
     """Training and validation prompts for a GRPO run."""
 
-    def __init__(self, train_rows: list[Row], val_rows: list[Row], *, batch_size: int,
-                 val_batch_size: int, prompt_key: str = "prompt", shuffle: bool = True,
-                 num_workers: int = 0, seed: int = 0):
+    def __init__(
+        self,
+        train_rows: list[Row],
+        val_rows: list[Row],
+        *,
+        batch_size: int,
+        val_batch_size: int,
+        prompt_key: str = "prompt",
+        shuffle: bool = True,
+        num_workers: int = 0,
+        seed: int = 0,
+    ):
         super().__init__()
         check_rows(train_rows, prompt_key, "train")
         check_rows(val_rows, prompt_key, "validation")
         if len(train_rows) < batch_size:
-            raise ConfigError(f"data.batch_size={batch_size} is larger than the {len(train_rows)} "
-                              "training prompts; lower data.batch_size")
+            raise ConfigError(
+                f"data.batch_size={batch_size} is larger than the {len(train_rows)} "
+                "training prompts; lower data.batch_size"
+            )
         self.train_rows, self.val_rows = train_rows, val_rows
         self.batch_size, self.val_batch_size = batch_size, val_batch_size
         self.prompt_key, self.shuffle, self.num_workers = prompt_key, shuffle, num_workers
@@ -65,8 +77,9 @@ class PromptDataModule(L.LightningDataModule):
         self._refill_resume_at: Optional[tuple[int, int]] = None
 
     @classmethod
-    def from_config(cls, cfg: DataConfig, *, seed: int = 0,
-                    prepare: Optional[Callable[[list[Row], str], list[Row]]] = None) -> "PromptDataModule":
+    def from_config(
+        cls, cfg: DataConfig, *, seed: int = 0, prepare: Optional[Callable[[list[Row], str], list[Row]]] = None
+    ) -> "PromptDataModule":
         if cfg.path is not None:
             train_rows, val_rows = load_splits(cfg, seed)
         else:
@@ -74,19 +87,28 @@ class PromptDataModule(L.LightningDataModule):
             try:
                 train_rows, val_rows = builder(**cfg.builder_kwargs)
             except (TypeError, ValueError) as error:  # typically arguments the builder does not accept
-                raise ConfigError(f"data.builder={cfg.builder!r} failed with data.builder_kwargs="
-                                  f"{dict(cfg.builder_kwargs)}: {type(error).__name__}: {error}") from None
+                raise ConfigError(
+                    f"data.builder={cfg.builder!r} failed with data.builder_kwargs="
+                    f"{dict(cfg.builder_kwargs)}: {type(error).__name__}: {error}"
+                ) from None
         if cfg.overfit_rows is not None:
-            train_rows = val_rows = train_rows[:cfg.overfit_rows]
+            train_rows = val_rows = train_rows[: cfg.overfit_rows]
         if cfg.max_val_prompts is not None:
-            val_rows = val_rows[:cfg.max_val_prompts]
+            val_rows = val_rows[: cfg.max_val_prompts]
         if prepare is not None:
             check_rows(train_rows, cfg.prompt_key, "train")
             check_rows(val_rows, cfg.prompt_key, "validation")
             train_rows, val_rows = prepare(train_rows, "train"), prepare(val_rows, "validation")
-        return cls(train_rows, val_rows, batch_size=cfg.batch_size, val_batch_size=cfg.val_batch_size,
-                   prompt_key=cfg.prompt_key, shuffle=cfg.shuffle, num_workers=cfg.num_workers,
-                   seed=seed)
+        return cls(
+            train_rows,
+            val_rows,
+            batch_size=cfg.batch_size,
+            val_batch_size=cfg.val_batch_size,
+            prompt_key=cfg.prompt_key,
+            shuffle=cfg.shuffle,
+            num_workers=cfg.num_workers,
+            seed=seed,
+        )
 
     def _rank_and_world(self) -> tuple[int, int]:
         trainer = self.trainer
@@ -95,18 +117,33 @@ class PromptDataModule(L.LightningDataModule):
     def _loader(self, rows: list[Row], batch_size: int, sampler: ResumableSampler) -> DataLoader:
         # A private generator: creating the loader's iterator must not draw from torch's global
         # one, or a resumed run (which creates one more iterator) would sample differently.
-        return DataLoader(rows, batch_size=batch_size, sampler=sampler, drop_last=sampler.drop_last,
-                          collate_fn=collate_rows, num_workers=self.num_workers,
-                          generator=torch.Generator().manual_seed(self.seed))
+        return DataLoader(
+            rows,
+            batch_size=batch_size,
+            sampler=sampler,
+            drop_last=sampler.drop_last,
+            collate_fn=collate_rows,
+            num_workers=self.num_workers,
+            generator=torch.Generator().manual_seed(self.seed),
+        )
 
     def train_dataloader(self) -> DataLoader:
         # drop_last: every step must hold exactly batch_size prompts for the mini-batch split.
         rank, world = self._rank_and_world()
-        self.train_sampler = ResumableSampler(len(self.train_rows), self.batch_size, shuffle=self.shuffle,
-                                              seed=self.seed, rank=rank, world_size=world, drop_last=True)
+        self.train_sampler = ResumableSampler(
+            len(self.train_rows),
+            self.batch_size,
+            shuffle=self.shuffle,
+            seed=self.seed,
+            rank=rank,
+            world_size=world,
+            drop_last=True,
+        )
         if self.train_sampler.batches_per_epoch == 0:
-            raise ConfigError(f"data.batch_size={self.batch_size} on {world} processes needs at least "
-                              f"{self.batch_size * world} training prompts, found {len(self.train_rows)}")
+            raise ConfigError(
+                f"data.batch_size={self.batch_size} on {world} processes needs at least "
+                f"{self.batch_size * world} training prompts, found {len(self.train_rows)}"
+            )
         if self._resume_at is not None:
             self.train_sampler.resume_at(*self._resume_at)
             self._resume_at = None
@@ -120,9 +157,15 @@ class PromptDataModule(L.LightningDataModule):
         first continues from a checkpoint's refill position."""
         rank, world = self._rank_and_world()
         if self.refill_sampler is None:
-            self.refill_sampler = ResumableSampler(len(self.train_rows), self.batch_size, shuffle=True,
-                                                   seed=self.seed + REFILL_SEED_OFFSET, rank=rank, world_size=world,
-                                                   drop_last=True)
+            self.refill_sampler = ResumableSampler(
+                len(self.train_rows),
+                self.batch_size,
+                shuffle=True,
+                seed=self.seed + REFILL_SEED_OFFSET,
+                rank=rank,
+                world_size=world,
+                drop_last=True,
+            )
             epoch, done = self._refill_resume_at or (0, 0)
             self.refill_sampler.resume_at(epoch, done)
             self._refill_resume_at = None
@@ -145,12 +188,15 @@ class PromptDataModule(L.LightningDataModule):
         if world > 1 and shards_weights(self.trainer.strategy):
             # Each forward call is a collective there, so every process must run as many
             # validation batches: the prompts past a multiple of the process count are left out.
-            rows = rows[:len(rows) - len(rows) % world]
+            rows = rows[: len(rows) - len(rows) % world]
             if len(rows) < len(self.val_rows):
-                rank_zero_warn(f"validation uses {len(rows)} of {len(self.val_rows)} prompts: with sharded weights "
-                               f"every one of the {world} processes must get as many")
-        sampler = ResumableSampler(len(rows), self.val_batch_size, shuffle=False, seed=self.seed,
-                                   rank=rank, world_size=world, drop_last=False)
+                rank_zero_warn(
+                    f"validation uses {len(rows)} of {len(self.val_rows)} prompts: with sharded weights "
+                    f"every one of the {world} processes must get as many"
+                )
+        sampler = ResumableSampler(
+            len(rows), self.val_batch_size, shuffle=False, seed=self.seed, rank=rank, world_size=world, drop_last=False
+        )
         return self._loader(rows, self.val_batch_size, sampler)
 
     # The position in the prompt stream, saved in Lightning checkpoints (see resume.py).
@@ -166,8 +212,9 @@ class PromptDataModule(L.LightningDataModule):
         state: dict[str, Any] = {"epoch": epoch, "batches_done": done}
         # Each process draws its own number of refills; only rank 0 writes, so all travel in it.
         # A process that has drawn no refill since resuming keeps the position it resumed at.
-        refill = ((self.refill_sampler.epoch, self.refill_batches_done) if self.refill_sampler
-                  else self._refill_resume_at)
+        refill = (
+            (self.refill_sampler.epoch, self.refill_batches_done) if self.refill_sampler else self._refill_resume_at
+        )
         state["refill_per_rank"] = per_process(refill)
         return state
 

@@ -32,7 +32,6 @@ from torch import Tensor
 
 from grpo_lightning.types import Experience, TokenBatch
 
-
 EXTERNAL_KEYS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "logprobs")
 
 

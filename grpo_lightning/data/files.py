@@ -23,8 +23,9 @@ FILE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "p
 """File extension -> the ``datasets`` builder that reads it."""
 
 
-def read_rows(path: str, *, split: str = "train", config_name: Optional[str] = None,
-              field_name: str = "data.path") -> list[Row]:
+def read_rows(
+    path: str, *, split: str = "train", config_name: Optional[str] = None, field_name: str = "data.path"
+) -> list[Row]:
     """All rows of a data file, a local dataset directory, or a split of a hub dataset."""
     import datasets
 
@@ -33,8 +34,10 @@ def read_rows(path: str, *, split: str = "train", config_name: Optional[str] = N
     if (fmt is not None or path.startswith((".", "/", "~"))) and not local.exists():
         raise ConfigError(f"{field_name}={path!r}: no such file or directory")
     if fmt is not None and split != "train":
-        raise ConfigError(f"data.split={split!r}: a single {local.suffix} file is one split; use "
-                          "data.val_path or data.val_fraction for validation rows")
+        raise ConfigError(
+            f"data.split={split!r}: a single {local.suffix} file is one split; use "
+            "data.val_path or data.val_fraction for validation rows"
+        )
     try:
         if fmt is not None:
             # A single file is one split, which datasets calls "train" whatever it holds.
@@ -47,9 +50,11 @@ def read_rows(path: str, *, split: str = "train", config_name: Optional[str] = N
     except Exception as error:  # datasets raises many types; all mean "cannot read this"
         if local.suffix.lower() == ".jsonl":
             _check_jsonl(local, field_name)  # names the line, where datasets' message does not
-        raise ConfigError(f"{field_name}={path!r} could not be read ({type(error).__name__}: {error}). "
-                          f"Give a {'/'.join(sorted(FILE_FORMATS))} file, a dataset directory, or a hub "
-                          "dataset id that is cached or reachable") from None
+        raise ConfigError(
+            f"{field_name}={path!r} could not be read ({type(error).__name__}: {error}). "
+            f"Give a {'/'.join(sorted(FILE_FORMATS))} file, a dataset directory, or a hub "
+            "dataset id that is cached or reachable"
+        ) from None
     return dataset.to_list()
 
 
@@ -63,11 +68,15 @@ def _check_jsonl(path: Path, field_name: str) -> None:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as error:
-                raise ConfigError(f"{field_name}={str(path)!r}, line {number}: not valid JSON ({error.msg} at "
-                                  f"column {error.colno}): {line.strip()[:80]!r}") from None
+                raise ConfigError(
+                    f"{field_name}={str(path)!r}, line {number}: not valid JSON ({error.msg} at "
+                    f"column {error.colno}): {line.strip()[:80]!r}"
+                ) from None
             if not isinstance(row, dict):
-                raise ConfigError(f"{field_name}={str(path)!r}, line {number}: a JSONL row must be an object "
-                                  f"with the prompt and answer columns, found {type(row).__name__}")
+                raise ConfigError(
+                    f"{field_name}={str(path)!r}, line {number}: a JSONL row must be an object "
+                    f"with the prompt and answer columns, found {type(row).__name__}"
+                )
 
 
 def load_splits(cfg: DataConfig, seed: int = 0) -> tuple[list[Row], list[Row]]:
@@ -81,13 +90,14 @@ def load_splits(cfg: DataConfig, seed: int = 0) -> tuple[list[Row], list[Row]]:
         val_rows = read_rows(cfg.val_path, field_name="data.val_path")
         rng.shuffle(val_rows)
     elif cfg.val_split is not None:
-        val_rows = read_rows(cfg.path, split=cfg.val_split, config_name=cfg.config_name,
-                             field_name="data.val_split")
+        val_rows = read_rows(cfg.path, split=cfg.val_split, config_name=cfg.config_name, field_name="data.val_split")
         rng.shuffle(val_rows)
     else:
         if len(train_rows) < 2:
-            raise ConfigError(f"data.path={cfg.path!r} holds {len(train_rows)} row(s): too few to hold "
-                              "out a validation split; add rows or give data.val_path")
+            raise ConfigError(
+                f"data.path={cfg.path!r} holds {len(train_rows)} row(s): too few to hold "
+                "out a validation split; add rows or give data.val_path"
+            )
         num_val = min(len(train_rows) - 1, max(1, round(len(train_rows) * cfg.val_fraction)))
         val_rows, train_rows = train_rows[:num_val], train_rows[num_val:]
     if cfg.answer_key is not None:
@@ -103,6 +113,7 @@ def rename_answer(rows: list[Row], answer_key: str, split: str) -> list[Row]:
     [{'q': '1+1?', 'answer': '2'}]
     """
     if rows and answer_key not in rows[0]:
-        raise ConfigError(f"data.answer_key={answer_key!r} is not a column of the {split} rows; "
-                          f"columns found: {sorted(rows[0])}")
+        raise ConfigError(
+            f"data.answer_key={answer_key!r} is not a column of the {split} rows; columns found: {sorted(rows[0])}"
+        )
     return [{("answer" if key == answer_key else key): value for key, value in row.items()} for row in rows]

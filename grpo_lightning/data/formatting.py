@@ -22,15 +22,26 @@ Prompt = str | list[dict[str, str]]
 class PromptFormatter:
     """Formats prompts for one tokenizer and enforces the prompt-length limit."""
 
-    def __init__(self, tokenizer, *, prompt_key: str = "prompt", apply_chat_template: bool = False,
-                 system_prompt: Optional[str] = None, max_length: Optional[int] = None,
-                 overlong: str = "drop"):
+    def __init__(
+        self,
+        tokenizer,
+        *,
+        prompt_key: str = "prompt",
+        apply_chat_template: bool = False,
+        system_prompt: Optional[str] = None,
+        max_length: Optional[int] = None,
+        overlong: str = "drop",
+    ):
         if apply_chat_template and not getattr(tokenizer, "chat_template", None):
-            raise ConfigError("data.apply_chat_template=true but the tokenizer has no chat template; "
-                              "use an instruct/chat checkpoint or data.apply_chat_template=false")
+            raise ConfigError(
+                "data.apply_chat_template=true but the tokenizer has no chat template; "
+                "use an instruct/chat checkpoint or data.apply_chat_template=false"
+            )
         if system_prompt is not None and not apply_chat_template:
-            raise ConfigError("data.system_prompt is only used by the chat template; set "
-                              "data.apply_chat_template=true (or put the text in the prompts)")
+            raise ConfigError(
+                "data.system_prompt is only used by the chat template; set "
+                "data.apply_chat_template=true (or put the text in the prompts)"
+            )
         self.tokenizer = tokenizer
         self.prompt_key = prompt_key
         self.apply_chat_template = apply_chat_template
@@ -40,9 +51,14 @@ class PromptFormatter:
 
     @classmethod
     def from_config(cls, cfg: DataConfig, tokenizer) -> "PromptFormatter":
-        return cls(tokenizer, prompt_key=cfg.prompt_key, apply_chat_template=cfg.apply_chat_template,
-                   system_prompt=cfg.system_prompt, max_length=cfg.max_prompt_length,
-                   overlong=cfg.overlong_prompts)
+        return cls(
+            tokenizer,
+            prompt_key=cfg.prompt_key,
+            apply_chat_template=cfg.apply_chat_template,
+            system_prompt=cfg.system_prompt,
+            max_length=cfg.max_prompt_length,
+            overlong=cfg.overlong_prompts,
+        )
 
     @property
     def add_special_tokens(self) -> bool:
@@ -55,8 +71,10 @@ class PromptFormatter:
             return prompt
         if not isinstance(prompt, str):
             if not self.apply_chat_template:
-                raise ConfigError("a prompt is a list of chat messages; set data.apply_chat_template=true "
-                                  "to format it with the tokenizer's chat template")
+                raise ConfigError(
+                    "a prompt is a list of chat messages; set data.apply_chat_template=true "
+                    "to format it with the tokenizer's chat template"
+                )
             messages = [dict(message) for message in prompt]
         else:
             messages = [{"role": "user", "content": prompt}]
@@ -82,9 +100,17 @@ class PromptFormatter:
             kept.append(row | {self.prompt_key: text})
         if changed:
             action = "dropped" if self.overlong == "drop" else "truncated (kept the last tokens)"
-            log.warning("%s: %d of %d prompts are longer than data.max_prompt_length=%d tokens: %s",
-                        split, changed, len(rows), self.max_length, action)
+            log.warning(
+                "%s: %d of %d prompts are longer than data.max_prompt_length=%d tokens: %s",
+                split,
+                changed,
+                len(rows),
+                self.max_length,
+                action,
+            )
         if not kept:
-            raise ConfigError(f"all {len(rows)} {split} prompts are longer than data.max_prompt_length="
-                              f"{self.max_length}; raise it or set data.overlong_prompts=truncate")
+            raise ConfigError(
+                f"all {len(rows)} {split} prompts are longer than data.max_prompt_length="
+                f"{self.max_length}; raise it or set data.overlong_prompts=truncate"
+            )
         return kept

@@ -9,7 +9,6 @@ import torch
 from torch.utils.data import Sampler
 
 
-
 class ResumableSampler(Sampler[int]):
     """Row indices for one process: a seeded per-epoch order, sharded by rank, resumable.
 
@@ -20,8 +19,17 @@ class ResumableSampler(Sampler[int]):
     processes run the same number of steps (DDP needs that).
     """
 
-    def __init__(self, num_rows: int, batch_size: int, *, shuffle: bool, seed: int, rank: int = 0,
-                 world_size: int = 1, drop_last: bool = True):
+    def __init__(
+        self,
+        num_rows: int,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = True,
+    ):
         self.num_rows, self.batch_size, self.shuffle, self.seed = num_rows, batch_size, shuffle, seed
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
         self.epoch = 0
@@ -51,7 +59,7 @@ class ResumableSampler(Sampler[int]):
         else:
             order = torch.arange(self.num_rows)
         if self.drop_last:
-            order = order[:len(self) * self.world_size]
-        mine = order[self.rank::self.world_size]
+            order = order[: len(self) * self.world_size]
+        mine = order[self.rank :: self.world_size]
         start, self.start_batch = self.start_batch * self.batch_size, 0  # the skip applies once
         return iter(mine[start:].tolist())

@@ -61,8 +61,15 @@ class Policy(nn.Module, ABC):
         """Completion texts, special tokens removed."""
 
     @abstractmethod
-    def token_scores(self, batch: "TokenBatch", *, temperature: float, with_entropy: bool,
-                     reference: bool = False, entropy_grad: bool = True) -> tuple[Tensor, Optional[Tensor]]:
+    def token_scores(
+        self,
+        batch: "TokenBatch",
+        *,
+        temperature: float,
+        with_entropy: bool,
+        reference: bool = False,
+        entropy_grad: bool = True,
+    ) -> tuple[Tensor, Optional[Tensor]]:
         """Log-probs [B, T] (and entropy [B, T] or None) of the batch's completion tokens.
 
         ``entropy_grad=False``: the entropy is only logged, so it may be computed without grad."""

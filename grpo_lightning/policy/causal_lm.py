@@ -17,12 +17,17 @@ import torch
 from torch import Tensor, nn
 
 from grpo_lightning.config import DEFAULT_LENGTH_BUCKETS, ConfigError, LoRAConfig, ModelConfig
-from grpo_lightning.policy.generation.loop import sample_with_kv_cache, supports_generation_loop
-from grpo_lightning.policy.scoring.buckets import could_pay, length_buckets, scatter_rows, trim_padding
-from grpo_lightning.policy.scoring.logprobs import blocks_token_scores_from_hidden, completion_token_scores, completions_per_chunk, distinct_prompts, supports_hidden_head
-from grpo_lightning.policy.generation.vllm import VLLMSampler, vllm_sampling_params
 from grpo_lightning.policy.base import Policy, SamplingParams
-
+from grpo_lightning.policy.generation.loop import sample_with_kv_cache, supports_generation_loop
+from grpo_lightning.policy.generation.vllm import VLLMSampler, vllm_sampling_params
+from grpo_lightning.policy.scoring.buckets import could_pay, length_buckets, scatter_rows, trim_padding
+from grpo_lightning.policy.scoring.logprobs import (
+    blocks_token_scores_from_hidden,
+    completion_token_scores,
+    completions_per_chunk,
+    distinct_prompts,
+    supports_hidden_head,
+)
 
 if TYPE_CHECKING:
     from grpo_lightning.types import TokenBatch
@@ -38,9 +43,17 @@ def _looks_local(name_or_path: str) -> bool:
 class CausalLMPolicy(Policy):
     """A Hugging Face causal LM and its tokenizer as a GRPO policy."""
 
-    def __init__(self, model: nn.Module, tokenizer, *, logprob_chunk_size: Optional[int] = None,
-                 save_merged: bool = True, chunked_lm_head: bool = True, share_prompts: bool = False,
-                 length_buckets: int = 1):
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        *,
+        logprob_chunk_size: Optional[int] = None,
+        save_merged: bool = True,
+        chunked_lm_head: bool = True,
+        share_prompts: bool = False,
+        length_buckets: int = 1,
+    ):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
@@ -67,8 +80,10 @@ class CausalLMPolicy(Policy):
         eos = eos if eos is not None else tokenizer.eos_token_id
         self.eos_token_ids = list(eos) if isinstance(eos, (list, tuple)) else [eos]
         if self.eos_token_ids == [None]:
-            raise ConfigError("the model has no EOS token id (model.generation_config.eos_token_id "
-                              "and tokenizer.eos_token_id are both unset); completions could never end")
+            raise ConfigError(
+                "the model has no EOS token id (model.generation_config.eos_token_id "
+                "and tokenizer.eos_token_id are both unset); completions could never end"
+            )
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> "CausalLMPolicy":
@@ -77,8 +92,10 @@ class CausalLMPolicy(Policy):
 
         name = cfg.name_or_path
         if _looks_local(name) and not (Path(name).expanduser() / "config.json").is_file():
-            raise ConfigError(f"model.name_or_path={name!r}: no config.json there; point it at a "
-                              "directory written by save_pretrained, or at a hub id")
+            raise ConfigError(
+                f"model.name_or_path={name!r}: no config.json there; point it at a "
+                "directory written by save_pretrained, or at a hub id"
+            )
         kwargs = dict(dtype=_DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code)
         if cfg.attn_implementation is not None:
             kwargs["attn_implementation"] = cfg.attn_implementation
@@ -86,9 +103,11 @@ class CausalLMPolicy(Policy):
             tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=cfg.trust_remote_code)
             model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
         except OSError as error:
-            raise ConfigError(f"model.name_or_path={name!r} could not be loaded: {error}. Give a "
-                              "local directory written by save_pretrained, or a hub id that is "
-                              "cached or reachable") from None
+            raise ConfigError(
+                f"model.name_or_path={name!r} could not be loaded: {error}. Give a "
+                "local directory written by save_pretrained, or a hub id that is "
+                "cached or reachable"
+            ) from None
         if cfg.disable_dropout:
             disable_dropout(model)
         if cfg.gradient_checkpointing:
@@ -98,10 +117,15 @@ class CausalLMPolicy(Policy):
         if cfg.compile:
             model.get_decoder().compile(dynamic=True)  # lazy: compiles at the first call
         share_prompts = cfg.share_prompts if cfg.share_prompts is not None else not cfg.gradient_checkpointing
-        return cls(model, tokenizer, logprob_chunk_size=cfg.logprob_chunk_size,
-                   save_merged=cfg.lora.save_merged, chunked_lm_head=cfg.chunked_lm_head,
-                   share_prompts=share_prompts,
-                   length_buckets=cfg.length_buckets if cfg.length_buckets is not None else DEFAULT_LENGTH_BUCKETS)
+        return cls(
+            model,
+            tokenizer,
+            logprob_chunk_size=cfg.logprob_chunk_size,
+            save_merged=cfg.lora.save_merged,
+            chunked_lm_head=cfg.chunked_lm_head,
+            share_prompts=share_prompts,
+            length_buckets=cfg.length_buckets if cfg.length_buckets is not None else DEFAULT_LENGTH_BUCKETS,
+        )
 
     @property
     def is_lora(self) -> bool:
@@ -111,8 +135,7 @@ class CausalLMPolicy(Policy):
         return peft is not None and isinstance(self.model, peft.PeftModel)
 
     def encode_prompts(self, texts: list[str]) -> tuple[Tensor, Tensor]:
-        encoded = self.tokenizer(texts, return_tensors="pt", padding=True,
-                                 add_special_tokens=self.add_special_tokens)
+        encoded = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=self.add_special_tokens)
         device = next(self.model.parameters()).device
         return encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
 
@@ -130,10 +153,18 @@ class CausalLMPolicy(Policy):
         if backend == "loop":
             try:
                 return sample_with_kv_cache(
-                    self.model, prompt_ids, prompt_mask, max_new_tokens=sampling.max_new_tokens,
-                    eos_token_ids=self.eos_token_ids, pad_token_id=self.tokenizer.pad_token_id,
-                    do_sample=sampling.do_sample, temperature=sampling.temperature, top_k=sampling.top_k,
-                    top_p=sampling.top_p, lockstep=self.lockstep)
+                    self.model,
+                    prompt_ids,
+                    prompt_mask,
+                    max_new_tokens=sampling.max_new_tokens,
+                    eos_token_ids=self.eos_token_ids,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                    do_sample=sampling.do_sample,
+                    temperature=sampling.temperature,
+                    top_k=sampling.top_k,
+                    top_p=sampling.top_p,
+                    lockstep=self.lockstep,
+                )
             finally:
                 self.model.train(was_training)
         # A full GenerationConfig, so no default hidden in the checkpoint (e.g. top_k=50) applies.
@@ -150,25 +181,36 @@ class CausalLMPolicy(Policy):
         try:
             # synced_gpus: generate's own lockstep (forward calls until every process is done);
             # None leaves generate's detection of FSDP / ZeRO-3 in place.
-            sequences = self.model.generate(input_ids=prompt_ids, attention_mask=prompt_mask,
-                                            generation_config=generation,
-                                            synced_gpus=True if self.lockstep is not None else None)
+            sequences = self.model.generate(
+                input_ids=prompt_ids,
+                attention_mask=prompt_mask,
+                generation_config=generation,
+                synced_gpus=True if self.lockstep is not None else None,
+            )
         finally:
             self.model.train(was_training)
-        return sequences[:, prompt_ids.size(1):]                                # [B, T]
+        return sequences[:, prompt_ids.size(1) :]  # [B, T]
 
     def _sample_with_vllm(self, prompt_ids: Tensor, prompt_mask: Tensor, sampling: SamplingParams) -> Tensor:
         if self._vllm is None:
-            self._vllm = VLLMSampler(self._weights_path(), dtype=next(self.model.parameters()).dtype,
-                                     engine=sampling.vllm_engine, seed=_process_seed())
+            self._vllm = VLLMSampler(
+                self._weights_path(),
+                dtype=next(self.model.parameters()).dtype,
+                engine=sampling.vllm_engine,
+                seed=_process_seed(),
+            )
         if self._vllm_stale:
             self._vllm.load_weights(self._named_weights_for_sampler())
             self._vllm_stale = False
-        kwargs = vllm_sampling_params(sampling.max_new_tokens, do_sample=sampling.do_sample,
-                                      temperature=sampling.temperature, top_p=sampling.top_p,
-                                      top_k=sampling.top_k, eos_token_ids=self.eos_token_ids)
-        return self._vllm.sample(prompt_ids, prompt_mask, kwargs, self.eos_token_ids,
-                                 self.tokenizer.pad_token_id)
+        kwargs = vllm_sampling_params(
+            sampling.max_new_tokens,
+            do_sample=sampling.do_sample,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k,
+            eos_token_ids=self.eos_token_ids,
+        )
+        return self._vllm.sample(prompt_ids, prompt_mask, kwargs, self.eos_token_ids, self.tokenizer.pad_token_id)
 
     def weights_updated(self) -> None:
         self._vllm_stale = True
@@ -198,27 +240,46 @@ class CausalLMPolicy(Policy):
         merged = {}
         for module_name, module in self.model.named_modules():
             if isinstance(module, LoraLayer):
-                delta = sum(module.get_delta_weight(adapter) for adapter in module.active_adapters
-                            if adapter in module.lora_A)
+                delta = sum(
+                    module.get_delta_weight(adapter) for adapter in module.active_adapters if adapter in module.lora_A
+                )
                 merged[f"{module_name}.base_layer.weight"] = module.get_base_layer().weight + delta
-        return [(_base_weight_name(name), merged.get(name, param).detach())
-                for name, param in self.model.named_parameters() if "lora_" not in name]
+        return [
+            (_base_weight_name(name), merged.get(name, param).detach())
+            for name, param in self.model.named_parameters()
+            if "lora_" not in name
+        ]
 
     def decode(self, completion_ids: Tensor, completion_mask: Tensor) -> list[str]:
         rows = [ids[mask.bool()].tolist() for ids, mask in zip(completion_ids.cpu(), completion_mask.cpu())]
         return self.tokenizer.batch_decode(rows, skip_special_tokens=True)
 
-    def token_scores(self, batch: "TokenBatch", *, temperature: float, with_entropy: bool,
-                     reference: bool = False, entropy_grad: bool = True) -> tuple[Tensor, Optional[Tensor]]:
+    def token_scores(
+        self,
+        batch: "TokenBatch",
+        *,
+        temperature: float,
+        with_entropy: bool,
+        reference: bool = False,
+        entropy_grad: bool = True,
+    ) -> tuple[Tensor, Optional[Tensor]]:
         config = self.model.config.get_text_config()  # multimodal configs keep the vocabulary there
         chunk_size = self.logprob_chunk_size or completions_per_chunk(
-            self.max_completion_tokens or batch.completion_ids.size(1), config.vocab_size,
-            batch.completion_ids.device, getattr(config, "hidden_size", 0))
+            self.max_completion_tokens or batch.completion_ids.size(1),
+            config.vocab_size,
+            batch.completion_ids.device,
+            getattr(config, "hidden_size", 0),
+        )
 
         def score_blocks(model: nn.Module, blocks: list[tuple[Tensor, ...]]) -> list[tuple[Tensor, Optional[Tensor]]]:
-            options = dict(temperature=temperature, with_entropy=with_entropy, chunk_size=chunk_size,
-                           entropy_grad=entropy_grad, share_prompts=self.share_prompts,
-                           same_calls=self.lockstep is not None)
+            options = dict(
+                temperature=temperature,
+                with_entropy=with_entropy,
+                chunk_size=chunk_size,
+                entropy_grad=entropy_grad,
+                share_prompts=self.share_prompts,
+                same_calls=self.lockstep is not None,
+            )
             if self.chunked_lm_head and supports_hidden_head(model):
                 return blocks_token_scores_from_hidden(model, blocks, **options)  # one head call for all
             return [completion_token_scores(model, *block, **options) for block in blocks]
@@ -232,9 +293,12 @@ class CausalLMPolicy(Policy):
             scored = list(zip(buckets, score_blocks(model, blocks)))
             num_rows, num_completion = batch.completion_ids.shape
             logprobs = scatter_rows([(rows, lp) for rows, (lp, _) in scored], num_rows, num_completion)
-            entropy = scatter_rows([(rows, ent) for rows, (_, ent) in scored], num_rows, num_completion) \
-                if with_entropy else None
-            return logprobs, entropy                                            # [B, T] each
+            entropy = (
+                scatter_rows([(rows, ent) for rows, (_, ent) in scored], num_rows, num_completion)
+                if with_entropy
+                else None
+            )
+            return logprobs, entropy  # [B, T] each
 
         if not reference:
             return score(self.model)
@@ -251,8 +315,12 @@ class CausalLMPolicy(Policy):
         if not could_pay(*batch.prompt_ids.shape, batch.completion_ids.size(1), self.length_buckets):
             return None  # too small to split: skip the distinct-prompt search too
         shared = distinct_prompts(batch.prompt_ids, batch.prompt_mask) if self.share_prompts else None
-        return length_buckets(batch.prompt_mask, batch.completion_mask, self.length_buckets,
-                              prompt_of_row=shared[2] if shared is not None else None)
+        return length_buckets(
+            batch.prompt_mask,
+            batch.completion_mask,
+            self.length_buckets,
+            prompt_of_row=shared[2] if shared is not None else None,
+        )
 
     def enable_reference(self) -> None:
         """Freeze the current policy as the KL reference: a frozen copy of the model, or with
@@ -315,8 +383,9 @@ def add_lora(model: nn.Module, cfg: LoRAConfig) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
     target = cfg.target_modules if cfg.target_modules is not None else "all-linear"
-    config = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=target,
-                        task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=target, task_type="CAUSAL_LM"
+    )
     try:
         return get_peft_model(model, config)
     except ValueError as error:

@@ -25,11 +25,11 @@ def completion_mask_from_eos(completion_ids: Tensor, eos_token_ids: list[int]) -
     built from the first EOS position, not from comparing with the pad id.
     """
     is_eos = torch.isin(completion_ids, torch.tensor(eos_token_ids, device=completion_ids.device))
-    has_eos = is_eos.any(dim=1)                                                # [B]
+    has_eos = is_eos.any(dim=1)  # [B]
     length = completion_ids.size(1)
-    first_eos = torch.where(has_eos, is_eos.int().argmax(dim=1), length - 1)    # [B]
+    first_eos = torch.where(has_eos, is_eos.int().argmax(dim=1), length - 1)  # [B]
     positions = torch.arange(length, device=completion_ids.device)
-    mask = (positions.unsqueeze(0) <= first_eos.unsqueeze(1)).long()           # [B, T]
+    mask = (positions.unsqueeze(0) <= first_eos.unsqueeze(1)).long()  # [B, T]
     return mask, ~has_eos
 
 
@@ -37,13 +37,14 @@ def _repeat_each(values: list[Any], times: int) -> list[Any]:
     return [value for value in values for _ in range(times)]
 
 
-def generate_rollout(policy: Policy, prompts: list[str], columns: dict[str, list[Any]],
-                     group_size: int, sampling: SamplingParams) -> Rollout:
+def generate_rollout(
+    policy: Policy, prompts: list[str], columns: dict[str, list[Any]], group_size: int, sampling: SamplingParams
+) -> Rollout:
     """Sample ``group_size`` completions for each prompt."""
-    prompt_ids, prompt_mask = policy.encode_prompts(prompts)                   # [N, P]
-    prompt_ids = prompt_ids.repeat_interleave(group_size, dim=0)                # [N*G, P]
+    prompt_ids, prompt_mask = policy.encode_prompts(prompts)  # [N, P]
+    prompt_ids = prompt_ids.repeat_interleave(group_size, dim=0)  # [N*G, P]
     prompt_mask = prompt_mask.repeat_interleave(group_size, dim=0)
-    completion_ids = policy.sample(prompt_ids, prompt_mask, sampling)          # [N*G, T]
+    completion_ids = policy.sample(prompt_ids, prompt_mask, sampling)  # [N*G, T]
     completion_mask, truncated = completion_mask_from_eos(completion_ids, policy.eos_token_ids)
     tokens = TokenBatch(prompt_ids, prompt_mask, completion_ids, completion_mask)
     return Rollout(

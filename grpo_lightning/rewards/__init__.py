@@ -22,5 +22,12 @@ from grpo_lightning.rewards.format import format_reward
 from grpo_lightning.rewards.length import length_penalty
 from grpo_lightning.rewards.math import math_answer
 
-__all__ = ["RewardError", "RewardFunction", "RewardScores", "WeightedReward", "format_reward",
-           "length_penalty", "math_answer"]
+__all__ = [
+    "RewardError",
+    "RewardFunction",
+    "RewardScores",
+    "WeightedReward",
+    "format_reward",
+    "length_penalty",
+    "math_answer",
+]

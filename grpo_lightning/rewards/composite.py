@@ -13,8 +13,9 @@ from grpo_lightning.types import RewardScores
 
 
 class RewardFunction(Protocol):
-    def __call__(self, prompts: list[str], completions: list[str], **columns: list[Any]
-                 ) -> Sequence[Optional[float]]: ...
+    def __call__(
+        self, prompts: list[str], completions: list[str], **columns: list[Any]
+    ) -> Sequence[Optional[float]]: ...
 
 
 class RewardError(RuntimeError):
@@ -66,8 +67,13 @@ class WeightedReward:
             self._device = device
         return self
 
-    def __call__(self, prompts: list[str], completions: list[str], columns: dict[str, list[Any]],
-                 device: torch.device | str = "cpu") -> RewardScores:
+    def __call__(
+        self,
+        prompts: list[str],
+        completions: list[str],
+        columns: dict[str, list[Any]],
+        device: torch.device | str = "cpu",
+    ) -> RewardScores:
         self.to(device)  # learned rewards run where the policy does
         total = torch.zeros(len(completions), dtype=torch.float32)
         per_function, applicable, non_finite = {}, {}, {}
@@ -83,38 +89,61 @@ class WeightedReward:
         return RewardScores(total.to(device), per_function, applicable, non_finite)
 
     @staticmethod
-    def _call_one(name: str, fn: RewardFunction, prompts: list[str], completions: list[str],
-                  columns: dict[str, list[Any]], allow_non_finite: bool = False) -> list[Optional[float]]:
+    def _call_one(
+        name: str,
+        fn: RewardFunction,
+        prompts: list[str],
+        completions: list[str],
+        columns: dict[str, list[Any]],
+        allow_non_finite: bool = False,
+    ) -> list[Optional[float]]:
         try:
             values = list(fn(prompts, completions, **columns))
         except Exception as error:
             raise RewardError(_describe_failure(name, fn, prompts, completions, columns, error)) from error
         if len(values) != len(completions):
-            raise RewardError(f"reward function {name!r} returned {len(values)} values for "
-                              f"{len(completions)} completions; it must return one per completion")
+            raise RewardError(
+                f"reward function {name!r} returned {len(values)} values for "
+                f"{len(completions)} completions; it must return one per completion"
+            )
         for index, value in enumerate(values):
             if value is None:
                 continue
             try:
                 number = float(value)
             except (TypeError, ValueError):
-                raise RewardError(f"reward function {name!r} returned {value!r} ({type(value).__name__}) "
-                                  f"for prompt {prompts[index]!r}; return a float or None") from None
+                raise RewardError(
+                    f"reward function {name!r} returned {value!r} ({type(value).__name__}) "
+                    f"for prompt {prompts[index]!r}; return a float or None"
+                ) from None
             if not math.isfinite(number) and not allow_non_finite:
-                raise RewardError(f"reward function {name!r} returned {number} for prompt "
-                                  f"{prompts[index]!r}; rewards must be finite (or set "
-                                  "reward.non_finite=zero to score such completions 0)")
+                raise RewardError(
+                    f"reward function {name!r} returned {number} for prompt "
+                    f"{prompts[index]!r}; rewards must be finite (or set "
+                    "reward.non_finite=zero to score such completions 0)"
+                )
         return values
 
 
-def _describe_failure(name: str, fn: RewardFunction, prompts: list[str], completions: list[str],
-                      columns: dict[str, list[Any]], error: Exception) -> str:
+def _describe_failure(
+    name: str,
+    fn: RewardFunction,
+    prompts: list[str],
+    completions: list[str],
+    columns: dict[str, list[Any]],
+    error: Exception,
+) -> str:
     """Find the first completion the function fails on alone, to name its prompt."""
     for index in range(len(completions)):
         try:
-            fn(prompts[index:index + 1], completions[index:index + 1],
-               **{key: values[index:index + 1] for key, values in columns.items()})
+            fn(
+                prompts[index : index + 1],
+                completions[index : index + 1],
+                **{key: values[index : index + 1] for key, values in columns.items()},
+            )
         except Exception as single_error:
-            return (f"reward function {name!r} raised {type(single_error).__name__}: {single_error} "
-                    f"on prompt {prompts[index]!r} with completion {completions[index]!r}")
+            return (
+                f"reward function {name!r} raised {type(single_error).__name__}: {single_error} "
+                f"on prompt {prompts[index]!r} with completion {completions[index]!r}"
+            )
     return f"reward function {name!r} raised {type(error).__name__}: {error} on a batch of {len(completions)}"

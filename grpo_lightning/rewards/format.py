@@ -15,8 +15,9 @@ def _compile(pattern: str) -> re.Pattern:
     return re.compile(pattern, re.DOTALL)
 
 
-def format_reward(prompts: list[str], completions: list[str], *, pattern: str = THINK_ANSWER,
-                  **columns: Any) -> list[float]:
+def format_reward(
+    prompts: list[str], completions: list[str], *, pattern: str = THINK_ANSWER, **columns: Any
+) -> list[float]:
     """1.0 where the whole completion (surrounding whitespace aside) matches ``pattern``, else 0.0.
 
     ``pattern`` is a Python regular expression; ``.`` also matches newlines.

@@ -37,8 +37,15 @@ def overlong_penalty(length: int, max_length: int, cache_length: int) -> float:
     return (soft_start - length) / cache_length
 
 
-def length_penalty(prompts: list[str], completions: list[str], *, max_length: int, cache_length: int,
-                   tokenizer: Optional[str] = None, **columns: Any) -> list[float]:
+def length_penalty(
+    prompts: list[str],
+    completions: list[str],
+    *,
+    max_length: int,
+    cache_length: int,
+    tokenizer: Optional[str] = None,
+    **columns: Any,
+) -> list[float]:
     """Soft overlong penalty per completion, in [-1, 0].
 
     >>> length_penalty(["q"] * 3, ["a" * 5, "a" * 9, "a" * 11], max_length=10, cache_length=4)

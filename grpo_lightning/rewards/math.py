@@ -79,7 +79,7 @@ def parse_number(text: str) -> Optional[Fraction]:
     True
     """
     text = _FRAC.sub(r"(\1)/(\2)", text).replace("$", "").replace("\\!", "").replace("−", "-")
-    text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)   # 1,234 -> 1234 (thousands separators only)
+    text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)  # 1,234 -> 1234 (thousands separators only)
     match = re.search(r"(-?)\(?\s*(-?\d+(?:\.\d+)?|-?\.\d+)\s*\)?(?:\s*/\s*\(?\s*(-?\d+(?:\.\d+)?)\s*\)?)?", text)
     if match is None:
         return None
@@ -117,8 +117,9 @@ def answers_match(completion: str, reference: str, rel_tol: float = 1e-6) -> boo
     return math.isclose(float(value), float(expected), rel_tol=rel_tol, abs_tol=1e-9)
 
 
-def math_answer(prompts: list[str], completions: list[str], answer: list[Any], *, rel_tol: float = 1e-6,
-                **columns: Any) -> list[Optional[float]]:
+def math_answer(
+    prompts: list[str], completions: list[str], answer: list[Any], *, rel_tol: float = 1e-6, **columns: Any
+) -> list[Optional[float]]:
     """1.0 where the completion's final answer equals the reference ``answer``, else 0.0.
 
     Rows without a reference (``None``) are not applicable (None).
@@ -127,5 +128,7 @@ def math_answer(prompts: list[str], completions: list[str], answer: list[Any], *
     ...             answer=["#### 7"] * 4)
     [1.0, 1.0, 0.0, 0.0]
     """
-    return [None if reference is None else float(answers_match(completion, str(reference), rel_tol))
-            for completion, reference in zip(completions, answer, strict=True)]
+    return [
+        None if reference is None else float(answers_match(completion, str(reference), rel_tol))
+        for completion, reference in zip(completions, answer, strict=True)
+    ]

@@ -25,26 +25,38 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 class RewardModel:
     """Callable with the reward contract: the classifier's logit ``label`` per completion."""
 
-    def __init__(self, name_or_path: str, *, batch_size: int = 8, max_length: Optional[int] = None,
-                 label: int = 0, dtype: str = "float32", chat_template: bool = False,
-                 trust_remote_code: bool = False):
+    def __init__(
+        self,
+        name_or_path: str,
+        *,
+        batch_size: int = 8,
+        max_length: Optional[int] = None,
+        label: int = 0,
+        dtype: str = "float32",
+        chat_template: bool = False,
+        trust_remote_code: bool = False,
+    ):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         if name_or_path.startswith((".", "/", "~")) and not (Path(name_or_path).expanduser() / "config.json").is_file():
-            raise ConfigError(f"reward model name_or_path={name_or_path!r}: no config.json there; give a "
-                              "directory written by save_pretrained, or a hub id")
+            raise ConfigError(
+                f"reward model name_or_path={name_or_path!r}: no config.json there; give a "
+                "directory written by save_pretrained, or a hub id"
+            )
         if dtype not in _DTYPES:
             raise ConfigError(f"reward model dtype={dtype!r} is unknown; choose one of {tuple(_DTYPES)}")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
             self.model = AutoModelForSequenceClassification.from_pretrained(
-                name_or_path, dtype=_DTYPES[dtype], trust_remote_code=trust_remote_code).eval()
+                name_or_path, dtype=_DTYPES[dtype], trust_remote_code=trust_remote_code
+            ).eval()
         except OSError as error:
             raise ConfigError(f"reward model {name_or_path!r} could not be loaded: {error}") from None
         self.model.requires_grad_(False)
         if not 0 <= label < self.model.config.num_labels:
-            raise ConfigError(f"reward model label={label} is out of range: the model has "
-                              f"{self.model.config.num_labels} output(s)")
+            raise ConfigError(
+                f"reward model label={label} is out of range: the model has {self.model.config.num_labels} output(s)"
+            )
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if self.model.config.pad_token_id is None:
@@ -62,9 +74,12 @@ class RewardModel:
     def _texts(self, prompts: list[str], completions: list[str]) -> list[str]:
         if not self.chat_template:
             return [prompt + completion for prompt, completion in zip(prompts, completions)]
-        return [self.tokenizer.apply_chat_template([{"role": "user", "content": prompt},
-                                                    {"role": "assistant", "content": completion}], tokenize=False)
-                for prompt, completion in zip(prompts, completions)]
+        return [
+            self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}], tokenize=False
+            )
+            for prompt, completion in zip(prompts, completions)
+        ]
 
     @torch.no_grad()
     def __call__(self, prompts: list[str], completions: list[str], **columns: Any) -> list[float]:
@@ -72,9 +87,14 @@ class RewardModel:
         device = next(self.model.parameters()).device
         scores: list[float] = []
         for start in range(0, len(texts), self.batch_size):
-            encoded = self.tokenizer(texts[start:start + self.batch_size], return_tensors="pt", padding=True,
-                                     truncation=self.max_length is not None, max_length=self.max_length,
-                                     add_special_tokens=not self.chat_template).to(device)
-            logits = self.model(**encoded).logits                              # [b, num_labels]
+            encoded = self.tokenizer(
+                texts[start : start + self.batch_size],
+                return_tensors="pt",
+                padding=True,
+                truncation=self.max_length is not None,
+                max_length=self.max_length,
+                add_special_tokens=not self.chat_template,
+            ).to(device)
+            logits = self.model(**encoded).logits  # [b, num_labels]
             scores += logits[:, self.label].float().tolist()
         return scores

@@ -40,7 +40,6 @@ from lightning.pytorch.trainer.states import TrainerFn
 
 from grpo_lightning.config import ConfigError
 
-
 LAST_CHECKPOINT = "last.ckpt"
 
 
@@ -79,8 +78,10 @@ def resolve_ckpt_path(ckpt_path: Optional[str], run_dir: str | Path) -> Optional
         last = checkpoint_dir(run_dir) / LAST_CHECKPOINT
         return str(last) if last.is_file() else None
     if not Path(ckpt_path).is_file():
-        raise ConfigError(f"ckpt_path={ckpt_path!r} is not a file; give a checkpoint written by a run "
-                          "(<run>/checkpoints/last.ckpt) or ckpt_path=last with the run's output_dir")
+        raise ConfigError(
+            f"ckpt_path={ckpt_path!r} is not a file; give a checkpoint written by a run "
+            "(<run>/checkpoints/last.ckpt) or ckpt_path=last with the run's output_dir"
+        )
     return ckpt_path
 
 
@@ -88,8 +89,11 @@ def validates_after_this_batch(trainer: L.Trainer) -> bool:
     """Whether Lightning validates after the training batch in progress, on the batch-based
     schedule that build_trainer sets (val_check_interval in batches). A validation without
     batches (an empty shard) is skipped without its end hooks, so it does not count."""
-    return (trainer.enable_validation and sum(trainer.num_val_batches) > 0
-            and (trainer.fit_loop.epoch_loop.total_batch_idx + 1) % trainer.val_check_batch == 0)
+    return (
+        trainer.enable_validation
+        and sum(trainer.num_val_batches) > 0
+        and (trainer.fit_loop.epoch_loop.total_batch_idx + 1) % trainer.val_check_batch == 0
+    )
 
 
 class AfterItsValidation(Callback):
@@ -129,8 +133,9 @@ class LastCheckpoint(AfterItsValidation):
         self.every_n_optimizer_steps = every_n_optimizer_steps
         self._saved_at: Optional[int] = None
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if trainer.global_step >= trainer.max_steps or trainer.global_step % self.every_n_optimizer_steps == 0:
             self.after_step_or_its_validation(trainer)
 

@@ -59,9 +59,17 @@ def _csv(cfg: LoggerConfig, run_dir: str, resume_step: Optional[int] = None) -> 
 
 
 def _wandb(cfg: LoggerConfig, run_dir: str, resume_step: Optional[int] = None) -> list[Logger]:
-    wandb = WandbLogger(project=cfg.project, entity=cfg.entity, group=cfg.group, tags=list(cfg.tags),
-                        name=cfg.run_name, id=cfg.id, save_dir=run_dir, offline=cfg.offline,
-                        resume="allow" if cfg.id else None)
+    wandb = WandbLogger(
+        project=cfg.project,
+        entity=cfg.entity,
+        group=cfg.group,
+        tags=list(cfg.tags),
+        name=cfg.run_name,
+        id=cfg.id,
+        save_dir=run_dir,
+        offline=cfg.offline,
+        resume="allow" if cfg.id else None,
+    )
     return [wandb, _csv(cfg, run_dir, resume_step)]  # W&B first: trainer.logger is the first
 
 
@@ -103,9 +111,11 @@ def read_resume_info(ckpt_path: str) -> tuple[int, Optional[str]]:
         # Saved before Lightning counts the step it was written at: the resumed run logs from + 1.
         batches = checkpoint["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"] + 1
     except (RuntimeError, OSError, KeyError, TypeError, EOFError) as error:
-        raise ConfigError(f"ckpt_path={ckpt_path!r} is not a readable checkpoint of a grpo-train run "
-                          f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
-                          "give <run>/checkpoints/last.ckpt, or ckpt_path=last with the run's output_dir") from None
+        raise ConfigError(
+            f"ckpt_path={ckpt_path!r} is not a readable checkpoint of a grpo-train run "
+            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
+            "give <run>/checkpoints/last.ckpt, or ckpt_path=last with the run's output_dir"
+        ) from None
     return batches, checkpoint.get(WANDB_ID_KEY)
 
 
@@ -116,10 +126,11 @@ def log_run_config(loggers: list[Logger], params: dict) -> None:
         for logger in loggers:
             logger.log_hyperparams(params)
     except Exception as error:
-        if type(error).__module__.startswith("wandb") and type(error).__name__ in ("UsageError",
-                                                                                   "AuthenticationError"):
+        if type(error).__module__.startswith("wandb") and type(error).__name__ in ("UsageError", "AuthenticationError"):
             reason = str(error).rstrip(".")
-            raise ConfigError(f"logger=wandb could not start a run: {reason}. Run `wandb login` or set "
-                              "WANDB_API_KEY, or log without an account: logger.offline=true (or "
-                              "WANDB_MODE=offline), then `wandb sync` later") from None
+            raise ConfigError(
+                f"logger=wandb could not start a run: {reason}. Run `wandb login` or set "
+                "WANDB_API_KEY, or log without an account: logger.offline=true (or "
+                "WANDB_MODE=offline), then `wandb sync` later"
+            ) from None
         raise

@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 
 import matplotlib
 import matplotlib.lines
+
 # Figure without pyplot: no GUI backend is touched (clusters have no display, notebooks keep theirs).
 from matplotlib.figure import Figure
 
@@ -48,15 +49,20 @@ def read_curves(run_dir: Path, label: Optional[str] = None) -> RunCurves:
     run_dir = Path(run_dir)
     path = run_dir / "metrics.csv"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; plots need the CSV logger's metrics.csv "
-                                "(logger=csv, or logger=wandb which writes it too)")
+        raise FileNotFoundError(
+            f"{path} does not exist; plots need the CSV logger's metrics.csv "
+            "(logger=csv, or logger=wandb which writes it too)"
+        )
     with open(path) as handle:
         rows = list(csv.DictReader(handle))
     curves: dict[str, tuple[list[float], list[float]]] = {}
     last_train_step = 0
     for row in rows:
-        logged = {name: float(value) for name, value in row.items()
-                  if name not in ("step", "epoch") and value not in (None, "")}
+        logged = {
+            name: float(value)
+            for name, value in row.items()
+            if name not in ("step", "epoch") and value not in (None, "")
+        }
         is_validation = all(name.startswith("val/") for name in logged)
         step = last_train_step if is_validation else int(row["step"]) + 1
         last_train_step = step
@@ -73,8 +79,13 @@ def _label(run_dir: Path) -> str:
         from omegaconf import OmegaConf
 
         # Overrides naming paths or the sweep's own settings do not tell runs apart.
-        kept = [o for o in OmegaConf.load(overrides) if not o.split("=")[0].lstrip("+~").startswith(
-            ("hydra", "output_dir", "model.name_or_path", "hparams_search"))]
+        kept = [
+            o
+            for o in OmegaConf.load(overrides)
+            if not o.split("=")[0]
+            .lstrip("+~")
+            .startswith(("hydra", "output_dir", "model.name_or_path", "hparams_search"))
+        ]
         if kept:
             return ",".join(kept)
     return run_dir.name
@@ -82,14 +93,19 @@ def _label(run_dir: Path) -> str:
 
 def informative_curves(run: RunCurves) -> RunCurves:
     """``run`` without the KL curves that are 0 throughout (ZERO_BY_CONSTRUCTION)."""
-    return RunCurves(run.label, {metric: points for metric, points in run.curves.items()
-                                 if metric not in ZERO_BY_CONSTRUCTION or any(points[1])})
+    return RunCurves(
+        run.label,
+        {
+            metric: points
+            for metric, points in run.curves.items()
+            if metric not in ZERO_BY_CONSTRUCTION or any(points[1])
+        },
+    )
 
 
 def panels_for(runs: Sequence[RunCurves]) -> list[tuple[str, list[tuple[str, str]]]]:
     """The PANELS with at least one curve in at least one run."""
-    return [(name, lines) for name, lines in PANELS
-            if any(metric in run.curves for run in runs for metric, _ in lines)]
+    return [(name, lines) for name, lines in PANELS if any(metric in run.curves for run in runs for metric, _ in lines)]
 
 
 def plot_runs(runs: Sequence[RunCurves], out: Path, title: Optional[str] = None) -> Path:
@@ -107,9 +123,14 @@ def plot_runs(runs: Sequence[RunCurves], out: Path, title: Optional[str] = None)
         for index, run in enumerate(runs):
             for (style, _), (metric, line_label) in zip(styles, lines):
                 if metric in run.curves:
-                    ax.plot(*run.curves[metric], style, color=colors[index % len(colors)],
-                            label=None if many else line_label,
-                            marker="o" if metric.startswith("val/") else None, markersize=3)
+                    ax.plot(
+                        *run.curves[metric],
+                        style,
+                        color=colors[index % len(colors)],
+                        label=None if many else line_label,
+                        marker="o" if metric.startswith("val/") else None,
+                        markersize=3,
+                    )
         if many:  # colour = run (one legend below), line style = metric (in the title)
             logged = {metric for run in runs for metric in run.curves}
             key = ", ".join(f"{word}: {label}" for (_, word), (metric, label) in zip(styles, lines) if metric in logged)
@@ -133,8 +154,7 @@ def plot_runs(runs: Sequence[RunCurves], out: Path, title: Optional[str] = None)
 def plot_reward_curve(run_dir: Path) -> Path:
     """``run_dir/reward_curve.png``: train and validation reward, KL and response length."""
     run_dir = Path(run_dir)
-    return plot_runs([read_curves(run_dir, label=run_dir.name)],
-                     run_dir / "reward_curve.png", title=str(run_dir))
+    return plot_runs([read_curves(run_dir, label=run_dir.name)], run_dir / "reward_curve.png", title=str(run_dir))
 
 
 def find_runs(paths: Sequence[Path]) -> list[Path]:

@@ -13,8 +13,8 @@ from typing import Any, Optional
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
-from grpo_lightning.run.checkpoints import LastCheckpoint, validates_after_this_batch
 
+from grpo_lightning.run.checkpoints import LastCheckpoint, validates_after_this_batch
 
 
 def preemption_signals() -> list[signal.Signals]:
@@ -77,8 +77,9 @@ class PreemptionCallback(Callback):
             signal.signal(signum, handler)
         self._previous = {}
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         # A step with a validation stops after it (below), so that the checkpoint records it.
         if self._signalled(trainer) and not validates_after_this_batch(trainer):
             self._stop(trainer)
@@ -93,8 +94,9 @@ class PreemptionCallback(Callback):
 
     def _signalled(self, trainer: L.Trainer) -> bool:
         """Whether any process got a signal (a collective: every process calls it alike)."""
-        return self.preempted_at is None and trainer.strategy.reduce_boolean_decision(self.received is not None,
-                                                                                      all=False)
+        return self.preempted_at is None and trainer.strategy.reduce_boolean_decision(
+            self.received is not None, all=False
+        )
 
     def _stop(self, trainer: L.Trainer) -> None:
         self.checkpoint.save(trainer)
@@ -105,8 +107,12 @@ class PreemptionCallback(Callback):
             submitits_handler = self._previous.get(self.received)
             self._restore_handlers()
             if callable(submitits_handler):
-                print(f"pre-empted: {self.checkpoint.path} written; submitit requeues the job "
-                      "(give the sweep ckpt_path=last so that it continues)", file=sys.stderr, flush=True)
+                print(
+                    f"pre-empted: {self.checkpoint.path} written; submitit requeues the job "
+                    "(give the sweep ckpt_path=last so that it continues)",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 submitits_handler(self.received, None)
         elif self.received == getattr(signal, "SIGUSR1", None) and trainer.is_global_zero:
             _requeue_slurm_job()
@@ -123,5 +129,8 @@ def _requeue_slurm_job() -> None:
     except FileNotFoundError:
         code = None
     if code != 0:
-        print(f"warning: could not requeue SLURM job {job} (scontrol requeue: {code}); resubmit it with "
-              "ckpt_path=last", file=sys.stderr, flush=True)
+        print(
+            f"warning: could not requeue SLURM job {job} (scontrol requeue: {code}); resubmit it with ckpt_path=last",
+            file=sys.stderr,
+            flush=True,
+        )

@@ -72,8 +72,9 @@ class ConsoleLog(AfterItsValidation):
         self.started = time.perf_counter()
         self.step = trainer.global_step // self.optimizer_steps_per_step  # nonzero when resumed
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         self.step += 1
         if self.step % self.every_n_steps == 0 or self.step == self.total_steps:
             self.after_step_or_its_validation(trainer)
@@ -91,8 +92,9 @@ class ConsoleLog(AfterItsValidation):
         return " | ".join(parts)
 
 
-def progress_callbacks(enabled: bool, every_n_steps: int, total_steps: int,
-                       optimizer_steps_per_step: int = 1) -> list[Callback]:
+def progress_callbacks(
+    enabled: bool, every_n_steps: int, total_steps: int, optimizer_steps_per_step: int = 1
+) -> list[Callback]:
     """The bar on a terminal; the periodic line otherwise (or nothing when disabled)."""
     if not enabled:
         return []

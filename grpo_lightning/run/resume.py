@@ -54,15 +54,20 @@ class RNGStateCallback(Callback):
         per_rank = state_dict.get("rng_per_rank")
         world = world_size()
         if world > 1 and per_rank is None:
-            raise ConfigError(f"this checkpoint was written by one process; resuming it on {world} would give "
-                              "every process the same random state. Resume with the process count it was saved with")
+            raise ConfigError(
+                f"this checkpoint was written by one process; resuming it on {world} would give "
+                "every process the same random state. Resume with the process count it was saved with"
+            )
         if per_rank is not None and len(per_rank) != world:
-            raise ConfigError(f"this checkpoint was written by {len(per_rank)} processes and is resumed on {world}; "
-                              "exact resume needs the same number (trainer.devices x trainer.num_nodes)")
+            raise ConfigError(
+                f"this checkpoint was written by {len(per_rank)} processes and is resumed on {world}; "
+                "exact resume needs the same number (trainer.devices x trainer.num_nodes)"
+            )
         self._pending = per_rank[rank()] if per_rank is not None else state_dict["rng"]
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if self._pending is not None:
             restore_rng_state(self._pending)
             self._pending = None
@@ -76,8 +81,13 @@ class RNGStateCallback(Callback):
             self._before_validation = None
 
 
-RESUME_FIXED_SETTINGS = ("seed", "data.batch_size", "algorithm.group_size", "algorithm.mini_batch_size",
-                         "algorithm.num_iterations")
+RESUME_FIXED_SETTINGS = (
+    "seed",
+    "data.batch_size",
+    "algorithm.group_size",
+    "algorithm.mini_batch_size",
+    "algorithm.num_iterations",
+)
 """What a checkpoint's counters mean depends on: the prompt stream's order and position (seed,
 batch size) and how many optimizer steps, which Lightning counts, make one training step."""
 
@@ -93,8 +103,13 @@ class RunSettingsCallback(Callback):
         return dict(self.settings)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        changed = [f"{key}={state_dict[key]} (now {value})" for key, value in self.settings.items()
-                   if key in state_dict and state_dict[key] != value]
+        changed = [
+            f"{key}={state_dict[key]} (now {value})"
+            for key, value in self.settings.items()
+            if key in state_dict and state_dict[key] != value
+        ]
         if changed:
-            raise ConfigError(f"ckpt_path: the checkpoint was written with {', '.join(changed)}; resume with the "
-                              "run's own values (trainer.max_steps, logging and checkpoint cadence may change)")
+            raise ConfigError(
+                f"ckpt_path: the checkpoint was written with {', '.join(changed)}; resume with the "
+                "run's own values (trainer.max_steps, logging and checkpoint cadence may change)"
+            )

@@ -38,8 +38,10 @@ def refuse_used_output_dir(run_dir: Path) -> None:
     its checkpoint overwritten step by step, or two runs would interleave)."""
     used = [name for name in ("metrics.csv", f"checkpoints/{LAST_CHECKPOINT}") if (run_dir / name).is_file()]
     if used:
-        raise ConfigError(f"output_dir={run_dir} already holds a run ({', '.join(used)}); continue it with "
-                          "ckpt_path=last, or give a new output_dir (or delete that one)")
+        raise ConfigError(
+            f"output_dir={run_dir} already holds a run ({', '.join(used)}); continue it with "
+            "ckpt_path=last, or give a new output_dir (or delete that one)"
+        )
 
 
 @contextlib.contextmanager
@@ -62,9 +64,11 @@ def output_dir_lock(run_dir: Path, resuming: bool) -> Iterator[None]:
         except FileExistsError:
             holder = _live_holder(lock, trust_other_hosts=not resuming)
             if holder is not None:
-                raise ConfigError(f"output_dir={run_dir} is in use by another run ({holder}); two runs started in "
-                                  "the same second share Hydra's default directory: give each its own "
-                                  f"output_dir (or use -m for several runs). If no run is live there, delete {lock}")
+                raise ConfigError(
+                    f"output_dir={run_dir} is in use by another run ({holder}); two runs started in "
+                    "the same second share Hydra's default directory: give each its own "
+                    f"output_dir (or use -m for several runs). If no run is live there, delete {lock}"
+                ) from None
             lock.unlink(missing_ok=True)  # its process is gone
             continue
         with os.fdopen(descriptor, "w") as handle:
@@ -111,8 +115,10 @@ def claim_output_dir(output_dir: str, sweep_dir: str, job_num: int) -> None:
     if marker.is_file():
         claimed = json.loads(marker.read_text())
         if claimed["sweep_dir"] == sweep_dir and claimed["job_num"] != job_num:
-            raise ConfigError(f"output_dir={output_dir} is shared by jobs #{claimed['job_num']} and #{job_num} of "
-                              "this sweep; leave output_dir to Hydra (hydra.sweep.dir/hydra.sweep.subdir) or make it "
-                              "differ per job, e.g. output_dir=/runs/x/${hydra:job.num}")
+            raise ConfigError(
+                f"output_dir={output_dir} is shared by jobs #{claimed['job_num']} and #{job_num} of "
+                "this sweep; leave output_dir to Hydra (hydra.sweep.dir/hydra.sweep.subdir) or make it "
+                "differ per job, e.g. output_dir=/runs/x/${hydra:job.num}"
+            )
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps({"sweep_dir": sweep_dir, "job_num": job_num}))

@@ -33,21 +33,28 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
-from grpo_lightning.run.wandb_tables import CompletionsTable
+from grpo_lightning.algo.numerics import NonFiniteError
 from grpo_lightning.config import ConfigError, TrainConfig, register_configs, to_train_config
 from grpo_lightning.data.datamodule import PromptDataModule
-from grpo_lightning.run.loggers import LoggerIdCallback, build_logger, finish_logger, log_run_config, read_resume_info
-from grpo_lightning.module import GRPOModule
-from grpo_lightning.algo.numerics import NonFiniteError
-from grpo_lightning.run.plots import plot_reward_curve
-from grpo_lightning.policy.causal_lm import CausalLMPolicy
 from grpo_lightning.data.formatting import PromptFormatter
-from grpo_lightning.run.progress import progress_callbacks
-from grpo_lightning.run.preemption import PREEMPTED, PreemptionCallback
-from grpo_lightning.run.resume import RESUME_FIXED_SETTINGS, RNGStateCallback, RunSettingsCallback
-from grpo_lightning.run.checkpoints import AtomicCheckpointIO, LastCheckpoint, checkpoint_dir, record_final_validation, recorded_final_validation, resolve_ckpt_path
+from grpo_lightning.module import GRPOModule
+from grpo_lightning.policy.causal_lm import CausalLMPolicy
 from grpo_lightning.rewards import RewardError, WeightedReward
+from grpo_lightning.run.checkpoints import (
+    AtomicCheckpointIO,
+    LastCheckpoint,
+    checkpoint_dir,
+    record_final_validation,
+    recorded_final_validation,
+    resolve_ckpt_path,
+)
+from grpo_lightning.run.loggers import LoggerIdCallback, build_logger, finish_logger, log_run_config, read_resume_info
+from grpo_lightning.run.plots import plot_reward_curve
+from grpo_lightning.run.preemption import PREEMPTED, PreemptionCallback
+from grpo_lightning.run.progress import progress_callbacks
+from grpo_lightning.run.resume import RESUME_FIXED_SETTINGS, RNGStateCallback, RunSettingsCallback
 from grpo_lightning.run.run_dir import claim_output_dir, output_dir_lock, refuse_used_output_dir
+from grpo_lightning.run.wandb_tables import CompletionsTable
 
 VAL_METRIC = "val/reward/mean"
 
@@ -99,21 +106,32 @@ def build_trainer(cfg: TrainConfig, resume_step: Optional[int] = None) -> L.Trai
     progress = progress_callbacks(t.enable_progress_bar, t.console_log_every_n_steps, t.max_steps, per_batch)
     callbacks += progress
     return L.Trainer(
-        max_steps=t.max_steps * per_batch, max_epochs=-1, accelerator=t.accelerator, devices=t.devices,
-        strategy=t.strategy, num_nodes=t.num_nodes, precision=t.precision,
-        val_check_interval=t.val_every_n_steps, check_val_every_n_epoch=None,
-        limit_val_batches=t.limit_val_batches, num_sanity_val_steps=0,
-        log_every_n_steps=t.log_every_n_steps, profiler=t.profiler,
+        max_steps=t.max_steps * per_batch,
+        max_epochs=-1,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        strategy=t.strategy,
+        num_nodes=t.num_nodes,
+        precision=t.precision,
+        val_check_interval=t.val_every_n_steps,
+        check_val_every_n_epoch=None,
+        limit_val_batches=t.limit_val_batches,
+        num_sanity_val_steps=0,
+        log_every_n_steps=t.log_every_n_steps,
+        profiler=t.profiler,
         # Lightning would add its tqdm bar; off a terminal the progress is ConsoleLog's lines.
         enable_progress_bar=any(isinstance(c, ProgressBar) for c in progress),
-        deterministic=t.deterministic, enable_checkpointing=False,  # LastCheckpoint writes them
-        logger=build_logger(cfg.logger, str(run_dir), resume_step) or False, callbacks=callbacks,
+        deterministic=t.deterministic,
+        enable_checkpointing=False,  # LastCheckpoint writes them
+        logger=build_logger(cfg.logger, str(run_dir), resume_step) or False,
+        callbacks=callbacks,
         default_root_dir=str(run_dir),
         # Metric states first created under validate()'s inference mode could not be updated
         # by the validation runs inside fit(); no_grad is all generation needs.
         inference_mode=False,
         # PromptDataModule shards the prompts per process itself (resumable, see resume.py).
-        use_distributed_sampler=False, plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False,
+        plugins=[AtomicCheckpointIO()],
     )
 
 
@@ -138,8 +156,11 @@ def _train(cfg: TrainConfig, dict_cfg: DictConfig) -> dict[str, float]:
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.output_dir)
     resume_step = None
     if cfg.ckpt_path == "last" and ckpt_path is None:
-        print(f"ckpt_path=last: no checkpoint in {checkpoint_dir(cfg.output_dir)} yet, starting a new run "
-              "(to continue an earlier run, pass its output_dir)", flush=True)
+        print(
+            f"ckpt_path=last: no checkpoint in {checkpoint_dir(cfg.output_dir)} yet, starting a new run "
+            "(to continue an earlier run, pass its output_dir)",
+            flush=True,
+        )
     if ckpt_path is not None:
         resume_step, wandb_id = read_resume_info(ckpt_path)
         if resume_step >= cfg.trainer.max_steps:  # a finished run: nothing is logged again, keep every row
@@ -163,15 +184,23 @@ def _train(cfg: TrainConfig, dict_cfg: DictConfig) -> dict[str, float]:
     formatter = PromptFormatter.from_config(cfg.data, policy.tokenizer)
     policy.add_special_tokens = formatter.add_special_tokens
     data = PromptDataModule.from_config(cfg.data, seed=cfg.seed, prepare=formatter.prepare)
-    module = GRPOModule(policy, reward, algorithm=cfg.algorithm, generation=cfg.generation,
-                        optim=cfg.optim, prompt_key=cfg.data.prompt_key)
+    module = GRPOModule(
+        policy,
+        reward,
+        algorithm=cfg.algorithm,
+        generation=cfg.generation,
+        optim=cfg.optim,
+        prompt_key=cfg.data.prompt_key,
+    )
     check_optimized_metric(cfg.optimized_metric, module.train_means.names + module.val_means.names)
     try:
         trainer = build_trainer(cfg, resume_step)
     except (MisconfigurationException, ValueError) as error:  # Lightning's check of trainer.*
-        raise ConfigError(f"trainer: {error} (trainer.accelerator={cfg.trainer.accelerator}, "
-                          f"trainer.devices={cfg.trainer.devices}, trainer.strategy={cfg.trainer.strategy}, "
-                          f"trainer.precision={cfg.trainer.precision})") from None
+        raise ConfigError(
+            f"trainer: {error} (trainer.accelerator={cfg.trainer.accelerator}, "
+            f"trainer.devices={cfg.trainer.devices}, trainer.strategy={cfg.trainer.strategy}, "
+            f"trainer.precision={cfg.trainer.precision})"
+        ) from None
     try:
         log_run_config(trainer.loggers, OmegaConf.to_container(dict_cfg, resolve=True))
         first_val = None
@@ -186,16 +215,21 @@ def _train(cfg: TrainConfig, dict_cfg: DictConfig) -> dict[str, float]:
         if preemption is not None and preemption.preempted_at is not None:
             _record_final_validation(cfg, trainer, module)  # pre-empted in the last step's validation
             if trainer.is_global_zero:
-                print(f"\npre-empted after {preemption.preempted_at // optimizer_steps_per_batch(cfg)} steps: "
-                      f"{checkpoint_dir(cfg.output_dir)}/last.ckpt written; continue with ckpt_path=last "
-                      f"output_dir={cfg.output_dir}", flush=True)
+                print(
+                    f"\npre-empted after {preemption.preempted_at // optimizer_steps_per_batch(cfg)} steps: "
+                    f"{checkpoint_dir(cfg.output_dir)}/last.ckpt written; continue with ckpt_path=last "
+                    f"output_dir={cfg.output_dir}",
+                    flush=True,
+                )
             return {name: float(value) for name, value in final.items()}
         if module.validated_at_step != trainer.global_step:  # the last step's validation
             # Continuing a finished run trains nothing: its validation is on record. Every
             # process must decide alike (validate is collective): rank 0's reading counts.
             recorded = trainer.strategy.broadcast(
                 recorded_final_validation(checkpoint_dir(cfg.output_dir), trainer.global_step)
-                if trainer.is_global_zero and module.resumed_at_step == trainer.global_step else None)
+                if trainer.is_global_zero and module.resumed_at_step == trainer.global_step
+                else None
+            )
             if recorded is None:
                 trainer.validate(module, datamodule=data, verbose=False)
             else:
@@ -211,23 +245,35 @@ def _train(cfg: TrainConfig, dict_cfg: DictConfig) -> dict[str, float]:
         policy.save_pretrained(run_dir / "policy")
         if (run_dir / "metrics.csv").is_file():
             plot_reward_curve(run_dir)
-        _print_summary(first_val, metrics.get(VAL_METRIC), trainer.global_step // optimizer_steps_per_batch(cfg),
-                       time.perf_counter() - started, run_dir)
+        _print_summary(
+            first_val,
+            metrics.get(VAL_METRIC),
+            trainer.global_step // optimizer_steps_per_batch(cfg),
+            time.perf_counter() - started,
+            run_dir,
+        )
     return metrics
 
 
 def _record_final_validation(cfg: TrainConfig, trainer: L.Trainer, module: GRPOModule) -> None:
     """Keep the last step's validation beside the checkpoints once the run has finished."""
     finished = trainer.global_step >= trainer.max_steps
-    if cfg.checkpoint.enabled and trainer.is_global_zero and finished and module.validated_at_step == trainer.global_step:
+    if (
+        cfg.checkpoint.enabled
+        and trainer.is_global_zero
+        and finished
+        and module.validated_at_step == trainer.global_step
+    ):
         record_final_validation(checkpoint_dir(cfg.output_dir), trainer.global_step, module.last_val_metrics)
 
 
 def check_optimized_metric(name: Optional[str], declared: Sequence[str]) -> None:
     """Before training: ``optimized_metric`` must be a metric the module logs."""
     if name is not None and name not in declared:
-        raise ConfigError(f"optimized_metric={name!r} is not a metric this run logs; choose one of "
-                          f"{sorted(declared)} (e.g. optimized_metric=val/reward/mean)")
+        raise ConfigError(
+            f"optimized_metric={name!r} is not a metric this run logs; choose one of "
+            f"{sorted(declared)} (e.g. optimized_metric=val/reward/mean)"
+        )
 
 
 def optimized_value(metrics: dict[str, float], name: Optional[str]) -> Optional[float]:
@@ -235,19 +281,25 @@ def optimized_value(metrics: dict[str, float], name: Optional[str]) -> Optional[
     if name is None:
         return None
     if name not in metrics:
-        raise ConfigError(f"optimized_metric={name!r} was never logged by this run (logged: "
-                          f"{sorted(metrics)}); a validation metric needs at least one validation run")
+        raise ConfigError(
+            f"optimized_metric={name!r} was never logged by this run (logged: "
+            f"{sorted(metrics)}); a validation metric needs at least one validation run"
+        )
     return metrics[name]
 
 
-def _print_summary(first_val: Optional[float], last_val: Optional[float], steps: int, seconds: float,
-                   run_dir: Path) -> None:
+def _print_summary(
+    first_val: Optional[float], last_val: Optional[float], steps: int, seconds: float, run_dir: Path
+) -> None:
     def fmt(value: Optional[float]) -> str:
         return "n/a" if value is None else f"{value:.3f}"
 
-    print(f"\nGRPO finished: {steps} steps in {seconds:.0f} s\n"
-          f"  {VAL_METRIC}: {fmt(first_val)} -> {fmt(last_val)}\n"
-          f"  outputs: {run_dir} (metrics.csv, reward_curve.png, checkpoints/, policy/)", flush=True)
+    print(
+        f"\nGRPO finished: {steps} steps in {seconds:.0f} s\n"
+        f"  {VAL_METRIC}: {fmt(first_val)} -> {fmt(last_val)}\n"
+        f"  outputs: {run_dir} (metrics.csv, reward_curve.png, checkpoints/, policy/)",
+        flush=True,
+    )
 
 
 register_configs()

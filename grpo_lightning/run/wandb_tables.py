@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 import lightning as L
 from lightning.pytorch.loggers import WandbLogger
+
 from grpo_lightning.types import RolloutSample
 
 
@@ -34,8 +35,9 @@ class CompletionsTable(L.Callback):
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         self.steps_seen = state_dict["steps_seen"]
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         self.steps_seen += 1
         sample: Optional[RolloutSample] = getattr(pl_module, "last_rollout", None)
         logger = wandb_logger(trainer)
@@ -45,10 +47,12 @@ class CompletionsTable(L.Callback):
             return
         import wandb
 
-        logger.experiment.log({
-            "completions": wandb.Table(columns=sample.columns(), data=sample.rows()),
-            "histograms/reward": wandb.Histogram(sample.total.float().cpu().numpy()),
-            "histograms/response_length": wandb.Histogram(sample.lengths.float().cpu().numpy()),
-            # The x-axis Lightning's WandbLogger gives every metric (training steps so far).
-            "trainer/global_step": trainer.fit_loop.epoch_loop._batches_that_stepped,
-        })
+        logger.experiment.log(
+            {
+                "completions": wandb.Table(columns=sample.columns(), data=sample.rows()),
+                "histograms/reward": wandb.Histogram(sample.total.float().cpu().numpy()),
+                "histograms/response_length": wandb.Histogram(sample.lengths.float().cpu().numpy()),
+                # The x-axis Lightning's WandbLogger gives every metric (training steps so far).
+                "trainer/global_step": trainer.fit_loop.epoch_loop._batches_that_stepped,
+            }
+        )

@@ -78,20 +78,14 @@ def load_splits(num_val: int = 200, seed: int = 0) -> tuple[list[dict], list[dic
 
     All 8100 problems are shuffled with ``seed`` and the last ``num_val`` are held out.
     """
-    rows = [
-        {"prompt": f"{a}+{b}=", "answer": str(a + b)}
-        for a in _OPERAND_RANGE
-        for b in _OPERAND_RANGE
-    ]
+    rows = [{"prompt": f"{a}+{b}=", "answer": str(a + b)} for a in _OPERAND_RANGE for b in _OPERAND_RANGE]
     if not 0 < num_val < len(rows):
         raise ValueError(f"num_val must be between 1 and {len(rows) - 1}, got {num_val}")
     random.Random(seed).shuffle(rows)
     return rows[:-num_val], rows[-num_val:]
 
 
-def correct_answer(
-    prompts: list[str], completions: list[str], answer: list[str], **columns: object
-) -> list[float]:
+def correct_answer(prompts: list[str], completions: list[str], answer: list[str], **columns: object) -> list[float]:
     """Exact-match reward: 1.0 where the stripped completion equals the answer, else 0.0.
 
     Follows the TRL reward contract ``fn(prompts, completions, **dataset_columns)``.

@@ -32,7 +32,6 @@ from torch import Tensor, nn
 
 from grpo_lightning.distributed import AllAgree, widest_float
 
-
 LOOP_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral"})
 """Decoder-only model types that ``generation.backend=auto`` samples with this loop: their
 forward takes the prompt mask, position ids and a ``DynamicCache`` exactly as ``generate``'s
@@ -48,12 +47,12 @@ def filter_logits(logits: Tensor, temperature: float, top_k: int, top_p: float) 
     """Logits [B, V] scaled by 1/temperature, with tokens outside top-k / top-p set to -inf."""
     scores = logits / temperature if temperature != 1.0 else logits
     if 0 < top_k < scores.size(-1):
-        kth = torch.topk(scores, top_k, dim=-1).values[..., -1:]                # [B, 1]
+        kth = torch.topk(scores, top_k, dim=-1).values[..., -1:]  # [B, 1]
         scores = scores.masked_fill(scores < kth, float("-inf"))
     if top_p < 1.0:
         # Drop the low-probability tail whose total mass is at most 1 - top_p; keep >= 1 token.
         sorted_scores, order = torch.sort(scores, descending=False, dim=-1)
-        tail_mass = sorted_scores.softmax(dim=-1).cumsum(dim=-1)               # [B, V] ascending
+        tail_mass = sorted_scores.softmax(dim=-1).cumsum(dim=-1)  # [B, V] ascending
         remove_sorted = tail_mass <= 1 - top_p
         remove_sorted[..., -1:] = False
         remove = remove_sorted.scatter(1, order, remove_sorted)
@@ -81,16 +80,16 @@ def draw_tokens(scores: Tensor) -> Tensor:
     variates are drawn for all rows first, so the tokens do not depend on the block size.
     """
     dtype = widest_float(scores.device)
-    uniform = torch.rand(scores.size(0), dtype=dtype, device=scores.device)     # [B] in [0, 1)
+    uniform = torch.rand(scores.size(0), dtype=dtype, device=scores.device)  # [B] in [0, 1)
     budget = DRAW_CHUNK_BYTES.get(scores.device.type, ACCELERATOR_DRAW_CHUNK_BYTES)
     rows_per_block = max(1, budget // (scores.size(-1) * dtype.itemsize))
     tokens = []
     for start in range(0, scores.size(0) or 1, rows_per_block):  # an empty batch: one empty block
         rows = slice(start, start + rows_per_block)
-        weights = scores[rows].to(dtype, copy=True)                             # [b, V]
+        weights = scores[rows].to(dtype, copy=True)  # [b, V]
         cumulative = weights.sub_(weights.amax(dim=-1, keepdim=True)).exp_().cumsum_(dim=-1)
-        tokens.append(inverse_cdf(cumulative, uniform[rows]))                   # [b]
-    return torch.cat(tokens) if len(tokens) > 1 else tokens[0]              # [B]
+        tokens.append(inverse_cdf(cumulative, uniform[rows]))  # [b]
+    return torch.cat(tokens) if len(tokens) > 1 else tokens[0]  # [B]
 
 
 def inverse_cdf(cumulative: Tensor, uniform: Tensor) -> Tensor:
@@ -101,7 +100,7 @@ def inverse_cdf(cumulative: Tensor, uniform: Tensor) -> Tensor:
     has positive weight: a token filtered to zero (top-k, top-p) is never drawn, whatever ``u``.
     """
     target = (1.0 - uniform.to(cumulative.dtype).unsqueeze(1)) * cumulative[:, -1:]  # [B, 1] in (0, total]
-    return torch.searchsorted(cumulative, target).squeeze(1)                    # [B]
+    return torch.searchsorted(cumulative, target).squeeze(1)  # [B]
 
 
 def _raise_if_not_finite(finite_rows: Tensor, new_token: int) -> None:
@@ -110,14 +109,25 @@ def _raise_if_not_finite(finite_rows: Tensor, new_token: int) -> None:
         raise FloatingPointError(
             f"sampling: the policy's next-token distribution is not finite (NaN/inf logits) in {bad} of "
             f"{finite_rows.numel()} rows at new token {new_token}: the weights or activations overflowed. "
-            "Use trainer.precision=32-true (or bf16-mixed instead of 16-mixed), or lower optim.lr")
+            "Use trainer.precision=32-true (or bf16-mixed instead of 16-mixed), or lower optim.lr"
+        )
 
 
 @torch.no_grad()
-def sample_with_kv_cache(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, *, max_new_tokens: int,
-                         eos_token_ids: list[int], pad_token_id: int, do_sample: bool = True,
-                         temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                         lockstep: Optional[AllAgree] = None) -> Tensor:
+def sample_with_kv_cache(
+    model: nn.Module,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    *,
+    max_new_tokens: int,
+    eos_token_ids: list[int],
+    pad_token_id: int,
+    do_sample: bool = True,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    lockstep: Optional[AllAgree] = None,
+) -> Tensor:
     """Completion ids [B, T] (T <= max_new_tokens) for left-padded prompts [B, P].
 
     Rows that have produced an EOS are filled with ``pad_token_id`` afterwards; decoding stops
@@ -128,20 +138,20 @@ def sample_with_kv_cache(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tens
 
     device = prompt_ids.device
     eos = torch.tensor(eos_token_ids, device=device)
-    attention_mask = prompt_mask.long()                                         # [B, P]
-    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)              # [B, P]
+    attention_mask = prompt_mask.long()  # [B, P]
+    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # [B, P]
     cache = DynamicCache(config=model.config)
     finished = torch.zeros(prompt_ids.size(0), dtype=torch.bool, device=device)  # [B]
     columns = []
     logits = _prefill(model, prompt_ids, attention_mask, position_ids, cache)  # [B, V]
     while True:
-        logits = logits.float()                                                 # [B, V]
-        finite_rows = logits.amax(dim=-1).isfinite()                           # [B]: NaN and +inf show here
+        logits = logits.float()  # [B, V]
+        finite_rows = logits.amax(dim=-1).isfinite()  # [B]: NaN and +inf show here
         if do_sample:
             tokens = draw_tokens(filter_logits(logits, temperature, top_k, top_p))  # [B]
         else:
-            tokens = logits.argmax(dim=-1)                                      # [B]
-        finite_or_done = finite_rows | finished                                 # [B]: finished rows are padding
+            tokens = logits.argmax(dim=-1)  # [B]
+        finite_or_done = finite_rows | finished  # [B]: finished rows are padding
         tokens = tokens.masked_fill(finished, pad_token_id)
         columns.append(tokens)
         finished |= torch.isin(tokens, eos)
@@ -158,13 +168,18 @@ def sample_with_kv_cache(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tens
             break
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(attention_mask.size(0), 1)], dim=1)
         position_ids = position_ids[:, -1:] + 1
-        logits = model(input_ids=tokens.unsqueeze(1), attention_mask=attention_mask, position_ids=position_ids,
-                       past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
-    return torch.stack(columns, dim=1)                                          # [B, T]
+        logits = model(
+            input_ids=tokens.unsqueeze(1),
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        ).logits[:, -1]
+    return torch.stack(columns, dim=1)  # [B, T]
 
 
-def _prefill(model: nn.Module, prompt_ids: Tensor, attention_mask: Tensor, position_ids: Tensor,
-             cache) -> Tensor:
+def _prefill(model: nn.Module, prompt_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, cache) -> Tensor:
     """Next-token logits [B, V] after each row's prompt, with the prompts' keys/values in ``cache``.
 
     Each distinct prompt runs once; its rows then share its logits and a copy of its cache.
@@ -173,11 +188,23 @@ def _prefill(model: nn.Module, prompt_ids: Tensor, attention_mask: Tensor, posit
 
     shared = distinct_prompts(prompt_ids, attention_mask)
     if shared is None:
-        return model(input_ids=prompt_ids, attention_mask=attention_mask, position_ids=position_ids,
-                     past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
-    unique_ids, unique_mask, prompt_of_row = shared                              # [U, P], [U, P], [B]
+        return model(
+            input_ids=prompt_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        ).logits[:, -1]
+    unique_ids, unique_mask, prompt_of_row = shared  # [U, P], [U, P], [B]
     unique_positions = (unique_mask.cumsum(dim=1) - 1).clamp(min=0)
-    logits = model(input_ids=unique_ids, attention_mask=unique_mask, position_ids=unique_positions,
-                   past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]   # [U, V]
+    logits = model(
+        input_ids=unique_ids,
+        attention_mask=unique_mask,
+        position_ids=unique_positions,
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    ).logits[:, -1]  # [U, V]
     cache.batch_select_indices(prompt_of_row)
-    return logits[prompt_of_row]                                                 # [B, V]
+    return logits[prompt_of_row]  # [B, V]

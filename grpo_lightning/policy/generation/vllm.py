@@ -38,7 +38,6 @@ import torch
 from torch import Tensor
 
 
-
 @dataclass(frozen=True)
 class VLLMEngineArgs:
     """The engine settings of ``generation.vllm_*`` (documented in config.GenerationConfig)."""
@@ -47,22 +46,28 @@ class VLLMEngineArgs:
     max_model_len: Optional[int] = None
 
 
-
-
-def vllm_sampling_params(max_new_tokens: int, *, do_sample: bool, temperature: float, top_p: float,
-                         top_k: int, eos_token_ids: list[int]) -> dict[str, Any]:
+def vllm_sampling_params(
+    max_new_tokens: int, *, do_sample: bool, temperature: float, top_p: float, top_k: int, eos_token_ids: list[int]
+) -> dict[str, Any]:
     """Keyword arguments of ``vllm.SamplingParams`` for our sampling settings.
 
     Greedy is temperature 0 in vLLM; a disabled top-k is -1 there (0 here); generation stops at
     any of the policy's EOS ids, and vLLM does not detokenize (the policy decodes itself).
     """
-    return dict(n=1, temperature=temperature if do_sample else 0.0, top_p=top_p if do_sample else 1.0,
-                top_k=top_k if do_sample and top_k > 0 else -1, max_tokens=max_new_tokens,
-                stop_token_ids=list(eos_token_ids), detokenize=False)
+    return dict(
+        n=1,
+        temperature=temperature if do_sample else 0.0,
+        top_p=top_p if do_sample else 1.0,
+        top_k=top_k if do_sample and top_k > 0 else -1,
+        max_tokens=max_new_tokens,
+        stop_token_ids=list(eos_token_ids),
+        detokenize=False,
+    )
 
 
-def completion_ids_from_outputs(outputs: Iterable[Any], eos_token_ids: list[int], pad_token_id: int,
-                                device: torch.device) -> Tensor:
+def completion_ids_from_outputs(
+    outputs: Iterable[Any], eos_token_ids: list[int], pad_token_id: int, device: torch.device
+) -> Tensor:
     """Completion ids [B, T] from vLLM's ``RequestOutput`` list, padded with ``pad_token_id``.
 
     A completion that vLLM stopped at an EOS keeps it (the completion mask ends there); should a
@@ -77,9 +82,9 @@ def completion_ids_from_outputs(outputs: Iterable[Any], eos_token_ids: list[int]
             ids.append(eos_token_ids[0])
         rows.append(ids)
     width = max(1, max(len(ids) for ids in rows))
-    completion_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)    # [B, T]
+    completion_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)  # [B, T]
     for row, ids in enumerate(rows):
-        completion_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        completion_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
     return completion_ids.to(device)
 
 
@@ -92,9 +97,11 @@ def _engine_model(llm: Any) -> Any:
             return runner.model
     import vllm
 
-    raise RuntimeError(f"vLLM {getattr(vllm, '__version__', '?')}: found no model_runner.model on the "
-                       "engine's driver worker, so the weights cannot be synced; use the vLLM versions "
-                       "TRL's colocate mode supports, or generation.backend=auto")
+    raise RuntimeError(
+        f"vLLM {getattr(vllm, '__version__', '?')}: found no model_runner.model on the "
+        "engine's driver worker, so the weights cannot be synced; use the vLLM versions "
+        "TRL's colocate mode supports, or generation.backend=auto"
+    )
 
 
 def _distributed_env() -> None:
@@ -118,23 +125,36 @@ class VLLMSampler:
         from vllm import LLM
 
         _distributed_env()
-        self.llm = LLM(model=model_path, dtype=str(dtype).removeprefix("torch."),
-                       gpu_memory_utilization=engine.gpu_memory_utilization, max_model_len=engine.max_model_len,
-                       seed=seed, skip_tokenizer_init=True, enable_prefix_caching=True,
-                       # In this process (the weights are loaded into it directly), one engine per rank.
-                       distributed_executor_backend="external_launcher")
+        self.llm = LLM(
+            model=model_path,
+            dtype=str(dtype).removeprefix("torch."),
+            gpu_memory_utilization=engine.gpu_memory_utilization,
+            max_model_len=engine.max_model_len,
+            seed=seed,
+            skip_tokenizer_init=True,
+            enable_prefix_caching=True,
+            # In this process (the weights are loaded into it directly), one engine per rank.
+            distributed_executor_backend="external_launcher",
+        )
 
     def load_weights(self, named_tensors: list[tuple[str, Tensor]]) -> None:
         """Copy the policy's current weights (Hugging Face names) into the engine."""
         _engine_model(self.llm).load_weights(named_tensors)
         self.llm.reset_prefix_cache()  # cached prompt keys/values came from the old weights
 
-    def sample(self, prompt_ids: Tensor, prompt_mask: Tensor, sampling_kwargs: dict[str, Any],
-               eos_token_ids: list[int], pad_token_id: int) -> Tensor:
+    def sample(
+        self,
+        prompt_ids: Tensor,
+        prompt_mask: Tensor,
+        sampling_kwargs: dict[str, Any],
+        eos_token_ids: list[int],
+        pad_token_id: int,
+    ) -> Tensor:
         """Completion ids [B, T] for left-padded prompts [B, P]."""
         from vllm import SamplingParams
 
-        prompts = [{"prompt_token_ids": ids[mask.bool()].tolist()}
-                   for ids, mask in zip(prompt_ids.cpu(), prompt_mask.cpu())]
+        prompts = [
+            {"prompt_token_ids": ids[mask.bool()].tolist()} for ids, mask in zip(prompt_ids.cpu(), prompt_mask.cpu())
+        ]
         outputs = self.llm.generate(prompts, sampling_params=SamplingParams(**sampling_kwargs), use_tqdm=False)
         return completion_ids_from_outputs(outputs, eos_token_ids, pad_token_id, prompt_ids.device)

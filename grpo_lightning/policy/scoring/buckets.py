@@ -39,8 +39,9 @@ def could_pay(num_rows: int, prompt_columns: int, completion_columns: int, max_b
     return groups > 1 and groups * CALL_COST_TOKENS <= (1 - MIN_SAVING) * padded_cost
 
 
-def length_buckets(prompt_mask: Tensor, completion_mask: Tensor, max_buckets: int,
-                   prompt_of_row: Optional[Tensor] = None) -> Optional[list[Tensor]]:
+def length_buckets(
+    prompt_mask: Tensor, completion_mask: Tensor, max_buckets: int, prompt_of_row: Optional[Tensor] = None
+) -> Optional[list[Tensor]]:
     """Row indices [b_i] of up to ``max_buckets`` groups of similar completion length, or None.
 
     Rows are sorted by completion length and cut into equal-count groups. The split is kept when
@@ -55,31 +56,40 @@ def length_buckets(prompt_mask: Tensor, completion_mask: Tensor, max_buckets: in
         return None
     if prompt_of_row is None:
         prompt_of_row = torch.arange(num_rows, device=completion_mask.device)
-    completion_lengths = completion_mask.sum(dim=1)                               # [B]
-    prompt_lengths = prompt_mask.sum(dim=1)                                       # [B]
+    completion_lengths = completion_mask.sum(dim=1)  # [B]
+    prompt_lengths = prompt_mask.sum(dim=1)  # [B]
     order = torch.argsort(completion_lengths, stable=True)
     groups = list(order.tensor_split(min(max_buckets, num_rows)))
 
     def distinct(rows: Tensor) -> Tensor:  # how many distinct prompts, without a host sync
         return completion_lengths.new_zeros(num_rows).index_fill(0, prompt_of_row[rows], 1).sum()
 
-    sizes = torch.stack([torch.stack([completion_lengths[g].max(), prompt_lengths[g].max(), distinct(g)])
-                         for g in groups] + [distinct(order).expand(3)]).tolist()    # one host sync
+    sizes = torch.stack(
+        [torch.stack([completion_lengths[g].max(), prompt_lengths[g].max(), distinct(g)]) for g in groups]
+        + [distinct(order).expand(3)]
+    ).tolist()  # one host sync
     *per_group, (all_prompts, _, _) = sizes
-    split = sum(len(g) * completion + prompts * prompt + CALL_COST_TOKENS
-                for g, (completion, prompt, prompts) in zip(groups, per_group))
+    split = sum(
+        len(g) * completion + prompts * prompt + CALL_COST_TOKENS
+        for g, (completion, prompt, prompts) in zip(groups, per_group)
+    )
     padded = all_prompts * prompt_mask.size(1) + num_rows * num_completion + CALL_COST_TOKENS
     return groups if split <= (1 - MIN_SAVING) * padded else None
 
 
-def trim_padding(prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
-                 completion_mask: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def trim_padding(
+    prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor, completion_mask: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The same rows without the prompt columns that are padding in every row (left-padded
     prompts) and the completion columns after every row's end (right-padded completions)."""
     first_prompt_column = int(prompt_mask.any(dim=0).int().argmax())
     completion_columns = max(1, int(completion_mask.sum(dim=1).max()))
-    return (prompt_ids[:, first_prompt_column:], prompt_mask[:, first_prompt_column:],
-            completion_ids[:, :completion_columns], completion_mask[:, :completion_columns])
+    return (
+        prompt_ids[:, first_prompt_column:],
+        prompt_mask[:, first_prompt_column:],
+        completion_ids[:, :completion_columns],
+        completion_mask[:, :completion_columns],
+    )
 
 
 def scatter_rows(parts: list[tuple[Tensor, Tensor]], num_rows: int, num_columns: int) -> Tensor:

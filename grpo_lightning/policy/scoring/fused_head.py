@@ -38,25 +38,34 @@ class LinearTokenScores(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Optional[Tensor], token_ids: Tensor,
-                temperature: float, with_entropy: bool, entropy_grad: bool, chunk_tokens: int,
-                tied: Optional[TiedWeightGradient] = None) -> tuple[Tensor, Tensor]:
+    def forward(
+        ctx,
+        hidden: Tensor,
+        weight: Tensor,
+        bias: Optional[Tensor],
+        token_ids: Tensor,
+        temperature: float,
+        with_entropy: bool,
+        entropy_grad: bool,
+        chunk_tokens: int,
+        tied: Optional[TiedWeightGradient] = None,
+    ) -> tuple[Tensor, Tensor]:
         num_tokens = hidden.size(0)
-        logprobs = hidden.new_empty(num_tokens, dtype=torch.float32)            # [N]
-        log_normalizer = torch.empty_like(logprobs)                             # [N]
+        logprobs = hidden.new_empty(num_tokens, dtype=torch.float32)  # [N]
+        log_normalizer = torch.empty_like(logprobs)  # [N]
         entropy = torch.empty_like(logprobs) if with_entropy else logprobs.new_empty(0)
         logits_dtype = weight.dtype  # the head output's dtype, set below; this for an empty batch
         for start in range(0, num_tokens, chunk_tokens):
             rows = slice(start, start + chunk_tokens)
-            logits = nn.functional.linear(hidden[rows], weight, bias)           # [n, V]
+            logits = nn.functional.linear(hidden[rows], weight, bias)  # [n, V]
             logits_dtype = logits.dtype
-            scaled = logits.float()                                             # [n, V], fresh: changed in place
+            scaled = logits.float()  # [n, V], fresh: changed in place
             if temperature != 1.0:
                 scaled = scaled.div_(temperature)
             log_normalizer[rows] = torch.logsumexp(scaled, dim=-1)
             logprobs[rows] = scaled.gather(-1, token_ids[rows].unsqueeze(-1)).squeeze(-1) - log_normalizer[rows]
             if with_entropy:
-                log_p = scaled.sub_(log_normalizer[rows].unsqueeze(-1))         # [n, V]
+                log_p = scaled.sub_(log_normalizer[rows].unsqueeze(-1))  # [n, V]
                 entropy[rows] = -log_p.exp().mul_(log_p).sum(dim=-1)
         ctx.save_for_backward(hidden, weight, bias, token_ids, log_normalizer, entropy)
         ctx.logits_dtype, ctx.temperature, ctx.chunk_tokens = logits_dtype, temperature, chunk_tokens
@@ -80,18 +89,18 @@ class LinearTokenScores(torch.autograd.Function):
         bias_grad = torch.zeros_like(bias) if bias is not None and needs_bias else None
         for start in range(0, hidden.size(0), ctx.chunk_tokens):
             rows = slice(start, start + ctx.chunk_tokens)
-            chunk = hidden[rows].to(dtype)                                      # [n, H]
+            chunk = hidden[rows].to(dtype)  # [n, H]
             log_p = nn.functional.linear(chunk, head_weight, head_bias).float()
             log_p = log_p.div_(ctx.temperature).sub_(log_normalizer[rows].unsqueeze(-1))  # [n, V]
-            d_logprob = logprob_grad[rows].unsqueeze(-1)                        # [n, 1]
+            d_logprob = logprob_grad[rows].unsqueeze(-1)  # [n, 1]
             if with_entropy_grad:
-                probs = log_p.exp()                                              # [n, V]
+                probs = log_p.exp()  # [n, V]
                 grad = log_p.add_(entropy[rows].unsqueeze(-1)).mul_(probs).mul_(-entropy_grad[rows].unsqueeze(-1))
                 grad.sub_(probs.mul_(d_logprob))
             else:  # the probabilities in place: no second [n, V] buffer
                 grad = log_p.exp_().mul_(-d_logprob)
             grad.scatter_add_(-1, token_ids[rows].unsqueeze(-1), d_logprob)
-            grad = grad.div_(ctx.temperature).to(dtype)                         # d loss / d logits [n, V]
+            grad = grad.div_(ctx.temperature).to(dtype)  # d loss / d logits [n, V]
             if hidden_grad is not None:
                 hidden_grad[rows] = grad @ head_weight
             if weight_grad is not None:
@@ -125,8 +134,8 @@ class TiedWeightGradient:
 
     def __init__(self, embedding: nn.Embedding):
         self.embedding = embedding
-        self._lookups = 0         # lookups made in the forward pass
-        self._pending = 0         # lookups whose backward has not run since the hand-over
+        self._lookups = 0  # lookups made in the forward pass
+        self._pending = 0  # lookups whose backward has not run since the hand-over
         self._buffer: Optional[Tensor] = None
 
     @classmethod
@@ -143,8 +152,11 @@ class TiedWeightGradient:
         if not (type(embedding) is nn.Embedding and fuses_head(head) and embedding.weight is head.weight):
             return None
         require_grads_hooks = {handle.id for handle in getattr(model, "_require_grads_hooks", None) or ()}
-        hooked = (set(embedding._forward_hooks) - require_grads_hooks or embedding._forward_pre_hooks
-                  or hasattr(embedding, "_hf_hook"))
+        hooked = (
+            set(embedding._forward_hooks) - require_grads_hooks
+            or embedding._forward_pre_hooks
+            or hasattr(embedding, "_hf_hook")
+        )
         plain = embedding.max_norm is None and not embedding.scale_grad_by_freq and not embedding.sparse
         compiled = getattr(model.get_decoder(), "_compiled_call_impl", None) is not None
         trained = torch.is_grad_enabled() and embedding.weight.requires_grad
@@ -176,7 +188,7 @@ class TiedWeightGradient:
         if self._pending:
             return None
         weight_grad, self._buffer = self._buffer, None  # autograd then holds the only reference and
-        return weight_grad                               # accumulates it without a copy
+        return weight_grad  # accumulates it without a copy
 
 
 class _TiedLookup(torch.autograd.Function):
@@ -192,8 +204,8 @@ class _TiedLookup(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: Tensor):
         (ids,) = ctx.saved_tensors
-        flat_ids = ids.reshape(-1)                                              # [n]
-        rows = grad.reshape(flat_ids.numel(), -1).to(ctx.weight_dtype)          # [n, H]
+        flat_ids = ids.reshape(-1)  # [n]
+        rows = grad.reshape(flat_ids.numel(), -1).to(ctx.weight_dtype)  # [n, H]
         padding_idx = ctx.tied.embedding.padding_idx
         if padding_idx is not None:  # nn.Embedding never updates the padding row
             rows = rows.masked_fill((flat_ids == padding_idx).unsqueeze(-1), 0)
@@ -208,5 +220,10 @@ def fuses_head(head: nn.Module) -> bool:
     the weight as the unfused call would. A ``forward`` replaced without a hook (accelerate's
     ``device_map`` offloading) is not seen: load such models without it."""
     plain = lambda tensor: tensor is None or type(tensor.data) is torch.Tensor  # noqa: E731
-    return (type(head) is nn.Linear and not head._forward_hooks and not head._forward_pre_hooks
-            and plain(head.weight) and plain(head.bias))
+    return (
+        type(head) is nn.Linear
+        and not head._forward_hooks
+        and not head._forward_pre_hooks
+        and plain(head.weight)
+        and plain(head.bias)
+    )

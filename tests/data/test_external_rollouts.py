@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from grpo_lightning.config import GRPOConfig, GenerationConfig
+from grpo_lightning.config import GenerationConfig, GRPOConfig
 from grpo_lightning.module import GRPOModule
 from grpo_lightning.rewards import WeightedReward
 from grpo_lightning.types import TokenBatch
@@ -23,21 +23,27 @@ hold 5, 6, 4 and 5 tokens."""
 def _external_batches(policy, group_size, with_ref, token_rewards=False):
     """Two prompts x group_size hand-written completions: the same tokens on every machine (a
     sampled draw would depend on the CPU's floating-point paths)."""
-    prompt_ids, prompt_mask = (t.repeat_interleave(group_size, dim=0)
-                               for t in policy.encode_prompts(["12+34=", "50+7="]))        # [B, P]
+    prompt_ids, prompt_mask = (
+        t.repeat_interleave(group_size, dim=0) for t in policy.encode_prompts(["12+34=", "50+7="])
+    )  # [B, P]
     rows, width = prompt_ids.size(0), max(LENGTHS)
     digits = policy.tokenizer.convert_tokens_to_ids(list("0123456789"))
-    completion_ids = torch.full((rows, width), policy.tokenizer.pad_token_id)             # [B, T]
+    completion_ids = torch.full((rows, width), policy.tokenizer.pad_token_id)  # [B, T]
     for row, length in enumerate(LENGTHS[:rows]):
-        completion_ids[row, :length - 1] = torch.tensor([digits[(row + t) % 10] for t in range(length - 1)])
+        completion_ids[row, : length - 1] = torch.tensor([digits[(row + t) % 10] for t in range(length - 1)])
         completion_ids[row, length - 1] = policy.eos_token_ids[0]
     completion_mask = (torch.arange(width) < torch.tensor(LENGTHS[:rows]).unsqueeze(1)).long()
     tokens = TokenBatch(prompt_ids, prompt_mask, completion_ids, completion_mask)
     with torch.no_grad():
         logprobs, _ = policy.token_scores(tokens, temperature=1.0, with_entropy=False)
-    batch = {"prompt_ids": tokens.prompt_ids, "prompt_mask": tokens.prompt_mask,
-             "completion_ids": tokens.completion_ids, "completion_mask": tokens.completion_mask,
-             "logprobs": logprobs, "group_size": group_size}
+    batch = {
+        "prompt_ids": tokens.prompt_ids,
+        "prompt_mask": tokens.prompt_mask,
+        "completion_ids": tokens.completion_ids,
+        "completion_mask": tokens.completion_mask,
+        "logprobs": logprobs,
+        "group_size": group_size,
+    }
     rewards = torch.arange(tokens.completion_ids.size(0), dtype=torch.float32) % 3
     if token_rewards:
         batch["token_rewards"] = torch.zeros_like(logprobs)
@@ -51,11 +57,18 @@ def _external_batches(policy, group_size, with_ref, token_rewards=False):
 
 def _fit(policy, batches, tmp_path, expect_update=True, **algorithm):
     reward = WeightedReward({"never": (never_called, 1.0)})
-    module = GRPOModule(policy, reward, algorithm=GRPOConfig(group_size=4, **algorithm),
-                        generation=GenerationConfig(max_new_tokens=4))
+    module = GRPOModule(
+        policy, reward, algorithm=GRPOConfig(group_size=4, **algorithm), generation=GenerationConfig(max_new_tokens=4)
+    )
     before = {k: v.clone() for k, v in policy.model.state_dict().items()}
-    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        limit_val_batches=0, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
     after = policy.model.state_dict()
     changed = any(not torch.equal(before[k], after[k]) for k in before)
@@ -75,7 +88,7 @@ def test_external_batch_runs_the_update_with_its_own_group_size(arith_policy, tm
     assert metrics["reward/frac_zero_std"].item() == 0.0
     assert metrics["reward/mean"].item() == pytest.approx(rewards.mean().item())
     assert metrics["actor/ratio_mean"].item() == pytest.approx(1.0, abs=1e-4)  # given log-probs = current
-    assert ("actor/grpo_kl" in metrics) == (beta > 0)   # beta = 0: given ref log-probs are unused
+    assert ("actor/grpo_kl" in metrics) == (beta > 0)  # beta = 0: given ref log-probs are unused
     if beta > 0:
         # the batch's reference log-probs are used: k3 at log pi_ref - log pi = -0.1 on every token
         x = -0.1
@@ -83,8 +96,14 @@ def test_external_batch_runs_the_update_with_its_own_group_size(arith_policy, tm
 
 
 def test_external_token_rewards(arith_policy, tmp_path):
-    metrics = _fit(arith_policy, _external_batches(arith_policy, 4, False, token_rewards=True), tmp_path,
-                   beta=0.0, entropy_coef=0.0, gamma=0.9)
+    metrics = _fit(
+        arith_policy,
+        _external_batches(arith_policy, 4, False, token_rewards=True),
+        tmp_path,
+        beta=0.0,
+        entropy_coef=0.0,
+        gamma=0.9,
+    )
     assert "actor/adv_mean" in metrics
 
 
@@ -97,15 +116,23 @@ def test_external_batch_missing_keys_is_a_clear_error():
 
 def test_mask_truncated_completions_removes_them_from_the_loss(arith_policy, tmp_path):
     batches = _external_batches(arith_policy, 2, False)
-    batches[0]["truncated"] = torch.ones(4, dtype=torch.bool)   # every completion cut: nothing to learn
-    metrics = _fit(arith_policy, batches, tmp_path, expect_update=False,
-                   beta=0.0, entropy_coef=0.0, mask_truncated_completions=True)
+    batches[0]["truncated"] = torch.ones(4, dtype=torch.bool)  # every completion cut: nothing to learn
+    metrics = _fit(
+        arith_policy,
+        batches,
+        tmp_path,
+        expect_update=False,
+        beta=0.0,
+        entropy_coef=0.0,
+        mask_truncated_completions=True,
+    )
     assert metrics["actor/policy_loss"].item() == 0.0
     assert metrics["response_length/clip_ratio"].item() == 1.0
 
 
-@pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum",
-                                      "seq-mean-token-sum-norm"])
+@pytest.mark.parametrize(
+    "loss_agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
+)
 def test_gradient_and_statistics_do_not_depend_on_the_micro_batch_split(arith_policy, tmp_path, loss_agg):
     """Micro-batches of unequal token counts: the accumulated gradient (its norm, logged before
     clipping), the logged loss and the token-mean diagnostics are those of one micro-batch."""

@@ -5,7 +5,11 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from grpo_lightning.config import ConfigError
-from grpo_lightning.policy.scoring.logprobs import completion_token_scores, completion_token_scores_from_hidden, distinct_prompts
+from grpo_lightning.policy.scoring.logprobs import (
+    completion_token_scores,
+    completion_token_scores_from_hidden,
+    distinct_prompts,
+)
 
 SIZES = dict(vocab_size=23, hidden_size=16, intermediate_size=32, num_hidden_layers=2, max_position_embeddings=64)
 
@@ -24,15 +28,15 @@ def _grouped_batch(num_prompts=3, group_size=4, prompt_length=6, completion_leng
     prompts = torch.randint(3, 23, (num_prompts, prompt_length), generator=gen)
     prompt_mask = torch.ones_like(prompts)
     for row in range(num_prompts):
-        prompt_mask[row, :row] = 0          # prompt i is left-padded by i tokens
+        prompt_mask[row, :row] = 0  # prompt i is left-padded by i tokens
         prompts[row, :row] = 0
     prompts, prompt_mask = prompts.repeat_interleave(group_size, 0), prompt_mask.repeat_interleave(group_size, 0)
     rows = num_prompts * group_size
     completions = torch.randint(3, 23, (rows, completion_length), generator=gen)
     completion_mask = torch.ones_like(completions)
     for row in range(rows):
-        completion_mask[row, 1 + row % completion_length:] = 0
-    order = torch.randperm(rows, generator=gen)   # groups need not be contiguous (mini-batches)
+        completion_mask[row, 1 + row % completion_length :] = 0
+    order = torch.randperm(rows, generator=gen)  # groups need not be contiguous (mini-batches)
     return [t[order] for t in (prompts, prompt_mask, completions, completion_mask)]
 
 
@@ -79,7 +83,7 @@ def test_batches_without_repeated_prompts_take_one_full_pass():
 
 
 def test_prompts_with_the_same_ids_but_different_padding_are_distinct():
-    ids = torch.tensor([[0, 5], [0, 5], [0, 5]])            # id 0 is both padding and a real token here
+    ids = torch.tensor([[0, 5], [0, 5], [0, 5]])  # id 0 is both padding and a real token here
     mask = torch.tensor([[0, 1], [1, 1], [0, 1]])
     unique_ids, unique_mask, prompt_of_row = distinct_prompts(ids, mask)
     assert unique_ids.shape == (2, 2)

@@ -35,15 +35,28 @@ def chat_tokenizer() -> PreTrainedTokenizerFast:
     tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     tokenizer.decoder = decoders.Fuse()
     tokenizer.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in SPECIAL])
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="<|im_end|>",
-                                   unk_token="<unk>", chat_template=CHAT_TEMPLATE,
-                                   model_input_names=["input_ids", "attention_mask"])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token="<pad>",
+        eos_token="<|im_end|>",
+        unk_token="<unk>",
+        chat_template=CHAT_TEMPLATE,
+        model_input_names=["input_ids", "attention_mask"],
+    )
 
 
 def _shape(tokenizer) -> dict:
-    return dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return dict(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
 
 
 def save_tiny(kind: str, directory: Path) -> Path:
@@ -64,14 +77,24 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def math_rows(count: int = 12) -> list[dict]:
-    return [{"question": f"What is {a} + {a + 1}?", "solution": f"{a} + {a + 1} = {2 * a + 1} #### {2 * a + 1}"}
-            for a in range(count)]
+    return [
+        {"question": f"What is {a} + {a + 1}?", "solution": f"{a} + {a + 1} = {2 * a + 1} #### {2 * a + 1}"}
+        for a in range(count)
+    ]
 
 
-SMALL = ["trainer.max_steps=2", "trainer.val_every_n_steps=1", "trainer.enable_progress_bar=false",
-         "data.batch_size=2", "data.val_batch_size=4", "trainer.limit_val_batches=1",
-         "algorithm.group_size=2", "generation.max_new_tokens=6", "optim.lr=1e-2",
-         "checkpoint.enabled=false"]
+SMALL = [
+    "trainer.max_steps=2",
+    "trainer.val_every_n_steps=1",
+    "trainer.enable_progress_bar=false",
+    "data.batch_size=2",
+    "data.val_batch_size=4",
+    "trainer.limit_val_batches=1",
+    "algorithm.group_size=2",
+    "generation.max_new_tokens=6",
+    "optim.lr=1e-2",
+    "checkpoint.enabled=false",
+]
 
 
 @pytest.fixture(scope="module", params=["llama", "qwen2"])
@@ -90,10 +113,21 @@ def prompts_file(tmp_path) -> Path:
 
 
 def _hf_config(model_dir: Path, data_file: Path, run_dir: Path, *extra: str):
-    return load_config([f"output_dir={run_dir}", "model=hf", f"model.name_or_path={model_dir}", "data=jsonl",
-                        f"data.path={data_file}", "data.prompt_key=question", "data.answer_key=solution",
-                        "reward=gsm8k", "reward.functions.length_penalty.kwargs.cache_length=2",
-                        *SMALL, *extra])
+    return load_config(
+        [
+            f"output_dir={run_dir}",
+            "model=hf",
+            f"model.name_or_path={model_dir}",
+            "data=jsonl",
+            f"data.path={data_file}",
+            "data.prompt_key=question",
+            "data.answer_key=solution",
+            "reward=gsm8k",
+            "reward.functions.length_penalty.kwargs.cache_length=2",
+            *SMALL,
+            *extra,
+        ]
+    )
 
 
 def _metrics(run_dir: Path) -> list[dict[str, str]]:
@@ -120,12 +154,25 @@ def test_train_chat_prompts_change_parameters_log_and_export(tiny_dir, prompts_f
         rows = [row | {"question": [{"role": "user", "content": row["question"]}]} for row in math_rows()]
         prompts_file = write_jsonl(tmp_path / "chat.jsonl", rows)
     run_dir = tmp_path / "run"
-    cfg = _hf_config(tiny_dir, prompts_file, run_dir, "data.apply_chat_template=true",
-                     "data.system_prompt=Answer in tags.", "algorithm.beta=0.04")
+    cfg = _hf_config(
+        tiny_dir,
+        prompts_file,
+        run_dir,
+        "data.apply_chat_template=true",
+        "data.system_prompt=Answer in tags.",
+        "algorithm.beta=0.04",
+    )
     metrics = train(cfg)
     rows = _metrics(run_dir)
-    for name in ("actor/policy_loss", "actor/grpo_kl", "reward/math/mean", "reward/format/mean",
-                 "reward/length_penalty/mean", "val/reward/mean", "val/reward/math/mean"):
+    for name in (
+        "actor/policy_loss",
+        "actor/grpo_kl",
+        "reward/math/mean",
+        "reward/format/mean",
+        "reward/length_penalty/mean",
+        "val/reward/mean",
+        "val/reward/math/mean",
+    ):
         assert _logged(rows, name), f"{name} never logged"
     assert "val/reward/mean" in metrics
     before = load_file(tiny_dir / "model.safetensors")
@@ -184,8 +231,17 @@ def test_lora_run_changes_only_adapters_and_exports_them(llama_dir, prompts_file
     from transformers import AutoModelForCausalLM
 
     run_dir = tmp_path / "run"
-    train(_hf_config(llama_dir, prompts_file, run_dir, "model.lora.r=4", "model.lora.alpha=8",
-                     "algorithm.beta=0.04", "model.lora.save_merged=false"))
+    train(
+        _hf_config(
+            llama_dir,
+            prompts_file,
+            run_dir,
+            "model.lora.r=4",
+            "model.lora.alpha=8",
+            "algorithm.beta=0.04",
+            "model.lora.save_merged=false",
+        )
+    )
     policy = capture_policy["policy"]
     assert policy.reference_model is None  # the KL reference was the base model, adapters disabled
     changed = {n for n, p in policy.named_parameters() if not torch.equal(p, capture_policy["start"][n])}
@@ -202,9 +258,18 @@ def test_lora_run_changes_only_adapters_and_exports_them(llama_dir, prompts_file
 
 def test_lora_merged_export_reloads_without_peft(llama_dir, prompts_file, tmp_path):
     run_dir = tmp_path / "run"
-    train(_hf_config(llama_dir, prompts_file, run_dir, "model.lora.r=4", "model.lora.alpha=8",
-                     "model.lora.target_modules=[q_proj,v_proj]", "algorithm.beta=0.0",
-                     "model.gradient_checkpointing=true"))
+    train(
+        _hf_config(
+            llama_dir,
+            prompts_file,
+            run_dir,
+            "model.lora.r=4",
+            "model.lora.alpha=8",
+            "model.lora.target_modules=[q_proj,v_proj]",
+            "algorithm.beta=0.0",
+            "model.gradient_checkpointing=true",
+        )
+    )
     policy_dir = run_dir / "policy"
     assert not (policy_dir / "adapter_config.json").exists()
     before, after = load_file(llama_dir / "model.safetensors"), load_file(policy_dir / "model.safetensors")
@@ -229,22 +294,43 @@ def test_missing_model_and_data_paths_fail_at_start(llama_dir, prompts_file, tmp
 
 def test_validation_sampling_logs_pass_at_k_in_bfloat16(llama_dir, prompts_file, tmp_path):
     run_dir = tmp_path / "run"
-    train(_hf_config(llama_dir, prompts_file, run_dir, "trainer.max_steps=1", "generation.val_do_sample=true",
-                     "generation.val_num_samples=3", "generation.val_pass_reward=math", "model.dtype=bfloat16",
-                     "model.attn_implementation=eager"))
+    train(
+        _hf_config(
+            llama_dir,
+            prompts_file,
+            run_dir,
+            "trainer.max_steps=1",
+            "generation.val_do_sample=true",
+            "generation.val_num_samples=3",
+            "generation.val_pass_reward=math",
+            "model.dtype=bfloat16",
+            "model.attn_implementation=eager",
+        )
+    )
     rows = _metrics(run_dir)
     assert _logged(rows, "val/pass@3") and _logged(rows, "val/reward/math/mean")
 
 
 @pytest.mark.slow
 def test_cli_subprocess(llama_dir, prompts_file, tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), WANDB_MODE="offline",
-               HF_HUB_OFFLINE="1")
-    args = ["model=hf", f"model.name_or_path={llama_dir}", "data=jsonl", f"data.path={prompts_file}",
-            "data.prompt_key=question", "data.answer_key=solution", "reward=gsm8k",
-            "reward.functions.length_penalty.kwargs.cache_length=2", f"hydra.run.dir={tmp_path / 'cli'}", *SMALL]
-    result = subprocess.run([sys.executable, "-m", "grpo_lightning.run.train", *args], env=env, capture_output=True,
-                            text=True, timeout=600)
+    env = dict(
+        os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]), WANDB_MODE="offline", HF_HUB_OFFLINE="1"
+    )
+    args = [
+        "model=hf",
+        f"model.name_or_path={llama_dir}",
+        "data=jsonl",
+        f"data.path={prompts_file}",
+        "data.prompt_key=question",
+        "data.answer_key=solution",
+        "reward=gsm8k",
+        "reward.functions.length_penalty.kwargs.cache_length=2",
+        f"hydra.run.dir={tmp_path / 'cli'}",
+        *SMALL,
+    ]
+    result = subprocess.run(
+        [sys.executable, "-m", "grpo_lightning.run.train", *args], env=env, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "cli" / "policy" / "config.json").is_file()
     assert "GRPO finished" in result.stdout
@@ -271,7 +357,7 @@ def test_dropout_is_off_so_two_passes_agree(tmp_path, disable_dropout):
     batch = TokenBatch(prompt_ids, prompt_mask, completion_ids, torch.ones_like(completion_ids))
     first, second = (policy.token_scores(batch, temperature=1.0, with_entropy=False)[0].detach() for _ in range(2))
     assert torch.equal(first, second) == disable_dropout
-    assert policy.model.config.attention_dropout == 0.3       # the exported config keeps its value
+    assert policy.model.config.attention_dropout == 0.3  # the exported config keeps its value
 
 
 def test_disable_dropout_zeroes_dropout_modules():

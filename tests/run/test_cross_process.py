@@ -20,13 +20,14 @@ import torch
 
 from grpo_lightning.algo.advantages import compute_advantages, token_level_advantages
 
-REWARDS = torch.tensor([1.0, 0.0, 0.5, 0.5, 3.0, 1.0, 0.0, 2.0])      # [8], 4 groups of 2
-TOKEN_REWARDS = torch.arange(24, dtype=torch.float).view(8, 3) % 5     # [8, 3]
-TOKEN_MASK = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 0], [1, 1, 1],
-                           [1, 0, 0], [1, 0, 0], [1, 1, 0], [1, 0, 0]])  # rank 0: 9 tokens, rank 1: 6
-FEATURES = torch.linspace(-1, 1, 8 * 3 * 2).view(8, 3, 2)               # [8, 3, 2] a token's input
+REWARDS = torch.tensor([1.0, 0.0, 0.5, 0.5, 3.0, 1.0, 0.0, 2.0])  # [8], 4 groups of 2
+TOKEN_REWARDS = torch.arange(24, dtype=torch.float).view(8, 3) % 5  # [8, 3]
+TOKEN_MASK = torch.tensor(
+    [[1, 1, 1], [1, 0, 0], [1, 1, 0], [1, 1, 1], [1, 0, 0], [1, 0, 0], [1, 1, 0], [1, 0, 0]]
+)  # rank 0: 9 tokens, rank 1: 6
+FEATURES = torch.linspace(-1, 1, 8 * 3 * 2).view(8, 3, 2)  # [8, 3, 2] a token's input
 
-WORKER = '''
+WORKER = """
 import datetime
 import sys
 import pytest
@@ -83,19 +84,32 @@ tokens = sample_with_kv_cache(model, prompt, torch.ones_like(prompt), max_new_to
 result["calls"], result["tokens"] = len(calls), tokens
 torch.save(result, f"{out}/rank{rank}.pt")
 dist.destroy_process_group()
-'''
+"""
 
 
 def _run_two_processes(tmp_path: Path) -> list[dict]:
-    torch.save({"rewards": REWARDS, "token_rewards": TOKEN_REWARDS, "mask": TOKEN_MASK, "features": FEATURES},
-               tmp_path / "data.pt")
+    torch.save(
+        {"rewards": REWARDS, "token_rewards": TOKEN_REWARDS, "mask": TOKEN_MASK, "features": FEATURES},
+        tmp_path / "data.pt",
+    )
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]),
+    )
     store = tmp_path / "store"
-    workers = [subprocess.Popen([sys.executable, str(script), str(rank), str(store), str(tmp_path)], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
+    workers = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(rank), str(store), str(tmp_path)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
     try:
         outputs = [worker.communicate(timeout=300)[0] for worker in workers]
     finally:
@@ -115,11 +129,15 @@ def test_two_processes_agree_with_one_holding_the_whole_batch(tmp_path):
     group_ids = torch.arange(4).repeat_interleave(2)
     whole = dict(group_ids=group_ids, group_size=2, eps=1e-6)
     torch.testing.assert_close(joined("batch"), compute_advantages("grpo", REWARDS, scale_rewards="batch", **whole))
-    torch.testing.assert_close(joined("reinforce_pp"),
-                               compute_advantages("reinforce_pp", REWARDS, scale_rewards="none", **whole))
-    torch.testing.assert_close(joined("token_batch"),
-                               token_level_advantages(TOKEN_REWARDS, TOKEN_MASK, group_ids=group_ids, gamma=1.0,
-                                                      eps=1e-6, scale_rewards="batch"))
+    torch.testing.assert_close(
+        joined("reinforce_pp"), compute_advantages("reinforce_pp", REWARDS, scale_rewards="none", **whole)
+    )
+    torch.testing.assert_close(
+        joined("token_batch"),
+        token_level_advantages(
+            TOKEN_REWARDS, TOKEN_MASK, group_ids=group_ids, gamma=1.0, eps=1e-6, scale_rewards="batch"
+        ),
+    )
     # One process's own statistics would differ (the test could not pass by accident):
     own = compute_advantages("reinforce_pp", REWARDS[:4], scale_rewards="none", **dict(whole, group_ids=group_ids[:4]))
     assert not torch.allclose(own, ranks[0]["reinforce_pp"])
@@ -139,8 +157,9 @@ def test_two_processes_agree_with_one_holding_the_whole_batch(tmp_path):
     assert (ranks[0]["tokens"][:, 1:] == 0).all()
 
 
-def test_the_update_divides_by_the_token_count_of_every_process(compose_config, random_arith_dir, tmp_path,
-                                                                monkeypatch):
+def test_the_update_divides_by_the_token_count_of_every_process(
+    compose_config, random_arith_dir, tmp_path, monkeypatch
+):
     """GRPOModule's side of the token mean: a second process holding 3x this one's tokens halves
     this process's gradient (DDP then averages the two), seen in the logged pre-clip grad norm."""
     import csv
@@ -150,10 +169,18 @@ def test_the_update_divides_by_the_token_count_of_every_process(compose_config, 
 
     def grad_norm(output_dir):
         # A gradient on every machine: spread in every group and an entropy bonus (tests/signals.py).
-        train(compose_config(f"model.name_or_path={random_arith_dir}", "algorithm.loss_agg=token-mean",
-                             "reward.functions.correct.fn=tests.signals.alternating", "algorithm.entropy_coef=0.01",
-                             "trainer.max_steps=1", "validate_before_training=false", "seed=3",
-                             f"output_dir={output_dir}"))
+        train(
+            compose_config(
+                f"model.name_or_path={random_arith_dir}",
+                "algorithm.loss_agg=token-mean",
+                "reward.functions.correct.fn=tests.signals.alternating",
+                "algorithm.entropy_coef=0.01",
+                "trainer.max_steps=1",
+                "validate_before_training=false",
+                "seed=3",
+                f"output_dir={output_dir}",
+            )
+        )
         with open(output_dir / "metrics.csv") as handle:
             return next(float(row["actor/grad_norm"]) for row in csv.DictReader(handle) if row["actor/grad_norm"])
 

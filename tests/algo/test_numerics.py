@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from grpo_lightning.distributed import global_mean_std, global_sum
 from grpo_lightning.algo.numerics import NonFiniteError, SkipGuard
+from grpo_lightning.distributed import global_mean_std, global_sum
 from grpo_lightning.rewards import RewardError, WeightedReward
 from grpo_lightning.run.train import train
 
@@ -21,7 +21,7 @@ def test_skip_guard_counts_and_fails_after_the_limit():
         guard.check(False, 3)
     guard = SkipGuard(max_consecutive=1)
     assert not guard.check(False, 0)
-    assert guard.check(True, 1)                      # a good update resets the streak
+    assert guard.check(True, 1)  # a good update resets the streak
     assert not guard.check(False, 2)
     assert guard.state_dict() == {"total": 2, "consecutive": 1}
 
@@ -59,11 +59,17 @@ def test_a_non_finite_loss_skips_the_update_and_is_logged(compose_config, random
         return (loss * float("nan") if calls["n"] == 1 else loss), stats
 
     monkeypatch.setattr(module, "policy_objective", first_loss_nan)
-    train(compose_config(f"model.name_or_path={random_arith_dir}", "algorithm.max_consecutive_skips=1",
-                         "trainer.max_steps=2", "validate_before_training=false"))
+    train(
+        compose_config(
+            f"model.name_or_path={random_arith_dir}",
+            "algorithm.max_consecutive_skips=1",
+            "trainer.max_steps=2",
+            "validate_before_training=false",
+        )
+    )
     with open(tmp_path / "metrics.csv") as handle:
         skipped = [float(r["actor/skipped_updates"]) for r in csv.DictReader(handle) if r["actor/skipped_updates"]]
-    assert skipped == [1.0, 1.0]                                  # cumulative count, logged every step
+    assert skipped == [1.0, 1.0]  # cumulative count, logged every step
 
     def always_nan(*args, **kwargs):
         loss, stats = real_loss(*args, **kwargs)
@@ -71,5 +77,12 @@ def test_a_non_finite_loss_skips_the_update_and_is_logged(compose_config, random
 
     monkeypatch.setattr(module, "policy_objective", always_nan)  # every update skipped: the run must stop
     with pytest.raises(NonFiniteError, match="max_consecutive_skips=1"):
-        train(compose_config(f"model.name_or_path={random_arith_dir}", "algorithm.max_consecutive_skips=1",
-                             "trainer.max_steps=3", "validate_before_training=false", f"output_dir={tmp_path}/b"))
+        train(
+            compose_config(
+                f"model.name_or_path={random_arith_dir}",
+                "algorithm.max_consecutive_skips=1",
+                "trainer.max_steps=3",
+                "validate_before_training=false",
+                f"output_dir={tmp_path}/b",
+            )
+        )

@@ -8,9 +8,13 @@ from grpo_lightning.policy.rollout import completion_mask_from_eos, generate_rol
 
 def test_mask_runs_through_first_eos_even_when_pad_is_eos():
     eos = 2
-    ids = torch.tensor([[5, 2, 2, 2],     # EOS then EOS-as-pad
-                        [5, 6, 7, 8],     # no EOS: truncated
-                        [2, 2, 2, 2]])    # immediate EOS
+    ids = torch.tensor(
+        [
+            [5, 2, 2, 2],  # EOS then EOS-as-pad
+            [5, 6, 7, 8],  # no EOS: truncated
+            [2, 2, 2, 2],
+        ]
+    )  # immediate EOS
     mask, truncated = completion_mask_from_eos(ids, [eos])
     assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
     assert truncated.tolist() == [False, True, False]
@@ -23,8 +27,13 @@ def test_several_eos_ids():
 
 
 def test_rollout_layout(arith_policy):
-    rollout = generate_rollout(arith_policy, ["12+34=", "10+10="], {"answer": ["46", "20"]}, group_size=3,
-                               sampling=SamplingParams(max_new_tokens=4))
+    rollout = generate_rollout(
+        arith_policy,
+        ["12+34=", "10+10="],
+        {"answer": ["46", "20"]},
+        group_size=3,
+        sampling=SamplingParams(max_new_tokens=4),
+    )
     assert rollout.prompts == ["12+34="] * 3 + ["10+10="] * 3
     assert rollout.columns == {"answer": ["46"] * 3 + ["20"] * 3}
     assert rollout.group_ids.tolist() == [0, 0, 0, 1, 1, 1]

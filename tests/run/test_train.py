@@ -13,10 +13,25 @@ from safetensors.torch import load_file
 from grpo_lightning.run.train import train
 
 REQUIRED_METRICS = [
-    "actor/policy_loss", "actor/clip_frac", "actor/approx_kl", "actor/grpo_kl", "actor/kl_penalty",
-    "actor/entropy", "actor/ratio_mean", "actor/adv_mean", "actor/adv_std", "actor/grad_norm",
-    "reward/mean", "reward/std", "reward/correct/mean", "reward/frac_zero_std", "response_length/mean",
-    "response_length/clip_ratio", "perf/step_time_s", "perf/tokens_per_s", "val/reward/mean",
+    "actor/policy_loss",
+    "actor/clip_frac",
+    "actor/approx_kl",
+    "actor/grpo_kl",
+    "actor/kl_penalty",
+    "actor/entropy",
+    "actor/ratio_mean",
+    "actor/adv_mean",
+    "actor/adv_std",
+    "actor/grad_norm",
+    "reward/mean",
+    "reward/std",
+    "reward/correct/mean",
+    "reward/frac_zero_std",
+    "response_length/mean",
+    "response_length/clip_ratio",
+    "perf/step_time_s",
+    "perf/tokens_per_s",
+    "val/reward/mean",
 ]
 
 
@@ -30,14 +45,18 @@ def _column(rows, name):
 
 
 def test_few_steps_log_every_metric_and_change_parameters(compose_config, random_arith_dir, tmp_path):
-    cfg = compose_config(f"model.name_or_path={random_arith_dir}", "algorithm.beta=0.04",
-                         "algorithm.entropy_coef=0.01", "trainer.max_steps=3")
+    cfg = compose_config(
+        f"model.name_or_path={random_arith_dir}",
+        "algorithm.beta=0.04",
+        "algorithm.entropy_coef=0.01",
+        "trainer.max_steps=3",
+    )
     metrics = train(cfg)
     rows = _read_metrics(tmp_path)
     missing = [name for name in REQUIRED_METRICS if not _column(rows, name)]
     assert not missing, f"metrics never logged: {missing}"
     assert len(_column(rows, "actor/policy_loss")) == 3  # one row per training step
-    assert len(_column(rows, "val/reward/mean")) >= 2    # before the first update, and later
+    assert len(_column(rows, "val/reward/mean")) >= 2  # before the first update, and later
     assert {"val/reward/mean", "reward/mean", "actor/loss"} <= metrics.keys()  # the final validation keeps both
     before = load_file(random_arith_dir / "model.safetensors")
     after = load_file(tmp_path / "policy" / "model.safetensors")
@@ -70,9 +89,15 @@ def test_gradients_are_freed_after_each_update(compose_config, random_arith_dir,
 def test_several_iterations_and_mini_batches_count_training_steps(compose_config, random_arith_dir, tmp_path):
     # 4 prompts x 4 completions = 16 rows, mini-batches of 8 in micro-batches of 4, 2 passes:
     # 4 optimizer steps per training step; trainer.max_steps still counts training steps.
-    cfg = compose_config(f"model.name_or_path={random_arith_dir}", "algorithm.group_size=4",
-                         "algorithm.num_iterations=2", "algorithm.mini_batch_size=8",
-                         "algorithm.micro_batch_size=4", "algorithm.entropy_coef=0.1", "trainer.max_steps=2")
+    cfg = compose_config(
+        f"model.name_or_path={random_arith_dir}",
+        "algorithm.group_size=4",
+        "algorithm.num_iterations=2",
+        "algorithm.mini_batch_size=8",
+        "algorithm.micro_batch_size=4",
+        "algorithm.entropy_coef=0.1",
+        "trainer.max_steps=2",
+    )
     train(cfg)
     rows = _read_metrics(tmp_path)
     assert len(_column(rows, "actor/policy_loss")) == 2
@@ -82,27 +107,47 @@ def test_several_iterations_and_mini_batches_count_training_steps(compose_config
 
 def _grpo_train(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, WANDB_MODE="offline", HF_HUB_OFFLINE="1")
-    return subprocess.run([sys.executable, "-m", "grpo_lightning.run.train", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "grpo_lightning.run.train", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
-SMALL = ["trainer.max_steps=1", "trainer.val_every_n_steps=1", "trainer.limit_val_batches=1",
-         "data.batch_size=4", "data.val_batch_size=8", "trainer.enable_progress_bar=false"]
+SMALL = [
+    "trainer.max_steps=1",
+    "trainer.val_every_n_steps=1",
+    "trainer.limit_val_batches=1",
+    "data.batch_size=4",
+    "data.val_batch_size=8",
+    "trainer.enable_progress_bar=false",
+]
 
 
 @pytest.mark.slow
 def test_sweep_runs_four_jobs_in_their_own_directories(random_arith_dir, tmp_path):
-    result = _grpo_train("-m", "algorithm.clip_range=0.1,0.3", "seed=0,1", f"model.name_or_path={random_arith_dir}",
-                         f"hydra.sweep.dir={tmp_path}/sweep", "validate_before_training=false", *SMALL,
-                         cwd=tmp_path)
+    result = _grpo_train(
+        "-m",
+        "algorithm.clip_range=0.1,0.3",
+        "seed=0,1",
+        f"model.name_or_path={random_arith_dir}",
+        f"hydra.sweep.dir={tmp_path}/sweep",
+        "validate_before_training=false",
+        *SMALL,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = sorted((tmp_path / "sweep").glob("*/metrics.csv"))
     assert len(jobs) == 4
 
 
 def test_wandb_offline_logs_metrics_and_config(compose_config, random_arith_dir, tmp_path):
-    cfg = compose_config(f"model.name_or_path={random_arith_dir}", "logger=wandb", "logger.offline=true",
-                         "trainer.max_steps=1")
+    cfg = compose_config(
+        f"model.name_or_path={random_arith_dir}", "logger=wandb", "logger.offline=true", "trainer.max_steps=1"
+    )
     train(cfg)
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
@@ -122,11 +167,20 @@ def test_bad_config_exits_with_a_message_not_a_traceback(tmp_path):
 
 @pytest.mark.slow
 def test_every_algorithm_preset_trains(random_arith_dir, tmp_path):
-    result = _grpo_train("-m", "algorithm=grpo,dr_grpo,dapo,gspo,rloo", "trainer.max_steps=2",
-                         f"model.name_or_path={random_arith_dir}", f"hydra.sweep.dir={tmp_path}/sweep",
-                         "validate_before_training=false", "trainer.val_every_n_steps=2",
-                         "trainer.limit_val_batches=1", "data.batch_size=2", "data.val_batch_size=8",
-                         "trainer.enable_progress_bar=false", cwd=tmp_path)
+    result = _grpo_train(
+        "-m",
+        "algorithm=grpo,dr_grpo,dapo,gspo,rloo",
+        "trainer.max_steps=2",
+        f"model.name_or_path={random_arith_dir}",
+        f"hydra.sweep.dir={tmp_path}/sweep",
+        "validate_before_training=false",
+        "trainer.val_every_n_steps=2",
+        "trainer.limit_val_batches=1",
+        "data.batch_size=2",
+        "data.val_batch_size=8",
+        "trainer.enable_progress_bar=false",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = sorted((tmp_path / "sweep").glob("*/metrics.csv"), key=lambda p: int(p.parent.name))
     assert len(jobs) == 5
@@ -139,20 +193,28 @@ def test_every_algorithm_preset_trains(random_arith_dir, tmp_path):
             assert _column(rows, "actor/grpo_kl"), preset
 
 
-def test_step_metrics_reach_loggers_and_callbacks_as_lightning_log_dict_would(random_arith_dir, tmp_path,
-                                                                              monkeypatch):
+def test_step_metrics_reach_loggers_and_callbacks_as_lightning_log_dict_would(random_arith_dir, tmp_path, monkeypatch):
     from grpo_lightning.module import GRPOModule
     from grpo_lightning.run.train import load_config
 
     def run(name):
-        overrides = [f"output_dir={tmp_path / name}", f"model.name_or_path={random_arith_dir}", "trainer.max_steps=5",
-                     "trainer.log_every_n_steps=2", "trainer.val_every_n_steps=3", "trainer.enable_progress_bar=false",
-                     "data.batch_size=4", "data.val_batch_size=16", "trainer.limit_val_batches=1"]
+        overrides = [
+            f"output_dir={tmp_path / name}",
+            f"model.name_or_path={random_arith_dir}",
+            "trainer.max_steps=5",
+            "trainer.log_every_n_steps=2",
+            "trainer.val_every_n_steps=3",
+            "trainer.enable_progress_bar=false",
+            "data.batch_size=4",
+            "data.val_batch_size=16",
+            "trainer.limit_val_batches=1",
+        ]
         return train(load_config(overrides)), _read_metrics(tmp_path / name)
 
     callback, rows = run("direct")
-    monkeypatch.setattr(GRPOModule, "_log_step_metrics", lambda self, metrics: self.log_dict(
-        metrics, on_step=True, on_epoch=False))
+    monkeypatch.setattr(
+        GRPOModule, "_log_step_metrics", lambda self, metrics: self.log_dict(metrics, on_step=True, on_epoch=False)
+    )
     expected_callback, expected_rows = run("log_dict")
 
     def untimed(metrics):
@@ -167,8 +229,17 @@ def test_step_metrics_reach_loggers_and_callbacks_as_lightning_log_dict_would(ra
 def test_limit_val_batches_zero_runs_no_validation(random_arith_dir, tmp_path):
     from grpo_lightning.run.train import load_config
 
-    metrics = train(load_config([f"output_dir={tmp_path}", f"model.name_or_path={random_arith_dir}",
-                                 "trainer.max_steps=2", "trainer.limit_val_batches=0", "data.batch_size=4",
-                                 "trainer.enable_progress_bar=false"]))
+    metrics = train(
+        load_config(
+            [
+                f"output_dir={tmp_path}",
+                f"model.name_or_path={random_arith_dir}",
+                "trainer.max_steps=2",
+                "trainer.limit_val_batches=0",
+                "data.batch_size=4",
+                "trainer.enable_progress_bar=false",
+            ]
+        )
+    )
     assert "reward/mean" in metrics and not any(name.startswith("val/") for name in metrics)
     assert not any(name.startswith("val/") for name in _read_metrics(tmp_path)[0])

@@ -40,8 +40,11 @@ def test_none_is_left_out_of_mean_and_zero_in_total():
 
 
 def test_from_config_binds_kwargs_by_import_path():
-    cfg = RewardConfig(functions={"k": RewardFunctionConfig(fn="tests.test_rewards.scaled", weight=3.0,
-                                                            kwargs={"factor": 0.5})})
+    cfg = RewardConfig(
+        functions={
+            "k": RewardFunctionConfig(fn="tests.rewards.test_rewards.scaled", weight=3.0, kwargs={"factor": 0.5})
+        }
+    )
     scores = WeightedReward.from_config(cfg)(["p"], ["c"], {})
     assert scores.total.item() == pytest.approx(1.5)
 
@@ -61,12 +64,15 @@ def test_exception_names_function_and_offending_prompt():
         reward(["first", "second"], ["ab", "abc"], {})
 
 
-@pytest.mark.parametrize("bad, message", [
-    (lambda p, c, **k: [1.0], "returned 1 values for 2 completions"),
-    (lambda p, c, **k: [math.nan, 1.0], "returned nan for prompt 'a'"),
-    (lambda p, c, **k: [1.0, math.inf], "returned inf for prompt 'b'"),
-    (lambda p, c, **k: ["yes", 1.0], "return a float or None"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (lambda p, c, **k: [1.0], "returned 1 values for 2 completions"),
+        (lambda p, c, **k: [math.nan, 1.0], "returned nan for prompt 'a'"),
+        (lambda p, c, **k: [1.0, math.inf], "returned inf for prompt 'b'"),
+        (lambda p, c, **k: ["yes", 1.0], "return a float or None"),
+    ],
+)
 def test_bad_return_values_fail_loudly(bad, message):
     with pytest.raises(RewardError, match=message):
         WeightedReward({"bad": (bad, 1.0)})(["a", "b"], ["x", "y"], {})

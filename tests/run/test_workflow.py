@@ -11,11 +11,20 @@ import pytest
 import torch
 import yaml
 
-from grpo_lightning.types import RolloutSample
 from grpo_lightning.config import ConfigError
-from grpo_lightning.run.plots import RunCurves, find_runs, informative_curves, main as grpo_plot, panels_for, read_curves
+from grpo_lightning.run.plots import (
+    RunCurves,
+    find_runs,
+    informative_curves,
+    panels_for,
+    read_curves,
+)
+from grpo_lightning.run.plots import (
+    main as grpo_plot,
+)
 from grpo_lightning.run.progress import ConsoleLog, step_summary
 from grpo_lightning.run.train import check_optimized_metric, load_config, optimized_value, train
+from grpo_lightning.types import RolloutSample
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -26,18 +35,31 @@ def _is_png(path: Path) -> bool:
 
 # -- completions table rows ---------------------------------------------------------------
 
+
 def test_rollout_sample_rows_keep_not_applicable_as_none():
-    sample = RolloutSample(prompts=["1+1=", "1+1="], completions=["2", "3"],
-                           rewards={"correct": torch.tensor([1.0, 0.0]), "short": torch.tensor([0.5, 0.0])},
-                           applicable={"correct": torch.tensor([True, True]), "short": torch.tensor([True, False])},
-                           total=torch.tensor([1.5, 0.0]), advantages=torch.tensor([1.0, -1.0]),
-                           lengths=torch.tensor([1, 1]))
-    assert sample.columns() == ["prompt", "completion", "reward/correct", "reward/short", "reward", "advantage",
-                                "length"]
+    sample = RolloutSample(
+        prompts=["1+1=", "1+1="],
+        completions=["2", "3"],
+        rewards={"correct": torch.tensor([1.0, 0.0]), "short": torch.tensor([0.5, 0.0])},
+        applicable={"correct": torch.tensor([True, True]), "short": torch.tensor([True, False])},
+        total=torch.tensor([1.5, 0.0]),
+        advantages=torch.tensor([1.0, -1.0]),
+        lengths=torch.tensor([1, 1]),
+    )
+    assert sample.columns() == [
+        "prompt",
+        "completion",
+        "reward/correct",
+        "reward/short",
+        "reward",
+        "advantage",
+        "length",
+    ]
     assert sample.rows() == [["1+1=", "2", 1.0, 0.5, 1.5, 1.0, 1], ["1+1=", "3", 0.0, None, 0.0, -1.0, 1]]
 
 
 # -- W&B offline ----------------------------------------------------------------------------
+
 
 def _wandb_records(path: Path):
     """The protobuf records of an offline run's ``.wandb`` file (W&B's 7-byte header, then a
@@ -54,7 +76,7 @@ def _wandb_records(path: Path):
         if kind == 0:  # block trailer padding
             pos += left
             continue
-        pieces.append(data[pos + 7:pos + 7 + length])
+        pieces.append(data[pos + 7 : pos + 7 + length])
         pos += 7 + length
         if kind in (1, 4):
             record = wandb_internal_pb2.Record()
@@ -63,12 +85,19 @@ def _wandb_records(path: Path):
             yield record
 
 
-def test_wandb_offline_run_holds_completions_tables_histograms_and_config(compose_config, random_arith_dir,
-                                                                          tmp_path):
-    cfg = compose_config(f"model.name_or_path={random_arith_dir}", "logger=wandb", "logger.offline=true",
-                         "logger.log_completions_every=1", "logger.group=g1", "logger.tags=[a,b]",
-                         "logger.run_name=my-run", "logger.id=abc123", "trainer.max_steps=2",
-                         "validate_before_training=false")
+def test_wandb_offline_run_holds_completions_tables_histograms_and_config(compose_config, random_arith_dir, tmp_path):
+    cfg = compose_config(
+        f"model.name_or_path={random_arith_dir}",
+        "logger=wandb",
+        "logger.offline=true",
+        "logger.log_completions_every=1",
+        "logger.group=g1",
+        "logger.tags=[a,b]",
+        "logger.run_name=my-run",
+        "logger.id=abc123",
+        "trainer.max_steps=2",
+        "validate_before_training=false",
+    )
     train(cfg)
     runs = list((tmp_path / "wandb").glob("offline-run-*-abc123"))
     assert len(runs) == 1, list((tmp_path / "wandb").iterdir())
@@ -82,17 +111,31 @@ def test_wandb_offline_run_holds_completions_tables_histograms_and_config(compos
     records = list(_wandb_records(next(runs[0].glob("*.wandb"))))
     run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
     assert (run.run_group, list(run.tags), run.display_name) == ("g1", ["a", "b"], "my-run")
-    config = {u.key: json.loads(u.value_json) for r in records if r.WhichOneof("record_type") == "config"
-              for u in r.config.update}
+    config = {
+        u.key: json.loads(u.value_json)
+        for r in records
+        if r.WhichOneof("record_type") == "config"
+        for u in r.config.update
+    }
     assert config["algorithm"]["group_size"] == 8 and config["logger"]["log_completions_every"] == 1
-    logged = {item.key or "/".join(item.nested_key) for r in records if r.WhichOneof("record_type") == "history"
-              for item in r.history.item}
-    assert {"completions/_type", "histograms/reward/_type", "histograms/response_length/_type",
-            "reward/mean", "val/reward/mean"} <= logged
+    logged = {
+        item.key or "/".join(item.nested_key)
+        for r in records
+        if r.WhichOneof("record_type") == "history"
+        for item in r.history.item
+    }
+    assert {
+        "completions/_type",
+        "histograms/reward/_type",
+        "histograms/response_length/_type",
+        "reward/mean",
+        "val/reward/mean",
+    } <= logged
     assert (tmp_path / "metrics.csv").is_file() and _is_png(tmp_path / "reward_curve.png")
 
 
 # -- optimized metric -------------------------------------------------------------------------
+
 
 def test_optimized_value_returns_the_metric_and_is_loud_when_missing():
     assert optimized_value({"val/reward/mean": 0.25}, "val/reward/mean") == 0.25
@@ -105,21 +148,42 @@ def test_optimized_value_returns_the_metric_and_is_loud_when_missing():
 
 def _grpo_train(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, WANDB_MODE="offline", HF_HUB_OFFLINE="1")
-    return subprocess.run([sys.executable, "-m", "grpo_lightning.run.train", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "grpo_lightning.run.train", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
-TINY = ["trainer.max_steps=1", "trainer.val_every_n_steps=1", "trainer.limit_val_batches=1", "data.batch_size=2",
-        "data.val_batch_size=8", "algorithm.group_size=2", "checkpoint.enabled=false",
-        "validate_before_training=false", "trainer.enable_progress_bar=false"]
+TINY = [
+    "trainer.max_steps=1",
+    "trainer.val_every_n_steps=1",
+    "trainer.limit_val_batches=1",
+    "data.batch_size=2",
+    "data.val_batch_size=8",
+    "algorithm.group_size=2",
+    "checkpoint.enabled=false",
+    "validate_before_training=false",
+    "trainer.enable_progress_bar=false",
+]
 
 
 @pytest.mark.slow
 def test_optuna_sweep_runs_two_trials_and_returns_the_metric(random_arith_dir, tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    result = _grpo_train("-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2",
-                         "hydra.sweeper.sampler.n_startup_trials=2", f"model.name_or_path={random_arith_dir}",
-                         f"hydra.sweep.dir={tmp_path}/sweep", *TINY, cwd=tmp_path)
+    result = _grpo_train(
+        "-m",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.sampler.n_startup_trials=2",
+        f"model.name_or_path={random_arith_dir}",
+        f"hydra.sweep.dir={tmp_path}/sweep",
+        *TINY,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     best = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
     assert 0.0 <= best["best_value"] <= 1.0
@@ -134,42 +198,58 @@ def test_optuna_sweep_runs_two_trials_and_returns_the_metric(random_arith_dir, t
 @pytest.mark.slow
 def test_a_sweep_runs_on_past_a_failing_job_and_refuses_a_shared_output_dir(random_arith_dir, tmp_path):
     model = f"model.name_or_path={random_arith_dir}"
-    result = _grpo_train("-m", "algorithm.group_size=1,2", model, f"hydra.sweep.dir={tmp_path}/a", *TINY[:5],
-                         *TINY[6:], cwd=tmp_path)
+    result = _grpo_train(
+        "-m", "algorithm.group_size=1,2", model, f"hydra.sweep.dir={tmp_path}/a", *TINY[:5], *TINY[6:], cwd=tmp_path
+    )
     assert result.returncode != 0
     assert "error: algorithm.group_size must be >= 2" in result.stderr
-    assert "GRPO finished: 1 steps" in result.stdout                      # job #1 ran after #0 failed
-    result = _grpo_train("-m", "seed=0,1", model, f"output_dir={tmp_path}/shared", f"hydra.sweep.dir={tmp_path}/b",
-                         *TINY, cwd=tmp_path)
+    assert "GRPO finished: 1 steps" in result.stdout  # job #1 ran after #0 failed
+    result = _grpo_train(
+        "-m", "seed=0,1", model, f"output_dir={tmp_path}/shared", f"hydra.sweep.dir={tmp_path}/b", *TINY, cwd=tmp_path
+    )
     assert result.returncode != 0
     assert "error: output_dir=" in result.stderr and "is shared by jobs #0 and #1 of this sweep" in result.stderr
-    assert result.stdout.count("GRPO finished") == 1                     # job #0's outputs left as they were
+    assert result.stdout.count("GRPO finished") == 1  # job #0's outputs left as they were
 
 
 def test_a_sweep_job_claims_its_output_dir(tmp_path):
     from grpo_lightning.run.run_dir import claim_output_dir
 
     claim_output_dir(str(tmp_path / "run"), "/sweeps/1", 0)
-    claim_output_dir(str(tmp_path / "run"), "/sweeps/1", 0)              # the same job again (a requeue)
-    claim_output_dir(str(tmp_path / "run"), "/sweeps/2", 1)              # a later sweep may reuse it
+    claim_output_dir(str(tmp_path / "run"), "/sweeps/1", 0)  # the same job again (a requeue)
+    claim_output_dir(str(tmp_path / "run"), "/sweeps/2", 1)  # a later sweep may reuse it
     with pytest.raises(ConfigError, match="shared by jobs #1 and #0 of this sweep"):
         claim_output_dir(str(tmp_path / "run"), "/sweeps/2", 0)
 
 
 def test_optimized_metric_never_logged_fails_loudly(random_arith_dir, tmp_path):
-    result = _grpo_train("optimized_metric=val/accuracy", f"model.name_or_path={random_arith_dir}",
-                         f"output_dir={tmp_path}", *TINY, cwd=tmp_path)
+    result = _grpo_train(
+        "optimized_metric=val/accuracy",
+        f"model.name_or_path={random_arith_dir}",
+        f"output_dir={tmp_path}",
+        *TINY,
+        cwd=tmp_path,
+    )
     assert result.returncode == 2
     assert "optimized_metric='val/accuracy'" in result.stderr and "Traceback" not in result.stderr
 
 
 # -- progress and plots -------------------------------------------------------------------------
 
+
 def test_console_line_has_reward_kl_and_step_time():
-    metrics = {"reward/mean": torch.tensor(0.5), "actor/approx_kl": torch.tensor(0.002),
-               "perf/step_time_s": torch.tensor(1.25), "val/reward/mean": torch.tensor(0.4)}
-    assert step_summary(metrics) == {"reward": 0.5, "kl": pytest.approx(0.002), "val/reward": pytest.approx(0.4),
-                                     "step_s": 1.25}
+    metrics = {
+        "reward/mean": torch.tensor(0.5),
+        "actor/approx_kl": torch.tensor(0.002),
+        "perf/step_time_s": torch.tensor(1.25),
+        "val/reward/mean": torch.tensor(0.4),
+    }
+    assert step_summary(metrics) == {
+        "reward": 0.5,
+        "kl": pytest.approx(0.002),
+        "val/reward": pytest.approx(0.4),
+        "step_s": 1.25,
+    }
     assert step_summary(metrics | {"actor/grpo_kl": torch.tensor(0.03)})["kl"] == pytest.approx(0.03)
     log = ConsoleLog(every_n_steps=10, total_steps=60)
     log.step = 20
@@ -184,24 +264,35 @@ def test_a_validated_steps_line_waits_for_its_validation(monkeypatch, capsys):
 
     import grpo_lightning.run.checkpoints as resume
 
-    trainer = SimpleNamespace(is_global_zero=True, sanity_checking=False, state=SimpleNamespace(fn=TrainerFn.FITTING),
-                              callback_metrics={"reward/mean": torch.tensor(0.5)})
+    trainer = SimpleNamespace(
+        is_global_zero=True,
+        sanity_checking=False,
+        state=SimpleNamespace(fn=TrainerFn.FITTING),
+        callback_metrics={"reward/mean": torch.tensor(0.5)},
+    )
     log = ConsoleLog(every_n_steps=1, total_steps=3)
     for validated, before, after in [(False, 0.1, 0.2), (True, 0.3, 0.9)]:
-        monkeypatch.setattr(resume, "validates_after_this_batch", lambda _: validated)
+        monkeypatch.setattr(resume, "validates_after_this_batch", lambda _, validated=validated: validated)
         trainer.callback_metrics["val/reward/mean"] = torch.tensor(before)
         log.on_train_batch_end(trainer, None, None, None, 0)
         trainer.callback_metrics["val/reward/mean"] = torch.tensor(after)  # a validation's result
         log.on_validation_end(trainer, None)
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(" | elapsed")[0].rsplit(" | ", 1)[0] for line in lines] == [
-        "step 1/3 | reward 0.500 | val/reward 0.100", "step 2/3 | reward 0.500 | val/reward 0.900"]
+        "step 1/3 | reward 0.500 | val/reward 0.100",
+        "step 2/3 | reward 0.500 | val/reward 0.900",
+    ]
 
 
 def test_run_writes_reward_curve_and_periodic_console_lines(compose_config, random_arith_dir, tmp_path, capsys):
-    cfg = compose_config(f"model.name_or_path={random_arith_dir}", "trainer.max_steps=3",
-                         "trainer.enable_progress_bar=true", "trainer.console_log_every_n_steps=2",
-                         "algorithm.group_size=2", "checkpoint.enabled=false")
+    cfg = compose_config(
+        f"model.name_or_path={random_arith_dir}",
+        "trainer.max_steps=3",
+        "trainer.enable_progress_bar=true",
+        "trainer.console_log_every_n_steps=2",
+        "algorithm.group_size=2",
+        "checkpoint.enabled=false",
+    )
     train(cfg)  # pytest's captured stdout is not a terminal: lines, not a bar
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
     assert [line.split(" | ")[0] for line in lines] == ["step 2/3", "step 3/3"]
@@ -215,8 +306,9 @@ def test_run_writes_reward_curve_and_periodic_console_lines(compose_config, rand
 def test_read_curves_lines_up_training_steps_and_validations(tmp_path):
     # As Lightning writes them: the baseline validation (step 0), training steps 1-3 (under
     # 0-2), the validation inside fit after step 3 (under 2), the one after fit (under 3).
-    (tmp_path / "metrics.csv").write_text("epoch,reward/mean,step,val/reward/mean\n"
-                                          "0,,0,0.1\n0,0.2,0,\n0,0.3,1,\n0,0.4,2,\n0,,2,0.5\n0,,3,0.6\n")
+    (tmp_path / "metrics.csv").write_text(
+        "epoch,reward/mean,step,val/reward/mean\n0,,0,0.1\n0,0.2,0,\n0,0.3,1,\n0,0.4,2,\n0,,2,0.5\n0,,3,0.6\n"
+    )
     curves = read_curves(tmp_path).curves
     assert curves["reward/mean"] == ([1, 2, 3], [0.2, 0.3, 0.4])
     assert curves["val/reward/mean"] == ([0, 3, 3], [0.1, 0.5, 0.6])
@@ -224,8 +316,14 @@ def test_read_curves_lines_up_training_steps_and_validations(tmp_path):
 
 def test_a_kl_that_is_zero_throughout_gets_no_panel():
     steps = [1, 2, 3]
-    on_policy = RunCurves("beta=0", {"reward/mean": (steps, [0.0, 0.0, 0.0]), "actor/approx_kl": (steps, [0.0] * 3),
-                                     "response_length/mean": (steps, [4.0, 5.0, 6.0])})
+    on_policy = RunCurves(
+        "beta=0",
+        {
+            "reward/mean": (steps, [0.0, 0.0, 0.0]),
+            "actor/approx_kl": (steps, [0.0] * 3),
+            "response_length/mean": (steps, [4.0, 5.0, 6.0]),
+        },
+    )
     shown = informative_curves(on_policy)
     assert "actor/approx_kl" not in shown.curves and shown.curves["reward/mean"] == (steps, [0.0] * 3)
     assert [name for name, _ in panels_for([shown])] == ["reward", "response length (tokens)"]
@@ -244,9 +342,10 @@ def test_grpo_plot_reports_a_directory_without_runs(tmp_path, capsys):
 
 # -- config groups ------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("group", ["experiment", "debug"])
 def test_overlay_groups_hold_only_global_overrides(group):
-    conf = Path(__file__).parent.parent / "conf" / group
+    conf = Path(__file__).resolve().parents[2] / "conf" / group
     files = sorted(conf.glob("*.yaml"))
     assert files
     for path in files:
@@ -269,8 +368,9 @@ def test_overfit_rows_validate_on_the_training_rows():
     from grpo_lightning.config import DataConfig
     from grpo_lightning.data.datamodule import PromptDataModule
 
-    data = PromptDataModule.from_config(DataConfig(builder="grpo_lightning.data.tasks.arithmetic.load_splits",
-                                                   batch_size=4, overfit_rows=4))
+    data = PromptDataModule.from_config(
+        DataConfig(builder="grpo_lightning.data.tasks.arithmetic.load_splits", batch_size=4, overfit_rows=4)
+    )
     assert data.train_rows == data.val_rows and len(data.train_rows) == 4
 
 
@@ -281,8 +381,11 @@ def test_slurm_launcher_and_optuna_sweeper_compose():
     from grpo_lightning.run.train import config_dir
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose("config", overrides=["hydra/launcher=slurm", "hparams_search=optuna", "output_dir=x"],
-                      return_hydra_config=True)
+        cfg = compose(
+            "config",
+            overrides=["hydra/launcher=slurm", "hparams_search=optuna", "output_dir=x"],
+            return_hydra_config=True,
+        )
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
     assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper")
     assert cfg.optimized_metric == "val/reward/mean"
@@ -297,13 +400,16 @@ def test_a_wandb_run_without_an_account_is_a_config_error_naming_the_ways_out():
         def log_hyperparams(self, params):
             raise UsageError("No API key configured. Use `wandb login` to log in.")
 
-    with pytest.raises(ConfigError, match=r"No API key configured\. Use `wandb login` to log in\. Run `wandb login` "
-                                          r"or set WANDB_API_KEY, or log without an account: logger.offline=true"):
+    with pytest.raises(
+        ConfigError,
+        match=r"No API key configured\. Use `wandb login` to log in\. Run `wandb login` "
+        r"or set WANDB_API_KEY, or log without an account: logger.offline=true",
+    ):
         log_run_config([NoAccount()], {})
 
     class Broken:
         def log_hyperparams(self, params):
             raise ValueError("something else")
 
-    with pytest.raises(ValueError, match="something else"):   # other failures are not disguised
+    with pytest.raises(ValueError, match="something else"):  # other failures are not disguised
         log_run_config([Broken()], {})

@@ -5,11 +5,11 @@ import csv
 import pytest
 import torch
 
+from grpo_lightning.algo.dynamic_sampling import dynamic_sample, zero_std_groups
 from grpo_lightning.algo.shaping import overlong_penalty
 from grpo_lightning.rewards import RewardScores
-from grpo_lightning.types import Rollout, TokenBatch
-from grpo_lightning.algo.dynamic_sampling import dynamic_sample, zero_std_groups
 from grpo_lightning.run.train import train
+from grpo_lightning.types import Rollout, TokenBatch
 
 G = 2
 
@@ -17,13 +17,21 @@ G = 2
 def _scored(group_rewards: list[list[float]], tag: str, prompt_len: int, completion_len: int):
     """One round: len(group_rewards) prompts named tag0, tag1, ... with G completions each."""
     rows = len(group_rewards) * G
-    tokens = TokenBatch(torch.ones(rows, prompt_len, dtype=torch.long), torch.ones(rows, prompt_len, dtype=torch.long),
-                        torch.ones(rows, completion_len, dtype=torch.long),
-                        torch.ones(rows, completion_len, dtype=torch.long))
+    tokens = TokenBatch(
+        torch.ones(rows, prompt_len, dtype=torch.long),
+        torch.ones(rows, prompt_len, dtype=torch.long),
+        torch.ones(rows, completion_len, dtype=torch.long),
+        torch.ones(rows, completion_len, dtype=torch.long),
+    )
     prompts = [f"{tag}{i}" for i in range(len(group_rewards)) for _ in range(G)]
-    rollout = Rollout(tokens=tokens, prompts=prompts, completions=["c"] * rows, columns={"answer": list(prompts)},
-                      group_ids=torch.arange(len(group_rewards)).repeat_interleave(G),
-                      truncated=torch.zeros(rows, dtype=torch.bool))
+    rollout = Rollout(
+        tokens=tokens,
+        prompts=prompts,
+        completions=["c"] * rows,
+        columns={"answer": list(prompts)},
+        group_ids=torch.arange(len(group_rewards)).repeat_interleave(G),
+        truncated=torch.zeros(rows, dtype=torch.bool),
+    )
     total = torch.tensor([r for group in group_rewards for r in group])
     return rollout, RewardScores(total, {"f": total}, {"f": torch.ones(rows, dtype=torch.bool)})
 
@@ -33,8 +41,10 @@ def test_zero_std_groups():
 
 
 def test_constant_groups_are_replaced_by_later_rounds():
-    rounds = [_scored([[1, 1], [0, 1], [0, 0]], "a", 3, 2),      # keeps a1
-              _scored([[2, 2], [1, 0], [0, 2]], "b", 5, 4)]      # keeps b1, b2 -> 3 groups
+    rounds = [
+        _scored([[1, 1], [0, 1], [0, 0]], "a", 3, 2),  # keeps a1
+        _scored([[2, 2], [1, 0], [0, 2]], "b", 5, 4),
+    ]  # keeps b1, b2 -> 3 groups
     rollout, scores, used, kept_frac = dynamic_sample(lambda i: rounds[i], num_groups=3, group_size=G, max_rounds=5)
     assert used == 2
     assert kept_frac == pytest.approx(3 / 6)
@@ -58,14 +68,18 @@ def test_short_batch_is_filled_with_dropped_groups_after_the_last_round():
 
 
 def test_dynamic_sampling_draws_until_every_process_has_enough(votes):
-    rounds = [_scored([[0, 1], [1, 0]], "a", 2, 2), _scored([[1, 2], [2, 1]], "b", 2, 2),
-              _scored([[0, 3], [3, 0]], "c", 2, 2)]
+    rounds = [
+        _scored([[0, 1], [1, 0]], "a", 2, 2),
+        _scored([[1, 2], [2, 1]], "b", 2, 2),
+        _scored([[0, 3], [3, 0]], "c", 2, 2),
+    ]
     # This process has its 2 groups after one round; the other needs a second one.
     vote = votes([False, True])
-    rollout, scores, used, kept_frac = dynamic_sample(lambda i: rounds[i], num_groups=2, group_size=G, max_rounds=3,
-                                                      lockstep=vote)
-    assert used == 2 and vote.asked == [True, True]                 # no vote before the first round
-    assert rollout.prompts == ["a0", "a0", "a1", "a1"]     # its own first groups, the extra ones left out
+    rollout, scores, used, kept_frac = dynamic_sample(
+        lambda i: rounds[i], num_groups=2, group_size=G, max_rounds=3, lockstep=vote
+    )
+    assert used == 2 and vote.asked == [True, True]  # no vote before the first round
+    assert rollout.prompts == ["a0", "a0", "a1", "a1"]  # its own first groups, the extra ones left out
     assert kept_frac == 1.0
     alone, _, used_alone, _ = dynamic_sample(lambda i: rounds[i], num_groups=2, group_size=G, max_rounds=3)
     assert used_alone == 1 and alone.prompts == rollout.prompts
@@ -87,19 +101,24 @@ def test_overlong_penalty_by_hand():
 
 
 def test_dynamic_sampling_end_to_end(compose_config, random_arith_dir, tmp_path):
-    cfg = compose_config(f"model.name_or_path={random_arith_dir}", "algorithm.group_size=4",
-                         "algorithm.filter_zero_std_groups=true", "algorithm.max_generation_rounds=4",
-                         "reward.functions.correct.fn=tests.signals.constant_for_even_first_digit",
-                         "generation.max_new_tokens=6",
-                         "trainer.max_steps=2", "validate_before_training=false")
+    cfg = compose_config(
+        f"model.name_or_path={random_arith_dir}",
+        "algorithm.group_size=4",
+        "algorithm.filter_zero_std_groups=true",
+        "algorithm.max_generation_rounds=4",
+        "reward.functions.correct.fn=tests.signals.constant_for_even_first_digit",
+        "generation.max_new_tokens=6",
+        "trainer.max_steps=2",
+        "validate_before_training=false",
+    )
     train(cfg)
     with open(tmp_path / "metrics.csv") as handle:
         rows = [row for row in csv.DictReader(handle) if row.get("sampling/rounds")]
     assert len(rows) == 2
     for row in rows:
         rounds, kept = float(row["sampling/rounds"]), float(row["sampling/kept_group_frac"])
-        assert 1 <= rounds <= 4 and 0 < kept < 1          # some groups were constant and dropped
-        if rounds < 4:                                     # the batch filled up: no constant group left
+        assert 1 <= rounds <= 4 and 0 < kept < 1  # some groups were constant and dropped
+        if rounds < 4:  # the batch filled up: no constant group left
             assert float(row["reward/frac_zero_std"]) == 0.0
 
 
@@ -112,8 +131,8 @@ def test_refills_come_in_an_order_of_their_own_and_leave_the_main_stream_alone()
     main_sampler = datamodule.train_sampler
     first, second = ([batch["prompt"] for batch in datamodule.refill_dataloader()] for _ in range(2))
     assert datamodule.train_sampler is main_sampler and main_sampler.epoch == 0
-    assert first != main and second != first                      # its own order, a new one each pass
-    assert sorted(sum(first, [])) == sorted(sum(main, []))          # the same training rows
+    assert first != main and second != first  # its own order, a new one each pass
+    assert sorted(sum(first, [])) == sorted(sum(main, []))  # the same training rows
 
 
 def test_the_refill_position_survives_a_checkpoint_with_no_refill_in_between():
@@ -125,8 +144,12 @@ def test_the_refill_position_survives_a_checkpoint_with_no_refill_in_between():
 
     rows = [{"prompt": f"{i}+1=", "answer": str(i + 1)} for i in range(40)]
     progress = SimpleNamespace(current=SimpleNamespace(processed=1))
-    trainer = SimpleNamespace(current_epoch=0, global_rank=0, world_size=1,
-                              fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress)))
+    trainer = SimpleNamespace(
+        current_epoch=0,
+        global_rank=0,
+        world_size=1,
+        fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress)),
+    )
 
     def datamodule():
         module = PromptDataModule(rows, rows[:4], batch_size=4, val_batch_size=4, seed=3)
@@ -141,5 +164,5 @@ def test_the_refill_position_survives_a_checkpoint_with_no_refill_in_between():
     assert saved["refill_per_rank"] == [(0, 3)]
     resumed = datamodule()
     resumed.load_state_dict(saved)
-    assert resumed.state_dict()["refill_per_rank"] == [(0, 3)]       # nothing drawn since the resume
+    assert resumed.state_dict()["refill_per_rank"] == [(0, 3)]  # nothing drawn since the resume
     assert next(resumed.refill_batches())["prompt"] == next(refills)["prompt"] not in drawn

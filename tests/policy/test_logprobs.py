@@ -4,7 +4,11 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from grpo_lightning.policy.scoring.logprobs import completion_token_scores, completions_per_chunk, token_scores_from_logits
+from grpo_lightning.policy.scoring.logprobs import (
+    completion_token_scores,
+    completions_per_chunk,
+    token_scores_from_logits,
+)
 
 
 @pytest.mark.parametrize("chunk_size", [1, 3, 64])
@@ -32,26 +36,43 @@ def test_entropy_of_uniform_is_log_vocab():
 
 def test_completion_scores_with_left_padding_match_unpadded():
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=17, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                         num_attention_heads=2, num_key_value_heads=2,
-                                         max_position_embeddings=32)).eval()
-    prompt = torch.tensor([[0, 0, 5, 6], [7, 8, 9, 10]])     # row 0 left-padded by 2
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=17,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=32,
+        )
+    ).eval()
+    prompt = torch.tensor([[0, 0, 5, 6], [7, 8, 9, 10]])  # row 0 left-padded by 2
     prompt_mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
     completion = torch.tensor([[3, 4, 1], [2, 2, 0]])
     completion_mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
     lp, _ = completion_token_scores(model, prompt, prompt_mask, completion, completion_mask, temperature=1.0)
     # row 0 scored alone with no padding must give the same log-probs
     alone = torch.tensor([[5, 6, 3, 4, 1]])
-    full = torch.log_softmax(model(alone).logits, dim=-1)[0, 1:4]              # predicts 3, 4, 1
+    full = torch.log_softmax(model(alone).logits, dim=-1)[0, 1:4]  # predicts 3, 4, 1
     expected = full.gather(-1, torch.tensor([[3], [4], [1]])).squeeze(-1)
     torch.testing.assert_close(lp[0], expected, rtol=1e-5, atol=1e-5)
 
 
 def _tiny_llama(tie: bool) -> LlamaForCausalLM:
     torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=23, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32,
-                                        tie_word_embeddings=tie))
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=23,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=32,
+            tie_word_embeddings=tie,
+        )
+    )
 
 
 @pytest.mark.parametrize("tie", [True, False])
@@ -68,10 +89,12 @@ def test_hidden_state_scores_match_full_logits(tie, chunk_size):
     args = (prompt, prompt_mask, completion, completion_mask)
 
     # direct: full logits of the whole sequence, plain log-softmax, no chunking anywhere
-    logits = model(input_ids=torch.cat([prompt, completion], 1),
-                   attention_mask=torch.cat([prompt_mask, completion_mask], 1),
-                   position_ids=(torch.cat([prompt_mask, completion_mask], 1).cumsum(1) - 1).clamp(min=0)).logits
-    logp = torch.log_softmax(logits[:, 3:-1] / 0.7, dim=-1)                      # predicts the completion
+    logits = model(
+        input_ids=torch.cat([prompt, completion], 1),
+        attention_mask=torch.cat([prompt_mask, completion_mask], 1),
+        position_ids=(torch.cat([prompt_mask, completion_mask], 1).cumsum(1) - 1).clamp(min=0),
+    ).logits
+    logp = torch.log_softmax(logits[:, 3:-1] / 0.7, dim=-1)  # predicts the completion
     expected_lp = logp.gather(-1, completion.unsqueeze(-1)).squeeze(-1)
     expected_ent = -(logp.exp() * logp).sum(-1)
     weights = torch.randn(3, 3, generator=torch.Generator().manual_seed(1))
@@ -79,8 +102,9 @@ def test_hidden_state_scores_match_full_logits(tie, chunk_size):
     expected_grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
 
-    lp, ent = completion_token_scores_from_hidden(model, *args, temperature=0.7, with_entropy=True,
-                                                  chunk_size=chunk_size)
+    lp, ent = completion_token_scores_from_hidden(
+        model, *args, temperature=0.7, with_entropy=True, chunk_size=chunk_size
+    )
     torch.testing.assert_close(lp, expected_lp, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ent, expected_ent, rtol=1e-5, atol=1e-5)
     (lp * weights + ent).sum().backward()
@@ -97,8 +121,17 @@ def test_models_with_post_head_scaling_fall_back_to_logits():
 
     from grpo_lightning.policy.scoring.logprobs import supports_hidden_head
 
-    gemma = GemmaForCausalLM(GemmaConfig(vocab_size=11, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
-                                         num_attention_heads=2, num_key_value_heads=1, head_dim=4))
+    gemma = GemmaForCausalLM(
+        GemmaConfig(
+            vocab_size=11,
+            hidden_size=8,
+            intermediate_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=4,
+        )
+    )
     assert not supports_hidden_head(gemma)
     assert not supports_hidden_head(torch.nn.Linear(2, 2))
 
@@ -110,10 +143,14 @@ def test_policy_uses_the_hidden_state_path_only_when_asked(arith_policy, monkeyp
     used = []
     for name in ("completion_token_scores", "blocks_token_scores_from_hidden"):
         real = getattr(policy_module, name)
-        monkeypatch.setattr(policy_module, name,
-                            lambda *a, _real=real, _name=name, **k: used.append(_name) or _real(*a, **k))
-    batch = TokenBatch(*arith_policy.encode_prompts(["12+3=", "45+67="]),
-                       torch.tensor([[5, 6, 2], [7, 2, 2]]), torch.tensor([[1, 1, 1], [1, 1, 0]]))
+        monkeypatch.setattr(
+            policy_module, name, lambda *a, _real=real, _name=name, **k: used.append(_name) or _real(*a, **k)
+        )
+    batch = TokenBatch(
+        *arith_policy.encode_prompts(["12+3=", "45+67="]),
+        torch.tensor([[5, 6, 2], [7, 2, 2]]),
+        torch.tensor([[1, 1, 1], [1, 1, 0]]),
+    )
     chunked, _ = arith_policy.token_scores(batch, temperature=1.0, with_entropy=False)
     arith_policy.chunked_lm_head = False
     full, _ = arith_policy.token_scores(batch, temperature=1.0, with_entropy=False)
@@ -125,34 +162,38 @@ def test_automatic_chunk_size_keeps_a_chunks_logits_within_the_device_budget():
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     # 4 MiB on a CPU: 8 tokens x 32,000 ids x 4 bytes = 1,024,000 bytes a completion -> 4 of them
     assert completions_per_chunk(8, 32_000, cpu) == 4
-    assert completions_per_chunk(8, 16, cpu) == 8192                    # a tiny vocabulary: one chunk
-    assert completions_per_chunk(4096, 151_936, cpu) == 1               # never fewer than one
+    assert completions_per_chunk(8, 16, cpu) == 8192  # a tiny vocabulary: one chunk
+    assert completions_per_chunk(4096, 151_936, cpu) == 1  # never fewer than one
     # 1 GiB elsewhere: 128 tokens x 151,936 ids x 4 bytes = 77.8 MB a completion -> 13
     assert completions_per_chunk(128, 151_936, gpu) == 13
     assert completions_per_chunk(0, 151_936, gpu) == completions_per_chunk(1, 151_936, gpu)
     # never below a quarter of the float32 head: 151,936 x 128 x 4 / 4 bytes over 8 x 151,936 x 4 a completion
     assert completions_per_chunk(8, 151_936, cpu, hidden_size=128) == 4
-    assert completions_per_chunk(8, 32_000, cpu, hidden_size=128) == 4     # 4 MiB is the larger there
+    assert completions_per_chunk(8, 32_000, cpu, hidden_size=128) == 4  # 4 MiB is the larger there
 
 
 def test_policy_chunk_size_is_set_fixed_or_sized_for_the_longest_completion(arith_policy, monkeypatch):
-    import grpo_lightning.policy.scoring.logprobs as logprobs
     import grpo_lightning.policy.causal_lm as policy_module
+    import grpo_lightning.policy.scoring.logprobs as logprobs
     from grpo_lightning.types import TokenBatch
 
     sizes = []
     real = policy_module.blocks_token_scores_from_hidden
-    monkeypatch.setattr(policy_module, "blocks_token_scores_from_hidden",
-                        lambda *a, **k: sizes.append(k["chunk_size"]) or real(*a, **k))
+    monkeypatch.setattr(
+        policy_module, "blocks_token_scores_from_hidden", lambda *a, **k: sizes.append(k["chunk_size"]) or real(*a, **k)
+    )
     vocab = arith_policy.model.config.vocab_size
-    monkeypatch.setitem(logprobs.LOGIT_CHUNK_BYTES, "cpu", 4 * vocab * 48)   # 48 tokens' logits a chunk
-    assert 4 * vocab * 48 > vocab * arith_policy.model.config.hidden_size   # (more than a quarter of the head)
-    batch = TokenBatch(*arith_policy.encode_prompts(["12+3=", "45+67="]),
-                       torch.tensor([[5, 6, 2], [7, 2, 2]]), torch.tensor([[1, 1, 1], [1, 1, 0]]))
-    arith_policy.token_scores(batch, temperature=1.0, with_entropy=False)   # the batch's 3 tokens: 16 a chunk
-    arith_policy.max_completion_tokens = 6                                  # the run's longest: 8 a chunk
+    monkeypatch.setitem(logprobs.LOGIT_CHUNK_BYTES, "cpu", 4 * vocab * 48)  # 48 tokens' logits a chunk
+    assert 4 * vocab * 48 > vocab * arith_policy.model.config.hidden_size  # (more than a quarter of the head)
+    batch = TokenBatch(
+        *arith_policy.encode_prompts(["12+3=", "45+67="]),
+        torch.tensor([[5, 6, 2], [7, 2, 2]]),
+        torch.tensor([[1, 1, 1], [1, 1, 0]]),
+    )
+    arith_policy.token_scores(batch, temperature=1.0, with_entropy=False)  # the batch's 3 tokens: 16 a chunk
+    arith_policy.max_completion_tokens = 6  # the run's longest: 8 a chunk
     arith_policy.token_scores(batch, temperature=1.0, with_entropy=False)
-    arith_policy.logprob_chunk_size = 1                                     # set: used as is
+    arith_policy.logprob_chunk_size = 1  # set: used as is
     arith_policy.token_scores(batch, temperature=1.0, with_entropy=False)
     assert sizes == [16, 8, 1]
 
@@ -162,8 +203,11 @@ def test_the_module_sizes_chunks_for_its_longest_completion(arith_policy):
     from grpo_lightning.module import GRPOModule
     from grpo_lightning.rewards import WeightedReward
 
-    GRPOModule(arith_policy, WeightedReward({"one": (lambda p, c, **_: [1.0] * len(c), 1.0)}),
-               generation=GenerationConfig(max_new_tokens=7))
+    GRPOModule(
+        arith_policy,
+        WeightedReward({"one": (lambda p, c, **_: [1.0] * len(c), 1.0)}),
+        generation=GenerationConfig(max_new_tokens=7),
+    )
     assert arith_policy.max_completion_tokens == 7
 
 
@@ -187,7 +231,7 @@ def test_fused_head_scores_match_autograd_through_the_linear_head(with_entropy, 
     ids = torch.tensor([0, 3, 10, 3, 7, 1])
     weights = torch.randn(2, 6, generator=generator)
 
-    logits = head(hidden) / 0.7                                                # autograd all the way
+    logits = head(hidden) / 0.7  # autograd all the way
     logp = torch.log_softmax(logits, dim=-1)
     want_lp = logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
     want_ent = -(logp.exp() * logp).sum(-1)
@@ -214,7 +258,7 @@ def test_fused_head_under_bf16_autocast_runs_the_head_in_bf16_both_ways():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         want = torch.log_softmax(head(hidden).float(), -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
         got, _ = LinearTokenScores.apply(hidden, head.weight, None, ids, 1.0, False, False, 3)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)                # bf16 logits (fp32 ones: ~1e-2 off)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)  # bf16 logits (fp32 ones: ~1e-2 off)
     want_grads = torch.autograd.grad(want.sum(), [hidden, head.weight])
     got_grads = torch.autograd.grad(got.sum(), [hidden, head.weight])
     for g, w in zip(got_grads, want_grads):
@@ -227,7 +271,7 @@ def test_heads_with_hooks_or_adapters_are_called_not_fused():
 
     head = torch.nn.Linear(4, 8, bias=False)
     assert fuses_head(head)
-    head.register_forward_pre_hook(lambda *_: None)      # what FSDP / DeepSpeed / offloading install
+    head.register_forward_pre_hook(lambda *_: None)  # what FSDP / DeepSpeed / offloading install
     assert not fuses_head(head)
     assert not fuses_head(torch.nn.Sequential(torch.nn.Linear(4, 8)))
 
@@ -253,8 +297,12 @@ def test_policy_reads_the_vocabulary_of_a_multimodal_config(arith_policy, monkey
     real = policy_module.completions_per_chunk
     monkeypatch.setattr(policy_module, "completions_per_chunk", lambda *a: asked.append(a) or real(*a))
     # A composite config (Gemma 3, Qwen2.5-VL, Llava) has no vocab_size of its own: its text config does.
-    monkeypatch.setattr(arith_policy.model.config, "get_text_config",
-                        lambda *_, **__: SimpleNamespace(vocab_size=123, hidden_size=7), raising=False)
+    monkeypatch.setattr(
+        arith_policy.model.config,
+        "get_text_config",
+        lambda *_, **__: SimpleNamespace(vocab_size=123, hidden_size=7),
+        raising=False,
+    )
     batch = TokenBatch(*arith_policy.encode_prompts(["12+3="]), torch.tensor([[5, 2]]), torch.tensor([[1, 1]]))
     arith_policy.token_scores(batch, temperature=1.0, with_entropy=False)
     assert [(vocab, hidden) for _, vocab, _, hidden in asked] == [(123, 7)]
@@ -266,8 +314,11 @@ def _weight_sized_allocations(loss: torch.Tensor, weight: torch.Tensor, **backwa
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         loss.backward(**backward)
     size = weight.numel() * weight.element_size()
-    return sum(1 for event in prof.events()
-               if event.name in ("aten::empty", "aten::empty_strided") and event.cpu_memory_usage == size)
+    return sum(
+        1
+        for event in prof.events()
+        if event.name in ("aten::empty", "aten::empty_strided") and event.cpu_memory_usage == size
+    )
 
 
 @pytest.mark.parametrize("share_prompts", [False, True])
@@ -277,14 +328,24 @@ def test_tied_embedding_and_fused_head_form_one_weight_gradient(share_prompts, b
     from grpo_lightning.policy.scoring.logprobs import blocks_token_scores_from_hidden
 
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=1031, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32,
-                                         tie_word_embeddings=True, pad_token_id=0))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=1031,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=32,
+            tie_word_embeddings=True,
+            pad_token_id=0,
+        )
+    )
     weight = model.get_input_embeddings().weight
     assert weight is model.get_output_embeddings().weight
-    prompt = torch.tensor([[0, 5, 6], [0, 5, 6], [7, 8, 9], [7, 8, 9]])        # two prompts, two rows each
+    prompt = torch.tensor([[0, 5, 6], [0, 5, 6], [7, 8, 9], [7, 8, 9]])  # two prompts, two rows each
     prompt_mask = (prompt != 0).long()
-    completion = torch.tensor([[3, 4, 1], [2, 0, 0], [9, 0, 0], [5, 5, 5]])   # pad id 0 (the padding row)
+    completion = torch.tensor([[3, 4, 1], [2, 0, 0], [9, 0, 0], [5, 5, 5]])  # pad id 0 (the padding row)
     completion_mask = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 0, 0], [1, 1, 1]])
     coefficients = torch.randn(4, 3, generator=torch.Generator().manual_seed(1))
     row_blocks = [[t[rows] for t in (prompt, prompt_mask, completion, completion_mask)] for rows in blocks]
@@ -294,13 +355,13 @@ def test_tied_embedding_and_fused_head_form_one_weight_gradient(share_prompts, b
         return sum((lp * coefficients[rows] + 0.1 * ent).sum() for (lp, ent), rows in zip(scored, blocks))
 
     tied = loss()
-    assert _weight_sized_allocations(tied, weight, retain_graph=True) == 1   # the head's buffer only
-    tied.backward()                                                          # twice: the hand-over repeats
+    assert _weight_sized_allocations(tied, weight, retain_graph=True) == 1  # the head's buffer only
+    tied.backward()  # twice: the hand-over repeats
     got = {name: p.grad.clone() for name, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)
     monkeypatch.setattr(logprobs.TiedWeightGradient, "for_model", classmethod(lambda *_: None))
     plain = loss()
-    assert _weight_sized_allocations(plain, weight, retain_graph=True) > 1   # + a dense scatter per lookup
+    assert _weight_sized_allocations(plain, weight, retain_graph=True) > 1  # + a dense scatter per lookup
     plain.backward()
     for name, p in model.named_parameters():
         torch.testing.assert_close(got[name], p.grad, rtol=1e-5, atol=1e-7, msg=name)
@@ -327,7 +388,7 @@ def test_tied_gradient_only_for_a_plain_trained_tied_embedding():
     with torch.no_grad():
         assert TiedWeightGradient.for_model(tied, tied.get_output_embeddings()) is None
     tied.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    assert tied.get_input_embeddings()._forward_hooks                      # transformers' requires-grad hook
+    assert tied.get_input_embeddings()._forward_hooks  # transformers' requires-grad hook
     assert TiedWeightGradient.for_model(tied, tied.get_output_embeddings()) is not None
     tied.get_input_embeddings().register_forward_hook(lambda *_: None)
     assert TiedWeightGradient.for_model(tied, tied.get_output_embeddings()) is None

@@ -29,8 +29,8 @@ def test_a_call_costs_tokens_so_tiny_batches_stay_one_block(monkeypatch):
 def test_blocks_too_small_to_repay_the_calls_are_not_examined(monkeypatch):
     monkeypatch.setattr(buckets_module, "CALL_COST_TOKENS", 256)
     # 4 calls cost 1024 tokens' worth: the block must cost at least 1024 / 0.75 = 1366.
-    assert not could_pay(num_rows=32, prompt_columns=7, completion_columns=8, max_buckets=4)   # 480 + 256
-    assert could_pay(num_rows=32, prompt_columns=7, completion_columns=40, max_buckets=4)      # 1504 + 256
+    assert not could_pay(num_rows=32, prompt_columns=7, completion_columns=8, max_buckets=4)  # 480 + 256
+    assert could_pay(num_rows=32, prompt_columns=7, completion_columns=40, max_buckets=4)  # 1504 + 256
     assert not could_pay(num_rows=32, prompt_columns=7, completion_columns=40, max_buckets=1)
     assert not could_pay(num_rows=1, prompt_columns=7, completion_columns=4000, max_buckets=4)
 
@@ -120,8 +120,11 @@ def test_sharded_strategies_score_one_block_and_refuse_an_explicit_split(compose
     model = f"model.name_or_path={random_arith_dir}"
     assert to_train_config(compose_config(model)).model.length_buckets == 4
     assert to_train_config(compose_config(model, "trainer.strategy=fsdp")).model.length_buckets == 1
-    with pytest.raises(ConfigError, match=r"model.length_buckets=4 with trainer.strategy=deepspeed_stage_3.*same "
-                                          r"forward"):
+    with pytest.raises(
+        ConfigError,
+        match=r"model.length_buckets=4 with trainer.strategy=deepspeed_stage_3.*same "
+        r"forward",
+    ):
         to_train_config(compose_config(model, "trainer.strategy=deepspeed_stage_3", "model.length_buckets=4"))
     # ZeRO-2 keeps whole weights on every process: its forward calls are its own.
     assert to_train_config(compose_config(model, "trainer.strategy=deepspeed_stage_2")).model.length_buckets == 4

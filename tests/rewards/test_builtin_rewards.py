@@ -5,30 +5,33 @@ from __future__ import annotations
 import pytest
 import torch
 
-from grpo_lightning.config import ConfigError, RewardConfig, RewardFunctionConfig
 from grpo_lightning.algo.pass_at_k import pass_at_k
+from grpo_lightning.config import ConfigError, RewardConfig, RewardFunctionConfig
 from grpo_lightning.rewards import WeightedReward, format_reward, length_penalty, math_answer
 from grpo_lightning.rewards.math import final_answer, parse_number
 
 
-@pytest.mark.parametrize("completion, reference, expected", [
-    ("Natalia sold 48 + 24 = 72 clips. #### 72", "She sold 48/2 = 24 in May. #### 72", 1.0),  # GSM8K both sides
-    ("The answer is \\boxed{72}.", "72", 1.0),
-    ("\\boxed{\\frac{3}{4}}", "0.75", 1.0),
-    ("So x = \\boxed{-12}", "#### -12", 1.0),
-    ("It costs $1,234.", "1234", 1.0),                      # commas and currency
-    ("total: 1,234,567", "#### 1234567", 1.0),
-    ("The temperature is -3 degrees", "-3", 1.0),            # last number, negative
-    ("<think>2+2</think><answer> 4 </answer>", "4", 1.0),
-    ("First 10, then 20, finally 30.", "30", 1.0),
-    ("First 10, then 20, finally 30.", "20", 0.0),           # only the final number counts
-    ("I think it is 41", "42", 0.0),
-    ("no number at all", "42", 0.0),                          # malformed completions
-    ("\\boxed{", "42", 0.0),
-    ("#### ", "42", 0.0),
-    ("", "42", 0.0),
-    ("\\boxed{x^2}", "x^2", 1.0),                             # a non-numeric reference compares as text
-])
+@pytest.mark.parametrize(
+    "completion, reference, expected",
+    [
+        ("Natalia sold 48 + 24 = 72 clips. #### 72", "She sold 48/2 = 24 in May. #### 72", 1.0),  # GSM8K both sides
+        ("The answer is \\boxed{72}.", "72", 1.0),
+        ("\\boxed{\\frac{3}{4}}", "0.75", 1.0),
+        ("So x = \\boxed{-12}", "#### -12", 1.0),
+        ("It costs $1,234.", "1234", 1.0),  # commas and currency
+        ("total: 1,234,567", "#### 1234567", 1.0),
+        ("The temperature is -3 degrees", "-3", 1.0),  # last number, negative
+        ("<think>2+2</think><answer> 4 </answer>", "4", 1.0),
+        ("First 10, then 20, finally 30.", "30", 1.0),
+        ("First 10, then 20, finally 30.", "20", 0.0),  # only the final number counts
+        ("I think it is 41", "42", 0.0),
+        ("no number at all", "42", 0.0),  # malformed completions
+        ("\\boxed{", "42", 0.0),
+        ("#### ", "42", 0.0),
+        ("", "42", 0.0),
+        ("\\boxed{x^2}", "x^2", 1.0),  # a non-numeric reference compares as text
+    ],
+)
 def test_math_answer(completion, reference, expected):
     assert math_answer(["p"], [completion], answer=[reference]) == [expected]
 
@@ -45,8 +48,12 @@ def test_number_parsing_edge_cases():
 
 
 def test_format_reward_default_and_custom_pattern():
-    completions = ["<think>\nstep\n</think>\n<answer>7</answer>\n", "<answer>7</answer><think>x</think>",
-                   "<think>x</think>", "no tags"]
+    completions = [
+        "<think>\nstep\n</think>\n<answer>7</answer>\n",
+        "<answer>7</answer><think>x</think>",
+        "<think>x</think>",
+        "no tags",
+    ]
     assert format_reward(["p"] * 4, completions) == [1.0, 0.0, 0.0, 0.0]
     assert format_reward(["p", "p"], ["#### 7", "7"], pattern=r".*#### -?\d+") == [1.0, 0.0]
 
@@ -56,8 +63,14 @@ def test_length_penalty_is_dapo_soft_overlong_in_chars_and_tokens(random_arith_d
     texts = ["1" * n for n in (3, 4, 5, 6, 8, 9)]
     assert length_penalty(["p"] * 6, texts, max_length=8, cache_length=4) == [0.0, 0.0, -0.25, -0.5, -1.0, -1.0]
     # The char tokenizer gives one token per character (no BOS: add_special_tokens=False).
-    assert length_penalty(["p"] * 6, texts, max_length=8, cache_length=4, tokenizer=str(random_arith_dir)) == \
-        [0.0, 0.0, -0.25, -0.5, -1.0, -1.0]
+    assert length_penalty(["p"] * 6, texts, max_length=8, cache_length=4, tokenizer=str(random_arith_dir)) == [
+        0.0,
+        0.0,
+        -0.25,
+        -0.5,
+        -1.0,
+        -1.0,
+    ]
     with pytest.raises(ValueError, match="cache_length"):
         length_penalty(["p"], ["x"], max_length=4, cache_length=8)
 
@@ -69,9 +82,17 @@ def reward_model_dir(tmp_path_factory):
     from grpo_lightning.data.tasks.arithmetic import build_tokenizer
 
     tokenizer = build_tokenizer()
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2, num_labels=1,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     torch.manual_seed(0)
     directory = tmp_path_factory.mktemp("rm")
     LlamaForSequenceClassification(config).save_pretrained(directory)
@@ -88,9 +109,10 @@ def test_reward_model_scores_in_batches_without_grad(reward_model_dir):
     scores = RewardModel(str(reward_model_dir), batch_size=2)(prompts, completions)
     model = AutoModelForSequenceClassification.from_pretrained(reward_model_dir)
     tokenizer = AutoTokenizer.from_pretrained(reward_model_dir)
-    expected = [model(**tokenizer([p + c], return_tensors="pt")).logits[0, 0].item()
-                for p, c in zip(prompts, completions)]
-    assert scores == pytest.approx(expected, abs=1e-5)   # padding inside a batch does not change a score
+    expected = [
+        model(**tokenizer([p + c], return_tensors="pt")).logits[0, 0].item() for p, c in zip(prompts, completions)
+    ]
+    assert scores == pytest.approx(expected, abs=1e-5)  # padding inside a batch does not change a score
     with pytest.raises(ConfigError, match="label=3"):
         RewardModel(str(reward_model_dir), label=3)
     with pytest.raises(ConfigError, match="no config.json"):
@@ -98,16 +120,24 @@ def test_reward_model_scores_in_batches_without_grad(reward_model_dir):
 
 
 def test_reward_model_from_config_weighted_with_rules(reward_model_dir):
-    cfg = RewardConfig(functions={
-        "rm": RewardFunctionConfig(fn="grpo_lightning.rewards.reward_model.RewardModel", weight=0.5,
-                                   kwargs={"name_or_path": str(reward_model_dir)}),
-        "math": RewardFunctionConfig(fn="grpo_lightning.rewards.math.math_answer", weight=1.0),
-    })
+    cfg = RewardConfig(
+        functions={
+            "rm": RewardFunctionConfig(
+                fn="grpo_lightning.rewards.reward_model.RewardModel",
+                weight=0.5,
+                kwargs={"name_or_path": str(reward_model_dir)},
+            ),
+            "math": RewardFunctionConfig(fn="grpo_lightning.rewards.math.math_answer", weight=1.0),
+        }
+    )
     reward = WeightedReward.from_config(cfg)
     scores = reward(["1+2=", "2+2="], ["3", "5"], {"answer": ["3", "4"]})
     torch.testing.assert_close(scores.total, 0.5 * scores.per_function["rm"] + torch.tensor([1.0, 0.0]))
-    bad = RewardConfig(functions={"rm": RewardFunctionConfig(fn="grpo_lightning.rewards.reward_model.RewardModel",
-                                                             kwargs={"path": "x"})})
+    bad = RewardConfig(
+        functions={
+            "rm": RewardFunctionConfig(fn="grpo_lightning.rewards.reward_model.RewardModel", kwargs={"path": "x"})
+        }
+    )
     with pytest.raises(ConfigError, match="reward.functions.rm.kwargs"):
         WeightedReward.from_config(bad)
 
@@ -126,7 +156,7 @@ def test_weighted_reward_moves_model_rewards_to_the_device():
     reward(["p"], ["c"], {}, device="cpu")
     reward(["p"], ["c"], {}, device="meta")
     reward(["p"], ["c"], {}, device="meta")
-    assert moved == [torch.device("meta")]   # cpu is where it starts; moved once, not per call
+    assert moved == [torch.device("meta")]  # cpu is where it starts; moved once, not per call
 
 
 def test_pass_at_k_hand_computed():

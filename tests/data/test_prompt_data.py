@@ -38,7 +38,7 @@ def test_every_file_format_gives_the_same_rows(tmp_path, suffix):
     train, val = load_splits(DataConfig(path=str(path), prompt_key="q", answer_key="sol", val_fraction=0.25))
     assert len(train) == 15 and len(val) == 5
     assert sorted(r["q"] for r in train + val) == sorted(r["q"] for r in ROWS)
-    assert set(train[0]) == {"q", "answer", "level"}      # answer_key renamed, other columns kept
+    assert set(train[0]) == {"q", "answer", "level"}  # answer_key renamed, other columns kept
     assert {r["q"] for r in train}.isdisjoint(r["q"] for r in val)
 
 
@@ -48,16 +48,18 @@ def test_shuffle_follows_the_seed_and_val_path_is_used(tmp_path):
     assert load_splits(cfg, seed=1) == load_splits(cfg, seed=1)
     assert load_splits(cfg, seed=1)[0] != load_splits(cfg, seed=2)[0]
     val_path = _write(tmp_path / "v.csv", ROWS[:3])
-    data = PromptDataModule.from_config(DataConfig(path=str(path), prompt_key="q", val_path=str(val_path),
-                                                   max_val_prompts=2, batch_size=4))
+    data = PromptDataModule.from_config(
+        DataConfig(path=str(path), prompt_key="q", val_path=str(val_path), max_val_prompts=2, batch_size=4)
+    )
     assert len(data.train_rows) == 20 and len(data.val_rows) == 2
 
 
 def test_dataset_directory_with_named_splits(tmp_path):
     import datasets
 
-    datasets.DatasetDict({"train": datasets.Dataset.from_list(ROWS[:12]),
-                          "test": datasets.Dataset.from_list(ROWS[12:])}).save_to_disk(str(tmp_path / "ds"))
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list(ROWS[:12]), "test": datasets.Dataset.from_list(ROWS[12:])}
+    ).save_to_disk(str(tmp_path / "ds"))
     train, val = load_splits(DataConfig(path=str(tmp_path / "ds"), val_split="test", answer_key="sol"))
     assert len(train) == 12 and len(val) == 8 and "answer" in val[0]
     with pytest.raises(ConfigError, match="data.split='dev'"):
@@ -88,7 +90,7 @@ def test_data_config_errors_at_load(compose_config, tmp_path):
     from grpo_lightning.config import to_train_config
 
     base = ["model.name_or_path=/x", "data=jsonl"]
-    with pytest.raises(ConfigError, match="data.path"):   # data=jsonl leaves path missing
+    with pytest.raises(ConfigError, match="data.path"):  # data=jsonl leaves path missing
         to_train_config(compose_config(*base, "data.path=null"))
     with pytest.raises(ConfigError, match="data.overlong_prompts"):
         to_train_config(compose_config(*base, "data.path=a.jsonl", "data.overlong_prompts=cut"))
@@ -108,7 +110,7 @@ def test_data_config_errors_at_load(compose_config, tmp_path):
 
 def test_plain_prompts_are_unchanged_and_length_limit_drops_with_a_logged_count(caplog):
     rows = [{"prompt": "1+1="}, {"prompt": "11+11="}, {"prompt": "111+111="}]
-    formatter = PromptFormatter(build_tokenizer(), max_length=7)   # <bos> + 6 characters
+    formatter = PromptFormatter(build_tokenizer(), max_length=7)  # <bos> + 6 characters
     with caplog.at_level(logging.WARNING, logger="grpo_lightning.data.formatting"):
         kept = formatter.prepare(rows, "train")
     assert [r["prompt"] for r in kept] == ["1+1=", "11+11="]
@@ -125,15 +127,17 @@ def test_truncation_keeps_the_end_of_the_prompt():
 
 def _chat_tokenizer():
     tokenizer = build_tokenizer()
-    tokenizer.chat_template = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}="
-                               "{% else %}{{ m['content'] }}{% endif %}{% endfor %}"
-                               "{% if add_generation_prompt %}={% endif %}")
+    tokenizer.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}="
+        "{% else %}{{ m['content'] }}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}={% endif %}"
+    )
     return tokenizer
 
 
 def test_chat_template_system_prompt_and_message_lists():
     formatter = PromptFormatter(_chat_tokenizer(), apply_chat_template=True, system_prompt="9")
-    assert not formatter.add_special_tokens      # the template writes its own special tokens
+    assert not formatter.add_special_tokens  # the template writes its own special tokens
     rows = [{"prompt": "1+2", "answer": "3"}, {"prompt": [{"role": "user", "content": "4+5"}], "answer": "9"}]
     assert [r["prompt"] for r in formatter.prepare(rows, "train")] == ["9=1+2=", "9=4+5="]
     with pytest.raises(ConfigError, match="apply_chat_template=true"):
@@ -148,6 +152,6 @@ def test_templated_prompts_are_encoded_without_a_second_bos(arith_policy):
     bos = arith_policy.tokenizer.bos_token_id
     ids, _ = arith_policy.encode_prompts(["1+2="])
     assert ids[0, 0].item() == bos
-    arith_policy.add_special_tokens = False   # what train() sets after a chat template
+    arith_policy.add_special_tokens = False  # what train() sets after a chat template
     ids, mask = arith_policy.encode_prompts(["1+2="])
     assert bos not in ids[0].tolist() and mask.sum().item() == 4

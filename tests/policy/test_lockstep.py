@@ -12,10 +12,10 @@ from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStr
 
 import grpo_lightning.policy.scoring.buckets as buckets_module
 from grpo_lightning.config import ConfigError, GenerationConfig
-from grpo_lightning.policy.generation.loop import sample_with_kv_cache
-from grpo_lightning.policy.scoring.logprobs import completion_token_scores_from_hidden
 from grpo_lightning.module import GRPOModule
 from grpo_lightning.policy.base import SamplingParams
+from grpo_lightning.policy.generation.loop import sample_with_kv_cache
+from grpo_lightning.policy.scoring.logprobs import completion_token_scores_from_hidden
 from grpo_lightning.rewards import WeightedReward
 from grpo_lightning.types import TokenBatch
 
@@ -30,27 +30,36 @@ def test_decoding_goes_on_until_every_process_is_done(arith_policy, votes):
     policy = arith_policy
     model = policy.model.eval()
     prompt_ids, prompt_mask = policy.encode_prompts(["12+34=", "5+6="])
-    every_token = list(range(len(policy.tokenizer)))       # every row ends at its first token
+    every_token = list(range(len(policy.tokenizer)))  # every row ends at its first token
     pad = policy.tokenizer.pad_token_id
     calls = _count_calls(model)
-    alone = sample_with_kv_cache(model, prompt_ids, prompt_mask, max_new_tokens=6, eos_token_ids=every_token,
-                                 pad_token_id=pad)
+    alone = sample_with_kv_cache(
+        model, prompt_ids, prompt_mask, max_new_tokens=6, eos_token_ids=every_token, pad_token_id=pad
+    )
     assert alone.shape == (2, 1) and len(calls) == 1
     calls.clear()
-    vote = votes([False, False, True])                      # another process needs two more tokens
-    waiting = sample_with_kv_cache(model, prompt_ids, prompt_mask, max_new_tokens=6, eos_token_ids=every_token,
-                                   pad_token_id=pad, lockstep=vote)
+    vote = votes([False, False, True])  # another process needs two more tokens
+    waiting = sample_with_kv_cache(
+        model, prompt_ids, prompt_mask, max_new_tokens=6, eos_token_ids=every_token, pad_token_id=pad, lockstep=vote
+    )
     assert len(calls) == 3 and vote.asked == [True, True, True]
     assert waiting.shape == (2, 3) and (waiting[:, 1:] == pad).all()
     calls.clear()
-    never = sample_with_kv_cache(model, prompt_ids, prompt_mask, max_new_tokens=4, eos_token_ids=every_token,
-                                 pad_token_id=pad, lockstep=votes([False] * 10))
-    assert never.shape == (2, 4) and len(calls) == 4       # max_new_tokens still bounds it, without a vote
+    never = sample_with_kv_cache(
+        model,
+        prompt_ids,
+        prompt_mask,
+        max_new_tokens=4,
+        eos_token_ids=every_token,
+        pad_token_id=pad,
+        lockstep=votes([False] * 10),
+    )
+    assert never.shape == (2, 4) and len(calls) == 4  # max_new_tokens still bounds it, without a vote
 
 
 def test_scoring_makes_the_shared_prompt_calls_even_when_no_prompt_repeats(arith_policy):
     model = arith_policy.model
-    prompt_ids, prompt_mask = arith_policy.encode_prompts(["12+34=", "5+6=", "7+8="])    # all distinct
+    prompt_ids, prompt_mask = arith_policy.encode_prompts(["12+34=", "5+6=", "7+8="])  # all distinct
     torch.manual_seed(0)
     completion_ids = torch.randint(3, 14, (3, 4))
     completion_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]])
@@ -59,8 +68,15 @@ def test_scoring_makes_the_shared_prompt_calls_even_when_no_prompt_repeats(arith
     for same_calls in (False, True):
         calls.clear()
         results[same_calls] = completion_token_scores_from_hidden(
-            model, prompt_ids, prompt_mask, completion_ids, completion_mask, with_entropy=True,
-            share_prompts=True, same_calls=same_calls)
+            model,
+            prompt_ids,
+            prompt_mask,
+            completion_ids,
+            completion_mask,
+            with_entropy=True,
+            share_prompts=True,
+            same_calls=same_calls,
+        )
         assert len(calls) == (2 if same_calls else 1)
     for alone, together in zip(results[False], results[True]):
         torch.testing.assert_close(together * completion_mask, alone * completion_mask, rtol=1e-5, atol=1e-5)
@@ -79,8 +95,11 @@ def test_lockstep_scores_one_block(arith_policy, monkeypatch, votes):
 
 
 def _module_on(strategy, world_size: int, arith_policy, backend: str = "auto") -> GRPOModule:
-    module = GRPOModule(arith_policy, WeightedReward({"one": (lambda p, c, **_: [1.0] * len(c), 1.0)}),
-                        generation=GenerationConfig(backend=backend))
+    module = GRPOModule(
+        arith_policy,
+        WeightedReward({"one": (lambda p, c, **_: [1.0] * len(c), 1.0)}),
+        generation=GenerationConfig(backend=backend),
+    )
     module._trainer = SimpleNamespace(strategy=strategy, world_size=world_size)
     return module
 
@@ -102,14 +121,14 @@ def test_setup_turns_lockstep_on_for_sharded_weights_only(arith_policy):
     module = _module_on(strategy, 2, arith_policy)
     module.setup("fit")
     assert arith_policy.lockstep(False) is False and arith_policy.lockstep(True) is True
-    assert strategy.votes == [(False, True), (True, True)]       # "all processes", not "any"
+    assert strategy.votes == [(False, True), (True, True)]  # "all processes", not "any"
     module.teardown("fit")
-    assert arith_policy.lockstep is None                        # sampling after fit votes no more
-    _module_on(FSDPStrategy(), 1, arith_policy).setup("fit")     # one process: nothing to agree on
+    assert arith_policy.lockstep is None  # sampling after fit votes no more
+    _module_on(FSDPStrategy(), 1, arith_policy).setup("fit")  # one process: nothing to agree on
     assert arith_policy.lockstep is None
-    _module_on(DDPStrategy(), 2, arith_policy).setup("fit")      # DDP: forward calls are not collective
+    _module_on(DDPStrategy(), 2, arith_policy).setup("fit")  # DDP: forward calls are not collective
     assert arith_policy.lockstep is None
-    _module_on(_deepspeed(stage=2), 2, arith_policy).setup("fit")   # ZeRO-2 keeps whole weights
+    _module_on(_deepspeed(stage=2), 2, arith_policy).setup("fit")  # ZeRO-2 keeps whole weights
     assert arith_policy.lockstep is None
     _module_on(_deepspeed(stage=3), 2, arith_policy).setup("fit")
     assert arith_policy.lockstep is not None
@@ -121,6 +140,9 @@ def _deepspeed(stage: int) -> DeepSpeedStrategy:
     strategy = DeepSpeedStrategy.__new__(DeepSpeedStrategy)
     strategy.config = {"zero_optimization": {"stage": stage}}
     return strategy
+
+
+def test_vllm_is_refused_under_sharded_weights(arith_policy):
     with pytest.raises(ConfigError, match="generation.backend=vllm with FSDPStrategy: the weights are sharded"):
         _module_on(FSDPStrategy(), 2, arith_policy, backend="vllm").setup("fit")
 
@@ -135,7 +157,7 @@ def test_generate_backend_is_told_to_sync(arith_policy, monkeypatch, votes):
     monkeypatch.setattr(arith_policy.model, "generate", generate)
     prompt_ids, prompt_mask = arith_policy.encode_prompts(["1+2="])
     arith_policy.sample(prompt_ids, prompt_mask, SamplingParams(max_new_tokens=2, backend="hf"))
-    assert seen["synced_gpus"] is None                          # generate's own FSDP / ZeRO-3 detection
+    assert seen["synced_gpus"] is None  # generate's own FSDP / ZeRO-3 detection
     arith_policy.lockstep = votes([])
     arith_policy.sample(prompt_ids, prompt_mask, SamplingParams(max_new_tokens=2, backend="hf"))
     assert seen["synced_gpus"] is True
@@ -145,10 +167,10 @@ def test_generate_backend_is_told_to_sync(arith_policy, monkeypatch, votes):
 def test_every_process_gets_as_many_validation_batches_under_sharded_weights(strategy, expected):
     from grpo_lightning.data.datamodule import PromptDataModule
 
-    rows = [{"prompt": f"{i}+1=", "answer": str(i + 1)} for i in range(9)]     # 5 + 4 over 2 processes
+    rows = [{"prompt": f"{i}+1=", "answer": str(i + 1)} for i in range(9)]  # 5 + 4 over 2 processes
     datamodule = PromptDataModule(rows, rows, batch_size=2, val_batch_size=4)
     batches = []
     for rank in (0, 1):
         datamodule.trainer = SimpleNamespace(global_rank=rank, world_size=2, strategy=strategy())
         batches.append(len(datamodule.val_dataloader()))
-    assert batches == expected      # FSDP: 8 of the 9 prompts, 4 each; DDP keeps all 9 (its forwards are local)
+    assert batches == expected  # FSDP: 8 of the 9 prompts, 4 each; DDP keeps all 9 (its forwards are local)

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
-BAD_INPUTS = '''
+BAD_INPUTS = """
 def raises(prompts, completions, **columns):
     return [1.0 / 0 for _ in completions]
 
@@ -27,10 +27,15 @@ def empty_train(**kwargs):
 def overflow(prompts, completions, **columns):
     # finite rewards whose group mean overflows float32: non-finite advantages and loss
     return [3e38 if i % 2 == 0 else 0.0 for i in range(len(completions))]
-'''
+"""
 
-SMALL = ["trainer.max_steps=2", "trainer.enable_progress_bar=false", "data.batch_size=2",
-         "validate_before_training=false", "trainer.val_every_n_steps=100"]
+SMALL = [
+    "trainer.max_steps=2",
+    "trainer.enable_progress_bar=false",
+    "data.batch_size=2",
+    "validate_before_training=false",
+    "trainer.val_every_n_steps=100",
+]
 
 # (overrides, expected exit code, text the message must contain)
 CASES = {
@@ -42,10 +47,17 @@ CASES = {
     "batch does not divide": (["algorithm.mini_batch_size=5"], 2, "algorithm.mini_batch_size=5 must divide"),
     "clip range": (["algorithm.clip_range=-0.2"], 2, "algorithm.clip_range must be > 0"),
     "no new tokens": (["generation.max_new_tokens=0"], 2, "generation.max_new_tokens must be >= 1"),
-    "empty log-prob chunks": (["model.logprob_chunk_size=0"], 2,
-                              "model.logprob_chunk_size must be >= 1 or null for automatic (got 0)"),
+    "empty log-prob chunks": (
+        ["model.logprob_chunk_size=0"],
+        2,
+        "model.logprob_chunk_size must be >= 1 or null for automatic (got 0)",
+    ),
     "unknown algorithm": (["algorithm=nope"], 1, "Could not find 'algorithm/nope'"),
-    "unknown estimator": (["algorithm.adv_estimator=nope"], 2, "algorithm.adv_estimator='nope' is unknown; choose one of ["),
+    "unknown estimator": (
+        ["algorithm.adv_estimator=nope"],
+        2,
+        "algorithm.adv_estimator='nope' is unknown; choose one of [",
+    ),
     "unknown non-finite policy": (["reward.non_finite=ignore"], 2, "reward.non_finite='ignore' is unknown"),
     "missing checkpoint": (["ckpt_path=missing.ckpt"], 2, "ckpt_path='missing.ckpt' is not a file"),
     "infinite learning rate": (["optim.lr=inf"], 2, "optim.lr must be a finite number (got inf)"),
@@ -53,20 +65,35 @@ CASES = {
     # data
     "data builder does not resolve": (["data.builder=nowhere.load"], 2, "data.builder='nowhere.load' does not resolve"),
     "missing prompt column": (["data.prompt_key=question"], 2, "columns found: ['answer', 'prompt']"),
-    "builder rejects its arguments": (["data.builder_kwargs.num_val=0"], 2,
-                                      "data.builder_kwargs={'num_val': 0}: ValueError: num_val must be"),
+    "builder rejects its arguments": (
+        ["data.builder_kwargs.num_val=0"],
+        2,
+        "data.builder_kwargs={'num_val': 0}: ValueError: num_val must be",
+    ),
     "empty split": (["data.builder=bad_inputs.empty_train"], 2, "the train split is empty"),
     # rewards
-    "reward does not resolve": (["reward.functions.correct.fn=nowhere.reward"], 2,
-                                "reward.functions.correct.fn='nowhere.reward' does not resolve"),
-    "reward raises": (["reward.functions.correct.fn=bad_inputs.raises"], 2,
-                      "reward function 'correct' raised ZeroDivisionError"),
-    "reward count": (["reward.functions.correct.fn=bad_inputs.too_few"], 2,
-                     "returned 7 values for 8 completions"),
+    "reward does not resolve": (
+        ["reward.functions.correct.fn=nowhere.reward"],
+        2,
+        "reward.functions.correct.fn='nowhere.reward' does not resolve",
+    ),
+    "reward raises": (
+        ["reward.functions.correct.fn=bad_inputs.raises"],
+        2,
+        "reward function 'correct' raised ZeroDivisionError",
+    ),
+    "reward count": (["reward.functions.correct.fn=bad_inputs.too_few"], 2, "returned 7 values for 8 completions"),
     "reward nan": (["reward.functions.correct.fn=bad_inputs.nan"], 2, "returned nan for prompt"),
     # numerics
-    "non-finite loss": (["reward.functions.correct.fn=bad_inputs.overflow", "algorithm.normalize_by_std=false",
-                         "algorithm.max_consecutive_skips=0"], 2, "consecutive updates had a non-finite"),
+    "non-finite loss": (
+        [
+            "reward.functions.correct.fn=bad_inputs.overflow",
+            "algorithm.normalize_by_std=false",
+            "algorithm.max_consecutive_skips=0",
+        ],
+        2,
+        "consecutive updates had a non-finite",
+    ),
 }
 
 
@@ -81,12 +108,27 @@ def helpers_dir(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_fails_with_a_message(case, helpers_dir, random_arith_dir, tmp_path):
     overrides, code, message = CASES[case]
-    env = dict(os.environ, WANDB_MODE="offline", HF_HUB_OFFLINE="1",
-               PYTHONPATH=os.pathsep.join([str(helpers_dir), str(REPO), os.environ.get("PYTHONPATH", "")]))
-    args = [f"output_dir={tmp_path}", f"model.name_or_path={random_arith_dir}", "algorithm.group_size=4", *SMALL,
-            *overrides]
-    result = subprocess.run([sys.executable, "-m", "grpo_lightning.run.train", *args], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=300)
+    env = dict(
+        os.environ,
+        WANDB_MODE="offline",
+        HF_HUB_OFFLINE="1",
+        PYTHONPATH=os.pathsep.join([str(helpers_dir), str(REPO), os.environ.get("PYTHONPATH", "")]),
+    )
+    args = [
+        f"output_dir={tmp_path}",
+        f"model.name_or_path={random_arith_dir}",
+        "algorithm.group_size=4",
+        *SMALL,
+        *overrides,
+    ]
+    result = subprocess.run(
+        [sys.executable, "-m", "grpo_lightning.run.train", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == code, result.stderr[-3000:]
     assert message in result.stderr, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
@@ -102,17 +144,32 @@ JSONL_CONFIG = REPO / "conf" / "data" / "jsonl.yaml"
 @pytest.mark.parametrize("case", ["missing file", "malformed line", "missing column"])
 def test_bad_jsonl_fails_with_file_and_line(case, random_arith_dir, tmp_path):
     path = tmp_path / "prompts.jsonl"
-    lines = {"missing file": None,
-             "malformed line": ['{"prompt": "1+1=", "answer": "2"}'] * 2 + ['{"prompt": "2+2=", "answer": '],
-             "missing column": ['{"question": "1+1=", "answer": "2"}'] * 4}[case]
+    lines = {
+        "missing file": None,
+        "malformed line": ['{"prompt": "1+1=", "answer": "2"}'] * 2 + ['{"prompt": "2+2=", "answer": '],
+        "missing column": ['{"question": "1+1=", "answer": "2"}'] * 4,
+    }[case]
     if lines is not None:
         path.write_text("\n".join(lines) + "\n")
-    expected = {"missing file": str(path), "malformed line": f"data.path='{path}', line 3: not valid JSON",
-                "missing column": "question"}[case]
-    args = [f"output_dir={tmp_path}/run", f"model.name_or_path={random_arith_dir}", "data=jsonl",
-            f"data.path={path}", *SMALL]
-    result = subprocess.run([sys.executable, "-m", "grpo_lightning.run.train", *args], cwd=tmp_path,
-                            env=dict(os.environ, WANDB_MODE="offline", HF_HUB_OFFLINE="1"),
-                            capture_output=True, text=True, timeout=300)
+    expected = {
+        "missing file": str(path),
+        "malformed line": f"data.path='{path}', line 3: not valid JSON",
+        "missing column": "question",
+    }[case]
+    args = [
+        f"output_dir={tmp_path}/run",
+        f"model.name_or_path={random_arith_dir}",
+        "data=jsonl",
+        f"data.path={path}",
+        *SMALL,
+    ]
+    result = subprocess.run(
+        [sys.executable, "-m", "grpo_lightning.run.train", *args],
+        cwd=tmp_path,
+        env=dict(os.environ, WANDB_MODE="offline", HF_HUB_OFFLINE="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode != 0
     assert expected in result.stderr and "Traceback" not in result.stderr, result.stderr[-3000:]

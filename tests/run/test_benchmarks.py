@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 import bench_vs_trl  # noqa: E402
 
@@ -30,8 +30,9 @@ def test_mfu_is_achieved_over_peak():
     args = argparse.Namespace(peak_tflops=4.0, device="cpu", precision="fp32")
     figures = bench_vs_trl._update_figures([[0.5, 1e12], [0.25, 1e12], [1.0, 1e12]], args)
     assert figures == {"update_s": 0.5, "update_tflops": 2.0, "update_mfu": 0.5}
-    assert "update_mfu" not in bench_vs_trl._update_figures([[0.5, 1e12]], argparse.Namespace(
-        peak_tflops=None, device="cpu", precision="fp32"))
+    assert "update_mfu" not in bench_vs_trl._update_figures(
+        [[0.5, 1e12]], argparse.Namespace(peak_tflops=None, device="cpu", precision="fp32")
+    )
 
 
 def test_phase_timers_label_each_call_and_keep_the_result():
@@ -40,8 +41,9 @@ def test_phase_timers_label_each_call_and_keep_the_result():
             return batch * 2
 
     times = {"reference log-probs": [], "policy forward": []}
-    bench_vs_trl._wrap_timed(Scorer, "score", lambda _, kwargs: "reference log-probs" if kwargs.get("reference")
-                             else "policy forward", times)
+    bench_vs_trl._wrap_timed(
+        Scorer, "score", lambda _, kwargs: "reference log-probs" if kwargs.get("reference") else "policy forward", times
+    )
     assert Scorer().score(3, reference=True) == 6 and Scorer().score(4) == 8
     assert [len(times["reference log-probs"]), len(times["policy forward"])] == [1, 1]
     assert all(t >= 0 for calls in times.values() for t in calls)
@@ -60,8 +62,9 @@ def test_scaling_sweep_hands_the_worker_every_argument_it_reads(monkeypatch, tmp
 
     monkeypatch.setattr(bench_vs_trl.subprocess, "run", fake_run)
     sweep = argparse.Namespace(threads=1, device="cpu", precision="fp32", warmup=2, steps=8)
-    bench_vs_trl._run_worker("ours", 8, bench_scaling.worker_arguments(sweep, ["algorithm.group_size=8"]),
-                             tmp_path / "model", tmp_path)
+    bench_vs_trl._run_worker(
+        "ours", 8, bench_scaling.worker_arguments(sweep, ["algorithm.group_size=8"]), tmp_path / "model", tmp_path
+    )
     (command,) = commands
     assert "--ours-override=algorithm.group_size=8" in command
     assert command[command.index("--warmup") + 1] == "2" and command[command.index("--prompt-tokens") + 1] == "0"

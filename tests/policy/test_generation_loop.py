@@ -6,23 +6,33 @@ from transformers import GenerationConfig
 
 import grpo_lightning.policy.generation.loop as generation_loop
 from grpo_lightning.policy.base import SamplingParams
-from grpo_lightning.policy.generation.loop import LOOP_MODEL_TYPES, draw_tokens, filter_logits, inverse_cdf, sample_with_kv_cache, supports_generation_loop
+from grpo_lightning.policy.generation.loop import (
+    LOOP_MODEL_TYPES,
+    draw_tokens,
+    filter_logits,
+    inverse_cdf,
+    sample_with_kv_cache,
+    supports_generation_loop,
+)
 
 
 @pytest.fixture
 def multinomial_draw(monkeypatch):
     """The loop drawing as generate does, so that the same seed gives the same tokens."""
-    monkeypatch.setattr(generation_loop, "draw_tokens",
-                        lambda scores: torch.multinomial(scores.softmax(dim=-1), 1).squeeze(1))
+    monkeypatch.setattr(
+        generation_loop, "draw_tokens", lambda scores: torch.multinomial(scores.softmax(dim=-1), 1).squeeze(1)
+    )
 
 
 def test_inverse_cdf_by_hand():
     probs = torch.tensor([[0.0, 0.5, 0.0, 0.5], [0.2, 0.3, 0.5, 0.0]])
     # target = (1 - u) * total; the first token whose cumulative probability reaches it
-    for uniform, expected in [((0.0, 0.0), (3, 2)),              # target = total: the last token with mass
-                              ((0.5, 0.5), (1, 1)),              # 0.5 reaches token 1's bucket end exactly
-                              ((0.6, 0.85), (1, 0)),
-                              ((1 - 1e-12, 1 - 1e-12), (1, 0))]:  # target just above 0: never a zero token
+    for uniform, expected in [
+        ((0.0, 0.0), (3, 2)),  # target = total: the last token with mass
+        ((0.5, 0.5), (1, 1)),  # 0.5 reaches token 1's bucket end exactly
+        ((0.6, 0.85), (1, 0)),
+        ((1 - 1e-12, 1 - 1e-12), (1, 0)),
+    ]:  # target just above 0: never a zero token
         drawn = inverse_cdf(probs.double().cumsum(dim=-1), torch.tensor(uniform, dtype=torch.float64))
         assert drawn.tolist() == list(expected), uniform
 
@@ -31,7 +41,7 @@ def test_draw_tokens_follows_each_rows_distribution():
     torch.manual_seed(0)
     probs = torch.tensor([[0.1, 0.2, 0.3, 0.4, 0.0], [0.0, 0.0, 0.9, 0.0, 0.1]])
     draws = 50_000
-    tokens = draw_tokens(probs.log().repeat(draws, 1)).view(draws, 2)          # [draws, 2]; log 0 = -inf
+    tokens = draw_tokens(probs.log().repeat(draws, 1)).view(draws, 2)  # [draws, 2]; log 0 = -inf
     for row in range(2):
         frequency = torch.bincount(tokens[:, row], minlength=5).double() / draws
         sigma = (probs[row].double() * (1 - probs[row].double()) / draws).sqrt()
@@ -42,7 +52,7 @@ def test_draw_tokens_follows_each_rows_distribution():
 def test_draw_tokens_in_row_blocks_gives_the_same_tokens(monkeypatch):
     generator = torch.Generator().manual_seed(3)
     scores = torch.randn(7, 50, generator=generator)
-    scores[2, :45] = float("-inf")                                             # a filtered row
+    scores[2, :45] = float("-inf")  # a filtered row
     torch.manual_seed(0)
     whole = draw_tokens(scores)
     monkeypatch.setitem(generation_loop.DRAW_CHUNK_BYTES, "cpu", 3 * 50 * 8)  # blocks of 3, 3 and 1 rows
@@ -61,10 +71,17 @@ def test_non_finite_logits_stop_sampling_with_a_clear_error(arith_policy, do_sam
     saved = head.detach().clone()
     try:
         with torch.no_grad():
-            head[3] = float("nan")                        # one vocabulary row: every distribution is NaN
+            head[3] = float("nan")  # one vocabulary row: every distribution is NaN
         with pytest.raises(FloatingPointError, match=r"not finite .* in 2 of 2 rows at new token 1"):
-            sample_with_kv_cache(model, prompt_ids, prompt_mask, max_new_tokens=4, do_sample=do_sample,
-                                 eos_token_ids=policy.eos_token_ids, pad_token_id=policy.tokenizer.pad_token_id)
+            sample_with_kv_cache(
+                model,
+                prompt_ids,
+                prompt_mask,
+                max_new_tokens=4,
+                do_sample=do_sample,
+                eos_token_ids=policy.eos_token_ids,
+                pad_token_id=policy.tokenizer.pad_token_id,
+            )
     finally:
         with torch.no_grad():
             head.copy_(saved)
@@ -80,39 +97,60 @@ def test_filter_logits_by_hand():
     torch.testing.assert_close(filter_logits(logits, 2.0, 0, 1.0), logits / 2)
 
 
-@pytest.mark.parametrize("do_sample,top_k,top_p,temperature",
-                         [(True, 0, 1.0, 1.0), (True, 5, 0.9, 0.7), (False, 0, 1.0, 1.0)])
-def test_loop_matches_generate_for_the_same_seed(arith_policy, multinomial_draw, do_sample, top_k, top_p,
-                                                 temperature):
+@pytest.mark.parametrize(
+    "do_sample,top_k,top_p,temperature", [(True, 0, 1.0, 1.0), (True, 5, 0.9, 0.7), (False, 0, 1.0, 1.0)]
+)
+def test_loop_matches_generate_for_the_same_seed(arith_policy, multinomial_draw, do_sample, top_k, top_p, temperature):
     policy = arith_policy
     prompt_ids, prompt_mask = policy.encode_prompts(["12+34=", "5+6=", "78+9="])
     prompt_ids, prompt_mask = prompt_ids.repeat_interleave(4, 0), prompt_mask.repeat_interleave(4, 0)
     torch.manual_seed(3)
-    loop = sample_with_kv_cache(policy.model.eval(), prompt_ids, prompt_mask, max_new_tokens=6,
-                                eos_token_ids=policy.eos_token_ids, pad_token_id=policy.tokenizer.pad_token_id,
-                                do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p)
+    loop = sample_with_kv_cache(
+        policy.model.eval(),
+        prompt_ids,
+        prompt_mask,
+        max_new_tokens=6,
+        eos_token_ids=policy.eos_token_ids,
+        pad_token_id=policy.tokenizer.pad_token_id,
+        do_sample=do_sample,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+    )
     torch.manual_seed(3)
     generated = policy.model.generate(
-        input_ids=prompt_ids, attention_mask=prompt_mask,
-        generation_config=GenerationConfig(max_new_tokens=6, do_sample=do_sample,
-                                           temperature=temperature if do_sample else None,
-                                           top_k=top_k if do_sample else None, top_p=top_p if do_sample else None,
-                                           eos_token_id=policy.eos_token_ids,
-                                           pad_token_id=policy.tokenizer.pad_token_id))
-    torch.testing.assert_close(loop, generated[:, prompt_ids.size(1):], rtol=0, atol=0)
+        input_ids=prompt_ids,
+        attention_mask=prompt_mask,
+        generation_config=GenerationConfig(
+            max_new_tokens=6,
+            do_sample=do_sample,
+            temperature=temperature if do_sample else None,
+            top_k=top_k if do_sample else None,
+            top_p=top_p if do_sample else None,
+            eos_token_id=policy.eos_token_ids,
+            pad_token_id=policy.tokenizer.pad_token_id,
+        ),
+    )
+    torch.testing.assert_close(loop, generated[:, prompt_ids.size(1) :], rtol=0, atol=0)
 
 
 def test_loop_prefills_each_distinct_prompt_once(arith_policy):
     policy = arith_policy
-    prompt_ids, prompt_mask = policy.encode_prompts(["12+34=", "5+6=", "78+9="])           # [3, P]
+    prompt_ids, prompt_mask = policy.encode_prompts(["12+34=", "5+6=", "78+9="])  # [3, P]
     calls = []
     hook = policy.model.get_input_embeddings().register_forward_pre_hook(
-        lambda _, args: calls.append(tuple(args[0].shape)))
+        lambda _, args: calls.append(tuple(args[0].shape))
+    )
     for group_size in (4, 1):
         torch.manual_seed(0)
-        sample_with_kv_cache(policy.model.eval(), prompt_ids.repeat_interleave(group_size, 0),
-                             prompt_mask.repeat_interleave(group_size, 0), max_new_tokens=3,
-                             eos_token_ids=[], pad_token_id=policy.tokenizer.pad_token_id)
+        sample_with_kv_cache(
+            policy.model.eval(),
+            prompt_ids.repeat_interleave(group_size, 0),
+            prompt_mask.repeat_interleave(group_size, 0),
+            max_new_tokens=3,
+            eos_token_ids=[],
+            pad_token_id=policy.tokenizer.pad_token_id,
+        )
     hook.remove()
     rows, length = 3 * 4, prompt_ids.size(1)
     # 3 prompts x 4 rows: the prompts run once, then 12 rows decode one token per call
@@ -130,8 +168,14 @@ def test_loop_stops_when_every_row_has_eos(arith_policy):
     bias_to_eos.data[eos] = 50.0
     policy.model.lm_head.bias = bias_to_eos  # ... except EOS: every row ends at once
     prompt_ids, prompt_mask = policy.encode_prompts(["12+34=", "5+6="])
-    out = sample_with_kv_cache(policy.model.eval(), prompt_ids, prompt_mask, max_new_tokens=8,
-                               eos_token_ids=policy.eos_token_ids, pad_token_id=policy.tokenizer.pad_token_id)
+    out = sample_with_kv_cache(
+        policy.model.eval(),
+        prompt_ids,
+        prompt_mask,
+        max_new_tokens=8,
+        eos_token_ids=policy.eos_token_ids,
+        pad_token_id=policy.tokenizer.pad_token_id,
+    )
     assert out.tolist() == [[eos], [eos]]
 
 
@@ -139,23 +183,38 @@ def _tiny_decoder(model_type: str):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.manual_seed(0)
-    config = AutoConfig.for_model(model_type, vocab_size=16, hidden_size=32, intermediate_size=64,
-                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                  max_position_embeddings=64, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    config = AutoConfig.for_model(
+        model_type,
+        vocab_size=16,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     return AutoModelForCausalLM.from_config(config).eval()
 
 
 @pytest.mark.parametrize("model_type", sorted(LOOP_MODEL_TYPES))
 def test_every_loop_model_type_samples_the_tokens_of_generate(multinomial_draw, model_type):
     model = _tiny_decoder(model_type)
-    prompt_ids = torch.tensor([[0, 1, 5, 6, 7], [1, 8, 9, 10, 11]]).repeat_interleave(3, 0)   # left-padded
+    prompt_ids = torch.tensor([[0, 1, 5, 6, 7], [1, 8, 9, 10, 11]]).repeat_interleave(3, 0)  # left-padded
     prompt_mask = (torch.arange(5) >= torch.tensor([1, 0]).repeat_interleave(3).unsqueeze(1)).long()
     torch.manual_seed(7)
     loop = sample_with_kv_cache(model, prompt_ids, prompt_mask, max_new_tokens=6, eos_token_ids=[2], pad_token_id=0)
     torch.manual_seed(7)
-    generated = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=GenerationConfig(
-        max_new_tokens=6, do_sample=True, top_k=None, top_p=None, eos_token_id=[2], pad_token_id=0))
-    torch.testing.assert_close(loop, generated[:, prompt_ids.size(1):], rtol=0, atol=0)
+    generated = model.generate(
+        input_ids=prompt_ids,
+        attention_mask=prompt_mask,
+        generation_config=GenerationConfig(
+            max_new_tokens=6, do_sample=True, top_k=None, top_p=None, eos_token_id=[2], pad_token_id=0
+        ),
+    )
+    torch.testing.assert_close(loop, generated[:, prompt_ids.size(1) :], rtol=0, atol=0)
 
 
 def test_auto_backend_picks_the_loop_only_for_supported_model_types(arith_policy, monkeypatch):
@@ -166,10 +225,10 @@ def test_auto_backend_picks_the_loop_only_for_supported_model_types(arith_policy
     monkeypatch.setattr(policy_module, "sample_with_kv_cache", lambda *a, **k: looped.append(1) or real_loop(*a, **k))
     prompt_ids, prompt_mask = arith_policy.encode_prompts(["12+34="])
     arith_policy.sample(prompt_ids, prompt_mask, SamplingParams(3, backend="auto"))
-    assert looped == [1]                                  # llama: the loop
-    arith_policy.model.config.model_type = "gpt2"         # a type the loop was not checked on
+    assert looped == [1]  # llama: the loop
+    arith_policy.model.config.model_type = "gpt2"  # a type the loop was not checked on
     arith_policy.sample(prompt_ids, prompt_mask, SamplingParams(3, backend="auto"))
-    assert looped == [1]                                  # generate
+    assert looped == [1]  # generate
     assert not supports_generation_loop(arith_policy.model)
 
 

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from grpo_lightning.run.checkpoints import AtomicCheckpointIO
 from grpo_lightning.data.sampler import ResumableSampler
+from grpo_lightning.run.checkpoints import AtomicCheckpointIO
 from grpo_lightning.run.resume import capture_rng_state, restore_rng_state
 from grpo_lightning.run.train import train
 
 # A reward with spread inside groups (so advantages and updates are non-zero even for a random
 # policy): the share of the digit 1 in the completion.
-REWARDS_SOURCE = '''
+REWARDS_SOURCE = """
 def ones(prompts, completions, **columns):
     return [c.count("1") / max(len(c), 1) for c in completions]
 
@@ -27,7 +27,7 @@ def ten_prompts(**kwargs):  # 2 batches of 4 per epoch (2 rows dropped): resumes
     from grpo_lightning.data.tasks.arithmetic import load_splits
     train, val = load_splits()
     return train[:10], val[:8]
-'''
+"""
 
 
 @pytest.fixture
@@ -54,11 +54,10 @@ def test_sampler_resumes_mid_epoch_with_the_same_order():
 
 def test_sampler_shards_disjoint_equal_whole_batches():
     shards = [list(ResumableSampler(23, 3, shuffle=True, seed=0, rank=r, world_size=2)) for r in range(2)]
-    assert len(shards[0]) == len(shards[1]) == 9      # 23 rows -> 3 batches of 3 per process
+    assert len(shards[0]) == len(shards[1]) == 9  # 23 rows -> 3 batches of 3 per process
     assert not set(shards[0]) & set(shards[1])
-    val = [list(ResumableSampler(5, 2, shuffle=False, seed=0, rank=r, world_size=2, drop_last=False))
-           for r in range(2)]
-    assert sorted(val[0] + val[1]) == list(range(5))   # validation keeps every row
+    val = [list(ResumableSampler(5, 2, shuffle=False, seed=0, rank=r, world_size=2, drop_last=False)) for r in range(2)]
+    assert sorted(val[0] + val[1]) == list(range(5))  # validation keeps every row
 
 
 def test_rng_state_roundtrip_covers_python_numpy_torch():
@@ -95,10 +94,18 @@ def _rows(run_dir: Path) -> dict[int, dict[str, str]]:
     return {int(row["step"]): {k: v for k, v in row.items() if not k.startswith("perf/")} for row in rows}
 
 
-RESUME_SETTINGS = ["reward.functions.correct.fn=resume_rewards.ones", "algorithm.group_size=4",
-                   "algorithm.mini_batch_size=8", "algorithm.num_iterations=2", "algorithm.beta=0.04",
-                   "algorithm.entropy_coef=0.01", "generation.val_do_sample=true", "trainer.val_every_n_steps=2",
-                   "checkpoint.every_n_steps=2", "optim.lr=1e-3"]
+RESUME_SETTINGS = [
+    "reward.functions.correct.fn=resume_rewards.ones",
+    "algorithm.group_size=4",
+    "algorithm.mini_batch_size=8",
+    "algorithm.num_iterations=2",
+    "algorithm.beta=0.04",
+    "algorithm.entropy_coef=0.01",
+    "generation.val_do_sample=true",
+    "trainer.val_every_n_steps=2",
+    "checkpoint.every_n_steps=2",
+    "optim.lr=1e-3",
+]
 
 
 def test_resumed_run_matches_uninterrupted_bitwise(compose_config, random_arith_dir, reward_module, tmp_path):
@@ -109,20 +116,27 @@ def test_resumed_run_matches_uninterrupted_bitwise(compose_config, random_arith_
     train(compose_config(*common, f"output_dir={tmp_path}/part", "trainer.max_steps=2"))
     train(compose_config(*common, f"output_dir={tmp_path}/part", "trainer.max_steps=5", "ckpt_path=last"))
     full, resumed = _rows(tmp_path / "full"), _rows(tmp_path / "part")
-    assert sorted(resumed) == [0, 1, 2, 3, 4]                # history kept, steps 2-4 logged again
+    assert sorted(resumed) == [0, 1, 2, 3, 4]  # history kept, steps 2-4 logged again
     assert float(full[3]["actor/grad_norm"]) > 0, "the test needs real updates"
     for step in (2, 3, 4):
         assert resumed[step] == full[step], f"step {step} differs after resume"
-    exported = [torch.load(d / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
-                for d in (tmp_path / "full", tmp_path / "part")]
+    exported = [
+        torch.load(d / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+        for d in (tmp_path / "full", tmp_path / "part")
+    ]
     assert all(torch.equal(exported[0][k], exported[1][k]) for k in exported[0])
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stop_at", [2, 3])  # at the end of epoch 0, in the middle of epoch 1
 def test_resume_across_epoch_boundaries_matches(stop_at, compose_config, random_arith_dir, reward_module, tmp_path):
-    common = [f"model.name_or_path={random_arith_dir}", *RESUME_SETTINGS, "data.builder=resume_rewards.ten_prompts",
-              "checkpoint.every_n_steps=1", "validate_before_training=false"]
+    common = [
+        f"model.name_or_path={random_arith_dir}",
+        *RESUME_SETTINGS,
+        "data.builder=resume_rewards.ten_prompts",
+        "checkpoint.every_n_steps=1",
+        "validate_before_training=false",
+    ]
     train(compose_config(*common, f"output_dir={tmp_path}/full", "trainer.max_steps=5"))
     train(compose_config(*common, f"output_dir={tmp_path}/part", f"trainer.max_steps={stop_at}"))
     train(compose_config(*common, f"output_dir={tmp_path}/part", "trainer.max_steps=5", "ckpt_path=last"))
@@ -132,17 +146,30 @@ def test_resume_across_epoch_boundaries_matches(stop_at, compose_config, random_
         assert resumed[step] == full[step], f"step {step} differs after resume"
 
 
-def test_resume_with_other_step_defining_settings_is_refused(compose_config, random_arith_dir, reward_module,
-                                                             tmp_path):
+def test_resume_with_other_step_defining_settings_is_refused(compose_config, random_arith_dir, reward_module, tmp_path):
     from grpo_lightning.config import ConfigError
 
-    common = [f"model.name_or_path={random_arith_dir}", *RESUME_SETTINGS, "validate_before_training=false",
-              f"output_dir={tmp_path}/run"]
+    common = [
+        f"model.name_or_path={random_arith_dir}",
+        *RESUME_SETTINGS,
+        "validate_before_training=false",
+        f"output_dir={tmp_path}/run",
+    ]
     train(compose_config(*common, "trainer.max_steps=2"))
-    with pytest.raises(ConfigError, match=r"written with algorithm.mini_batch_size=8 \(now 16\), "
-                                          r"algorithm.num_iterations=2 \(now 1\)"):
-        train(compose_config(*common, "trainer.max_steps=4", "ckpt_path=last", "algorithm.mini_batch_size=16",
-                             "algorithm.num_iterations=1"))
+    with pytest.raises(
+        ConfigError,
+        match=r"written with algorithm.mini_batch_size=8 \(now 16\), "
+        r"algorithm.num_iterations=2 \(now 1\)",
+    ):
+        train(
+            compose_config(
+                *common,
+                "trainer.max_steps=4",
+                "ckpt_path=last",
+                "algorithm.mini_batch_size=16",
+                "algorithm.num_iterations=1",
+            )
+        )
 
 
 def test_random_states_of_another_process_count_are_refused():
@@ -152,7 +179,7 @@ def test_random_states_of_another_process_count_are_refused():
     state = capture_rng_state()
     with pytest.raises(ConfigError, match="written by 2 processes and is resumed on 1"):
         RNGStateCallback().load_state_dict({"rng": state, "rng_per_rank": [state, state]})
-    RNGStateCallback().load_state_dict({"rng": state})           # one process, as saved
+    RNGStateCallback().load_state_dict({"rng": state})  # one process, as saved
 
 
 DIVERGING_RANKS = '''
@@ -177,15 +204,35 @@ def test_two_process_resume_matches_uninterrupted(tmp_path):
     """Under DDP each process has its own random state; each must get its own back."""
     script = tmp_path / "diverging_ranks.py"
     script.write_text(DIVERGING_RANKS)
-    common = ["trainer=ddp_cpu", "data.batch_size=2", "algorithm.group_size=4", "checkpoint.every_n_steps=2",
-              "validate_before_training=false", "trainer.limit_val_batches=0", "trainer.enable_progress_bar=false",
-              "optim.lr=1e-2", "reward.functions.correct.fn=tests.signals.alternating", "algorithm.entropy_coef=0.01"]
-    env = dict(os.environ, WANDB_MODE="offline", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
+    common = [
+        "trainer=ddp_cpu",
+        "data.batch_size=2",
+        "algorithm.group_size=4",
+        "checkpoint.every_n_steps=2",
+        "validate_before_training=false",
+        "trainer.limit_val_batches=0",
+        "trainer.enable_progress_bar=false",
+        "optim.lr=1e-2",
+        "reward.functions.correct.fn=tests.signals.alternating",
+        "algorithm.entropy_coef=0.01",
+    ]
+    env = dict(
+        os.environ,
+        WANDB_MODE="offline",
+        HF_HUB_OFFLINE="1",
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]),
+    )
 
     def run(*args):
-        done = subprocess.run([sys.executable, str(script), *common, *args], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=600)
+        done = subprocess.run(
+            [sys.executable, str(script), *common, *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
 
     run(f"output_dir={tmp_path}/full", "trainer.max_steps=4")
@@ -205,10 +252,20 @@ def test_missing_checkpoint_file_is_a_config_error(compose_config, random_arith_
 
 
 def _grpo_train(*args: str, cwd: Path, extra_path: Path) -> subprocess.Popen:
-    env = dict(os.environ, WANDB_MODE="offline", HF_HUB_OFFLINE="1",
-               PYTHONPATH=os.pathsep.join([str(extra_path), os.environ.get("PYTHONPATH", "")]))
-    return subprocess.Popen([sys.executable, "-m", "grpo_lightning.run.train", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = dict(
+        os.environ,
+        WANDB_MODE="offline",
+        HF_HUB_OFFLINE="1",
+        PYTHONPATH=os.pathsep.join([str(extra_path), os.environ.get("PYTHONPATH", "")]),
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "grpo_lightning.run.train", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait_for(path: Path, process: subprocess.Popen, seconds: float = 300) -> None:
@@ -222,12 +279,21 @@ def _wait_for(path: Path, process: subprocess.Popen, seconds: float = 300) -> No
 
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_the_run_resumes_from_it(random_arith_dir, reward_module, tmp_path):
-    args = [f"model.name_or_path={random_arith_dir}", f"output_dir={tmp_path}/run", *RESUME_SETTINGS,
-            "trainer.max_steps=400", "validate_before_training=false",
-            "trainer.enable_progress_bar=false", "data.batch_size=4", "trainer.limit_val_batches=1",
-            "data.val_batch_size=8", "trainer.val_every_n_steps=1000", "checkpoint.every_n_steps=1"]
+    args = [
+        f"model.name_or_path={random_arith_dir}",
+        f"output_dir={tmp_path}/run",
+        *RESUME_SETTINGS,
+        "trainer.max_steps=400",
+        "validate_before_training=false",
+        "trainer.enable_progress_bar=false",
+        "data.batch_size=4",
+        "trainer.limit_val_batches=1",
+        "data.val_batch_size=8",
+        "trainer.val_every_n_steps=1000",
+        "checkpoint.every_n_steps=1",
+    ]
     process = _grpo_train(*args, cwd=tmp_path, extra_path=reward_module)
-    _wait_for(tmp_path / "run" / "checkpoints" / "last.ckpt", process)     # the first step is done
+    _wait_for(tmp_path / "run" / "checkpoints" / "last.ckpt", process)  # the first step is done
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 0, stderr[-3000:]
@@ -235,10 +301,14 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes_from_it(random_arith_dir
     stopped_at = int(stdout.split("pre-empted after ")[1].split()[0])
     assert 0 < stopped_at < 400
     checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
-    assert checkpoint["global_step"] == stopped_at * 4       # 4 optimizer steps per training step
+    assert checkpoint["global_step"] == stopped_at * 4  # 4 optimizer steps per training step
 
-    resumed = _grpo_train(*[a.replace("trainer.max_steps=400", f"trainer.max_steps={stopped_at + 2}") for a in args],
-                          "ckpt_path=last", cwd=tmp_path, extra_path=reward_module)
+    resumed = _grpo_train(
+        *[a.replace("trainer.max_steps=400", f"trainer.max_steps={stopped_at + 2}") for a in args],
+        "ckpt_path=last",
+        cwd=tmp_path,
+        extra_path=reward_module,
+    )
     stdout, stderr = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, stderr[-3000:]
     assert f"GRPO finished: {stopped_at + 2} steps" in stdout
@@ -247,12 +317,23 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes_from_it(random_arith_dir
 
 @pytest.mark.slow
 def test_sigterm_stops_a_whole_sweep(random_arith_dir, reward_module, tmp_path):
-    args = ["-m", "seed=0,1", f"model.name_or_path={random_arith_dir}", f"hydra.sweep.dir={tmp_path}/sweep",
-            *RESUME_SETTINGS, "trainer.max_steps=400", "validate_before_training=false",
-            "trainer.enable_progress_bar=false", "data.batch_size=4", "trainer.limit_val_batches=1",
-            "data.val_batch_size=8", "trainer.val_every_n_steps=1000", "checkpoint.every_n_steps=1"]
+    args = [
+        "-m",
+        "seed=0,1",
+        f"model.name_or_path={random_arith_dir}",
+        f"hydra.sweep.dir={tmp_path}/sweep",
+        *RESUME_SETTINGS,
+        "trainer.max_steps=400",
+        "validate_before_training=false",
+        "trainer.enable_progress_bar=false",
+        "data.batch_size=4",
+        "trainer.limit_val_batches=1",
+        "data.val_batch_size=8",
+        "trainer.val_every_n_steps=1000",
+        "checkpoint.every_n_steps=1",
+    ]
     process = _grpo_train(*args, cwd=tmp_path, extra_path=reward_module)
-    _wait_for(tmp_path / "sweep" / "0" / "checkpoints" / "last.ckpt", process)   # job #0 has done a step
+    _wait_for(tmp_path / "sweep" / "0" / "checkpoints" / "last.ckpt", process)  # job #0 has done a step
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 0, stderr[-3000:]
@@ -263,8 +344,13 @@ def test_sigterm_stops_a_whole_sweep(random_arith_dir, reward_module, tmp_path):
 def test_wandb_run_resumes_under_the_same_id(compose_config, random_arith_dir, tmp_path):
     from grpo_lightning.run.loggers import read_resume_info
 
-    common = [f"model.name_or_path={random_arith_dir}", "logger=wandb", "logger.offline=true",
-              "validate_before_training=false", "checkpoint.every_n_steps=1"]
+    common = [
+        f"model.name_or_path={random_arith_dir}",
+        "logger=wandb",
+        "logger.offline=true",
+        "validate_before_training=false",
+        "checkpoint.every_n_steps=1",
+    ]
     train(compose_config(*common, "trainer.max_steps=1"))
     step, run_id = read_resume_info(str(tmp_path / "checkpoints" / "last.ckpt"))
     assert step == 1 and run_id
@@ -292,30 +378,47 @@ def test_a_file_that_is_not_a_checkpoint_is_a_config_error(tmp_path):
 def test_a_fresh_run_into_another_runs_directory_is_refused(compose_config, random_arith_dir, tmp_path):
     from grpo_lightning.config import ConfigError
 
-    common = [f"model.name_or_path={random_arith_dir}", "validate_before_training=false", "trainer.max_steps=1",
-              "checkpoint.every_n_steps=1"]
+    common = [
+        f"model.name_or_path={random_arith_dir}",
+        "validate_before_training=false",
+        "trainer.max_steps=1",
+        "checkpoint.every_n_steps=1",
+    ]
     train(compose_config(*common))
     before = (tmp_path / "metrics.csv").read_text()
-    with pytest.raises(ConfigError, match=r"already holds a run \(metrics.csv, checkpoints/last.ckpt\); continue "
-                                          r"it with ckpt_path=last"):
+    with pytest.raises(
+        ConfigError,
+        match=r"already holds a run \(metrics.csv, checkpoints/last.ckpt\); continue "
+        r"it with ckpt_path=last",
+    ):
         train(compose_config(*common))
-    assert (tmp_path / "metrics.csv").read_text() == before          # untouched
-    train(compose_config(*common[:2], "trainer.max_steps=2", "ckpt_path=last"))   # continuing is fine
+    assert (tmp_path / "metrics.csv").read_text() == before  # untouched
+    train(compose_config(*common[:2], "trainer.max_steps=2", "ckpt_path=last"))  # continuing is fine
 
 
-@pytest.mark.parametrize("cadence", [
-    ["trainer.val_every_n_steps=1", "checkpoint.every_n_steps=1"],     # the last step validated in fit
-    ["trainer.val_every_n_steps=50", "checkpoint.every_n_steps=50"],   # ... after fit
-    ["trainer.val_every_n_steps=1", "checkpoint.every_n_steps=50"],
-])
+@pytest.mark.parametrize(
+    "cadence",
+    [
+        ["trainer.val_every_n_steps=1", "checkpoint.every_n_steps=1"],  # the last step validated in fit
+        ["trainer.val_every_n_steps=50", "checkpoint.every_n_steps=50"],  # ... after fit
+        ["trainer.val_every_n_steps=1", "checkpoint.every_n_steps=50"],
+    ],
+)
 def test_continuing_a_finished_run_neither_validates_again_nor_loses_its_results(
-        cadence, compose_config, random_arith_dir, tmp_path):
-    common = [f"model.name_or_path={random_arith_dir}", "validate_before_training=false", "trainer.max_steps=2",
-              "trainer.limit_val_batches=1", "data.batch_size=4", *cadence]
+    cadence, compose_config, random_arith_dir, tmp_path
+):
+    common = [
+        f"model.name_or_path={random_arith_dir}",
+        "validate_before_training=false",
+        "trainer.max_steps=2",
+        "trainer.limit_val_batches=1",
+        "data.batch_size=4",
+        *cadence,
+    ]
     finished = train(compose_config(*common))
     before = (tmp_path / "metrics.csv").read_text()
     again = train(compose_config(*common, "ckpt_path=last"))
-    assert (tmp_path / "metrics.csv").read_text() == before      # no second final-validation row
+    assert (tmp_path / "metrics.csv").read_text() == before  # no second final-validation row
     assert again["val/reward/mean"] == finished["val/reward/mean"]  # what a sweeper is given
 
 
@@ -326,8 +429,8 @@ def test_submitits_preemption_signal_writes_the_checkpoint_before_submitit_reque
 
     from lightning.pytorch.trainer.states import TrainerFn
 
-    from grpo_lightning.run.preemption import PREEMPTED, PreemptionCallback, preemption_signals
     from grpo_lightning.run.checkpoints import LastCheckpoint
+    from grpo_lightning.run.preemption import PREEMPTED, PreemptionCallback, preemption_signals
 
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
     monkeypatch.delenv("SUBMITIT_PREEMPT_SIGNAL", raising=False)
@@ -338,20 +441,25 @@ def test_submitits_preemption_signal_writes_the_checkpoint_before_submitit_reque
         trainer = SimpleNamespace(
             strategy=SimpleNamespace(reduce_boolean_decision=lambda decision, all: decision),
             save_checkpoint=lambda path, weights_only: events.append(("saved", Path(path).name)),
-            global_step=3, is_global_zero=True, should_stop=False, sanity_checking=False,
-            state=SimpleNamespace(fn=TrainerFn.FITTING), enable_validation=False)
+            global_step=3,
+            is_global_zero=True,
+            should_stop=False,
+            sanity_checking=False,
+            state=SimpleNamespace(fn=TrainerFn.FITTING),
+            enable_validation=False,
+        )
         callback = PreemptionCallback(LastCheckpoint(tmp_path, every_n_optimizer_steps=100))
         callback.on_train_start(trainer, None)
         callback.on_train_batch_end(trainer, None, None, None, 0)
         callback.on_validation_end(trainer, None)
-        assert events == []                                   # no signal, nothing happens
+        assert events == []  # no signal, nothing happens
         os.kill(os.getpid(), signal.SIGUSR2)
-        assert events == []                                   # the step is not interrupted
-        callback.on_validation_end(trainer, None)             # the validation after a step: stop there
+        assert events == []  # the step is not interrupted
+        callback.on_validation_end(trainer, None)  # the validation after a step: stop there
         callback.on_train_batch_end(trainer, None, None, None, 1)
-        assert events == [("saved", "last.ckpt"), ("submitit", signal.SIGUSR2)]   # once
+        assert events == [("saved", "last.ckpt"), ("submitit", signal.SIGUSR2)]  # once
         assert trainer.should_stop and callback.preempted_at == 3
-        os.kill(os.getpid(), signal.SIGUSR2)                  # submitit's handler is back in place
+        os.kill(os.getpid(), signal.SIGUSR2)  # submitit's handler is back in place
         assert events[-1] == ("submitit", signal.SIGUSR2)
     finally:
         signal.signal(signal.SIGUSR2, previous)
@@ -360,11 +468,19 @@ def test_submitits_preemption_signal_writes_the_checkpoint_before_submitit_reque
 
 def test_dynamic_sampling_resumes_bitwise(compose_config, random_arith_dir, tmp_path):
     """The refill stream's position is in the checkpoint: a resumed run draws the same extra prompts."""
-    common = [f"model.name_or_path={random_arith_dir}", "algorithm.group_size=4", "data.batch_size=4",
-              "algorithm.filter_zero_std_groups=true", "algorithm.max_generation_rounds=4",
-              "reward.functions.correct.fn=tests.signals.constant_for_even_first_digit", "generation.max_new_tokens=4",
-              "checkpoint.every_n_steps=1", "validate_before_training=false", "trainer.val_every_n_steps=100",
-              "trainer.limit_val_batches=1"]
+    common = [
+        f"model.name_or_path={random_arith_dir}",
+        "algorithm.group_size=4",
+        "data.batch_size=4",
+        "algorithm.filter_zero_std_groups=true",
+        "algorithm.max_generation_rounds=4",
+        "reward.functions.correct.fn=tests.signals.constant_for_even_first_digit",
+        "generation.max_new_tokens=4",
+        "checkpoint.every_n_steps=1",
+        "validate_before_training=false",
+        "trainer.val_every_n_steps=100",
+        "trainer.limit_val_batches=1",
+    ]
     train(compose_config(*common, f"output_dir={tmp_path}/full", "trainer.max_steps=4"))
     train(compose_config(*common, f"output_dir={tmp_path}/part", "trainer.max_steps=2"))
     train(compose_config(*common, f"output_dir={tmp_path}/part", "trainer.max_steps=4", "ckpt_path=last"))
@@ -382,26 +498,35 @@ def test_a_run_into_a_directory_a_live_run_holds_is_refused(compose_config, rand
     from grpo_lightning.config import ConfigError
     from grpo_lightning.run.run_dir import RUN_LOCK
 
-    common = [f"model.name_or_path={random_arith_dir}", "validate_before_training=false", "trainer.max_steps=1",
-              "trainer.limit_val_batches=1", "data.batch_size=4"]
+    common = [
+        f"model.name_or_path={random_arith_dir}",
+        "validate_before_training=false",
+        "trainer.max_steps=1",
+        "trainer.limit_val_batches=1",
+        "data.batch_size=4",
+    ]
     lock = tmp_path / RUN_LOCK
-    lock.write_text(f"{socket.gethostname()} {os.getpid()}")            # a live process holds it
-    with pytest.raises(ConfigError, match=r"is in use by another run \(process \d+\); two runs started in the "
-                                          r"same second share Hydra's default directory"):
+    lock.write_text(f"{socket.gethostname()} {os.getpid()}")  # a live process holds it
+    with pytest.raises(
+        ConfigError,
+        match=r"is in use by another run \(process \d+\); two runs started in the "
+        r"same second share Hydra's default directory",
+    ):
         train(compose_config(*common))
     assert not (tmp_path / "metrics.csv").exists()
-    lock.write_text("elsewhere 123")                                      # another host: cannot be checked
+    lock.write_text("elsewhere 123")  # another host: cannot be checked
     with pytest.raises(ConfigError, match=f"If no run is live there, delete {re.escape(str(lock))}"):
         train(compose_config(*common))
-    train(compose_config(*common, "ckpt_path=last"))     # a requeued job takes it over (no checkpoint yet)
+    train(compose_config(*common, "ckpt_path=last"))  # a requeued job takes it over (no checkpoint yet)
     assert not lock.exists()
     lock.write_text(f"{socket.gethostname()} {os.getpid()}")
     with pytest.raises(ConfigError, match=r"is in use by another run"):
         train(compose_config(*common, "trainer.max_steps=2", "ckpt_path=last"))
     (tmp_path / "metrics.csv").unlink()
     (tmp_path / "checkpoints" / "last.ckpt").unlink()
-    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                              text=True, check=True)
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     lock.write_text(f"{socket.gethostname()} {finished.stdout.strip()}")  # its process is gone
     train(compose_config(*common))
     assert (tmp_path / "metrics.csv").is_file() and not lock.exists()
@@ -424,15 +549,25 @@ def _validation_rows(run_dir: Path) -> list[tuple[str, str]]:
         return [(row["step"], row["val/reward/mean"]) for row in csv.DictReader(handle) if row.get("val/reward/mean")]
 
 
-@pytest.mark.parametrize("max_steps", [4, 2])   # step 2's validation: mid-run / the last step's
-def test_a_signal_during_validation_stops_the_run_there_and_it_resumes_bitwise(max_steps, compose_config,
-                                                                               random_arith_dir, tmp_path):
+@pytest.mark.parametrize("max_steps", [4, 2])  # step 2's validation: mid-run / the last step's
+def test_a_signal_during_validation_stops_the_run_there_and_it_resumes_bitwise(
+    max_steps, compose_config, random_arith_dir, tmp_path
+):
     from grpo_lightning.run.preemption import PREEMPTED
 
-    common = [f"model.name_or_path={random_arith_dir}", "algorithm.group_size=4", "data.batch_size=4",
-              f"reward.functions.correct.fn={__name__}.signal_in_first_validation", "generation.max_new_tokens=4",
-              "checkpoint.every_n_steps=100", "validate_before_training=false", "trainer.val_every_n_steps=2",
-              "trainer.limit_val_batches=1", "data.val_batch_size=8", f"trainer.max_steps={max_steps}"]
+    common = [
+        f"model.name_or_path={random_arith_dir}",
+        "algorithm.group_size=4",
+        "data.batch_size=4",
+        f"reward.functions.correct.fn={__name__}.signal_in_first_validation",
+        "generation.max_new_tokens=4",
+        "checkpoint.every_n_steps=100",
+        "validate_before_training=false",
+        "trainer.val_every_n_steps=2",
+        "trainer.limit_val_batches=1",
+        "data.val_batch_size=8",
+        f"trainer.max_steps={max_steps}",
+    ]
     train(compose_config(*common, f"output_dir={tmp_path}/full"))
     _SIGNAL_IN_VALIDATION["armed"] = True
     try:
@@ -442,12 +577,13 @@ def test_a_signal_during_validation_stops_the_run_there_and_it_resumes_bitwise(m
         _SIGNAL_IN_VALIDATION["armed"] = False
         PREEMPTED.clear()
     assert torch.load(tmp_path / "part" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 2
-    assert sorted(_rows(tmp_path / "part")) == [0, 1]          # stopped after step 2's validation
+    assert sorted(_rows(tmp_path / "part")) == [0, 1]  # stopped after step 2's validation
     train(compose_config(*common, f"output_dir={tmp_path}/part", "ckpt_path=last"))
     full, resumed = _rows(tmp_path / "full"), _rows(tmp_path / "part")
-    assert sorted(resumed) == list(range(max_steps)) and all(resumed[step] == full[step]
-                                                             for step in range(2, max_steps))
-    assert _validation_rows(tmp_path / "part") == _validation_rows(tmp_path / "full")   # none missing, none twice
+    assert sorted(resumed) == list(range(max_steps)) and all(
+        resumed[step] == full[step] for step in range(2, max_steps)
+    )
+    assert _validation_rows(tmp_path / "part") == _validation_rows(tmp_path / "full")  # none missing, none twice
 
 
 _SIGNAL_IN_STEP = {"calls": 0, "at": None}
@@ -464,16 +600,28 @@ def signal_in_a_training_step(prompts, completions, **columns):
 
 
 def test_a_signal_during_a_step_stops_after_it_without_a_validation_and_counts_right(
-        compose_config, random_arith_dir, tmp_path):
+    compose_config, random_arith_dir, tmp_path
+):
     """The step finishes and is saved; no validation is squeezed in (Lightning validates when
     asked to stop), and the W&B completions table has counted the step the checkpoint holds."""
     from grpo_lightning.run.preemption import PREEMPTED
 
-    common = [f"model.name_or_path={random_arith_dir}", "algorithm.group_size=4", "data.batch_size=4",
-              f"reward.functions.correct.fn={__name__}.signal_in_a_training_step", "generation.max_new_tokens=4",
-              "checkpoint.every_n_steps=100", "validate_before_training=false", "trainer.val_every_n_steps=3",
-              "trainer.limit_val_batches=1", "data.val_batch_size=8", "trainer.max_steps=4", "logger=wandb",
-              "logger.offline=true", "logger.log_completions_every=1"]
+    common = [
+        f"model.name_or_path={random_arith_dir}",
+        "algorithm.group_size=4",
+        "data.batch_size=4",
+        f"reward.functions.correct.fn={__name__}.signal_in_a_training_step",
+        "generation.max_new_tokens=4",
+        "checkpoint.every_n_steps=100",
+        "validate_before_training=false",
+        "trainer.val_every_n_steps=3",
+        "trainer.limit_val_batches=1",
+        "data.val_batch_size=8",
+        "trainer.max_steps=4",
+        "logger=wandb",
+        "logger.offline=true",
+        "logger.log_completions_every=1",
+    ]
     train(compose_config(*common, f"output_dir={tmp_path}/full"))
     _SIGNAL_IN_STEP.update(calls=0, at=2)
     try:
@@ -484,10 +632,11 @@ def test_a_signal_during_a_step_stops_after_it_without_a_validation_and_counts_r
         PREEMPTED.clear()
     checkpoint = torch.load(tmp_path / "part" / "checkpoints" / "last.ckpt", weights_only=False)
     assert checkpoint["global_step"] == 2
-    assert [state for key, state in checkpoint["callbacks"].items()
-            if key.startswith("CompletionsTable")] == [{"steps_seen": 2}]
+    assert [state for key, state in checkpoint["callbacks"].items() if key.startswith("CompletionsTable")] == [
+        {"steps_seen": 2}
+    ]
 
-    assert _validation_rows(tmp_path / "part") == []                # none after the pre-empted step 2
+    assert _validation_rows(tmp_path / "part") == []  # none after the pre-empted step 2
     train(compose_config(*common, f"output_dir={tmp_path}/part", "ckpt_path=last"))
     full, resumed = _rows(tmp_path / "full"), _rows(tmp_path / "part")
     assert sorted(resumed) == [0, 1, 2, 3] and all(resumed[step] == full[step] for step in (2, 3))
@@ -499,7 +648,7 @@ def test_processes_started_together_take_no_lock(monkeypatch, tmp_path):
     other processes waiting at the first collective: no lock is taken there."""
     from grpo_lightning.run.run_dir import RUN_LOCK, output_dir_lock
 
-    (tmp_path / RUN_LOCK).write_text(f"elsewhere {os.getpid()}")          # would refuse a single process
+    (tmp_path / RUN_LOCK).write_text(f"elsewhere {os.getpid()}")  # would refuse a single process
     monkeypatch.setenv("WORLD_SIZE", "2")
     with output_dir_lock(tmp_path, resuming=False):
         pass
@@ -514,13 +663,19 @@ def test_a_validation_without_batches_does_not_hold_back_a_checkpoint(tmp_path):
     from grpo_lightning.run.checkpoints import LastCheckpoint, validates_after_this_batch
 
     saved = []
-    trainer = SimpleNamespace(enable_validation=True, num_val_batches=[0], val_check_batch=2, global_step=2,
-                              max_steps=10, fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(total_batch_idx=1)),
-                              save_checkpoint=lambda path, weights_only: saved.append(path))
+    trainer = SimpleNamespace(
+        enable_validation=True,
+        num_val_batches=[0],
+        val_check_batch=2,
+        global_step=2,
+        max_steps=10,
+        fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(total_batch_idx=1)),
+        save_checkpoint=lambda path, weights_only: saved.append(path),
+    )
     assert not validates_after_this_batch(trainer)
     LastCheckpoint(tmp_path, every_n_optimizer_steps=2).on_train_batch_end(trainer, None, None, None, 1)
     assert saved == [tmp_path / "last.ckpt"]
     trainer.num_val_batches = [3]
     assert validates_after_this_batch(trainer)
     LastCheckpoint(tmp_path, every_n_optimizer_steps=2).on_train_batch_end(trainer, None, None, None, 1)
-    assert saved == [tmp_path / "last.ckpt"]                # held back until the validation ends
+    assert saved == [tmp_path / "last.ckpt"]  # held back until the validation ends

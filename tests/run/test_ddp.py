@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-SCRIPT = '''
+SCRIPT = """
 import sys
 import torch
 from grpo_lightning.module import GRPOModule
@@ -28,33 +28,59 @@ def dump(self):  # every process writes its own parameters
 
 GRPOModule.on_train_end = dump
 train(load_config(sys.argv[2:]))
-'''
+"""
 
 
 NEEDS_TWO_GPUS = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("trainer", ["ddp_cpu", pytest.param("ddp", marks=NEEDS_TWO_GPUS),
-                                     pytest.param("fsdp", marks=NEEDS_TWO_GPUS)])
+@pytest.mark.parametrize(
+    "trainer", ["ddp_cpu", pytest.param("ddp", marks=NEEDS_TWO_GPUS), pytest.param("fsdp", marks=NEEDS_TWO_GPUS)]
+)
 def test_two_processes_agree_on_parameters(trainer, random_arith_dir, tmp_path):
     script = tmp_path / "ddp_run.py"
     script.write_text(SCRIPT)
     devices = ["trainer.devices=2"] if trainer != "ddp_cpu" else []
-    overrides = [f"trainer={trainer}", *devices, f"model.name_or_path={random_arith_dir}", f"output_dir={tmp_path}/run",
-                 "trainer.max_steps=2", "data.batch_size=2", "algorithm.group_size=4", "optim.lr=1e-2",
-                 "algorithm.mini_batch_size=4", "trainer.enable_progress_bar=false", "data.val_batch_size=8",
-                 "trainer.limit_val_batches=1", "trainer.val_every_n_steps=1", "validate_before_training=false",
-                 "algorithm.beta=0.04", "algorithm.entropy_coef=0.01",
-                 "reward.functions.correct.fn=tests.signals.alternating"]
-    env = dict(os.environ, WANDB_MODE="offline", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
-    result = subprocess.run([sys.executable, str(script), str(tmp_path), *overrides], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=600)
+    overrides = [
+        f"trainer={trainer}",
+        *devices,
+        f"model.name_or_path={random_arith_dir}",
+        f"output_dir={tmp_path}/run",
+        "trainer.max_steps=2",
+        "data.batch_size=2",
+        "algorithm.group_size=4",
+        "optim.lr=1e-2",
+        "algorithm.mini_batch_size=4",
+        "trainer.enable_progress_bar=false",
+        "data.val_batch_size=8",
+        "trainer.limit_val_batches=1",
+        "trainer.val_every_n_steps=1",
+        "validate_before_training=false",
+        "algorithm.beta=0.04",
+        "algorithm.entropy_coef=0.01",
+        "reward.functions.correct.fn=tests.signals.alternating",
+    ]
+    env = dict(
+        os.environ,
+        WANDB_MODE="offline",
+        HF_HUB_OFFLINE="1",
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]),
+    )
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path), *overrides],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     assert ranks[0]["world_size"] == ranks[1]["world_size"] == 2
     from safetensors.torch import load_file
+
     initial = load_file(random_arith_dir / "model.safetensors")
     p0, p1 = ranks[0]["params"], ranks[1]["params"]
     assert all(torch.equal(p0[k], p1[k]) for k in p0), "the ranks' parameters diverged"

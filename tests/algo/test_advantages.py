@@ -1,0 +1,211 @@
+"""Group-relative advantages on hand-computed values.
+
+dr_grpo, rloo, reinforce_pp, scale_rewards and token-level returns on hand-computed tensors."""
+
+import math
+
+import pytest
+import torch
+
+from grpo_lightning.algo.advantages import (
+    ADV_ESTIMATORS,
+    compute_advantages,
+    discounted_returns,
+    get_adv_estimator,
+    normalize_group_rewards,
+    register_adv_estimator,
+    scale_by_batch_std,
+    token_level_advantages,
+)
+
+
+def test_population_std_normalization_by_hand():
+    # group [1, 0, 0, 1]: mean 0.5, population std 0.5 -> advantages +-1
+    # group [3, 1]:       mean 2,   population std 1   -> advantages +-1
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0])
+    adv = normalize_group_rewards(rewards, group_size=4, eps=0.0)
+    torch.testing.assert_close(adv, torch.tensor([1.0, -1.0, -1.0, 1.0, 0.0, 0.0, 0.0, 0.0]))
+    adv = normalize_group_rewards(torch.tensor([3.0, 1.0]), group_size=2, eps=0.0)
+    torch.testing.assert_close(adv, torch.tensor([1.0, -1.0]))
+
+
+def test_unequal_rewards_three_per_group():
+    # [0, 1, 2]: mean 1, population std sqrt(2/3)
+    adv = normalize_group_rewards(torch.tensor([0.0, 1.0, 2.0]), group_size=3, eps=0.0)
+    s = math.sqrt(2 / 3)
+    torch.testing.assert_close(adv, torch.tensor([-1 / s, 0.0, 1 / s]))
+
+
+def test_eps_is_added_to_std():
+    adv = normalize_group_rewards(torch.tensor([1.0, 0.0]), group_size=2, eps=0.5)
+    torch.testing.assert_close(adv, torch.tensor([0.5 / 1.0, -0.5 / 1.0]))
+
+
+def test_without_std_division_only_centres():
+    adv = normalize_group_rewards(torch.tensor([3.0, 1.0, 0.0, 4.0]), group_size=2, normalize_by_std=False)
+    torch.testing.assert_close(adv, torch.tensor([1.0, -1.0, -2.0, 2.0]))
+
+
+@pytest.mark.parametrize("value", [0.1, 1.0, -3.7, 1e6])
+@pytest.mark.parametrize("eps", [0.0, 1e-8])
+def test_zero_variance_group_is_exactly_zero(value, eps):
+    rewards = torch.full((3,), value)
+    adv = normalize_group_rewards(rewards, group_size=3, eps=eps)
+    assert torch.equal(adv, torch.zeros(3))
+    assert not adv.isnan().any()
+
+
+def test_bad_shapes_raise():
+    with pytest.raises(ValueError, match="multiple of group_size"):
+        normalize_group_rewards(torch.zeros(5), group_size=2)
+    with pytest.raises(ValueError, match="group_size must be >= 2"):
+        normalize_group_rewards(torch.zeros(4), group_size=1)
+
+
+def _both(rewards, group_ids, group_size, **kw):
+    kw = {"eps": 1e-8, "normalize_by_std": True} | kw
+    a = get_adv_estimator("grpo")(rewards, group_ids=group_ids, group_size=group_size, **kw)
+    b = get_adv_estimator("grpo_vectorized")(rewards, group_ids=group_ids, group_size=group_size, **kw)
+    return a, b
+
+
+@pytest.mark.parametrize("normalize_by_std", [True, False])
+def test_index_and_vectorized_estimators_agree_on_consecutive_layout(normalize_by_std):
+    gen = torch.Generator().manual_seed(0)
+    rewards = torch.randint(0, 3, (64,), generator=gen).float()
+    group_ids = torch.arange(16).repeat_interleave(4)
+    a, b = _both(rewards, group_ids, 4, normalize_by_std=normalize_by_std)
+    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_index_estimator_handles_any_order_and_unequal_sizes():
+    # group 7: rewards [1, 0] -> +-1 ; group 3: [2, 2, 2] -> 0 ; interleaved
+    rewards = torch.tensor([1.0, 2.0, 0.0, 2.0, 2.0])
+    group_ids = torch.tensor([7, 3, 7, 3, 3])
+    adv = get_adv_estimator("grpo")(rewards, group_ids=group_ids, group_size=2, eps=0.0, normalize_by_std=True)
+    assert torch.equal(adv, torch.tensor([1.0, 0.0, -1.0, 0.0, 0.0]))
+
+
+def test_unknown_estimator_lists_known_ones():
+    with pytest.raises(KeyError, match="grpo_vectorized"):
+        get_adv_estimator("nope")
+
+
+def test_register_custom_estimator():
+    @register_adv_estimator("test_sign_only")
+    def sign_only(rewards, *, group_ids, group_size, eps, normalize_by_std):
+        return torch.sign(normalize_group_rewards(rewards, group_size))
+
+    try:
+        adv = get_adv_estimator("test_sign_only")(
+            torch.tensor([3.0, 1.0]), group_ids=torch.zeros(2), group_size=2, eps=1e-8, normalize_by_std=True
+        )
+        assert torch.equal(adv, torch.tensor([1.0, -1.0]))
+        with pytest.raises(ValueError, match="already registered"):
+            register_adv_estimator("test_sign_only")(sign_only)
+    finally:
+        ADV_ESTIMATORS.pop("test_sign_only")
+
+
+IDS = torch.tensor([0, 0, 0, 1, 1, 1])
+R = torch.tensor([1.0, 0.0, 2.0, 3.0, 3.0, 0.0])  # group means 1 and 2
+
+
+def _run(name, rewards=R, ids=IDS, group_size=3, scale="group", eps=0.0):
+    return compute_advantages(name, rewards, group_ids=ids, group_size=group_size, eps=eps, scale_rewards=scale)
+
+
+def test_dr_grpo_only_centres():
+    torch.testing.assert_close(_run("dr_grpo"), torch.tensor([0.0, -1.0, 1.0, 1.0, 1.0, -2.0]))
+
+
+def test_rloo_baseline_is_mean_of_the_others():
+    # r_0 = 1, others {0, 2}: mean 1 -> 0 ; r_1 = 0, others {1, 2} -> -1.5 ; r_2 = 2, others {1, 0} -> 1.5
+    # r_3 = 3, others {3, 0} -> 1.5 ; r_5 = 0, others {3, 3} -> -3
+    expected = torch.tensor([0.0, -1.5, 1.5, 1.5, 1.5, -3.0])
+    torch.testing.assert_close(_run("rloo"), expected)
+    # = G / (G - 1) * (r - mean)
+    torch.testing.assert_close(expected, 1.5 * _run("dr_grpo"))
+
+
+def test_rloo_any_order_and_singleton_group():
+    adv = get_adv_estimator("rloo")(
+        torch.tensor([4.0, 1.0, 2.0]), group_ids=torch.tensor([5, 9, 5]), group_size=2, eps=0.0, normalize_by_std=False
+    )
+    torch.testing.assert_close(adv, torch.tensor([2.0, 0.0, -2.0]))
+
+
+def test_reinforce_pp_whitens_over_the_batch():
+    rewards = torch.tensor([1.0, 0.0, 0.0, 3.0])  # mean 1, population std sqrt((0+1+1+4)/4)
+    std = math.sqrt(6 / 4)
+    adv = _run("reinforce_pp", rewards, torch.tensor([0, 0, 1, 1]), 2)
+    torch.testing.assert_close(adv, torch.tensor([0.0, -1.0, -1.0, 2.0]) / std)
+
+
+def test_reinforce_pp_of_a_constant_batch_is_exactly_zero():
+    # 0.1 is not a float32 number: a float32 mean of n copies need not equal it, and the tiny
+    # remainder over a tiny nonzero std would be a large advantage (0.03 for some n, before).
+    for n in (3, 6, 100, 504):
+        adv = _run("reinforce_pp", torch.full((n,), 0.1), torch.arange(n) // 3, 3, eps=1e-6)
+        assert (adv == 0).all(), n
+
+
+def test_scale_rewards_group_batch_none():
+    group = _run("grpo_vectorized", scale="group")
+    # group 0: centred (0, -1, 1), std sqrt(2/3); group 1: (1, 1, -2), std sqrt(2)
+    torch.testing.assert_close(
+        group,
+        torch.tensor([0.0, -1.0, 1.0, 1 / math.sqrt(2), 1 / math.sqrt(2), -2 / math.sqrt(2)])
+        * torch.tensor([math.sqrt(1.5)] * 3 + [1.0] * 3),
+    )
+    none = _run("grpo_vectorized", scale="none")
+    torch.testing.assert_close(none, torch.tensor([0.0, -1.0, 1.0, 1.0, 1.0, -2.0]))
+    batch = _run("grpo", scale="batch")
+    batch_std = math.sqrt((0 + 1 + 1 + 1 + 1 + 4) / 6)  # centred values have mean 0
+    torch.testing.assert_close(batch, none / batch_std)
+
+
+def test_batch_scale_keeps_all_zero_batch_zero():
+    assert torch.equal(scale_by_batch_std(torch.zeros(4), eps=0.0), torch.zeros(4))
+
+
+def test_discounted_returns_by_hand():
+    rewards = torch.tensor([[1.0, 0.0, 2.0, 9.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    # G_2 = 2, G_1 = 0 + 0.5 * 2 = 1, G_0 = 1 + 0.5 * 1 = 1.5; padding is 0 and does not leak
+    torch.testing.assert_close(discounted_returns(rewards, mask, 0.5), torch.tensor([[1.5, 1.0, 2.0, 0.0]]))
+
+
+def test_token_level_advantages_normalize_over_the_groups_tokens():
+    # one group of two completions; outcome reward on the last token, gamma 1
+    rewards = torch.tensor([[0.0, 1.0], [0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    adv = token_level_advantages(
+        rewards, mask, group_ids=torch.tensor([0, 0]), gamma=1.0, eps=0.0, scale_rewards="none"
+    )
+    # returns (1, 1) and (0, pad): mean over 3 valid tokens 2/3
+    torch.testing.assert_close(adv, torch.tensor([[1 / 3, 1 / 3], [-2 / 3, 0.0]]))
+    scaled = token_level_advantages(
+        rewards, mask, group_ids=torch.tensor([0, 0]), gamma=1.0, eps=0.0, scale_rewards="group"
+    )
+    std = math.sqrt((1 / 9 + 1 / 9 + 4 / 9) / 3)
+    torch.testing.assert_close(scaled, adv / std)
+
+
+def test_token_level_constant_groups_are_exactly_zero_and_nan_padding_stays_out():
+    # group 0 (rows 0-3): every valid return is 0.3 (gamma 1, the reward on each row's last
+    # token); in float32 their mean is not exactly 0.3, and that noise over a near-zero std was
+    # an advantage of 0.03 on every token. Group 1 (rows 4-5) carries signal.
+    lengths = torch.tensor([7, 3, 5, 7, 4, 2])
+    mask = (torch.arange(7).unsqueeze(0) < lengths.unsqueeze(1)).long()
+    rewards = torch.zeros(6, 7)
+    rewards[torch.arange(6), lengths - 1] = torch.tensor([0.3, 0.3, 0.3, 0.3, 1.0, 0.0])
+    rewards[1, 5] = float("nan")  # padding: must not matter
+    for scale in ("group", "batch", "none"):
+        adv = token_level_advantages(
+            rewards, mask, group_ids=torch.tensor([0, 0, 0, 0, 1, 1]), gamma=1.0, eps=1e-6, scale_rewards=scale
+        )
+        assert torch.isfinite(adv).all(), scale
+        assert (adv[:4] == 0).all(), (scale, adv[:4])
+        assert (adv[4:] * mask[4:]).abs().sum() > 0
+        assert (adv[mask == 0] == 0).all()
