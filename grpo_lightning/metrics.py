@@ -13,9 +13,13 @@ processes in two all-reduces, not two per metric. A non-finite value is an error
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 from torchmetrics import Metric
+
+from grpo_lightning.types import Experience, RewardScores
 
 
 class StageMeans(Metric):
@@ -58,3 +62,72 @@ class StageMeans(Metric):
                 "metrics (the loss guard skips such updates; this is a bug worth reporting)"
             )
         return {name: means[slot] for slot, (name, seen) in enumerate(zip(self.names, received)) if seen}
+
+
+LOSS_TERMS = ("actor/loss", "actor/policy_loss", "actor/kl_penalty")
+"""Logged means weighted by the loss aggregation's units (sequences or tokens); the other actor
+statistics are token means, weighted by token counts across micro-batches."""
+
+
+def train_metric_names(loss_stats: list[str], reward_names: list[str], alg: Any, non_finite_counted: bool) -> list[str]:
+    """Every metric a training step logs, declared up front (a StageMeans has fixed slots): the policy
+    loss's ``loss_stats``, the reward functions', and what the algorithm settings ``alg`` (GRPOConfig's
+    fields) switch on."""
+    kl, overlong, dynamic_sampling = alg.beta > 0, alg.overlong_buffer_frac is not None, alg.filter_zero_std_groups
+    actor = [f"actor/{name}" for name in loss_stats] + ["actor/entropy"]
+    actor += ["actor/grpo_kl", "actor/kl_penalty"] if kl else []
+    actor += ["actor/loss", "actor/adv_mean", "actor/adv_std", "actor/grad_norm", "actor/lr", "actor/skipped_updates"]
+    reward = ["reward/mean", "reward/std", "reward/frac_zero_std"] + [f"reward/{n}/mean" for n in reward_names]
+    reward += ["reward/overlong_penalty"] if overlong else []
+    reward += ["sampling/rounds", "sampling/kept_group_frac"] if dynamic_sampling else []
+    reward += [f"reward/{n}/non_finite" for n in reward_names] if non_finite_counted else []
+    return (
+        actor + reward + ["response_length/mean", "response_length/clip_ratio", "perf/step_time_s", "perf/tokens_per_s"]
+    )
+
+
+def experience_means(experience: Experience, advantages: Tensor) -> list[tuple[dict[str, Tensor], float]]:
+    """A step's reward, advantage and length statistics, each with its weight per element in the
+    step's means."""
+    rewards, size = experience.rewards, experience.rewards.numel()
+    grouped = rewards.view(-1, experience.group_size)  # [N, G]
+    zero_std = (grouped.amax(dim=1) == grouped.amin(dim=1)).float()  # [N]
+    if advantages.dim() == 2:  # token-level: over completion tokens, not padding
+        advantages = advantages[experience.tokens.completion_mask.bool()]
+    means = [
+        ({"reward/mean": rewards.mean(), "reward/std": rewards.std(unbiased=False)}, size),
+        ({"response_length/mean": experience.lengths.float().mean()}, size),
+        ({"actor/adv_mean": advantages.mean(), "actor/adv_std": advantages.std(unbiased=False)}, size),
+        ({"reward/frac_zero_std": zero_std.mean()}, zero_std.numel()),
+    ]
+    if experience.truncated is not None:
+        means.append(({"response_length/clip_ratio": experience.truncated.float().mean()}, size))
+    scores = experience.scores
+    if scores is not None:
+        means += [
+            ({f"reward/{n}/mean": values[scores.applicable[n]]}, 1.0) for n, values in scores.per_function.items()
+        ]
+        means += [({f"reward/{n}/non_finite": count}, 1.0) for n, count in scores.non_finite.items()]
+    return means
+
+
+def micro_batch_means(
+    stats: dict[str, Tensor], units: Tensor, tokens: Tensor
+) -> list[tuple[dict[str, Tensor], Tensor]]:
+    """A micro-batch's loss statistics (``actor/`` names) with their weights: the loss terms by the
+    loss aggregation's ``units`` (sequences or tokens), the diagnostics by ``tokens``. A micro-batch
+    with nothing to average over (all masked) still reports its 0s, with a weight too small to move
+    the others."""
+    loss_terms = ({k: v for k, v in stats.items() if k in LOSS_TERMS}, units.clamp(min=1e-6))
+    return [loss_terms, ({k: v for k, v in stats.items() if k not in LOSS_TERMS}, tokens.clamp(min=1e-6))]
+
+
+def val_metric_names(reward_names: list[str], pass_metric: str | None) -> list[str]:
+    """Every metric a validation logs."""
+    return ["val/reward/mean"] + [f"val/reward/{n}/mean" for n in reward_names] + ([pass_metric] if pass_metric else [])
+
+
+def validation_means(scores: RewardScores) -> dict[str, Tensor]:
+    """A validation batch's rewards: the total, and each function's where it applied."""
+    per_function = {f"val/reward/{n}/mean": values[scores.applicable[n]] for n, values in scores.per_function.items()}
+    return {"val/reward/mean": scores.total} | per_function

@@ -109,6 +109,20 @@ class RolloutSample:
     advantages: Tensor  # [B]
     lengths: Tensor  # [B] completion tokens
 
+    @classmethod
+    def from_experience(cls, experience: Experience, advantages: Tensor) -> RolloutSample:
+        """The sample of generated, scored ``experience`` (its ``scores`` are set)."""
+        scores = experience.scores
+        return cls(
+            experience.prompts,
+            experience.completions,
+            scores.per_function,
+            scores.applicable,
+            experience.rewards,
+            advantages,
+            experience.lengths,
+        )
+
     def columns(self) -> list[str]:
         return ["prompt", "completion", *(f"reward/{name}" for name in self.rewards), "reward", "advantage", "length"]
 

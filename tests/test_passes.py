@@ -53,11 +53,3 @@ def test_adamw_is_fused_where_torch_supports_it(arith_policy, fused, expected):
     )
     optimizer = module.configure_optimizers()["optimizer"]
     assert bool(optimizer.defaults["fused"]) is expected  # fp32 on CPU: supported
-
-
-def test_auto_fused_adamw_falls_back_for_parameters_it_cannot_take():
-    from grpo_lightning.module import _fused_adamw_supported
-
-    assert _fused_adamw_supported([torch.nn.Parameter(torch.zeros(2))])
-    assert not _fused_adamw_supported([torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))])
-    assert not _fused_adamw_supported([])

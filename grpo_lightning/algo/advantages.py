@@ -44,7 +44,7 @@ the group.
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Callable, Optional, Protocol
 
 import torch
 from torch import Tensor
@@ -260,3 +260,41 @@ def token_level_advantages(
 TOKEN_LEVEL_SCALE = {"grpo": None, "grpo_vectorized": None, "dr_grpo": "none"}
 """Estimators whose token-level form is :func:`token_level_advantages`, and the scale each forces
 (None: ``algorithm.scale_rewards``)."""
+
+
+def resolve_scale_rewards(scale_rewards: Optional[str], normalize_by_std: bool) -> str:
+    """``algorithm.scale_rewards``, or what ``normalize_by_std`` implies when it is unset (null).
+
+    >>> resolve_scale_rewards(None, True), resolve_scale_rewards(None, False), resolve_scale_rewards("batch", True)
+    ('group', 'none', 'batch')
+    """
+    if scale_rewards is not None:
+        return scale_rewards
+    return "group" if normalize_by_std else "none"
+
+
+def batch_advantages(
+    rewards: Tensor,
+    token_rewards: Optional[Tensor],
+    mask: Tensor,
+    *,
+    estimator: str,
+    group_ids: Tensor,
+    group_size: int,
+    eps: float,
+    scale_rewards: str,
+    gamma: float,
+) -> Tensor:
+    """The advantages of one batch: [B] from outcome rewards [B] by ``estimator``; [B, T] from
+    token-level rewards [B, T] (when given) by discounted returns, scaled as the estimator does."""
+    if token_rewards is None:
+        return compute_advantages(
+            estimator, rewards, group_ids=group_ids, group_size=group_size, eps=eps, scale_rewards=scale_rewards
+        )  # [B]
+    if estimator not in TOKEN_LEVEL_SCALE:
+        raise ValueError(
+            f"this batch carries token_rewards, which algorithm.adv_estimator={estimator} does not handle; "
+            f"use one of {sorted(TOKEN_LEVEL_SCALE)}"
+        )
+    scale = TOKEN_LEVEL_SCALE[estimator] or scale_rewards
+    return token_level_advantages(token_rewards, mask, group_ids=group_ids, gamma=gamma, eps=eps, scale_rewards=scale)

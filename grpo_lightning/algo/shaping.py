@@ -14,3 +14,12 @@ def overlong_penalty(lengths: Tensor, max_length: int, buffer: int, factor: floa
     """
     excess = (lengths.float() - (max_length - buffer)).clamp(min=0)
     return -factor * (excess / buffer).clamp(max=1.0)
+
+
+def overlong_buffer(max_length: int, buffer_frac: float) -> int:
+    """The buffer of :func:`overlong_penalty` for ``algorithm.overlong_buffer_frac``: at least one token.
+
+    >>> overlong_buffer(20, 0.2), overlong_buffer(4, 0.1)
+    (4, 1)
+    """
+    return max(1, round(buffer_frac * max_length))

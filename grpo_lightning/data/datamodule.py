@@ -10,6 +10,7 @@ formats the prompts and enforces their length limit, so this module needs no tok
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Callable, Iterator, Optional
 
 import lightning as L
@@ -224,3 +225,15 @@ class PromptDataModule(L.LightningDataModule):
             per_rank = state_dict.get("refill_per_rank", [])
             # A checkpoint of another process count is refused by RNGStateCallback.
             self._refill_resume_at = per_rank[rank()] if rank() < len(per_rank) else None
+
+
+def refill_stream(datamodule: Optional[L.LightningDataModule]) -> Optional[Iterator[dict[str, list[Any]]]]:
+    """More training prompts for dynamic sampling's extra rounds: the datamodule's own
+    ``refill_batches()`` (PromptDataModule: the training rows in an order of their own, its position
+    kept in checkpoints), else its ``train_dataloader()`` again and again; None without a datamodule
+    (the step's own prompts are then sampled again)."""
+    if datamodule is None:
+        return None
+    if hasattr(datamodule, "refill_batches"):
+        return datamodule.refill_batches()
+    return (batch for _ in itertools.count() for batch in datamodule.train_dataloader())

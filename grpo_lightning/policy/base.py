@@ -18,6 +18,7 @@ from typing import Iterator, Optional
 
 from torch import Tensor, nn
 
+from grpo_lightning.config import GenerationConfig
 from grpo_lightning.distributed import AllAgree
 from grpo_lightning.policy.generation.vllm import VLLMEngineArgs
 from grpo_lightning.types import TokenBatch
@@ -37,6 +38,12 @@ class SamplingParams:
     "auto": the loop for the model types it supports, else generate; "vllm": a colocated vLLM
     engine (grpo_lightning.policy.generation.vllm), built at the first call with ``vllm_engine``."""
     vllm_engine: VLLMEngineArgs = field(default_factory=VLLMEngineArgs)
+
+    @classmethod
+    def from_config(cls, gen: GenerationConfig, do_sample: bool = True) -> SamplingParams:
+        """The ``generation`` group's settings; ``do_sample=False`` for greedy validation."""
+        engine = VLLMEngineArgs(gen.vllm_gpu_memory_utilization, gen.vllm_max_model_len)
+        return cls(gen.max_new_tokens, gen.temperature, gen.top_p, gen.top_k, do_sample, gen.backend, engine)
 
 
 class Policy(nn.Module, ABC):

@@ -14,6 +14,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 
+from grpo_lightning.compat import skip_next_validation
 from grpo_lightning.run.checkpoints import LastCheckpoint, validates_after_this_batch
 
 
@@ -84,9 +85,7 @@ class PreemptionCallback(Callback):
         if self._signalled(trainer) and not validates_after_this_batch(trainer):
             self._stop(trainer)
             # should_stop alone would make Lightning validate off schedule; the machine is going away.
-            epoch_loop = trainer.fit_loop.epoch_loop
-            if hasattr(epoch_loop, "_skip_next_val"):
-                epoch_loop._skip_next_val = True
+            skip_next_validation(trainer)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking and self._signalled(trainer):

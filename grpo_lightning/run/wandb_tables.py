@@ -14,6 +14,7 @@ from typing import Any, Optional
 import lightning as L
 from lightning.pytorch.loggers import WandbLogger
 
+from grpo_lightning.compat import logged_steps
 from grpo_lightning.types import RolloutSample
 
 
@@ -53,6 +54,6 @@ class CompletionsTable(L.Callback):
                 "histograms/reward": wandb.Histogram(sample.total.float().cpu().numpy()),
                 "histograms/response_length": wandb.Histogram(sample.lengths.float().cpu().numpy()),
                 # The x-axis Lightning's WandbLogger gives every metric (training steps so far).
-                "trainer/global_step": trainer.fit_loop.epoch_loop._batches_that_stepped,
+                "trainer/global_step": logged_steps(trainer),
             }
         )

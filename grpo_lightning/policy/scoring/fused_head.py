@@ -20,6 +20,8 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from grpo_lightning.compat import accelerate_hooked, forward_hook_ids, is_compiled, require_grads_hook_ids
+
 
 class LinearTokenScores(torch.autograd.Function):
     """Log-probs and entropy of ``token_ids`` under ``linear(hidden, weight, bias) / temperature``.
@@ -151,14 +153,9 @@ class TiedWeightGradient:
         embedding = model.get_input_embeddings()
         if not (type(embedding) is nn.Embedding and fuses_head(head) and embedding.weight is head.weight):
             return None
-        require_grads_hooks = {handle.id for handle in getattr(model, "_require_grads_hooks", None) or ()}
-        hooked = (
-            set(embedding._forward_hooks) - require_grads_hooks
-            or embedding._forward_pre_hooks
-            or hasattr(embedding, "_hf_hook")
-        )
+        hooked = forward_hook_ids(embedding) - require_grads_hook_ids(model) or accelerate_hooked(embedding)
         plain = embedding.max_norm is None and not embedding.scale_grad_by_freq and not embedding.sparse
-        compiled = getattr(model.get_decoder(), "_compiled_call_impl", None) is not None
+        compiled = is_compiled(model.get_decoder())
         trained = torch.is_grad_enabled() and embedding.weight.requires_grad
         return cls(embedding) if plain and trained and not hooked and not compiled else None
 
@@ -220,10 +217,4 @@ def fuses_head(head: nn.Module) -> bool:
     the weight as the unfused call would. A ``forward`` replaced without a hook (accelerate's
     ``device_map`` offloading) is not seen: load such models without it."""
     plain = lambda tensor: tensor is None or type(tensor.data) is torch.Tensor  # noqa: E731
-    return (
-        type(head) is nn.Linear
-        and not head._forward_hooks
-        and not head._forward_pre_hooks
-        and plain(head.weight)
-        and plain(head.bias)
-    )
+    return type(head) is nn.Linear and not forward_hook_ids(head) and plain(head.weight) and plain(head.bias)

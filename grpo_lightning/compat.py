@@ -1,0 +1,115 @@
+"""Every use of another library's private API, in one place.
+
+When Lightning, torch, transformers, accelerate or OmegaConf change underneath us, this is the file
+that breaks, and tests/test_compat.py says which access did. Each function names the version it
+was written against and why the public API does not serve.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+# -- Lightning (written against lightning 2.6.6) ---------------------------------------------------
+
+
+def has_trainer(module: L.LightningModule) -> bool:
+    """Whether ``module`` is attached to a Trainer; ``module.trainer`` raises when it is not.
+    (``LightningModule._trainer``)"""
+    return module._trainer is not None
+
+
+def log_step_metrics(trainer: L.Trainer, metrics: dict[str, Tensor]) -> None:
+    """What ``LightningModule.log_dict(metrics, on_step=True, on_epoch=False)`` does for step-only
+    values, for a fraction of its cost: log_dict moves a torchmetrics state to the value's device for
+    every key (benchmarks/bench_logging.py). The values join ``trainer.callback_metrics`` (what
+    callbacks, checkpoint monitors and the run summary read), and on the steps Lightning would log
+    (``trainer.log_every_n_steps``) its logger connector sends them to every logger at the same step,
+    with the same ``epoch`` key. (``Trainer._logger_connector``: ``should_update_logs``,
+    ``log_metrics``)"""
+    trainer.callback_metrics.update(metrics)
+    connector = trainer._logger_connector
+    if connector.should_update_logs or trainer.fast_dev_run:
+        connector.log_metrics(metrics)
+
+
+def skip_next_validation(trainer: L.Trainer) -> None:
+    """Stop Lightning from running the validation it squeezes in when ``should_stop`` is set
+    mid-epoch (a pre-empted machine is going away). A no-op where the attribute is gone.
+    (``_TrainingEpochLoop._skip_next_val``)"""
+    epoch_loop = trainer.fit_loop.epoch_loop
+    if hasattr(epoch_loop, "_skip_next_val"):
+        epoch_loop._skip_next_val = True
+
+
+def logged_steps(trainer: L.Trainer) -> int:
+    """The step Lightning's loggers are at: batches that stepped an optimizer, which WandbLogger
+    uses as ``trainer/global_step``. (``_TrainingEpochLoop._batches_that_stepped``)"""
+    return trainer.fit_loop.epoch_loop._batches_that_stepped
+
+
+def logged_steps_in_checkpoint(checkpoint: dict[str, Any]) -> int:
+    """:func:`logged_steps` as a checkpoint saved it (the loop's state dict; KeyError if absent)."""
+    return checkpoint["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"]
+
+
+# -- torch (written against torch 2.13.0) -----------------------------------------------------------
+
+
+def fused_adamw_supported(params: Iterable[nn.Parameter]) -> bool:
+    """Whether torch's fused AdamW takes these parameters: its own device check
+    (``torch.optim.optimizer._get_fused_kernels_supported_devices``) and dtypes."""
+    from torch.optim.optimizer import _get_fused_kernels_supported_devices
+
+    devices = _get_fused_kernels_supported_devices()
+    params = list(params)
+    return bool(params) and all(
+        p.device.type in devices and p.dtype in (torch.float32, torch.bfloat16, torch.float16) for p in params
+    )
+
+
+def forward_hook_ids(module: nn.Module) -> set[int]:
+    """The handles of the forward hooks and pre-hooks registered on ``module`` itself: a module with
+    hooks cannot be stood in for by a fused function (``nn.Module._forward_hooks``,
+    ``_forward_pre_hooks``)."""
+    return set(module._forward_hooks) | set(module._forward_pre_hooks)
+
+
+def is_compiled(module: nn.Module) -> bool:
+    """Whether ``module.compile()`` was called on it (``nn.Module._compiled_call_impl``)."""
+    return getattr(module, "_compiled_call_impl", None) is not None
+
+
+# -- transformers (written against transformers 5.24.0) and accelerate (1.16.0) --------------------
+
+
+def require_grads_hook_ids(model: nn.Module) -> set[int]:
+    """The handles of the hook ``PreTrainedModel.enable_input_require_grads`` puts on the input
+    embedding (gradient checkpointing installs it); empty if there is none.
+    (``PreTrainedModel._require_grads_hooks``, a list of handles since transformers 5)"""
+    hooks = getattr(model, "_require_grads_hooks", None) or ()
+    return {handle.id for handle in hooks}
+
+
+def accelerate_hooked(module: nn.Module) -> bool:
+    """Whether accelerate replaced ``module``'s forward (``device_map`` offloading, ``add_hook_to_module``)
+    (``module._hf_hook``)."""
+    return hasattr(module, "_hf_hook")
+
+
+# -- OmegaConf (written against omegaconf 2.3.1) ----------------------------------------------------
+
+
+def child_config(node: DictConfig, key: str) -> DictConfig | None:
+    """The child of ``node`` at ``key`` as a DictConfig that holds values, without resolving
+    interpolations or materialising a MISSING or None one (``DictConfig._get_node``,
+    ``_is_missing``, ``_is_none``); None for anything else."""
+    child = node._get_node(key)
+    if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+        return child
+    return None
