@@ -129,8 +129,8 @@ class CausalLMPolicy(Policy):
 
     @property
     def is_lora(self) -> bool:
-        # Without peft imported no model can be a PeftModel; importing it just to ask costs
-        # ~10 MiB of resident memory in every run without LoRA.
+        # Without peft imported no model can be a PeftModel; importing it just to ask would cost
+        # its resident memory in every run without LoRA.
         peft = sys.modules.get("peft")
         return peft is not None and isinstance(self.model, peft.PeftModel)
 

@@ -1,7 +1,7 @@
 """Lockstep (sharded weights): the same forward calls on every process, whatever the data.
 
 Each process's side is checked here, with a stand-in for the all-processes vote; two real
-processes voting are in tests/test_cross_process.py.
+processes voting are in tests/run/test_cross_process.py.
 """
 
 from types import SimpleNamespace

@@ -16,11 +16,11 @@ stopping when every row has produced EOS. This loop does exactly that:
 The filters use the same operations, in the same order, as ``generate``'s
 TemperatureLogitsWarper -> TopKLogitsWarper -> TopPLogitsWarper -> softmax. The draw departs
 from ``generate``'s ``torch.multinomial``: that draws one exponential variate per vocabulary
-entry per row (on a CPU, ~20 ms for 32 rows of a 32,000-token vocabulary: most of a decode
-step), while :func:`draw_tokens` inverts the cumulative distribution with one uniform variate
-per row. Same distribution, other random numbers: with ``draw_tokens`` replaced by a
+entry per row (on a CPU most of a decode step at a real vocabulary: benchmarks/RESULTS.md, "The
+sampling loop draws by inverse CDF"), while :func:`draw_tokens` inverts the cumulative
+distribution with one uniform variate per row. Same distribution, other random numbers: with ``draw_tokens`` replaced by a
 multinomial draw, the loop gives ``generate``'s tokens for the same seed
-(tests/test_generation_loop.py checks both).
+(tests/policy/test_generation_loop.py checks both).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from grpo_lightning.distributed import AllAgree, widest_float
 LOOP_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral"})
 """Decoder-only model types that ``generation.backend=auto`` samples with this loop: their
 forward takes the prompt mask, position ids and a ``DynamicCache`` exactly as ``generate``'s
-does (tests/test_generation_loop.py checks each, token for token). Others go to ``generate``."""
+does (tests/policy/test_generation_loop.py checks each, token for token). Others go to ``generate``."""
 
 
 def supports_generation_loop(model: nn.Module) -> bool:

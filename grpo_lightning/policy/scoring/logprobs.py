@@ -17,7 +17,7 @@ With ``share_prompts=True`` a batch whose rows repeat prompts (the G completions
 group) runs each distinct prompt through the model once, keeps its keys and values in a KV
 cache (with their autograd graph), gives every row its prompt's cache and then runs only the
 completions: the prompt costs 1/G of the full pass, in the forward and in the backward. The
-numbers are those of the full pass up to float rounding (tests/test_logprobs.py). It needs the
+numbers are those of the full pass up to float rounding (tests/policy/test_logprobs.py). It needs the
 KV cache in training mode, which gradient checkpointing switches off. With ``same_calls`` (sharded
 weights: every process must make the same forward calls) the two-call form runs even for a
 batch whose prompts all differ.
@@ -36,8 +36,7 @@ from grpo_lightning.policy.scoring.fused_head import LinearTokenScores, TiedWeig
 LOGIT_CHUNK_BYTES = {"cpu": 4 * 2**20}
 """Float32 logits per chunk when ``model.logprob_chunk_size`` is automatic, by device type, unless a
 quarter of the head's float32 weight is more (:func:`completions_per_chunk`). On a CPU, 4 MiB
-chunks cost no time and save memory (benchmarks/RESULTS.md: a 32,000-token vocabulary, 4 against
-64 completions a chunk: the same step time within the machine's drift, 0.85x the peak RSS).
+chunks cost no time and save memory (benchmarks/RESULTS.md, "The chunk size is automatic").
 Other devices: :data:`ACCELERATOR_LOGIT_CHUNK_BYTES`."""
 
 
@@ -53,8 +52,8 @@ def completions_per_chunk(completion_tokens: int, vocab_size: int, device: torch
 
     The budget is never below a quarter of the head's float32 weight (``vocab_size x hidden_size``
     x 4 bytes): every chunk adds its share into the [V, H] weight gradient, a weight-sized write,
-    so chunks much smaller than the weight spend more on that than on their logits (a 151,936 x 128
-    head: 4 completions of 8 tokens a chunk, 0.75x the time of 1; bench_logprobs.py). A chunk's
+    so chunks much smaller than the weight spend more on that than on their logits (bench_logprobs.py;
+    benchmarks/RESULTS.md). A chunk's
     logits, probabilities and their gradient then stay below the weight gradient itself.
     """
     budget = max(LOGIT_CHUNK_BYTES.get(device.type, ACCELERATOR_LOGIT_CHUNK_BYTES), vocab_size * hidden_size)
