@@ -18,9 +18,9 @@ TemperatureLogitsWarper -> TopKLogitsWarper -> TopPLogitsWarper -> softmax. The 
 from ``generate``'s ``torch.multinomial``: that draws one exponential variate per vocabulary
 entry per row (on a CPU most of a decode step at a real vocabulary: benchmarks/RESULTS.md, "The
 sampling loop draws by inverse CDF"), while :func:`draw_tokens` inverts the cumulative
-distribution with one uniform variate per row. Same distribution, other random numbers: with ``draw_tokens`` replaced by a
-multinomial draw, the loop gives ``generate``'s tokens for the same seed
-(tests/policy/test_generation_loop.py checks both).
+distribution with one uniform variate per row. Same distribution, other random numbers: with
+``draw_tokens`` replaced by a multinomial draw, the loop gives ``generate``'s tokens for the
+same seed (tests/policy/test_generation_loop.py checks both).
 """
 
 from __future__ import annotations
