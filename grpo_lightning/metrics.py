@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from grpo_lightning.algo.advantages import constant_groups
 from grpo_lightning.types import Experience, RewardScores
 
 
@@ -90,8 +91,7 @@ def experience_means(experience: Experience, advantages: Tensor) -> list[tuple[d
     """A step's reward, advantage and length statistics, each with its weight per element in the
     step's means."""
     rewards, size = experience.rewards, experience.rewards.numel()
-    grouped = rewards.view(-1, experience.group_size)  # [N, G]
-    zero_std = (grouped.amax(dim=1) == grouped.amin(dim=1)).float()  # [N]
+    zero_std = constant_groups(rewards, experience.group_size).float()  # [N]
     if advantages.dim() == 2:  # token-level: over completion tokens, not padding
         advantages = advantages[experience.tokens.completion_mask.bool()]
     means = [

@@ -49,6 +49,7 @@ from typing import Callable, Optional, Protocol
 import torch
 from torch import Tensor
 
+from grpo_lightning.algo.registry import Registry
 from grpo_lightning.distributed import global_mean_std
 
 
@@ -58,7 +59,7 @@ class AdvantageEstimator(Protocol):
     ) -> Tensor: ...
 
 
-ADV_ESTIMATORS: dict[str, AdvantageEstimator] = {}
+ADV_ESTIMATORS: Registry[AdvantageEstimator] = Registry("advantage estimator")
 SELF_SCALED: set[str] = set()
 """Estimators that fix their own scale (``algorithm.scale_rewards`` does not apply to them)."""
 SCALE_REWARDS = ("group", "batch", "none")
@@ -75,9 +76,7 @@ def register_adv_estimator(
     """
 
     def decorate(fn: AdvantageEstimator) -> AdvantageEstimator:
-        if name in ADV_ESTIMATORS:
-            raise ValueError(f"advantage estimator {name!r} is already registered")
-        ADV_ESTIMATORS[name] = fn
+        ADV_ESTIMATORS.register(name)(fn)
         if not scale_rewards:
             SELF_SCALED.add(name)
         return fn
@@ -86,10 +85,18 @@ def register_adv_estimator(
 
 
 def get_adv_estimator(name: str) -> AdvantageEstimator:
-    try:
-        return ADV_ESTIMATORS[name]
-    except KeyError:
-        raise KeyError(f"unknown advantage estimator {name!r}; known: {sorted(ADV_ESTIMATORS)}") from None
+    return ADV_ESTIMATORS.lookup(name)
+
+
+def constant_groups(rewards: Tensor, group_size: int) -> Tensor:
+    """[N] True for each group of ``group_size`` consecutive rewards that are all equal: zero
+    advantages, no learning signal (GRPO's degenerate case; DAPO drops such groups).
+
+    >>> constant_groups(torch.tensor([1.0, 1.0, 0.0, 1.0]), 2).tolist()
+    [True, False]
+    """
+    grouped = rewards.view(-1, group_size)  # [N, G]
+    return grouped.amax(dim=1) == grouped.amin(dim=1)
 
 
 def normalize_group_rewards(
@@ -112,8 +119,7 @@ def normalize_group_rewards(
     if normalize_by_std:
         centred = centred / (grouped.std(dim=1, unbiased=False, keepdim=True) + eps)
     # A constant group would give tiny float noise (or 0/0 with eps=0) instead of 0.
-    constant = grouped.amax(dim=1, keepdim=True) == grouped.amin(dim=1, keepdim=True)
-    return centred.masked_fill(constant, 0.0).view(-1)  # [N*G]
+    return centred.masked_fill(constant_groups(rewards, group_size).unsqueeze(1), 0.0).view(-1)  # [N*G]
 
 
 @register_adv_estimator("grpo_vectorized")

@@ -19,15 +19,9 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from grpo_lightning.algo.advantages import constant_groups
 from grpo_lightning.distributed import AllAgree
-from grpo_lightning.rewards import RewardScores
-from grpo_lightning.types import Rollout, TokenBatch
-
-
-def zero_std_groups(rewards: Tensor, group_size: int) -> Tensor:
-    """Which groups have all rewards equal.  rewards [N*G] -> [N] bool"""
-    grouped = rewards.view(-1, group_size)  # [N, G]
-    return grouped.amax(dim=1) == grouped.amin(dim=1)
+from grpo_lightning.types import RewardScores, Rollout, TokenBatch
 
 
 def _pad_tokens(parts: list[TokenBatch]) -> TokenBatch:
@@ -120,7 +114,7 @@ def dynamic_sample(
         rollout, scores = draw(rounds)
         rounds += 1
         non_finite.update(scores.non_finite)
-        constant = zero_std_groups(scores.total, group_size)  # [N]
+        constant = constant_groups(scores.total, group_size)  # [N]
         generated_groups += constant.numel()
         keep = (~constant).nonzero().view(-1)
         kept.append(_select_groups(rollout, scores, keep, group_size))

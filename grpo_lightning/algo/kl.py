@@ -17,27 +17,19 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
+from grpo_lightning.algo.registry import Registry
+
 KLEstimator = Callable[[Tensor, Tensor], Tensor]
-KL_ESTIMATORS: dict[str, KLEstimator] = {}
+KL_ESTIMATORS: Registry[KLEstimator] = Registry("KL estimator")
 
 
 def register_kl_estimator(name: str) -> Callable[[KLEstimator], KLEstimator]:
     """Decorator: make ``fn(logprobs [B, T], ref_logprobs [B, T]) -> [B, T]`` selectable by name."""
-
-    def decorate(fn: KLEstimator) -> KLEstimator:
-        if name in KL_ESTIMATORS:
-            raise ValueError(f"KL estimator {name!r} is already registered")
-        KL_ESTIMATORS[name] = fn
-        return fn
-
-    return decorate
+    return KL_ESTIMATORS.register(name)
 
 
 def get_kl_estimator(name: str) -> KLEstimator:
-    try:
-        return KL_ESTIMATORS[name]
-    except KeyError:
-        raise KeyError(f"unknown KL estimator {name!r}; known: {sorted(KL_ESTIMATORS)}") from None
+    return KL_ESTIMATORS.lookup(name)
 
 
 @register_kl_estimator("k1")

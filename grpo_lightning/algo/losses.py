@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from grpo_lightning.algo.kl import KLEstimator, kl_k3
+from grpo_lightning.algo.registry import Registry
 
 __all__ = [
     "grpo_loss",
@@ -102,27 +103,27 @@ class LossAggregation:
         return mask.sum() if self.by_tokens else scored_sequences(mask)
 
 
-LOSS_AGGREGATIONS: dict[str, LossAggregation] = {
-    # Original GRPO: each sequence weighs the same, so a token of a long sequence weighs less.
-    "seq-mean-token-mean": LossAggregation(lambda v, m, L: sequence_then_token_mean(v, m), by_tokens=False),
-    # DAPO: each token weighs the same; long sequences weigh more in total.
-    "token-mean": LossAggregation(lambda v, m, L: masked_mean(v, m), by_tokens=True),
-    # Sum over tokens: the loss and gradient grow with the length of the sequence.
-    "seq-mean-token-sum": LossAggregation(
-        lambda v, m, L: (v * m).sum() / scored_sequences(m).clamp(min=1), by_tokens=False
-    ),
-    # Dr. GRPO: the token sum divided by a constant (the max completion length): no length bias.
-    "seq-mean-token-sum-norm": LossAggregation(
-        lambda v, m, L: (v * m).sum() / scored_sequences(m).clamp(min=1) / L, by_tokens=False
-    ),
-}
+LOSS_AGGREGATIONS: Registry[LossAggregation] = Registry("loss aggregation")
+LOSS_AGGREGATIONS.update(
+    {
+        # Original GRPO: each sequence weighs the same, so a token of a long sequence weighs less.
+        "seq-mean-token-mean": LossAggregation(lambda v, m, L: sequence_then_token_mean(v, m), by_tokens=False),
+        # DAPO: each token weighs the same; long sequences weigh more in total.
+        "token-mean": LossAggregation(lambda v, m, L: masked_mean(v, m), by_tokens=True),
+        # Sum over tokens: the loss and gradient grow with the length of the sequence.
+        "seq-mean-token-sum": LossAggregation(
+            lambda v, m, L: (v * m).sum() / scored_sequences(m).clamp(min=1), by_tokens=False
+        ),
+        # Dr. GRPO: the token sum divided by a constant (the max completion length): no length bias.
+        "seq-mean-token-sum-norm": LossAggregation(
+            lambda v, m, L: (v * m).sum() / scored_sequences(m).clamp(min=1) / L, by_tokens=False
+        ),
+    }
+)
 
 
 def get_loss_aggregation(name: str) -> LossAggregation:
-    try:
-        return LOSS_AGGREGATIONS[name]
-    except KeyError:
-        raise KeyError(f"unknown loss aggregation {name!r}; known: {sorted(LOSS_AGGREGATIONS)}") from None
+    return LOSS_AGGREGATIONS.lookup(name)
 
 
 Aggregate = Callable[[Tensor, Tensor], Tensor]
@@ -146,7 +147,7 @@ class PolicyLoss(Protocol):
     ) -> tuple[Tensor, dict[str, Tensor]]: ...
 
 
-POLICY_LOSSES: dict[str, Callable[..., PolicyLoss]] = {}
+POLICY_LOSSES: Registry[Callable[..., PolicyLoss]] = Registry("policy loss")
 
 
 def register_policy_loss(name: str):
@@ -156,20 +157,11 @@ def register_policy_loss(name: str):
     that classmethod, else with no arguments.
     """
 
-    def decorate(cls):
-        if name in POLICY_LOSSES:
-            raise ValueError(f"policy loss {name!r} is already registered")
-        POLICY_LOSSES[name] = cls
-        return cls
-
-    return decorate
+    return POLICY_LOSSES.register(name)
 
 
 def get_policy_loss(name: str):
-    try:
-        return POLICY_LOSSES[name]
-    except KeyError:
-        raise KeyError(f"unknown policy loss {name!r}; known: {sorted(POLICY_LOSSES)}") from None
+    return POLICY_LOSSES.lookup(name)
 
 
 def _clip_bounds(alg) -> tuple[float, float]:

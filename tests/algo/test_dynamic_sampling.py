@@ -5,7 +5,8 @@ import csv
 import pytest
 import torch
 
-from grpo_lightning.algo.dynamic_sampling import dynamic_sample, zero_std_groups
+from grpo_lightning.algo.advantages import constant_groups
+from grpo_lightning.algo.dynamic_sampling import dynamic_sample
 from grpo_lightning.algo.shaping import overlong_penalty
 from grpo_lightning.rewards import RewardScores
 from grpo_lightning.run.train import train
@@ -36,8 +37,8 @@ def _scored(group_rewards: list[list[float]], tag: str, prompt_len: int, complet
     return rollout, RewardScores(total, {"f": total}, {"f": torch.ones(rows, dtype=torch.bool)})
 
 
-def test_zero_std_groups():
-    assert zero_std_groups(torch.tensor([1.0, 1.0, 0.0, 1.0, 2.0, 2.0]), 2).tolist() == [True, False, True]
+def test_constant_groups():
+    assert constant_groups(torch.tensor([1.0, 1.0, 0.0, 1.0, 2.0, 2.0]), 2).tolist() == [True, False, True]
 
 
 def test_constant_groups_are_replaced_by_later_rounds():
@@ -51,7 +52,7 @@ def test_constant_groups_are_replaced_by_later_rounds():
     assert rollout.prompts == ["a1", "a1", "b1", "b1", "b2", "b2"]
     assert rollout.columns["answer"] == rollout.prompts
     assert scores.total.tolist() == [0, 1, 1, 0, 0, 2]
-    assert not zero_std_groups(scores.total, G).any()
+    assert not constant_groups(scores.total, G).any()
     assert rollout.group_ids.tolist() == [0, 0, 1, 1, 2, 2]
     # rounds of different lengths are padded: prompts on the left, completions on the right
     assert rollout.tokens.prompt_ids.shape == (6, 5) and rollout.tokens.completion_ids.shape == (6, 4)
