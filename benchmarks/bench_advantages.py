@@ -10,10 +10,9 @@ blocks of ``--calls`` calls, after a warm-up block; the spread is the min and ma
 
 from __future__ import annotations
 
-import argparse
-import statistics
 import time
 
+import common
 import torch
 
 from grpo_lightning.algo.advantages import get_adv_estimator
@@ -37,14 +36,14 @@ def time_estimator(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = common.make_parser(__doc__)
     parser.add_argument("--completions", type=int, default=4096)
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--calls", type=int, default=200)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=1)
+    common.add_repeats(parser, 7, help="blocks of --calls calls timed")
+    common.add_threads(parser)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    common.set_threads(args.threads)
 
     generator = torch.Generator().manual_seed(0)
     rewards = (torch.rand(args.completions, generator=generator) > 0.5).float()  # [N] 0/1
@@ -66,12 +65,10 @@ def main() -> None:
         f"median of {args.repeats} blocks of {args.calls} calls (min, max)"
     )
     for name, blocks in timings.items():
-        print(
-            f"  {name:>15}: {statistics.median(blocks) * 1e6:8.1f} us/call "
-            f"({min(blocks) * 1e6:.1f}, {max(blocks) * 1e6:.1f})"
-        )
-    speedups = [slow / fast for slow, fast in zip(timings["grpo"], timings["grpo_vectorized"])]
-    print(f"  grpo / grpo_vectorized: {statistics.median(speedups):.2f}x ({min(speedups):.2f}, {max(speedups):.2f})")
+        spread = common.Spread.of(blocks, 1e6)
+        print(f"  {name:>15}: {spread.median:8.1f} us/call {spread.range()}")
+    speedups = common.Spread.of([slow / fast for slow, fast in zip(timings["grpo"], timings["grpo_vectorized"])])
+    print(f"  grpo / grpo_vectorized: {speedups.median:.2f}x {speedups.range('.2f')}")
 
 
 if __name__ == "__main__":

@@ -16,31 +16,24 @@ median over ``--calls`` calls after one warm-up call each, with the min and max.
 
 from __future__ import annotations
 
-import argparse
 import shutil
-import statistics
-import sys
 import tempfile
-import time
 from pathlib import Path
 
+import common
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_vs_trl import build_checkpoint  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", choices=["tiny", "0.5b"], default="tiny")
+    parser = common.make_parser(__doc__)
+    common.add_model(parser)
     parser.add_argument("--rows", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=8)
     parser.add_argument("--calls", type=int, default=15)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--prompt-tokens", type=int, default=0, help="preamble before every prompt")
-    parser.add_argument("--vocab-size", type=int, default=32_000, help="the tiny model's vocabulary (bench_vs_trl)")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    common.add_threads(parser)
+    common.add_prompt_tokens(parser)
+    args = common.check_model(parser, parser.parse_args())
+    common.set_threads(args.threads)
 
     import grpo_lightning.policy.generation.loop as generation_loop
     from grpo_lightning.config import ModelConfig
@@ -49,11 +42,11 @@ def main() -> None:
 
     scratch = Path(tempfile.mkdtemp(prefix="bench_generation-"))
     try:
-        checkpoint = build_checkpoint(args.size, scratch, args.vocab_size)
+        checkpoint = common.build_checkpoint(args.size, scratch, args.vocab_size)
         policy = CausalLMPolicy.from_config(ModelConfig(name_or_path=str(checkpoint)))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    preamble = ("0123456789" * (args.prompt_tokens // 10 + 1))[: args.prompt_tokens]
+    preamble = common.preamble(args.prompt_tokens)
     prompt_ids, prompt_mask = policy.encode_prompts(
         [preamble + prompt for prompt in ["12+34=", "56+78=", "90+12=", "34+5="] * (args.rows // 4)]
     )
@@ -76,15 +69,16 @@ def main() -> None:
         cpu, wall = [], []
         for call in range(args.calls):
             torch.manual_seed(call)
-            started_cpu, started_wall = time.process_time(), time.perf_counter()
+            started = common.clocks()
             outputs[sampler, call] = policy.sample(prompt_ids, prompt_mask, sampling)
-            cpu.append(time.process_time() - started_cpu)
-            wall.append(time.perf_counter() - started_wall)
-        cpu_medians[sampler] = statistics.median(cpu)
+            ended = common.clocks()
+            wall.append(ended[0] - started[0])
+            cpu.append(ended[1] - started[1])
+        cpu_spread, wall_spread = common.Spread.of(cpu, 1000), common.Spread.of(wall, 1000)
+        cpu_medians[sampler] = cpu_spread.median
         print(
-            f"  {sampler:>16}: CPU {statistics.median(cpu) * 1000:7.1f} ms ({min(cpu) * 1000:.1f}, "
-            f"{max(cpu) * 1000:.1f}) | wall {statistics.median(wall) * 1000:7.1f} ms "
-            f"({min(wall) * 1000:.1f}, {max(wall) * 1000:.1f})"
+            f"  {sampler:>16}: CPU {cpu_spread.median:7.1f} ms {cpu_spread.range()} | "
+            f"wall {wall_spread.median:7.1f} ms {wall_spread.range()}"
         )
     for call in range(args.calls):
         torch.testing.assert_close(outputs["hf", call], outputs["loop-multinomial", call], rtol=0, atol=0)

@@ -19,15 +19,8 @@ modes are checked equal.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-import sys
-import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_shared_prompts import run_worker, shape_parser, tiny_llama  # noqa: E402
-from bench_vs_trl import _proc_status_mib  # noqa: E402
+import common
 
 MODES = {"padded": 1, "buckets": 4}
 
@@ -43,50 +36,44 @@ def completion_lengths(rows: int, longest: int, kind: str, generator) -> list[in
 def worker(args: argparse.Namespace) -> None:
     import torch
 
-    from grpo_lightning.data.tasks.arithmetic import build_tokenizer
     from grpo_lightning.policy.causal_lm import CausalLMPolicy
     from grpo_lightning.types import TokenBatch
 
     num_prompts, group_size, prompt_length, completion_length = args.shape
-    model = tiny_llama(prompt_length + completion_length, args.threads)
-    config = model.config
-    policy = CausalLMPolicy(model, build_tokenizer(), share_prompts=True, length_buckets=MODES[args.worker])
+    model = common.shape_worker_model(args)
+    vocab_size = model.config.vocab_size
+    policy = CausalLMPolicy(model, common.task_tokenizer(), share_prompts=True, length_buckets=MODES[args.worker])
     rows = num_prompts * group_size
     generator = torch.Generator().manual_seed(1)
     lengths = torch.tensor(completion_lengths(rows, completion_length, args.lengths, generator))
     completion_mask = (torch.arange(completion_length).unsqueeze(0) < lengths.unsqueeze(1)).long()
-    prompts = torch.randint(4, config.vocab_size, (num_prompts, prompt_length), generator=generator)
+    prompts = torch.randint(4, vocab_size, (num_prompts, prompt_length), generator=generator)
     batch = TokenBatch(
         prompts.repeat_interleave(group_size, 0),
         torch.ones(rows, prompt_length, dtype=torch.long),
-        torch.randint(4, config.vocab_size, (rows, completion_length), generator=generator) * completion_mask,
+        torch.randint(4, vocab_size, (rows, completion_length), generator=generator) * completion_mask,
         completion_mask,
     )
-    times, baseline = [], _proc_status_mib("VmRSS")
-    for _ in range(args.repeats):
-        started = time.perf_counter()
+
+    def one_pass():
         logprobs, _ = policy.token_scores(batch, temperature=1.0, with_entropy=False)
         (logprobs * completion_mask).sum().backward()
-        times.append(time.perf_counter() - started)
-        policy.model.zero_grad(set_to_none=True)
-    kept = (logprobs * completion_mask).detach().flatten()
-    print(
-        json.dumps(
-            {
-                "peak_rise_mib": _proc_status_mib("VmHWM") - baseline,
-                "seconds": times,
-                "logprobs": kept[kept != 0][:256].tolist(),
-                "split": policy._length_buckets(batch) is not None,
-                "padding_share": 1 - completion_mask.float().mean().item(),
-            }
-        )
+        return logprobs
+
+    passes = common.time_passes(one_pass, args.repeats, between=lambda: policy.model.zero_grad(set_to_none=True))
+    kept = (passes.last * completion_mask).detach().flatten()
+    common.emit_result(
+        {
+            **passes.figures(),
+            "logprobs": kept[kept != 0][:256].tolist(),
+            "split": policy._length_buckets(batch) is not None,
+            "padding_share": 1 - completion_mask.float().mean().item(),
+        }
     )
 
 
 def main() -> None:
-    parser = shape_parser(
-        __doc__.split("\n\n")[0], ["8x4x8x8", "8x4x32x128", "4x8x64x256"], repeats=9, modes=list(MODES)
-    )
+    parser = common.shape_parser(__doc__, ["8x4x8x8", "8x4x32x128", "4x8x64x256"], repeats=9, modes=list(MODES))
     parser.add_argument("--lengths", choices=["uniform", "tail"], default="tail")
     args = parser.parse_args()
     if args.worker:
@@ -97,22 +84,38 @@ def main() -> None:
         f"{args.threads} thread(s), median of {args.repeats} passes (min-max)"
     )
     print(
-        "| N x G x P x T | padding | split | padded ms | buckets ms | padded / buckets | padded peak rise MiB "
-        "| buckets peak rise MiB |"
+        common.table_header(
+            "N x G x P x T",
+            "padding",
+            "split",
+            "padded ms",
+            "buckets ms",
+            "padded / buckets",
+            "padded peak rise MiB",
+            "buckets peak rise MiB",
+        )
     )
-    print("|---|---|---|---|---|---|---|---|")
     for text in args.shapes:
-        shape = [int(part) for part in text.split("x")]
-        results = {mode: run_worker(__file__, mode, shape, args, "--lengths", args.lengths) for mode in MODES}
+        shape = common.parse_shape(text)
+        results = {
+            mode: common.run_shape_worker(__file__, mode, shape, args, "--lengths", args.lengths) for mode in MODES
+        }
         padded, buckets = results["padded"], results["buckets"]
-        if max(abs(a - b) for a, b in zip(padded["logprobs"], buckets["logprobs"])) > 1e-4:
-            raise AssertionError(f"{text}: bucketed and padded log-probs differ")
-        ms = {mode: statistics.median(result["seconds"]) * 1000 for mode, result in results.items()}
-        spread = {mode: f"{min(r['seconds']) * 1000:.1f}-{max(r['seconds']) * 1000:.1f}" for mode, r in results.items()}
+        common.check_agree(
+            padded["logprobs"], buckets["logprobs"], 1e-4, f"{text}: bucketed and padded log-probs differ"
+        )
+        ms = {mode: common.Spread.of(result["seconds"], 1000) for mode, result in results.items()}
         print(
-            f"| {text} | {padded['padding_share']:.0%} | {'yes' if buckets['split'] else 'no'} | "
-            f"{ms['padded']:.1f} ({spread['padded']}) | {ms['buckets']:.1f} ({spread['buckets']}) | "
-            f"{ms['padded'] / ms['buckets']:.2f} | {padded['peak_rise_mib']:.1f} | {buckets['peak_rise_mib']:.1f} |"
+            common.table_row(
+                text,
+                f"{padded['padding_share']:.0%}",
+                "yes" if buckets["split"] else "no",
+                f"{ms['padded'].median:.1f} {ms['padded'].range(sep='-')}",
+                f"{ms['buckets'].median:.1f} {ms['buckets'].range(sep='-')}",
+                f"{ms['padded'].median / ms['buckets'].median:.2f}",
+                f"{padded['peak_rise_mib']:.1f}",
+                f"{buckets['peak_rise_mib']:.1f}",
+            )
         )
 
 

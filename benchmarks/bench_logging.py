@@ -11,12 +11,12 @@ with a CSV logger and a module that does nothing else, so the difference is the 
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
 import warnings
 
+import common
 import lightning as L
 import torch
 
@@ -65,12 +65,12 @@ def run(num_metrics: int, steps: int, direct: bool) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = common.make_parser(__doc__)
     parser.add_argument("--metrics", type=int, default=22)
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--threads", type=int, default=1)
+    common.add_threads(parser)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    common.set_threads(args.threads)
     warnings.filterwarnings("ignore")
     lightning_s = run(args.metrics, args.steps, direct=False)
     direct_s = run(args.metrics, args.steps, direct=True)

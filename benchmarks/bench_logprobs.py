@@ -23,31 +23,23 @@ the entropy computed but only logged, as a GRPO update without an entropy bonus 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
 import sys
-import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_vs_trl import _proc_status_mib  # noqa: E402
+import common
 
 MODES = ("logits", "hidden-unfused", "hidden-lookup-gradient", "hidden")
 
 
-def worker(args: argparse.Namespace) -> None:
+def scoring_decoder(vocab: int):
+    """A 2-layer, 64-wide Qwen2 decoder with a tied head of ``vocab`` ids, random weights (seed 0)."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from grpo_lightning import logprobs as scoring
-    from grpo_lightning.policy.scoring.logprobs import completion_token_scores, completion_token_scores_from_hidden
-
-    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = Qwen2ForCausalLM(
+    return Qwen2ForCausalLM(
         Qwen2Config(
-            vocab_size=args.vocab,
+            vocab_size=vocab,
             hidden_size=64,
             intermediate_size=128,
             num_hidden_layers=2,
@@ -56,6 +48,16 @@ def worker(args: argparse.Namespace) -> None:
             tie_word_embeddings=True,
         )
     )
+
+
+def worker(args: argparse.Namespace) -> None:
+    import torch
+
+    from grpo_lightning.policy.scoring.fused_head import TiedWeightGradient
+    from grpo_lightning.policy.scoring.logprobs import completion_token_scores, completion_token_scores_from_hidden
+
+    common.set_threads(args.threads)
+    model = scoring_decoder(args.vocab)
     prompt = torch.randint(0, args.vocab, (args.rows, 8))
     completion = torch.randint(0, args.vocab, (args.rows, args.completion_length))
     masks = torch.ones_like(prompt), torch.ones_like(completion)
@@ -63,10 +65,9 @@ def worker(args: argparse.Namespace) -> None:
     if args.worker == "hidden-unfused":
         model.get_output_embeddings().register_forward_pre_hook(lambda *_: None)
     if args.worker == "hidden-lookup-gradient":
-        scoring.TiedWeightGradient.for_model = staticmethod(lambda *_: None)
-    times, baseline = [], _proc_status_mib("VmRSS")
-    for _ in range(args.repeats):
-        started = time.perf_counter()
+        TiedWeightGradient.for_model = staticmethod(lambda *_: None)
+
+    def one_pass():
         logprobs, entropy = score(
             model,
             prompt,
@@ -78,34 +79,27 @@ def worker(args: argparse.Namespace) -> None:
             entropy_grad=args.entropy_grad,
         )
         (logprobs.sum() + (entropy.sum() if args.entropy_grad else 0)).backward()
-        times.append(time.perf_counter() - started)
-        model.zero_grad(set_to_none=True)
-    print(
-        json.dumps(
-            {
-                "peak_rise_mib": _proc_status_mib("VmHWM") - baseline,
-                "seconds": times,
-                "logprob_sum": logprobs.sum().item(),
-            }
-        )
-    )
+        return logprobs
+
+    passes = common.time_passes(one_pass, args.repeats, between=lambda: model.zero_grad(set_to_none=True))
+    common.emit_result({**passes.figures(), "logprob_sum": passes.last.sum().item()})
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = common.make_parser(__doc__)
     parser.add_argument("--rows", type=int, default=16, help="completions scored together")
     parser.add_argument("--completion-length", type=int, default=32)
     parser.add_argument("--vocab", type=int, default=151_936)
     parser.add_argument("--chunk-size", type=int, default=2, help="model.logprob_chunk_size")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1)
+    common.add_repeats(parser, 3)
+    common.add_threads(parser)
     parser.add_argument(
         "--entropy-grad",
         action=argparse.BooleanOptionalAction,
         default=True,
         help="differentiate the entropy too (an entropy bonus); --no-entropy-grad: only log it",
     )
-    parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
+    common.add_worker(parser, MODES)
     args = parser.parse_args()
     if args.worker:
         worker(args)
@@ -119,20 +113,16 @@ def main() -> None:
     results = {}
     for mode in MODES:
         command = [sys.executable, __file__, "--worker", mode] + sys.argv[1:]
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(done.stderr[-3000:])
-        results[mode] = json.loads(done.stdout.strip().splitlines()[-1])
-        times = results[mode]["seconds"]
+        results[mode] = common.run_worker(command, args.threads, f"{mode} worker")
+        spread = common.Spread.of(results[mode]["seconds"], 1000)
         print(
             f"  {mode:>14}: peak RSS rise {results[mode]['peak_rise_mib']:8.1f} MiB | "
-            f"{statistics.median(times) * 1000:8.1f} ms per pass (min {min(times) * 1000:.1f}, "
-            f"max {max(times) * 1000:.1f})"
+            f"{spread.median:8.1f} ms per pass {spread.range(labels=True)}"
         )
     a = results["logits"]["logprob_sum"]
     for mode in MODES[1:]:
-        if abs(results[mode]["logprob_sum"] - a) > 1e-3 * abs(a):
-            raise AssertionError(f"{mode} and logits disagree: {results[mode]['logprob_sum']} vs {a}")
+        b = results[mode]["logprob_sum"]
+        common.check_agree([a], [b], 1e-3 * abs(a), f"{mode} and logits disagree: {b} vs {a}")
     median = {mode: statistics.median(results[mode]["seconds"]) for mode in MODES}
     rise = {mode: results[mode]["peak_rise_mib"] for mode in MODES}
     print(

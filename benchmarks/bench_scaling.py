@@ -14,87 +14,73 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import statistics
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_vs_trl import GROUP_SIZE, _run_worker, build_checkpoint, parse_args, step_intervals  # noqa: E402
+import common
+from bench_vs_trl import GROUP_SIZE, PROMPTS_PER_STEP, parse_args, run_training_worker
 
 
 def worker_arguments(args: argparse.Namespace, overrides: list[str]) -> argparse.Namespace:
     """bench_vs_trl's own arguments for one of our runs: its defaults, this sweep's settings."""
-    worker_args = parse_args(
-        [
-            "--threads",
-            str(args.threads),
-            "--device",
-            args.device,
-            "--precision",
-            args.precision,
-            "--warmup",
-            str(args.warmup),
-            "--steps",
-            str(args.steps),
-        ]
-    )
+    worker_args = parse_args(common.flags(args, "threads", "device", "precision", "warmup", "steps"))
     worker_args.ours_override = overrides
     return worker_args
 
 
 def measure(overrides: list[str], completions: int, args: argparse.Namespace, model_dir: Path, scratch: Path) -> dict:
-    run = _run_worker("ours", args.steps, worker_arguments(args, overrides), model_dir, scratch)
-    intervals, _ = step_intervals(run["step_ends"], args.warmup)
-    step_s = statistics.median(intervals)
-    return {
-        "step_s": step_s,
-        "min_s": min(intervals),
-        "max_s": max(intervals),
-        "length": run["mean_completion_length"],
-        "peak_rss_mib": run["peak_rss_mib"],
-        "tokens_per_s": completions * run["mean_completion_length"] / step_s,
-    }
+    run = run_training_worker("ours", args.steps, worker_arguments(args, overrides), model_dir, scratch)
+    return common.step_figures(run, args.warmup, completions)
 
 
 def report(label: str, value: int, completions: int, point: dict) -> None:
     print(
-        f"| {label} = {value:>4} | {completions:>4} | {point['length']:6.2f} | "
-        f"{point['step_s'] * 1000:8.1f} ({point['min_s'] * 1000:.0f}-{point['max_s'] * 1000:.0f}) | "
-        f"{completions / point['step_s']:7.1f} | {point['tokens_per_s']:8.1f} | {point['peak_rss_mib']:6.0f} |",
+        common.table_row(
+            f"{label} = {value:>4}",
+            f"{completions:>4}",
+            f"{point['mean_completion_length']:6.2f}",
+            f"{point['step_s'] * 1000:8.1f} ({point['step_s_min'] * 1000:.0f}-{point['step_s_max'] * 1000:.0f})",
+            f"{point['completions_per_s']:7.1f}",
+            f"{point['tokens_per_s']:8.1f}",
+            f"{point['peak_rss_mib']:6.0f}",
+        ),
         flush=True,
     )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", choices=["tiny", "0.5b"], default="tiny")
-    parser.add_argument("--vocab-size", type=int, default=32_000, help="the tiny model's vocabulary (bench_vs_trl)")
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser = common.make_parser(__doc__)
+    common.add_model(parser)
+    common.add_steps(parser, steps=8, help="training steps per point")
+    common.add_threads(parser)
+    common.add_device(parser)
     parser.add_argument("--completions", type=int, nargs="+", default=[32, 64, 128])
     parser.add_argument("--new-tokens", type=int, nargs="+", default=[8, 32, 128])
-    args = parser.parse_args()
+    args = common.check_model(parser, parser.parse_args())
 
     scratch = Path(tempfile.mkdtemp(prefix="bench_scaling-"))
     try:
-        model_dir = build_checkpoint(args.size, scratch / f"model-{args.size}", args.vocab_size)
+        model_dir = common.build_checkpoint(args.size, scratch / f"model-{args.size}", args.vocab_size)
         vocabulary = f" (vocabulary {args.vocab_size})" if args.size == "tiny" else ""
         print(
             f"{args.size} model{vocabulary}, {args.device}, {args.precision}, {args.threads} thread(s), "
             f"{args.steps} steps per point, first {args.warmup} not timed\n"
         )
         print(
-            "| swept | completions/step | mean length | step ms (min-max) | completions/s | tokens/s | peak RSS MiB |"
+            common.table_header(
+                "swept",
+                "completions/step",
+                "mean length",
+                "step ms (min-max)",
+                "completions/s",
+                "tokens/s",
+                "peak RSS MiB",
+            )
         )
-        print("|---|---|---|---|---|---|---|")
         for completions in args.completions:
             overrides = [f"data.batch_size={completions // GROUP_SIZE}"]
             report("completions", completions, completions, measure(overrides, completions, args, model_dir, scratch))
-        base = 8 * GROUP_SIZE
+        base = PROMPTS_PER_STEP * GROUP_SIZE
         for new_tokens in args.new_tokens:
             overrides = [f"generation.max_new_tokens={new_tokens}"]
             report("max_new_tokens", new_tokens, base, measure(overrides, base, args, model_dir, scratch))

@@ -55,16 +55,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-RESULT_TAG = "BENCH_RESULT "
+import common
+
 PROMPTS_PER_STEP = 8
 GROUP_SIZE = 4
 MAX_NEW_TOKENS = 8
@@ -79,74 +78,13 @@ def bench_splits(prompt_tokens: int = 0, num_val: int = 200) -> tuple[list[dict]
     """The addition rows, each prompt after the same ``prompt_tokens``-character preamble."""
     from grpo_lightning.data.tasks.arithmetic import load_splits
 
-    preamble = ("0123456789" * (prompt_tokens // 10 + 1))[:prompt_tokens]
+    preamble = common.preamble(prompt_tokens)
     return tuple(
         [{**row, "prompt": preamble + row["prompt"]} for row in rows] for rows in load_splits(num_val=num_val, seed=0)
     )
 
 
-def build_checkpoint(size: str, directory: Path, vocab_size: int = 32_000) -> Path:
-    """Save a random model of ``size`` and the arithmetic tokenizer to ``directory``.
-
-    ``vocab_size`` sets the tiny model's embedding and (tied) LM head: a real tokenizer's size
-    (32,000 for Llama 2, 151,936 for Qwen2.5) or the task's 16. The character tokenizer covers
-    the first 16 ids; the rest are never produced by a prompt and decode to nothing when sampled.
-    """
-    import torch
-    from transformers import AutoModelForCausalLM, Qwen2Config
-
-    from grpo_lightning.data.tasks.arithmetic import build_tokenizer, model_config
-
-    tokenizer = build_tokenizer()
-    if size == "tiny":
-        config = model_config()  # the built-in task's Llama: 0.66M parameters at 16 ids, 4.8M at 32,000
-        config.max_position_embeddings = 1024  # room for --prompt-tokens (rotary: no weights)
-        config.vocab_size = vocab_size
-    else:
-        # Qwen2.5-0.5B's shape (494M parameters with its 151,936-token vocabulary). The
-        # character tokenizer covers the first ids; the rest are never produced by a prompt,
-        # and sampled ones decode to nothing, which only lowers the reward.
-        config = Qwen2Config(
-            vocab_size=151_936,
-            hidden_size=896,
-            intermediate_size=4864,
-            num_hidden_layers=24,
-            num_attention_heads=14,
-            num_key_value_heads=2,
-            max_position_embeddings=4096,
-            tie_word_embeddings=True,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
-
-
 # -- workers: one training run each, in a subprocess ---------------------------------------
-
-
-def _proc_status_mib(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field} in /proc/self/status (the benchmark reads memory the Linux way)")
-
-
-def _peak_rss_mib() -> float:
-    return _proc_status_mib("VmHWM")
-
-
-def _rss_mib() -> float:
-    return _proc_status_mib("VmRSS")
-
-
-def _clocks() -> tuple[float, float]:
-    """Wall time and this process's CPU time (all threads), in seconds."""
-    return time.perf_counter(), time.process_time()
 
 
 _RSS_AFTER_IMPORT: list[float] = []
@@ -207,9 +145,9 @@ def run_ours(args: argparse.Namespace) -> dict:
     from grpo_lightning.module import GRPOModule
     from grpo_lightning.run.train import main
 
-    _RSS_AFTER_IMPORT.append(_rss_mib())
+    _RSS_AFTER_IMPORT.append(common.rss_mib())
     step_ends: list[float] = []
-    GRPOModule.on_train_batch_end = lambda self, *_: step_ends.append(_clocks())
+    GRPOModule.on_train_batch_end = lambda self, *_: step_ends.append(common.clocks())
     updates = _time_updates(GRPOModule, args.device)
     work = Path(args.work_dir)
     accelerator = "gpu" if args.device == "cuda" else "cpu"
@@ -273,7 +211,7 @@ def run_trl(args: argparse.Namespace) -> dict:
 
     from grpo_lightning.data.tasks.arithmetic import correct_answer
 
-    _RSS_AFTER_IMPORT.append(_rss_mib())
+    _RSS_AFTER_IMPORT.append(common.rss_mib())
     train_rows, _ = bench_splits(args.prompt_tokens)
     config = GRPOConfig(
         output_dir=args.work_dir,
@@ -320,7 +258,7 @@ def run_trl(args: argparse.Namespace) -> dict:
 
     class StepClock(TrainerCallback):
         def on_step_end(self, *_, **__):
-            step_ends.append(_clocks())
+            step_ends.append(common.clocks())
 
     trainer = GRPOTrainer(
         model=args.model_dir,
@@ -396,14 +334,14 @@ def _time_phases(side: str) -> dict[str, list[float]]:
 
 
 def worker_main(args: argparse.Namespace) -> None:
-    import torch
-
-    torch.set_num_threads(args.threads)
+    common.set_threads(args.threads)
     phase_times = _time_phases(args.worker) if args.phases else None
     started = time.perf_counter()
     figures = WORKERS[args.worker](args)
     figures.update(
-        peak_rss_mib=_peak_rss_mib(), import_rss_mib=_RSS_AFTER_IMPORT[0], train_wall_s=time.perf_counter() - started
+        peak_rss_mib=common.peak_rss_mib(),
+        import_rss_mib=_RSS_AFTER_IMPORT[0],
+        train_wall_s=time.perf_counter() - started,
     )
     if phase_times is not None:  # one call per phase per step: the first warmup steps left out
         figures["phase_s"] = {
@@ -411,13 +349,14 @@ def worker_main(args: argparse.Namespace) -> None:
             for phase, calls in phase_times.items()
             if calls[args.warmup :]
         }
-    print(RESULT_TAG + json.dumps(figures), flush=True)
+    common.emit_result(figures)
 
 
 # -- driver ----------------------------------------------------------------------------------
 
 
-def _run_worker(side: str, steps: int, args: argparse.Namespace, model_dir: Path, scratch: Path) -> dict:
+def run_training_worker(side: str, steps: int, args: argparse.Namespace, model_dir: Path, scratch: Path) -> dict:
+    """Train ``side`` for ``steps`` steps in a worker subprocess (``args``: this script's); its figures."""
     work = Path(tempfile.mkdtemp(prefix=f"{side}-{steps}-", dir=scratch))
     python = args.trl_python if side == "trl" else sys.executable
     command = [
@@ -431,46 +370,12 @@ def _run_worker(side: str, steps: int, args: argparse.Namespace, model_dir: Path
         str(model_dir),
         "--work-dir",
         str(work),
-        "--threads",
-        str(args.threads),
-        "--device",
-        args.device,
-        "--precision",
-        args.precision,
-        "--seed",
-        str(args.seed),
-        "--prompt-tokens",
-        str(args.prompt_tokens),
-        "--warmup",
-        str(args.warmup),
+        *common.flags(args, "threads", "device", "precision", "seed", "prompt_tokens", "warmup"),
     ] + (["--phases"] if args.phases else [])
     command += [f"--ours-override={o}" for o in args.ours_override]
-    env = dict(
-        os.environ,
-        WANDB_MODE="offline",
-        HF_HUB_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
-        OMP_NUM_THREADS=str(args.threads),
-        MKL_NUM_THREADS=str(args.threads),
-        PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]),
-    )
     started = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - started
-    tagged = [line for line in done.stdout.splitlines() if line.startswith(RESULT_TAG)]
-    if done.returncode != 0 or not tagged:
-        raise RuntimeError(
-            f"{side} worker ({steps} steps) failed with exit code {done.returncode}:\n{done.stderr[-4000:]}"
-        )
-    return json.loads(tagged[-1][len(RESULT_TAG) :]) | {"wall_s": wall}
-
-
-def step_intervals(step_ends: list[list[float]], warmup: int) -> tuple[list[float], list[float]]:
-    """Wall and CPU seconds between consecutive step ends, the first ``warmup`` steps left out."""
-    ends = step_ends[warmup:]
-    wall = [later[0] - earlier[0] for earlier, later in zip(ends, ends[1:])]
-    cpu = [later[1] - earlier[1] for earlier, later in zip(ends, ends[1:])]
-    return wall, cpu
+    figures = common.run_worker(command, args.threads, f"{side} worker ({steps} steps)")
+    return figures | {"wall_s": time.perf_counter() - started}
 
 
 def _update_figures(updates: list[list[float]], args: argparse.Namespace) -> dict:
@@ -492,7 +397,8 @@ def _update_figures(updates: list[list[float]], args: argparse.Namespace) -> dic
 def _summary(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.4g}"
-    return f"{statistics.median(values):.4g} (min {min(values):.4g}, max {max(values):.4g})"
+    spread = common.Spread.of(values)
+    return f"{spread.median:.4g} {spread.range('.4g', labels=True)}"
 
 
 def drive(args: argparse.Namespace) -> None:
@@ -504,7 +410,7 @@ def drive(args: argparse.Namespace) -> None:
 
 
 def _drive(args: argparse.Namespace, scratch: Path) -> None:
-    model_dir = build_checkpoint(args.size, scratch / f"model-{args.size}", args.vocab_size)
+    model_dir = common.build_checkpoint(args.size, scratch / f"model-{args.size}", args.vocab_size)
     if args.build_only:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -520,19 +426,9 @@ def _drive(args: argparse.Namespace, scratch: Path) -> None:
     for repeat in range(args.repeats):
         row: dict[str, dict] = {}
         for side in args.sides:
-            run = _run_worker(side, args.steps, args, model_dir, scratch)
-            intervals, cpu_intervals = step_intervals(run["step_ends"], args.warmup)
-            step_s = statistics.median(intervals)
-            length = run["mean_completion_length"]
+            run = run_training_worker(side, args.steps, args, model_dir, scratch)
             row[side] = {
-                "step_s": step_s,
-                "step_s_min": min(intervals),
-                "step_s_max": max(intervals),
-                "cpu_step_s": statistics.median(cpu_intervals),
-                "completions_per_s": per_step_completions / step_s,
-                "tokens_per_s": per_step_completions * length / step_s,
-                "mean_completion_length": length,
-                "peak_rss_mib": run["peak_rss_mib"],
+                **common.step_figures(run, args.warmup, per_step_completions),
                 "import_rss_mib": run["import_rss_mib"],
                 "working_rss_mib": run["peak_rss_mib"] - run["import_rss_mib"],
                 "wall_s": run["wall_s"],
@@ -607,36 +503,13 @@ def _drive(args: argparse.Namespace, scratch: Path) -> None:
         Path(args.json).write_text(json.dumps({"args": vars(args), "repeats": per_repeat}, indent=2))
 
 
-def _task_tokenizer():
-    from grpo_lightning.data.tasks.arithmetic import build_tokenizer
-
-    return build_tokenizer()
-
-
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--size",
-        choices=["tiny", "0.5b"],
-        default="tiny",
-        help="tiny: the arithmetic task's 4-layer Llama (--vocab-size); 0.5b: Qwen2.5-0.5B-shaped (GPU)",
-    )
-    parser.add_argument(
-        "--vocab-size",
-        type=int,
-        default=32_000,
-        help="the tiny model's vocabulary (default 32000, Llama 2's and LlamaConfig's; "
-        "151936 is Qwen2.5's, 16 the arithmetic tokenizer's own): the output head "
-        "and the [batch, length, vocab] logits grow with it",
-    )
-    parser.add_argument("--steps", type=int, default=12, help="training steps per run")
-    parser.add_argument("--warmup", type=int, default=2, help="first steps left out of the timing")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument(
-        "--threads", type=int, default=1, help="torch threads of each worker (1: no oversubscription on a shared CPU)"
-    )
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser = common.make_parser(__doc__)
+    common.add_model(parser)
+    common.add_steps(parser, steps=12)
+    common.add_repeats(parser, 3)
+    common.add_threads(parser, help="torch threads of each worker (1: no oversubscription on a shared CPU)")
+    common.add_device(parser)
     parser.add_argument("--sides", nargs="+", choices=sorted(WORKERS), default=["ours", "trl"])
     parser.add_argument(
         "--trl-python", default=sys.executable, help="interpreter with TRL installed (default: this one)"
@@ -645,12 +518,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--ours-override", action="append", default=[], help="extra grpo-train override for our side (repeatable)"
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--prompt-tokens",
-        type=int,
-        default=0,
-        help="the same preamble of this many tokens before every prompt (both sides)",
-    )
+    common.add_prompt_tokens(parser, help="the same preamble of this many tokens before every prompt (both sides)")
     parser.add_argument(
         "--peak-tflops",
         type=float,
@@ -665,16 +533,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="also time sampling, the reference and policy passes and the optimizer step",
     )
-    parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    common.add_worker(parser, sorted(WORKERS))
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--work-dir", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.size == "tiny" and args.vocab_size < (task_vocabulary := len(_task_tokenizer())):
-        parser.error(
-            f"--vocab-size {args.vocab_size}: the arithmetic tokenizer's ids need at least "
-            f"{task_vocabulary}; give {task_vocabulary} or more (32000 is the default)"
-        )
-    return args
+    return common.check_model(parser, parser.parse_args(argv))
 
 
 if __name__ == "__main__":

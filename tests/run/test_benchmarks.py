@@ -1,14 +1,19 @@
-"""The arithmetic inside benchmarks/: the model FLOPs and MFU that bench_vs_trl reports."""
+"""The arithmetic inside benchmarks/: the model FLOPs and MFU that bench_vs_trl reports, and the pure
+pieces of benchmarks/common.py (options, worker results, step figures, spreads, tables)."""
 
 import argparse
+import json
+import os
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 import bench_vs_trl  # noqa: E402
+import common  # noqa: E402
 
 from grpo_lightning.types import TokenBatch  # noqa: E402
 
@@ -58,11 +63,11 @@ def test_scaling_sweep_hands_the_worker_every_argument_it_reads(monkeypatch, tmp
 
     def fake_run(command, **_):
         commands.append(command)
-        return subprocess.CompletedProcess(command, 0, stdout=bench_vs_trl.RESULT_TAG + "{}", stderr="")
+        return subprocess.CompletedProcess(command, 0, stdout=common.RESULT_TAG + "{}", stderr="")
 
-    monkeypatch.setattr(bench_vs_trl.subprocess, "run", fake_run)
+    monkeypatch.setattr(common.subprocess, "run", fake_run)
     sweep = argparse.Namespace(threads=1, device="cpu", precision="fp32", warmup=2, steps=8)
-    bench_vs_trl._run_worker(
+    bench_vs_trl.run_training_worker(
         "ours", 8, bench_scaling.worker_arguments(sweep, ["algorithm.group_size=8"]), tmp_path / "model", tmp_path
     )
     (command,) = commands
@@ -71,9 +76,137 @@ def test_scaling_sweep_hands_the_worker_every_argument_it_reads(monkeypatch, tmp
 
 
 def test_a_vocabulary_smaller_than_the_tokenizer_is_refused_by_name(capsys):
-    import pytest
-
     with pytest.raises(SystemExit):
         bench_vs_trl.parse_args(["--vocab-size", "10"])
     assert "--vocab-size 10" in capsys.readouterr().err
     assert bench_vs_trl.parse_args(["--vocab-size", "16"]).vocab_size == 16
+
+
+def test_shared_options_keep_every_script_s_defaults():
+    parser = common.make_parser("First paragraph.\n\nThe rest.")
+    assert parser.description == "First paragraph."
+    common.add_model(parser)
+    common.add_steps(parser, steps=8)
+    common.add_repeats(parser, 7)
+    common.add_threads(parser)
+    common.add_device(parser)
+    common.add_prompt_tokens(parser)
+    common.add_worker(parser, ["a", "b"])
+    assert vars(parser.parse_args([])) == {
+        "size": "tiny",
+        "vocab_size": 32_000,
+        "steps": 8,
+        "warmup": 2,
+        "repeats": 7,
+        "threads": 1,
+        "device": "cpu",
+        "precision": "fp32",
+        "prompt_tokens": 0,
+        "worker": None,
+    }
+    defaults = vars(bench_vs_trl.parse_args([]))
+    assert {key: defaults[key] for key in ("steps", "warmup", "repeats", "threads", "vocab_size", "seed")} == {
+        "steps": 12,
+        "warmup": 2,
+        "repeats": 3,
+        "threads": 1,
+        "vocab_size": 32_000,
+        "seed": 0,
+    }
+    scoring = common.shape_parser("Doc.", ["8x4x8x8"], repeats=15, modes=("full", "shared"))
+    assert vars(scoring.parse_args([])) == {
+        "shapes": ["8x4x8x8"],
+        "repeats": 15,
+        "threads": 1,
+        "worker": None,
+        "shape": None,
+    }
+    worker = scoring.parse_args(["--worker", "shared", "--shape", "8", "4", "120", "8"])
+    assert (worker.worker, worker.shape) == ("shared", [8, 4, 120, 8])
+    assert common.flags(worker, "repeats", "threads", "worker") == [
+        "--repeats",
+        "15",
+        "--threads",
+        "1",
+        "--worker",
+        "shared",
+    ]
+    assert common.flags(argparse.Namespace(prompt_tokens=20)) == []
+    assert common.flags(argparse.Namespace(prompt_tokens=20), "prompt_tokens") == ["--prompt-tokens", "20"]
+    assert common.parse_shape("8x4x120x8") == [8, 4, 120, 8]
+    with pytest.raises(ValueError):
+        common.parse_shape("8x4x120")
+
+
+def test_a_worker_s_figures_are_its_last_tagged_line():
+    figures = {"seconds": [0.5, 0.25], "peak_rise_mib": 12.5}
+    stdout = "a library's chatter\n" + common.RESULT_TAG + '{"old": 1}\n' + common.RESULT_TAG + json.dumps(figures)
+    assert common.read_result(stdout + "\nmore chatter\n") == figures
+    assert common.read_result("no figures\n") is None
+
+
+def test_a_failing_or_silent_worker_is_reported_with_its_stderr(monkeypatch):
+    import subprocess
+
+    answers = iter(
+        [
+            subprocess.CompletedProcess([], 1, stdout=common.RESULT_TAG + "{}", stderr="Traceback: boom"),
+            subprocess.CompletedProcess([], 0, stdout="nothing tagged", stderr="quiet"),
+            subprocess.CompletedProcess([], 0, stdout=common.RESULT_TAG + '{"x": 2}', stderr=""),
+        ]
+    )
+    envs = []
+    monkeypatch.setattr(common.subprocess, "run", lambda command, env, **_: envs.append(env) or next(answers))
+    with pytest.raises(RuntimeError, match="shared worker failed with exit code 1:\nTraceback: boom"):
+        common.run_worker(["python"], 2, "shared worker")
+    with pytest.raises(RuntimeError, match="exit code 0:\nquiet"):
+        common.run_worker(["python"], 2, "shared worker")
+    assert common.run_worker(["python"], 2, "shared worker") == {"x": 2}
+    assert envs[0]["OMP_NUM_THREADS"] == "2" and envs[0]["HF_HUB_OFFLINE"] == "1"
+    assert envs[0]["PYTHONPATH"].split(os.pathsep)[0] == str(Path(common.__file__).resolve().parents[1])
+
+
+def test_step_figures_use_the_intervals_after_warmup():
+    # (wall, CPU) at each step end: the first two steps are warm-up, then intervals 1, 3, 2 s wall.
+    ends = [[0.0, 0.0], [10.0, 5.0], [12.0, 6.0], [13.0, 6.5], [16.0, 8.0], [18.0, 9.0]]
+    assert common.step_intervals(ends, 2) == ([1.0, 3.0, 2.0], [0.5, 1.5, 1.0])
+    figures = common.step_figures({"step_ends": ends, "mean_completion_length": 6.0, "peak_rss_mib": 500.0}, 2, 32)
+    assert figures == {
+        "step_s": 2.0,
+        "step_s_min": 1.0,
+        "step_s_max": 3.0,
+        "cpu_step_s": 1.0,
+        "completions_per_s": 16.0,
+        "tokens_per_s": 96.0,
+        "mean_completion_length": 6.0,
+        "peak_rss_mib": 500.0,
+    }
+
+
+def test_spreads_tables_and_agreement_print_as_the_results_record_them():
+    spread = common.Spread.of([0.0125, 0.0100, 0.0300], 1000)
+    assert spread == (12.5, 10.0, 30.0)
+    assert f"{spread.median:7.1f} ms {spread.range()}" == "   12.5 ms (10.0, 30.0)"
+    assert spread.range(sep="-") == "(10.0-30.0)" and spread.range(".0f", sep="-") == "(10-30)"
+    assert spread.range(".4g", labels=True) == "(min 10, max 30)"
+    assert bench_vs_trl._summary([2.0]) == "2" and bench_vs_trl._summary([1.0, 2.0, 4.0]) == "2 (min 1, max 4)"
+    assert common.table_header("a", "b c") == "| a | b c |\n|---|---|"
+    assert common.table_row("8x4x8x8", 1.5, "no") == "| 8x4x8x8 | 1.5 | no |"
+    common.check_agree([1.0, 2.0], [1.00005, 2.0], 1e-4, "differ")
+    common.check_agree([], [], 1e-4, "differ")
+    with pytest.raises(AssertionError, match="shared and full log-probs differ"):
+        common.check_agree([1.0, 2.0], [1.0, 2.001], 1e-4, "shared and full log-probs differ")
+
+
+def test_timed_passes_return_the_last_output_and_run_the_untimed_step_between():
+    outputs, between = iter(["first", "second", "third"]), []
+    passes = common.time_passes(lambda: next(outputs), 3, between=lambda: between.append(True))
+    assert passes.last == "third" and len(passes.seconds) == 3 and len(between) == 3
+    assert all(seconds >= 0 for seconds in passes.seconds) and passes.peak_rise_mib >= 0
+    assert passes.figures() == {"peak_rise_mib": passes.peak_rise_mib, "seconds": passes.seconds}
+
+
+def test_the_preamble_is_digits_one_token_each():
+    assert common.preamble(0) == "" and common.preamble(12) == "012345678901"
+    tokenizer = common.task_tokenizer()
+    assert len(tokenizer(common.preamble(25), add_special_tokens=False)["input_ids"]) == 25
