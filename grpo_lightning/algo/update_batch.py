@@ -52,7 +52,8 @@ def prepare_update(
     mask = tokens.completion_mask.float()  # [B, T]
     rewards, token_rewards, kl_means = experience.rewards, experience.token_rewards, {}
     if alg.kl_in_reward:
-        kl = kl_estimator(old, ref) * mask  # [B, T]
+        # where, not a product: padding may carry -inf log-probs (external batches), and -inf * 0 is NaN
+        kl = torch.where(mask > 0, kl_estimator(old, ref), 0.0)  # [B, T]
         rewards, token_rewards = kl_penalized_rewards(rewards, token_rewards, kl, mask, alg.beta)
         mean_kl = kl.sum() / mask.sum().clamp(min=1)
         kl_means = {"actor/grpo_kl": mean_kl, "actor/kl_penalty": alg.beta * mean_kl}

@@ -1,26 +1,37 @@
-"""Configuration: typed schemas (schema.py, a leaf), their validation (validation.py) and loading
-from Hydra's composed config (loading.py). Every name is importable from here.
+"""Configuration: typed schemas (schema.py, a leaf, and train_schema.py), their validation and
+loading from Hydra's composed config (loading.py). Every name is importable from here.
+
+Each group's dataclass checks its own fields in its ``validate()``; validation.py checks the names
+that only the algorithm registries know and the constraints between groups, and
+:func:`validate_config` runs them all (see validation.py's docstring for where each check lives).
 """
 
 from grpo_lightning.config.loading import asset_path, import_object, register_configs, to_train_config
 from grpo_lightning.config.schema import (
     DEFAULT_LENGTH_BUCKETS,
-    WANDB_ONLY_FIELDS,
-    CheckpointConfig,
     ConfigError,
-    DataConfig,
     GenerationConfig,
     GRPOConfig,
-    LoggerConfig,
     LoRAConfig,
     ModelConfig,
     OptimConfig,
+)
+from grpo_lightning.config.train_schema import (
+    WANDB_ONLY_FIELDS,
+    CheckpointConfig,
+    DataConfig,
+    LoggerConfig,
     RewardConfig,
     RewardFunctionConfig,
     TrainConfig,
     TrainerConfig,
 )
-from grpo_lightning.config.validation import shards_weights_by_name, validate_config
+from grpo_lightning.config.validation import (
+    shards_weights_by_name,
+    validate_across_groups,
+    validate_config,
+    validate_registry_names,
+)
 
 __all__ = [
     "CheckpointConfig",
@@ -43,5 +54,7 @@ __all__ = [
     "register_configs",
     "shards_weights_by_name",
     "to_train_config",
+    "validate_across_groups",
     "validate_config",
+    "validate_registry_names",
 ]

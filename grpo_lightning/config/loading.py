@@ -1,5 +1,9 @@
 """From the composed Hydra config to a checked TrainConfig: the schemas' registration, unknown keys,
-reward-function entries, import paths and shipped assets."""
+reward-function entries, import paths and shipped assets.
+
+The checks that need the composed config as Hydra gives it (keys the schema does not know, the
+shape of each reward.functions entry) are here; every other check runs through
+:func:`~grpo_lightning.config.validation.validate_config` (see validation.py for where each lives)."""
 
 from __future__ import annotations
 
@@ -13,8 +17,9 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from grpo_lightning.config.schema import DEFAULT_LENGTH_BUCKETS, ConfigError, RewardFunctionConfig, TrainConfig
-from grpo_lightning.config.validation import _require, shards_weights_by_name, validate_config
+from grpo_lightning.config.schema import DEFAULT_LENGTH_BUCKETS, ConfigError, _require
+from grpo_lightning.config.train_schema import RewardFunctionConfig, TrainConfig
+from grpo_lightning.config.validation import shards_weights_by_name, validate_config
 
 
 def import_object(path: str, field_name: str) -> Any:
@@ -93,8 +98,8 @@ def to_train_config(cfg: DictConfig) -> "TrainConfig":
     unknown = _unknown_keys(cfg)
     if unknown:
         raise ConfigError(
-            f"unknown config key(s): {', '.join(unknown)}; see grpo_lightning/config.py "
-            "for the fields of each group (a typo, or a key from another trainer?)"
+            f"unknown config key(s): {', '.join(unknown)}; see grpo_lightning/config/schema.py "
+            "and train_schema.py for the fields of each group (a typo, or a key from another trainer?)"
         )
     try:
         train_config = OmegaConf.to_object(cfg)

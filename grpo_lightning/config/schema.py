@@ -1,10 +1,21 @@
-"""Typed configuration schemas, one dataclass per Hydra group.
+"""Typed configuration schemas, one dataclass per Hydra group, each checking its own fields.
 
-Every field is documented once, here. Hydra merges the YAML files under ``conf/`` onto these
-schemas (``conf/config.yaml`` lists ``train_schema`` first in its defaults), so an unknown key
-or a value of the wrong type fails when the config is composed, before anything is built.
-Constraints that a type cannot express (``group_size >= 2``, divisibility of batch sizes) are
-checked by :func:`validate_config`, which names the offending field and the fix.
+Every field is documented once, in the attribute docstring under it. Hydra merges the YAML files
+under ``conf/`` onto these schemas (``conf/config.yaml`` lists ``train_schema`` first in its
+defaults), so an unknown key or a value of the wrong type fails when the config is composed,
+before anything is built. This module holds the algorithm, generation, optim and model groups;
+train_schema.py holds the data, reward, trainer, checkpoint and logger groups and TrainConfig.
+
+What a type cannot express is checked where it belongs, each check raising a ConfigError that
+names the field and the fix:
+  - a group's own fields (ranges, allowed values, finite numbers, an option set where it has no
+    effect within the group): the group's ``validate()`` method, here and in train_schema.py;
+  - names looked up in a registry of another layer (algorithm.adv_estimator, policy_loss,
+    loss_agg, kl_estimator, scale_rewards): ``validate_registry_names`` in validation.py, since
+    this module is a leaf and imports nothing of grpo_lightning;
+  - constraints between groups (mini-batch sizes and data.batch_size, generation.backend=vllm and
+    the trainer, ...): ``validate_across_groups`` in validation.py.
+``validate_config`` (validation.py) runs all three when a config is loaded (loading.py).
 
 References used below:
   [GRPO]  Shao et al. 2024, DeepSeekMath, arXiv:2402.03300 (group-relative advantages, k3 KL).
@@ -14,14 +25,61 @@ References used below:
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Iterable, List, Optional
 
 from omegaconf import MISSING
 
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field and how to fix it."""
+
+
+def _require(condition: bool, message: str) -> None:
+    """Raise ConfigError(message) unless ``condition`` holds."""
+    if not condition:
+        raise ConfigError(message)
+
+
+def _set_fields(section: Any, names: Iterable[str]) -> list[str]:
+    """The fields among ``names`` of a config dataclass set to other than their defaults."""
+    default = type(section)()
+    return [name for name in names if getattr(section, name) != getattr(default, name)]
+
+
+def _require_finite(cfg: Any, prefix: str) -> None:
+    """Every float of the config (reward weights included) must be finite: an inf learning rate
+    or a NaN weight would only surface steps later, as a non-finite metric. ``prefix`` names the
+    group in the message (``optim.``)."""
+    items = (
+        cfg.items()
+        if isinstance(cfg, dict)
+        else ((f.name, getattr(cfg, f.name)) for f in dataclasses.fields(cfg))
+        if dataclasses.is_dataclass(cfg)
+        else enumerate(cfg)
+        if isinstance(cfg, (list, tuple))
+        else ()
+    )
+    for key, value in items:
+        name = f"{prefix}{key}"
+        if isinstance(value, float):
+            _require(math.isfinite(value), f"{name} must be a finite number (got {value})")
+        elif str(key).endswith("kwargs"):
+            continue  # arguments of the user's own functions: theirs to check
+        elif dataclasses.is_dataclass(value) or isinstance(value, (dict, list, tuple)):
+            _require_finite(value, f"{name}.")
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+GENERATION_BACKENDS = ("auto", "loop", "hf", "vllm")
+
+
+DEFAULT_LENGTH_BUCKETS = 4
+"""model.length_buckets when it is null and trainer.strategy does not shard the weights."""
 
 
 @dataclass
@@ -100,7 +158,91 @@ class GRPOConfig:
     max_consecutive_skips: int = 3
     """An update whose loss or gradient norm is NaN/inf is skipped and counted in
     actor/skipped_updates; this many skips in a row are tolerated, one more stops the run
-    (0: stop at the first). See grpo_lightning/numerics.py."""
+    (0: stop at the first). See grpo_lightning/algo/numerics.py."""
+
+    def validate(self) -> None:
+        """Check this group's own fields. The registry names (adv_estimator, policy_loss, loss_agg,
+        kl_estimator, scale_rewards) and the mini-batch sizes, which also depend on data.batch_size,
+        are checked in grpo_lightning/config/validation.py."""
+        _require(
+            self.group_size >= 2,
+            f"algorithm.group_size must be >= 2 to form a group baseline "
+            f"(got {self.group_size}); try algorithm.group_size=4",
+        )
+        _require(
+            self.clip_range > 0, f"algorithm.clip_range must be > 0 (got {self.clip_range}); the usual value is 0.2"
+        )
+        _require(self.beta >= 0, f"algorithm.beta must be >= 0 (got {self.beta}); 0 disables the KL term")
+        _require(self.entropy_coef >= 0, f"algorithm.entropy_coef must be >= 0 (got {self.entropy_coef})")
+        _require(self.adv_eps >= 0, f"algorithm.adv_eps must be >= 0 (got {self.adv_eps})")
+        _require(self.num_iterations >= 1, f"algorithm.num_iterations must be >= 1 (got {self.num_iterations})")
+        _require(
+            self.max_grad_norm is None or self.max_grad_norm > 0,
+            f"algorithm.max_grad_norm must be > 0 or null (got {self.max_grad_norm})",
+        )
+        for name in ("clip_range_low", "clip_range_high"):
+            value = getattr(self, name)
+            _require(value is None or value > 0, f"algorithm.{name} must be > 0 or null (got {value})")
+        low = self.clip_range if self.clip_range_low is None else self.clip_range_low
+        _require(
+            self.policy_loss == "cispo" or low < 1,
+            f"algorithm.clip_range_low must be < 1 (got {low}) so that 1 - clip_range_low stays a positive ratio",
+        )
+        if self.clip_ratio_c is not None:
+            _require(
+                self.policy_loss == "clip",
+                f"algorithm.clip_ratio_c (dual-clip) only applies to "
+                f"policy_loss=clip, not {self.policy_loss!r}; set algorithm.clip_ratio_c=null",
+            )
+            _require(
+                self.clip_ratio_c > 1,
+                f"algorithm.clip_ratio_c must be > 1 (got {self.clip_ratio_c}); the dual-clip paper uses 3",
+            )
+        _require(0 < self.gamma <= 1, f"algorithm.gamma must be in (0, 1] (got {self.gamma})")
+        _require(
+            self.beta == 0 or self.kl_in_reward or self.kl_estimator != "k1",
+            "algorithm.kl_estimator=k1 in the loss regularizes nothing: its gradient, grad log pi, has expectation "
+            "0 under the sampling policy. Use k3 (or k2) in the loss, or algorithm.kl_in_reward=true, where k1 is "
+            "the usual choice (RLOO)",
+        )
+        _require(
+            self.beta > 0 or self.kl_estimator == "k3",
+            f"algorithm.kl_estimator={self.kl_estimator} has no effect with algorithm.beta=0 (no KL term); "
+            "set algorithm.beta > 0 or leave kl_estimator=k3",
+        )
+        _require(
+            self.beta > 0 or not self.kl_in_reward,
+            "algorithm.kl_in_reward=true has no effect with algorithm.beta=0; set algorithm.beta > 0",
+        )
+        _require(
+            self.filter_zero_std_groups or self.max_generation_rounds is None,
+            "algorithm.max_generation_rounds only applies with algorithm.filter_zero_std_groups=true; "
+            "enable it or set max_generation_rounds=null",
+        )
+        _require(
+            self.max_generation_rounds is None or self.max_generation_rounds >= 1,
+            f"algorithm.max_generation_rounds must be >= 1 (got {self.max_generation_rounds})",
+        )
+        if self.overlong_buffer_frac is None:
+            _require(
+                self.overlong_penalty_factor == 1.0,
+                "algorithm.overlong_penalty_factor has no effect "
+                "without algorithm.overlong_buffer_frac; set it (DAPO uses 0.2)",
+            )
+        else:
+            _require(
+                0 < self.overlong_buffer_frac <= 1,
+                f"algorithm.overlong_buffer_frac must be in (0, 1] (got {self.overlong_buffer_frac})",
+            )
+            _require(
+                self.overlong_penalty_factor >= 0,
+                f"algorithm.overlong_penalty_factor must be >= 0 (got {self.overlong_penalty_factor})",
+            )
+        _require(
+            self.max_consecutive_skips >= 0,
+            f"algorithm.max_consecutive_skips must be >= 0 (got {self.max_consecutive_skips})",
+        )
+        _require_finite(self, "algorithm.")
 
 
 @dataclass
@@ -129,19 +271,57 @@ class GenerationConfig:
     val_pass_threshold: float = 1.0
     """A completion passes when the judged reward is >= this value."""
     backend: str = "auto"
-    """How completions are sampled: "loop" (grpo_lightning/generation_loop.py: a lean KV-cache
+    """How completions are sampled: "loop" (grpo_lightning/policy/generation/loop.py: a lean KV-cache
     loop that prefills each distinct prompt once and draws each token by inverting the cumulative
     distribution: generate's distribution, not its random stream; for the decoder-only types in
-    generation_loop.LOOP_MODEL_TYPES: Llama, Qwen2/3, Mistral),
+    loop.LOOP_MODEL_TYPES: Llama, Qwen2/3, Mistral),
     "hf" (transformers' ``model.generate``, any model), "auto": loop where supported, else hf, or
     "vllm": a vLLM engine colocated on the training GPU, its weights synced after every optimizer
-    step (grpo_lightning/vllm_backend.py; needs ``pip install vllm`` and a CUDA GPU)."""
+    step (grpo_lightning/policy/generation/vllm.py; needs ``pip install vllm`` and a CUDA GPU)."""
     vllm_gpu_memory_utilization: float = 0.3
     """With backend=vllm: the fraction of the GPU's memory vLLM takes for its weights and KV
     cache (vLLM's ``gpu_memory_utilization``); the rest is left to training."""
     vllm_max_model_len: Optional[int] = None
     """With backend=vllm: the longest prompt + completion vLLM plans its KV cache for; None
     takes the model's context length (lower it when the KV cache does not fit)."""
+
+    def validate(self) -> None:
+        """Check this group's own fields. Whether vLLM is installed and fits the trainer and the
+        prompt length, and whether val_pass_reward names a reward function, are checked in
+        grpo_lightning/config/validation.py."""
+        _require(self.max_new_tokens >= 1, f"generation.max_new_tokens must be >= 1 (got {self.max_new_tokens})")
+        _require(
+            self.temperature > 0,
+            f"generation.temperature must be > 0 for sampling (got "
+            f"{self.temperature}); greedy validation is generation.val_do_sample=false",
+        )
+        _require(0 < self.top_p <= 1, f"generation.top_p must be in (0, 1] (got {self.top_p})")
+        _require(
+            self.backend in GENERATION_BACKENDS,
+            f"generation.backend={self.backend!r} is unknown; choose one of {GENERATION_BACKENDS}",
+        )
+        if self.backend == "vllm":
+            _require(
+                0 < self.vllm_gpu_memory_utilization < 1,
+                "generation.vllm_gpu_memory_utilization must be in "
+                f"(0, 1) (got {self.vllm_gpu_memory_utilization}); training needs the rest of the GPU",
+            )
+        else:  # accepted and then ignored, they would mislead
+            vllm_only = ("vllm_gpu_memory_utilization", "vllm_max_model_len")
+            unused = [f"generation.{name}" for name in _set_fields(self, vllm_only)]
+            _require(
+                not unused,
+                f"{', '.join(unused)} only applies with generation.backend=vllm (this run: "
+                f"{self.backend}); remove it or switch that on",
+            )
+        _require(self.top_k >= 0, f"generation.top_k must be >= 0, 0 disables it (got {self.top_k})")
+        _require_finite(self, "generation.")
+        _require(self.val_num_samples >= 1, f"generation.val_num_samples must be >= 1 (got {self.val_num_samples})")
+        _require(
+            self.val_num_samples == 1 or self.val_do_sample,
+            f"generation.val_num_samples={self.val_num_samples} with greedy validation would repeat one "
+            "completion; set generation.val_do_sample=true",
+        )
 
 
 @dataclass
@@ -164,6 +344,19 @@ class OptimConfig:
     instead of a Python loop over them, the same update up to rounding. None uses it where the
     parameters' device and dtype allow; true insists (an error where they do not)."""
 
+    def validate(self) -> None:
+        """Check this group's fields (all of them its own)."""
+        _require_finite(self, "optim.")
+        _require(self.lr > 0, f"optim.lr must be > 0 (got {self.lr})")
+        _require(len(self.betas) == 2, f"optim.betas must have two values (got {list(self.betas)})")
+        _require(
+            all(0 <= beta < 1 for beta in self.betas),
+            f"optim.betas must be in [0, 1) (got {list(self.betas)}); AdamW's usual values are [0.9, 0.999]",
+        )
+        _require(self.weight_decay >= 0, f"optim.weight_decay must be >= 0 (got {self.weight_decay})")
+        _require(self.eps > 0, f"optim.eps must be > 0 (got {self.eps})")
+        _require(self.warmup_steps >= 0, f"optim.warmup_steps must be >= 0 (got {self.warmup_steps})")
+
 
 @dataclass
 class LoRAConfig:
@@ -183,6 +376,23 @@ class LoRAConfig:
     save_merged: bool = True
     """Export the final policy with the adapters merged into the weights (a plain checkpoint);
     false writes the adapters alone (adapter_config.json, loaded on top of the base model)."""
+
+    def validate(self) -> None:
+        """Check this group's fields (all of them its own; named as model.lora.*)."""
+        _require_finite(self, "model.lora.")
+        _require(self.r >= 0, f"model.lora.r must be >= 0, 0 disables LoRA (got {self.r})")
+        _require(self.alpha > 0, f"model.lora.alpha must be > 0 (got {self.alpha})")
+        _require(0 <= self.dropout < 1, f"model.lora.dropout must be in [0, 1) (got {self.dropout})")
+        _require(
+            self.target_modules is None or len(self.target_modules) > 0,
+            "model.lora.target_modules is empty; list module names or use null for all linear layers",
+        )
+        unused = _set_fields(self, [f.name for f in dataclasses.fields(self)]) if self.r == 0 else []
+        if unused:
+            raise ConfigError(
+                f"model.lora.{unused[0]} is set but model.lora.r=0 (full fine-tuning); set "
+                "model.lora.r > 0 to train LoRA adapters"
+            )
 
 
 @dataclass
@@ -210,7 +420,7 @@ class ModelConfig:
     log-softmax over the vocabulary is never held for the whole batch at once. None (default):
     as many as keep a chunk's float32 logits, for completions of generation.max_new_tokens, within
     4 MiB on a CPU and 1 GiB on an accelerator, or within a quarter of the output head's float32
-    weight where that is more (grpo_lightning/logprobs.py: completions_per_chunk)."""
+    weight where that is more (grpo_lightning/policy/scoring/logprobs.py: completions_per_chunk)."""
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     """Train low-rank adapters instead of the full model (model.lora.r > 0)."""
     chunked_lm_head: bool = True
@@ -227,7 +437,7 @@ class ModelConfig:
     length_buckets: Optional[int] = None
     """At most this many groups of rows of similar completion length per scoring pass, each
     trimmed to its own longest completion and prompt, so no work is spent on the padding after
-    short completions (grpo_lightning/buckets.py). A pass is split only when that cuts its cost
+    short completions (grpo_lightning/policy/scoring/buckets.py). A pass is split only when that cuts its cost
     by a quarter or more; 1 always scores one padded block. Same log-probs either way. None: 4,
     or 1 under FSDP/DeepSpeed ZeRO-3, whose collectives need every process to make the same forward
     calls while each decides its split from its own completions."""
@@ -236,187 +446,22 @@ class ModelConfig:
     compilation at the first steps (and a C++ compiler on CPU); pays off on a GPU with a
     model large enough for kernel fusion to matter."""
 
-
-@dataclass
-class DataConfig:
-    """Prompts: where they come from and how many go into one training step."""
-
-    builder: Optional[str] = None
-    """Import path of a function returning (train_rows, val_rows), each a list of dicts with a
-    prompt column and any other columns (passed to reward functions as keyword lists). Set
-    either this or ``path``."""
-    builder_kwargs: Dict[str, Any] = field(default_factory=dict)
-    """Keyword arguments for the builder."""
-    prompt_key: str = "prompt"
-    """Column holding the prompt text."""
-    batch_size: int = 8
-    """Prompts per training step; each yields group_size completions."""
-    val_batch_size: int = 64
-    """Prompts per validation batch."""
-    shuffle: bool = True
-    """Shuffle training prompts each epoch (seeded by ``seed``)."""
-    num_workers: int = 0
-    """DataLoader worker processes (prompts are small; 0 is usually fastest)."""
-    path: Optional[str] = None
-    """Prompt file (JSONL, JSON, CSV or Parquet, by extension) or, with data=hf, a dataset
-    directory or hub id, read with the ``datasets`` library. Set either this or ``builder``."""
-    config_name: Optional[str] = None
-    """Dataset configuration of a hub dataset (e.g. ``main`` for openai/gsm8k)."""
-    split: str = "train"
-    """Split of ``path`` used for training."""
-    val_split: Optional[str] = None
-    """Split of ``path`` used for validation (e.g. ``test``); else val_path or val_fraction."""
-    val_path: Optional[str] = None
-    """Separate validation file, in the same formats as ``path``."""
-    val_fraction: float = 0.05
-    """Without val_split or val_path: this fraction of the shuffled training rows is held out."""
-    max_val_prompts: Optional[int] = None
-    """Keep at most this many validation prompts (after shuffling); None keeps all."""
-    answer_key: Optional[str] = None
-    """Column with the reference answer; renamed to ``answer``, the keyword built-in rewards
-    read. None leaves the columns as they are."""
-    apply_chat_template: bool = False
-    """Format each prompt with the tokenizer's chat template (user turn + generation prompt).
-    Needed for instruct models, and for chat-format prompts (lists of role/content messages)."""
-    system_prompt: Optional[str] = None
-    """System message put before each prompt by the chat template."""
-    max_prompt_length: Optional[int] = None
-    """Longest prompt in tokens (after formatting); None keeps every prompt whole."""
-    overlong_prompts: str = "drop"
-    """What to do with prompts longer than max_prompt_length: ``drop`` them (the count is
-    logged) or ``truncate`` them, keeping their last tokens (where generation starts)."""
-    overfit_rows: Optional[int] = None
-    """Train and validate on the first N training rows only (``debug=overfit``): a pipeline that
-    cannot drive the reward up on a few memorisable prompts has a bug. None uses the splits."""
-
-
-@dataclass
-class RewardFunctionConfig:
-    """One reward function and its weight in the total."""
-
-    fn: str = MISSING
-    """Import path of a callable ``fn(prompts, completions, **columns) -> list[float | None]``
-    (the TRL reward contract). None means "not applicable" for that completion."""
-    weight: float = 1.0
-    """Weight in the total reward, which is the weighted sum over functions."""
-    kwargs: Dict[str, Any] = field(default_factory=dict)
-    """Extra keyword arguments bound to the function (e.g. a pattern or a limit)."""
-
-
-@dataclass
-class RewardConfig:
-    functions: Dict[str, Any] = field(default_factory=dict)
-    """Named reward functions, each a :class:`RewardFunctionConfig` (checked as one at load); each
-    is logged as reward/<name>/mean. Add one from the command line with
-    ``+reward.functions.fmt={fn:grpo_lightning.rewards.format.format_reward,weight:0.2}``
-    (typed as ``Dict[str, RewardFunctionConfig]``, OmegaConf would refuse that override)."""
-    non_finite: str = "error"
-    """A reward function returning NaN or inf: ``error`` stops the run naming the function and
-    the prompt; ``zero`` scores that completion 0 and logs how many per step as
-    reward/<name>/non_finite (for rewards that fail now and then, e.g. a parser on odd output)."""
-
-
-@dataclass
-class TrainerConfig:
-    """Arguments of ``lightning.Trainer`` that a GRPO run uses."""
-
-    max_steps: int = 100
-    """Training steps (one step = one batch of prompts, generated and learned from)."""
-    accelerator: str = "auto"
-    """cpu, gpu (cuda), mps or auto (Lightning's choice)."""
-    devices: Any = "auto"
-    """Devices (processes) per node: a count, a list of GPU indices, or auto."""
-    strategy: str = "auto"
-    """Lightning strategy: ddp, fsdp, deepspeed_stage_3, ... (see README, Multi-process)."""
-    num_nodes: int = 1
-    """Machines in a multi-node run (SLURM or torchrun, README)."""
-    precision: str = "32-true"
-    """Lightning precision, e.g. 32-true or bf16-mixed (16-mixed is refused: see validate_config)."""
-    val_every_n_steps: int = 50
-    """Run validation every this many training steps (and once before the first update)."""
-    limit_val_batches: Optional[int] = None
-    """Cap on validation batches per validation run; None uses all validation prompts, 0 runs
-    no validation at all (not even the final one)."""
-    log_every_n_steps: int = 1
-    """Send the step metrics to the loggers every this many training steps."""
-    enable_progress_bar: bool = True
-    """The progress bar on a terminal (console lines otherwise); false shows neither."""
-    deterministic: bool = False
-    """torch's deterministic algorithms (slower on GPUs; CPU runs are deterministic anyway)."""
-    console_log_every_n_steps: int = 10
-    """When stdout is not a terminal (CI, SLURM logs) the progress bar is replaced by one line
-    every this many training steps; 0 silences it. Needs enable_progress_bar."""
-    profiler: Optional[str] = None
-    """Lightning profiler: simple, advanced or pytorch (``debug=profile``); None disables it."""
-
-
-@dataclass
-class CheckpointConfig:
-    every_n_steps: int = 50
-    """Write ``checkpoints/last.ckpt`` every this many training steps (and at the end)."""
-    enabled: bool = True
-    """False writes no checkpoints and leaves SIGTERM to Lightning (no pre-emption checkpoint)."""
-
-
-@dataclass
-class LoggerConfig:
-    """Where metrics go: ``csv`` (metrics.csv in the run directory), ``wandb`` or ``none``."""
-
-    kind: str = "csv"
-    """csv, wandb (which also writes metrics.csv) or none; chosen with logger=<kind>."""
-    project: str = "grpo-lightning"
-    """W&B project."""
-    entity: Optional[str] = None
-    """W&B entity (team or user); None uses the default of the logged-in account."""
-    group: Optional[str] = None
-    """W&B run group (e.g. one per sweep or experiment). A label of the run under every logger
-    (the csv logger records it in hparams.yaml), so experiment overlays may set it; so is
-    ``tags``. Every other field of this group but ``kind`` applies to logger=wandb only and is
-    refused with another logger."""
-    tags: List[str] = field(default_factory=list)
-    """W&B run tags; recorded like ``group``."""
-    run_name: Optional[str] = None
-    """W&B run name; None lets W&B pick one."""
-    id: Optional[str] = None
-    """W&B run id; set it to resume a run in place."""
-    offline: bool = False
-    """Write W&B runs locally (``wandb sync`` later); WANDB_MODE=offline does the same."""
-    log_completions_every: int = 10
-    """W&B only: every this many training steps, log a table of the step's prompts, completions,
-    each reward, total reward and advantage, with reward and length histograms; 0 disables it."""
-
-
-WANDB_ONLY_FIELDS = ("project", "entity", "run_name", "id", "offline", "log_completions_every")
-
-
-@dataclass
-class TrainConfig:
-    """The whole run, as composed by ``conf/config.yaml``."""
-
-    # The groups, each selected in conf/ (algorithm=dapo, model=hf, ...) and documented above.
-    algorithm: GRPOConfig = field(default_factory=GRPOConfig)
-    generation: GenerationConfig = field(default_factory=GenerationConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    reward: RewardConfig = field(default_factory=RewardConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
-    seed: int = 0
-    """Seeds python, numpy and torch (Lightning's seed_everything), the prompt order and the
-    validation split; the same seed gives the same run on CPU."""
-    output_dir: str = MISSING
-    """Run directory (metrics.csv, checkpoints, exports). Hydra sets it to its job directory."""
-    ckpt_path: Optional[str] = None
-    """Resume from this Lightning checkpoint, or ``last`` for ``<output_dir>/checkpoints/last.ckpt``
-    (a fresh start when there is none yet, so one command serves the first launch and requeues).
-    The resumed run continues exactly; see grpo_lightning/resume.py."""
-    validate_before_training: bool = True
-    """Run validation once before the first update, so the learning curve has a baseline."""
-    optimized_metric: Optional[str] = None
-    """Metric that ``grpo-train`` returns to Hydra, e.g. ``val/reward/mean`` for the Optuna
-    sweeper (``hparams_search=optuna``). A name the run never logs is an error."""
-
-
-DEFAULT_LENGTH_BUCKETS = 4
+    def validate(self) -> None:
+        """Check this group's own fields, model.lora included. length_buckets under a sharded
+        trainer.strategy is checked in grpo_lightning/config/validation.py."""
+        _require_finite(self, "model.")
+        _require(self.dtype in DTYPES, f"model.dtype={self.dtype!r} is unknown; choose one of {DTYPES}")
+        _require(
+            self.length_buckets is None or self.length_buckets >= 1,
+            f"model.length_buckets must be >= 1 or null, 1 scores one padded block (got {self.length_buckets})",
+        )
+        _require(
+            self.logprob_chunk_size is None or self.logprob_chunk_size >= 1,
+            f"model.logprob_chunk_size must be >= 1 or null for automatic (got {self.logprob_chunk_size})",
+        )
+        _require(
+            not (self.share_prompts and self.gradient_checkpointing),
+            "model.share_prompts=true needs the KV cache, which model.gradient_checkpointing=true "
+            "switches off in training; set model.share_prompts=null (or false) to score full sequences",
+        )
+        self.lora.validate()

@@ -1,13 +1,21 @@
 """Config composition: typed schema, defaults, and clear errors naming the field.
 
-GRPO-family options: unknown names and options that the chosen variant would ignore fail at load."""
+GRPO-family options: unknown names and options that the chosen variant would ignore fail at load.
+Each group's validate() checks its own fields on its own; validate_config adds the registry names
+and the checks across groups; the schema modules load nothing else of the package."""
 
+import dataclasses
+import math
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
+import grpo_lightning.config as config_package
 from grpo_lightning.config import ConfigError, TrainConfig, to_train_config
 from grpo_lightning.run.train import load_config
 
@@ -251,3 +259,198 @@ def test_every_preset_validates(preset):
 def test_presets_of_papers_without_an_entropy_bonus_have_none(preset):
     cfg = to_train_config(load_config(["output_dir=/tmp/unused", "model.name_or_path=unused", f"algorithm={preset}"]))
     assert cfg.algorithm.entropy_coef == 0.0
+
+
+# -- each group checks its own fields; validate_config adds registry names and cross-group checks --
+
+
+def _valid_train_config(**groups):
+    """A TrainConfig that passes validate_config: the groups' defaults plus the choices that have
+    none (a data source, a reward function), with ``groups`` replacing whole groups."""
+    from grpo_lightning.config import DataConfig, RewardConfig, RewardFunctionConfig
+
+    defaults = dict(
+        data=DataConfig(path="prompts.jsonl"),
+        reward=RewardConfig(functions={"ok": RewardFunctionConfig(fn="my_module.reward")}),
+    )
+    return TrainConfig(output_dir="/tmp/unused", **{**defaults, **groups})
+
+
+def _bad_groups():
+    """(group, the one message its validate() raises) for one bad field each."""
+    from grpo_lightning import config as c
+
+    ok = {"ok": c.RewardFunctionConfig(fn="my_module.reward")}
+    return [
+        (c.GRPOConfig(group_size=1), "algorithm.group_size must be >= 2 to form a group baseline (got 1)"),
+        (c.GRPOConfig(entropy_coef=math.inf), "algorithm.entropy_coef must be a finite number (got inf)"),
+        (c.GRPOConfig(beta=0.0, kl_in_reward=True), "algorithm.kl_in_reward=true has no effect with algorithm.beta=0"),
+        (
+            c.GRPOConfig(clip_ratio_c=3.0, policy_loss="gspo"),
+            "algorithm.clip_ratio_c (dual-clip) only applies to policy_loss=clip",
+        ),
+        (c.GenerationConfig(top_p=0.0), "generation.top_p must be in (0, 1] (got 0.0)"),
+        (
+            c.GenerationConfig(vllm_max_model_len=512),
+            "generation.vllm_max_model_len only applies with generation.backend=vllm (this run: auto)",
+        ),
+        (c.GenerationConfig(val_num_samples=4), "generation.val_num_samples=4 with greedy validation"),
+        (c.OptimConfig(betas=[0.9]), "optim.betas must have two values (got [0.9])"),
+        (c.OptimConfig(lr=math.nan), "optim.lr must be a finite number (got nan)"),
+        (c.LoRAConfig(alpha=32.0), "model.lora.alpha is set but model.lora.r=0"),
+        (c.LoRAConfig(r=8, dropout=1.0), "model.lora.dropout must be in [0, 1) (got 1.0)"),
+        (c.ModelConfig(dtype="float64"), "model.dtype='float64' is unknown"),
+        (c.ModelConfig(share_prompts=True, gradient_checkpointing=True), "model.share_prompts=true needs the KV cache"),
+        (c.ModelConfig(lora=c.LoRAConfig(r=-1)), "model.lora.r must be >= 0, 0 disables LoRA (got -1)"),
+        (c.DataConfig(path="a.jsonl", overlong_prompts="cut"), "data.overlong_prompts='cut' is unknown"),
+        (c.DataConfig(builder="m.f", answer_key="answer"), "data.answer_key applies to data.path only"),
+        (c.DataConfig(path="a.jsonl", val_fraction=math.inf), "data.val_fraction must be a finite number (got inf)"),
+        (
+            c.RewardConfig(functions={"ok": c.RewardFunctionConfig(fn="m.f", weight=math.nan)}),
+            "reward.functions.ok.weight must be a finite number (got nan)",
+        ),
+        (c.RewardConfig(functions=ok, non_finite="ignore"), "reward.non_finite='ignore' is unknown"),
+        (c.TrainerConfig(precision="16-mixed"), "trainer.precision='16-mixed': fp16 needs loss scaling"),
+        (c.TrainerConfig(profiler="nope"), "trainer.profiler='nope' is unknown; choose one of"),
+        (c.CheckpointConfig(every_n_steps=0), "checkpoint.every_n_steps must be >= 1 (got 0)"),
+        (c.LoggerConfig(project="mine"), "logger.project only applies with logger=wandb (this run: logger=csv)"),
+        (c.LoggerConfig(kind="tensorboard"), "logger.kind='tensorboard' is unknown"),
+        (_valid_train_config(seed=-1), "seed must be in [0, 2**32) (got -1)"),
+        (_valid_train_config(optim=c.OptimConfig(eps=0.0)), "optim.eps must be > 0 (got 0.0)"),
+    ]
+
+
+def _field_named(message: str) -> str:
+    """The field a message starts with, as a test id."""
+    return message.split()[0].split("=")[0]
+
+
+@pytest.mark.parametrize(
+    "group, message", [pytest.param(group, message, id=_field_named(message)) for group, message in _bad_groups()]
+)
+def test_each_group_checks_its_own_fields(group, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        group.validate()
+
+
+def test_every_schema_has_a_validate_method():
+    from grpo_lightning.config import schema, train_schema
+
+    classes = [
+        value
+        for module in (schema, train_schema)
+        for value in vars(module).values()
+        if dataclasses.is_dataclass(value) and value.__module__ == module.__name__
+    ]
+    # RewardFunctionConfig is checked by RewardConfig, which names the entry.
+    missing = [
+        cls.__name__ for cls in classes if "validate" not in vars(cls) and cls.__name__ != "RewardFunctionConfig"
+    ]
+    assert len(classes) == 12 and missing == []
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "GRPOConfig",
+        "GenerationConfig",
+        "OptimConfig",
+        "LoRAConfig",
+        "ModelConfig",
+        "TrainerConfig",
+        "CheckpointConfig",
+        "LoggerConfig",
+    ],
+)
+def test_a_default_group_validates(name):
+    import grpo_lightning.config as config
+
+    getattr(config, name)().validate()  # ModelConfig's name_or_path is MISSING by design; not checked here
+
+
+def test_groups_without_a_default_choice_ask_for_it():
+    """A data source and a reward function have no default: the default groups name what is missing,
+    and validate once it is given."""
+    from grpo_lightning.config import DataConfig, RewardConfig, RewardFunctionConfig, validate_config
+
+    with pytest.raises(ConfigError, match="set exactly one of data.builder and data.path"):
+        DataConfig().validate()
+    with pytest.raises(ConfigError, match="reward.functions is empty"):
+        RewardConfig().validate()
+    with pytest.raises(ConfigError, match="set exactly one of data.builder and data.path"):
+        TrainConfig().validate()
+    DataConfig(path="prompts.jsonl").validate()
+    RewardConfig(functions={"ok": RewardFunctionConfig(fn="my_module.reward")}).validate()
+    _valid_train_config().validate()
+    validate_config(_valid_train_config())
+
+
+def _left_to_validate_config():
+    """(groups that pass their own validate(), what validate_config refuses in them)."""
+    from grpo_lightning import config as c
+
+    return [
+        ({"algorithm": c.GRPOConfig(mini_batch_size=5)}, "algorithm.mini_batch_size=5 must divide the completions"),
+        ({"algorithm": c.GRPOConfig(adv_estimator="nope")}, "algorithm.adv_estimator='nope' is unknown"),
+        ({"algorithm": c.GRPOConfig(policy_loss="nope")}, "algorithm.policy_loss='nope' is unknown"),
+        (
+            {"generation": c.GenerationConfig(val_pass_reward="nope")},
+            "generation.val_pass_reward='nope' is not among reward.functions (['ok'])",
+        ),
+        (
+            {"model": c.ModelConfig(length_buckets=4), "trainer": c.TrainerConfig(strategy="fsdp")},
+            "model.length_buckets=4 with trainer.strategy=fsdp",
+        ),
+    ]
+
+
+@pytest.mark.parametrize(
+    "groups, message",
+    [pytest.param(groups, message, id=_field_named(message)) for groups, message in _left_to_validate_config()],
+)
+def test_registry_names_and_cross_group_checks_are_left_to_validate_config(groups, message):
+    """validate() checks one group's own fields; a name only a registry knows, or a constraint
+    between groups, passes it and is refused by validate_config."""
+    from grpo_lightning.config import validate_config
+
+    cfg = _valid_train_config(**groups)
+    cfg.validate()
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate_config(cfg)
+
+
+def test_registry_names_are_checked_before_the_groups_own_fields():
+    """An unknown KL estimator is reported as unknown, not as an estimator without effect at beta=0
+    (GRPOConfig.validate alone cannot tell the two apart)."""
+    from grpo_lightning.config import GRPOConfig, validate_config
+
+    algorithm = GRPOConfig(beta=0.0, kl_estimator="k9")
+    with pytest.raises(ConfigError, match="algorithm.kl_estimator=k9 has no effect with algorithm.beta=0"):
+        algorithm.validate()
+    with pytest.raises(ConfigError, match="algorithm.kl_estimator='k9' is unknown"):
+        validate_config(_valid_train_config(algorithm=algorithm))
+
+
+def test_the_schema_modules_load_nothing_else_of_the_package():
+    """schema.py is a leaf and train_schema.py depends on it alone: loaded in a fresh interpreter
+    (with the packages above them as empty stand-ins, whose __init__ would load everything), they
+    bring in no other grpo_lightning module."""
+    package = Path(config_package.__file__).parent
+    probe = (
+        "import sys, types\n"
+        "for name, path in [('grpo_lightning', {root!r}), ('grpo_lightning.config', {package!r})]:\n"
+        "    module = types.ModuleType(name); module.__path__ = [path]; sys.modules[name] = module\n"
+        "import {module}\n"
+        "print(sorted(m for m in sys.modules if m.startswith('grpo_lightning')))\n"
+    )
+    stand_ins = ["grpo_lightning", "grpo_lightning.config"]
+    for module, expected in [
+        ("grpo_lightning.config.schema", [*stand_ins, "grpo_lightning.config.schema"]),
+        (
+            "grpo_lightning.config.train_schema",
+            [*stand_ins, "grpo_lightning.config.schema", "grpo_lightning.config.train_schema"],
+        ),
+    ]:
+        code = probe.format(root=str(package.parent), package=str(package), module=module)
+        loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        assert loaded.strip() == repr(expected)
