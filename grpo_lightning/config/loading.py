@@ -17,6 +17,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from grpo_lightning.compat import child_config
 from grpo_lightning.config.schema import DEFAULT_LENGTH_BUCKETS, ConfigError, _require
 from grpo_lightning.config.train_schema import RewardFunctionConfig, TrainConfig
 from grpo_lightning.config.validation import shards_weights_by_name, validate_config
@@ -59,8 +60,8 @@ def _unknown_keys(node: DictConfig, prefix: str = "") -> list[str]:
         if known is not None and key not in known:
             unknown.append(path)
             continue
-        child = node._get_node(key)
-        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+        child = child_config(node, key)
+        if child is not None:
             unknown += _unknown_keys(child, f"{path}.")
     return unknown
 
