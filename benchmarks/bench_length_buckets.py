@@ -7,7 +7,7 @@ A batch is N prompts x G completions (prompt length P, completions padded to T, 
 the completion lengths are drawn per row (``--lengths``): ``uniform`` in 1..T, or ``tail``
 (three in four rows T/8 long, the rest T, as when a few completions run to the length limit).
 Each (shape, mode) runs the policy update's scoring, forward and backward of the completion
-log-probs through ``CausalLMPolicy.token_scores`` (shared prompts on), in its own subprocess on
+log-probs through ``CausalLMPolicy.logprobs_and_entropy`` (shared prompts on), in its own subprocess on
 the 0.66M Llama of the arithmetic task: the time is the median of ``--repeats`` passes, the
 memory the rise of the peak RSS over the RSS before the first pass. The log-probs of the two
 modes are checked equal.
@@ -56,7 +56,7 @@ def worker(args: argparse.Namespace) -> None:
     )
 
     def one_pass():
-        logprobs, _ = policy.token_scores(batch, temperature=1.0, with_entropy=False)
+        logprobs, _ = policy.logprobs_and_entropy(batch, temperature=1.0, with_entropy=False)
         (logprobs * completion_mask).sum().backward()
         return logprobs
 

@@ -12,10 +12,10 @@ the time is the median of ``--repeats`` passes. The outputs of all modes are che
 loss is the sum of the log-probs and entropies; with ``--no-entropy-grad`` the log-probs alone,
 the entropy computed but only logged, as a GRPO update without an entropy bonus does.
 
-    logits: completion_token_scores, the model's [B, T+1, V] logits, log-softmax chunked
-    hidden-unfused: completion_token_scores_from_hidden with the head called per chunk under
+    logits: completion_logprobs, the model's [B, T+1, V] logits, log-softmax chunked
+    hidden-unfused: completion_logprobs_from_hidden with the head called per chunk under
         activation checkpointing (what a head with hooks gets: a no-op hook keeps it from fusing)
-    hidden-lookup-gradient: the head fused with the log-softmax and entropy (LinearTokenScores),
+    hidden-lookup-gradient: the head fused with the log-softmax and entropy (FusedHeadLogprobs),
         the tied embedding's lookup forming its own dense [V, H] gradient, as ``nn.Embedding`` does
     hidden: the same, the lookup adding into the head's weight gradient (TiedWeightGradient)
 """
@@ -54,14 +54,14 @@ def worker(args: argparse.Namespace) -> None:
     import torch
 
     from grpo_lightning.policy.scoring.fused_head import TiedWeightGradient
-    from grpo_lightning.policy.scoring.logprobs import completion_token_scores, completion_token_scores_from_hidden
+    from grpo_lightning.policy.scoring.logprobs import completion_logprobs, completion_logprobs_from_hidden
 
     common.set_threads(args.threads)
     model = scoring_decoder(args.vocab)
     prompt = torch.randint(0, args.vocab, (args.rows, 8))
     completion = torch.randint(0, args.vocab, (args.rows, args.completion_length))
     masks = torch.ones_like(prompt), torch.ones_like(completion)
-    score = completion_token_scores if args.worker == "logits" else completion_token_scores_from_hidden
+    score = completion_logprobs if args.worker == "logits" else completion_logprobs_from_hidden
     if args.worker == "hidden-unfused":
         model.get_output_embeddings().register_forward_pre_hook(lambda *_: None)
     if args.worker == "hidden-lookup-gradient":

@@ -26,7 +26,7 @@ MODES = ("full", "shared")
 def worker(args: argparse.Namespace) -> None:
     import torch
 
-    from grpo_lightning.policy.scoring.logprobs import completion_token_scores_from_hidden
+    from grpo_lightning.policy.scoring.logprobs import completion_logprobs_from_hidden
 
     num_prompts, group_size, prompt_length, completion_length = args.shape
     model = common.shape_worker_model(args)
@@ -36,7 +36,7 @@ def worker(args: argparse.Namespace) -> None:
     masks = torch.ones_like(prompts), torch.ones_like(completions)
 
     def one_pass():
-        logprobs, _ = completion_token_scores_from_hidden(
+        logprobs, _ = completion_logprobs_from_hidden(
             model, prompts, masks[0], completions, masks[1], share_prompts=args.worker == "shared"
         )
         logprobs.sum().backward()

@@ -304,7 +304,7 @@ def _time_phases(side: str) -> dict[str, list[float]]:
         _wrap_timed(CausalLMPolicy, "sample", "sampling", times)
         _wrap_timed(
             CausalLMPolicy,
-            "token_scores",
+            "logprobs_and_entropy",
             lambda _, kwargs: "reference log-probs" if kwargs.get("reference") else "policy forward",
             times,
         )

@@ -4,7 +4,7 @@
       -> score them with the reward functions                  rewards.WeightedReward
          (or DAPO dynamic sampling: rounds until the groups      algo.dynamic_sampling
           carry signal; or a batch with completions already:   data.external)
-      -> old / reference log-probs (only when needed)          policy.token_scores
+      -> old / reference log-probs (only when needed)          policy.logprobs_and_entropy
       -> reward shaping (overlong, KL in reward), advantages   algo.shaping, algo.kl, algo.advantages
       -> num_iterations x mini-batches: policy loss, backward   algo.losses (algorithm.policy_loss)
          (micro-batches accumulate), clip, optimizer step
@@ -201,7 +201,8 @@ class GRPOModule(L.LightningModule):
         rows = torch.arange(tokens.prompt_ids.size(0), device=tokens.prompt_ids.device)
         chunk = self.algorithm.micro_batch_size or self.algorithm.mini_batch_size or rows.numel()
         options = dict(temperature=self.generation.temperature, with_entropy=False, reference=reference)
-        return torch.cat([self.policy.token_scores(tokens.rows(index), **options)[0] for index in rows.split(chunk)])
+        score = self.policy.logprobs_and_entropy
+        return torch.cat([score(tokens.rows(index), **options)[0] for index in rows.split(chunk)])
 
     def _update_policy(self, update: UpdateBatch) -> None:
         alg = self.algorithm
@@ -251,7 +252,7 @@ class GRPOModule(L.LightningModule):
     def _micro_batch_loss(self, part: UpdateBatch) -> tuple[Tensor, dict[str, Tensor]]:
         alg = self.algorithm
         # With no entropy bonus the entropy is only logged: computed without grad.
-        logprobs, entropy = self.policy.token_scores(
+        logprobs, entropy = self.policy.logprobs_and_entropy(
             part, temperature=self.generation.temperature, with_entropy=True, entropy_grad=alg.entropy_coef != 0
         )  # [b, T] each
         old = part.old_logprobs if part.old_logprobs is not None else logprobs.detach()

@@ -16,6 +16,18 @@ os.environ.setdefault("WANDB_SILENT", "true")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+@pytest.fixture(autouse=True)
+def environment_restored():
+    """Each test gets back the environment it started with. Code under test may set variables
+    for itself (the vLLM sampler sets RANK, LOCAL_RANK, WORLD_SIZE for its engine); left behind,
+    they reach the next test's subprocesses, and a two-process run that inherits LOCAL_RANK
+    believes it was launched by someone else and waits for a second process that never comes."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.fixture(scope="session")
 def random_arith_dir(tmp_path_factory) -> Path:
     """A randomly initialised arithmetic decoder in Hugging Face format (saved once)."""

@@ -14,13 +14,13 @@ from grpo_lightning.types import Experience, TokenBatch
 def _count_scoring_passes(policy, algorithm: GRPOConfig):
     module = GRPOModule(policy, WeightedReward({"correct": (correct_answer, 1.0)}), algorithm=algorithm)
     calls = []
-    real = policy.token_scores
+    real = policy.logprobs_and_entropy
 
     def counting(batch, **kwargs):
         calls.append(kwargs.get("reference", False))
         return real(batch, **kwargs)
 
-    policy.token_scores = counting
+    policy.logprobs_and_entropy = counting
     prompt_ids, prompt_mask = policy.encode_prompts(["12+34="] * 4)
     tokens = TokenBatch(prompt_ids, prompt_mask, torch.full((4, 3), 5), torch.ones(4, 3, dtype=torch.long))
     experience = Experience(tokens=tokens, rewards=torch.zeros(4), group_ids=torch.tensor([0, 0, 1, 1]), group_size=2)

@@ -6,8 +6,12 @@ the policy comes from:
 * ``encode_prompts(texts)``: left-padded prompt ids and mask;
 * ``sample(prompt_ids, prompt_mask, sampling)``: completion ids (no grad, eval mode);
 * ``decode(completion_ids, completion_mask)``: completion texts;
-* ``token_scores(batch, ...)``: log-probs (and entropy) of completion tokens, under the policy
-  or under its frozen reference.
+* ``logprobs_and_entropy(batch, ...)``: log-probs (and entropy) of completion tokens, under the
+  policy or under its frozen reference.
+
+``logprobs_and_entropy`` used to be called ``token_scores``; the old name keeps working both ways: a
+policy that defines ``token_scores`` serves ``logprobs_and_entropy``, and every policy answers
+``token_scores(...)``.
 """
 
 from __future__ import annotations
@@ -55,6 +59,16 @@ class Policy(nn.Module, ABC):
     forward call is then a collective, so sampling and scoring must make the same calls on
     every process, whatever their data (grpo_lightning.distributed)."""
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # Each class gets both names for one function, so ``super().token_scores`` in a policy
+        # written against the old name reaches its parent's scoring, not back into itself.
+        own = cls.__dict__
+        if "logprobs_and_entropy" in own and "token_scores" not in own:
+            cls.token_scores = own["logprobs_and_entropy"]
+        elif "token_scores" in own and "logprobs_and_entropy" not in own:
+            cls.logprobs_and_entropy = own["token_scores"]
+
     @abstractmethod
     def encode_prompts(self, texts: list[str]) -> tuple[Tensor, Tensor]:
         """Left-padded prompt ids [B, P] and attention mask [B, P]."""
@@ -68,7 +82,7 @@ class Policy(nn.Module, ABC):
         """Completion texts, special tokens removed."""
 
     @abstractmethod
-    def token_scores(
+    def logprobs_and_entropy(
         self,
         batch: "TokenBatch",
         *,

@@ -22,8 +22,8 @@ from grpo_lightning.policy.generation.loop import sample_with_kv_cache, supports
 from grpo_lightning.policy.generation.vllm import VLLMSampler, vllm_sampling_params
 from grpo_lightning.policy.scoring.buckets import could_pay, length_buckets, scatter_rows, trim_padding
 from grpo_lightning.policy.scoring.logprobs import (
-    blocks_token_scores_from_hidden,
-    completion_token_scores,
+    blocks_logprobs_from_hidden,
+    completion_logprobs,
     completions_per_chunk,
     distinct_prompts,
     supports_hidden_head,
@@ -254,7 +254,7 @@ class CausalLMPolicy(Policy):
         rows = [ids[mask.bool()].tolist() for ids, mask in zip(completion_ids.cpu(), completion_mask.cpu())]
         return self.tokenizer.batch_decode(rows, skip_special_tokens=True)
 
-    def token_scores(
+    def logprobs_and_entropy(
         self,
         batch: "TokenBatch",
         *,
@@ -281,8 +281,8 @@ class CausalLMPolicy(Policy):
                 same_calls=self.lockstep is not None,
             )
             if self.chunked_lm_head and supports_hidden_head(model):
-                return blocks_token_scores_from_hidden(model, blocks, **options)  # one head call for all
-            return [completion_token_scores(model, *block, **options) for block in blocks]
+                return blocks_logprobs_from_hidden(model, blocks, **options)  # one head call for all
+            return [completion_logprobs(model, *block, **options) for block in blocks]
 
         def score(model: nn.Module) -> tuple[Tensor, Optional[Tensor]]:
             tensors = (batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask)

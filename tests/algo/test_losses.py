@@ -410,12 +410,12 @@ def test_kl_in_reward_by_hand():
 
 
 def test_entropy_without_grad_has_the_same_values():
-    from grpo_lightning.policy.scoring.logprobs import token_scores_from_logits
+    from grpo_lightning.policy.scoring.logprobs import logprobs_from_logits
 
     logits = torch.randn(3, 4, 7, requires_grad=True)
     ids = torch.randint(0, 7, (3, 4))
-    lp, ent = token_scores_from_logits(logits, ids, with_entropy=True, chunk_size=2)
-    lp2, ent2 = token_scores_from_logits(logits, ids, with_entropy=True, chunk_size=2, entropy_grad=False)
+    lp, ent = logprobs_from_logits(logits, ids, with_entropy=True, chunk_size=2)
+    lp2, ent2 = logprobs_from_logits(logits, ids, with_entropy=True, chunk_size=2, entropy_grad=False)
     assert ent.requires_grad and not ent2.requires_grad and lp2.requires_grad
     torch.testing.assert_close(ent.detach(), ent2)
     torch.testing.assert_close(lp, lp2)

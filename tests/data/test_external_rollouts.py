@@ -35,7 +35,7 @@ def _external_batches(policy, group_size, with_ref, token_rewards=False):
     completion_mask = (torch.arange(width) < torch.tensor(LENGTHS[:rows]).unsqueeze(1)).long()
     tokens = TokenBatch(prompt_ids, prompt_mask, completion_ids, completion_mask)
     with torch.no_grad():
-        logprobs, _ = policy.token_scores(tokens, temperature=1.0, with_entropy=False)
+        logprobs, _ = policy.logprobs_and_entropy(tokens, temperature=1.0, with_entropy=False)
     batch = {
         "prompt_ids": tokens.prompt_ids,
         "prompt_mask": tokens.prompt_mask,

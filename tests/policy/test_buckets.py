@@ -100,7 +100,7 @@ def test_bucketed_scores_and_gradients_equal_the_padded_pass(arith_policy, share
     def scores(buckets):
         policy.length_buckets = buckets
         policy.model.zero_grad()
-        logprobs, entropy = policy.token_scores(batch, temperature=0.7, with_entropy=True)
+        logprobs, entropy = policy.logprobs_and_entropy(batch, temperature=0.7, with_entropy=True)
         ((logprobs + entropy) * completion_mask).sum().backward()
         grads = [p.grad.clone() for p in policy.model.parameters()]
         return logprobs * completion_mask, entropy * completion_mask, grads

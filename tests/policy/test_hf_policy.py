@@ -201,10 +201,10 @@ def test_lora_trains_only_adapters_and_keeps_one_copy_of_the_base(llama_dir):
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.5)
     with torch.no_grad():
-        ref, _ = policy.token_scores(batch, temperature=1.0, with_entropy=False, reference=True)
-        cur, _ = policy.token_scores(batch, temperature=1.0, with_entropy=False)
+        ref, _ = policy.logprobs_and_entropy(batch, temperature=1.0, with_entropy=False, reference=True)
+        cur, _ = policy.logprobs_and_entropy(batch, temperature=1.0, with_entropy=False)
         base = CausalLMPolicy.from_config(ModelConfig(name_or_path=str(llama_dir)))
-        expected, _ = base.token_scores(batch, temperature=1.0, with_entropy=False)
+        expected, _ = base.logprobs_and_entropy(batch, temperature=1.0, with_entropy=False)
     torch.testing.assert_close(ref, expected)
     assert not torch.allclose(cur, ref)
 
@@ -355,7 +355,9 @@ def test_dropout_is_off_so_two_passes_agree(tmp_path, disable_dropout):
     prompt_ids, prompt_mask = policy.encode_prompts(["2+2=", "3+5="])
     completion_ids = torch.tensor([[5, 6, 7], [8, 9, 10]])
     batch = TokenBatch(prompt_ids, prompt_mask, completion_ids, torch.ones_like(completion_ids))
-    first, second = (policy.token_scores(batch, temperature=1.0, with_entropy=False)[0].detach() for _ in range(2))
+    first, second = (
+        policy.logprobs_and_entropy(batch, temperature=1.0, with_entropy=False)[0].detach() for _ in range(2)
+    )
     assert torch.equal(first, second) == disable_dropout
     assert policy.model.config.attention_dropout == 0.3  # the exported config keeps its value
 
@@ -367,3 +369,28 @@ def test_disable_dropout_zeroes_dropout_modules():
     disable_dropout(model.train())
     x = torch.ones(64, 2)
     assert torch.equal(model(x), model(x)) and model[1].p == 0.0
+
+
+def test_a_policy_written_against_the_old_scoring_name_still_serves_both_names(arith_policy):
+    """``token_scores`` was ``logprobs_and_entropy``'s name: a subclass overriding it still scores
+    through the module's call, ``super()`` reaches the parent, and the old call still answers."""
+    from grpo_lightning.types import TokenBatch
+
+    class OldStylePolicy(CausalLMPolicy):
+        calls = 0
+
+        def token_scores(self, batch, **options):
+            OldStylePolicy.calls += 1
+            return super().token_scores(batch, **options)
+
+    old = OldStylePolicy(arith_policy.model, arith_policy.tokenizer)
+    gen = torch.Generator().manual_seed(0)
+    prompt_ids, prompt_mask = arith_policy.encode_prompts(["1+2=", "3+4="])
+    completion_ids = torch.randint(5, 15, (2, 3), generator=gen)
+    batch = TokenBatch(prompt_ids, prompt_mask, completion_ids, torch.ones_like(completion_ids))
+    expected, _ = arith_policy.logprobs_and_entropy(batch, temperature=1.0, with_entropy=False)
+    through_new_name, _ = old.logprobs_and_entropy(batch, temperature=1.0, with_entropy=False)
+    through_old_name, _ = arith_policy.token_scores(batch, temperature=1.0, with_entropy=False)
+    assert OldStylePolicy.calls == 1
+    torch.testing.assert_close(through_new_name, expected)
+    torch.testing.assert_close(through_old_name, expected)

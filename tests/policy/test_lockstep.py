@@ -15,7 +15,7 @@ from grpo_lightning.config import ConfigError, GenerationConfig
 from grpo_lightning.module import GRPOModule
 from grpo_lightning.policy.base import SamplingParams
 from grpo_lightning.policy.generation.loop import sample_with_kv_cache
-from grpo_lightning.policy.scoring.logprobs import completion_token_scores_from_hidden
+from grpo_lightning.policy.scoring.logprobs import completion_logprobs_from_hidden
 from grpo_lightning.rewards import WeightedReward
 from grpo_lightning.types import TokenBatch
 
@@ -67,7 +67,7 @@ def test_scoring_makes_the_shared_prompt_calls_even_when_no_prompt_repeats(arith
     results = {}
     for same_calls in (False, True):
         calls.clear()
-        results[same_calls] = completion_token_scores_from_hidden(
+        results[same_calls] = completion_logprobs_from_hidden(
             model,
             prompt_ids,
             prompt_mask,

@@ -5,9 +5,9 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from grpo_lightning.policy.scoring.logprobs import (
-    completion_token_scores,
+    completion_logprobs,
     completions_per_chunk,
-    token_scores_from_logits,
+    logprobs_from_logits,
 )
 
 
@@ -16,7 +16,7 @@ def test_chunked_scores_match_direct(chunk_size):
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(5, 4, 11, generator=gen, requires_grad=True)
     ids = torch.randint(0, 11, (5, 4), generator=gen)
-    lp, ent = token_scores_from_logits(logits, ids, temperature=0.7, with_entropy=True, chunk_size=chunk_size)
+    lp, ent = logprobs_from_logits(logits, ids, temperature=0.7, with_entropy=True, chunk_size=chunk_size)
     ref_logp = torch.log_softmax(logits / 0.7, dim=-1)
     torch.testing.assert_close(lp, ref_logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1))
     torch.testing.assert_close(ent, -(ref_logp.exp() * ref_logp).sum(-1))
@@ -30,7 +30,7 @@ def test_chunked_scores_match_direct(chunk_size):
 
 
 def test_entropy_of_uniform_is_log_vocab():
-    _, ent = token_scores_from_logits(torch.zeros(2, 3, 8), torch.zeros(2, 3, dtype=torch.long), with_entropy=True)
+    _, ent = logprobs_from_logits(torch.zeros(2, 3, 8), torch.zeros(2, 3, dtype=torch.long), with_entropy=True)
     torch.testing.assert_close(ent, torch.full((2, 3), torch.log(torch.tensor(8.0)).item()))
 
 
@@ -51,7 +51,7 @@ def test_completion_scores_with_left_padding_match_unpadded():
     prompt_mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
     completion = torch.tensor([[3, 4, 1], [2, 2, 0]])
     completion_mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
-    lp, _ = completion_token_scores(model, prompt, prompt_mask, completion, completion_mask, temperature=1.0)
+    lp, _ = completion_logprobs(model, prompt, prompt_mask, completion, completion_mask, temperature=1.0)
     # row 0 scored alone with no padding must give the same log-probs
     alone = torch.tensor([[5, 6, 3, 4, 1]])
     full = torch.log_softmax(model(alone).logits, dim=-1)[0, 1:4]  # predicts 3, 4, 1
@@ -78,7 +78,7 @@ def _tiny_llama(tie: bool) -> LlamaForCausalLM:
 @pytest.mark.parametrize("tie", [True, False])
 @pytest.mark.parametrize("chunk_size", [1, 2, 64])
 def test_hidden_state_scores_match_full_logits(tie, chunk_size):
-    from grpo_lightning.policy.scoring.logprobs import completion_token_scores_from_hidden, supports_hidden_head
+    from grpo_lightning.policy.scoring.logprobs import completion_logprobs_from_hidden, supports_hidden_head
 
     model = _tiny_llama(tie)
     assert supports_hidden_head(model)
@@ -102,9 +102,7 @@ def test_hidden_state_scores_match_full_logits(tie, chunk_size):
     expected_grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
 
-    lp, ent = completion_token_scores_from_hidden(
-        model, *args, temperature=0.7, with_entropy=True, chunk_size=chunk_size
-    )
+    lp, ent = completion_logprobs_from_hidden(model, *args, temperature=0.7, with_entropy=True, chunk_size=chunk_size)
     torch.testing.assert_close(lp, expected_lp, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ent, expected_ent, rtol=1e-5, atol=1e-5)
     (lp * weights + ent).sum().backward()
@@ -112,7 +110,7 @@ def test_hidden_state_scores_match_full_logits(tie, chunk_size):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
 
     # and the logits path of the policy agrees with it
-    lp_logits, _ = completion_token_scores(model, *args, temperature=0.7)
+    lp_logits, _ = completion_logprobs(model, *args, temperature=0.7)
     torch.testing.assert_close(lp.detach(), lp_logits.detach(), rtol=1e-5, atol=1e-5)
 
 
@@ -141,7 +139,7 @@ def test_policy_uses_the_hidden_state_path_only_when_asked(arith_policy, monkeyp
     from grpo_lightning.types import TokenBatch
 
     used = []
-    for name in ("completion_token_scores", "blocks_token_scores_from_hidden"):
+    for name in ("completion_logprobs", "blocks_logprobs_from_hidden"):
         real = getattr(policy_module, name)
         monkeypatch.setattr(
             policy_module, name, lambda *a, _real=real, _name=name, **k: used.append(_name) or _real(*a, **k)
@@ -151,10 +149,10 @@ def test_policy_uses_the_hidden_state_path_only_when_asked(arith_policy, monkeyp
         torch.tensor([[5, 6, 2], [7, 2, 2]]),
         torch.tensor([[1, 1, 1], [1, 1, 0]]),
     )
-    chunked, _ = arith_policy.token_scores(batch, temperature=1.0, with_entropy=False)
+    chunked, _ = arith_policy.logprobs_and_entropy(batch, temperature=1.0, with_entropy=False)
     arith_policy.chunked_lm_head = False
-    full, _ = arith_policy.token_scores(batch, temperature=1.0, with_entropy=False)
-    assert used == ["blocks_token_scores_from_hidden", "completion_token_scores"]
+    full, _ = arith_policy.logprobs_and_entropy(batch, temperature=1.0, with_entropy=False)
+    assert used == ["blocks_logprobs_from_hidden", "completion_logprobs"]
     torch.testing.assert_close(chunked, full, rtol=1e-5, atol=1e-5)
 
 
@@ -178,9 +176,9 @@ def test_policy_chunk_size_is_set_fixed_or_sized_for_the_longest_completion(arit
     from grpo_lightning.types import TokenBatch
 
     sizes = []
-    real = policy_module.blocks_token_scores_from_hidden
+    real = policy_module.blocks_logprobs_from_hidden
     monkeypatch.setattr(
-        policy_module, "blocks_token_scores_from_hidden", lambda *a, **k: sizes.append(k["chunk_size"]) or real(*a, **k)
+        policy_module, "blocks_logprobs_from_hidden", lambda *a, **k: sizes.append(k["chunk_size"]) or real(*a, **k)
     )
     vocab = arith_policy.model.config.vocab_size
     monkeypatch.setitem(logprobs.LOGIT_CHUNK_BYTES, "cpu", 4 * vocab * 48)  # 48 tokens' logits a chunk
@@ -190,11 +188,11 @@ def test_policy_chunk_size_is_set_fixed_or_sized_for_the_longest_completion(arit
         torch.tensor([[5, 6, 2], [7, 2, 2]]),
         torch.tensor([[1, 1, 1], [1, 1, 0]]),
     )
-    arith_policy.token_scores(batch, temperature=1.0, with_entropy=False)  # the batch's 3 tokens: 16 a chunk
+    arith_policy.logprobs_and_entropy(batch, temperature=1.0, with_entropy=False)  # the batch's 3 tokens: 16 a chunk
     arith_policy.max_completion_tokens = 6  # the run's longest: 8 a chunk
-    arith_policy.token_scores(batch, temperature=1.0, with_entropy=False)
+    arith_policy.logprobs_and_entropy(batch, temperature=1.0, with_entropy=False)
     arith_policy.logprob_chunk_size = 1  # set: used as is
-    arith_policy.token_scores(batch, temperature=1.0, with_entropy=False)
+    arith_policy.logprobs_and_entropy(batch, temperature=1.0, with_entropy=False)
     assert sizes == [16, 8, 1]
 
 
@@ -223,7 +221,7 @@ def test_model_compile_wraps_the_decoder_lazily(random_arith_dir):
 
 @pytest.mark.parametrize("with_entropy,entropy_grad", [(False, False), (True, True), (True, False)])
 def test_fused_head_scores_match_autograd_through_the_linear_head(with_entropy, entropy_grad):
-    from grpo_lightning.policy.scoring.fused_head import LinearTokenScores
+    from grpo_lightning.policy.scoring.fused_head import FusedHeadLogprobs
 
     generator = torch.Generator().manual_seed(0)
     hidden = torch.randn(6, 5, generator=generator, requires_grad=True)
@@ -238,7 +236,7 @@ def test_fused_head_scores_match_autograd_through_the_linear_head(with_entropy, 
     loss = (want_lp * weights[0]).sum() + ((want_ent * weights[1]).sum() if entropy_grad else 0)
     want_grads = torch.autograd.grad(loss, [hidden, head.weight, head.bias])
 
-    lp, ent = LinearTokenScores.apply(hidden, head.weight, head.bias, ids, 0.7, with_entropy, entropy_grad, 4)
+    lp, ent = FusedHeadLogprobs.apply(hidden, head.weight, head.bias, ids, 0.7, with_entropy, entropy_grad, 4)
     torch.testing.assert_close(lp, want_lp, rtol=1e-5, atol=1e-6)
     if with_entropy:
         torch.testing.assert_close(ent, want_ent.detach(), rtol=1e-5, atol=1e-6)
@@ -249,7 +247,7 @@ def test_fused_head_scores_match_autograd_through_the_linear_head(with_entropy, 
 
 
 def test_fused_head_under_bf16_autocast_runs_the_head_in_bf16_both_ways():
-    from grpo_lightning.policy.scoring.fused_head import LinearTokenScores
+    from grpo_lightning.policy.scoring.fused_head import FusedHeadLogprobs
 
     generator = torch.Generator().manual_seed(0)
     hidden = torch.randn(8, 16, generator=generator, requires_grad=True)
@@ -257,7 +255,7 @@ def test_fused_head_under_bf16_autocast_runs_the_head_in_bf16_both_ways():
     ids = torch.randint(0, 32, (8,), generator=generator)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         want = torch.log_softmax(head(hidden).float(), -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
-        got, _ = LinearTokenScores.apply(hidden, head.weight, None, ids, 1.0, False, False, 3)
+        got, _ = FusedHeadLogprobs.apply(hidden, head.weight, None, ids, 1.0, False, False, 3)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)  # bf16 logits (fp32 ones: ~1e-2 off)
     want_grads = torch.autograd.grad(want.sum(), [hidden, head.weight])
     got_grads = torch.autograd.grad(got.sum(), [hidden, head.weight])
@@ -277,11 +275,11 @@ def test_heads_with_hooks_or_adapters_are_called_not_fused():
 
 
 def test_fused_head_refuses_a_second_derivative_clearly():
-    from grpo_lightning.policy.scoring.fused_head import LinearTokenScores
+    from grpo_lightning.policy.scoring.fused_head import FusedHeadLogprobs
 
     hidden = torch.randn(3, 4, requires_grad=True)
     head = torch.nn.Linear(4, 5, bias=False)
-    lp, _ = LinearTokenScores.apply(hidden, head.weight, None, torch.tensor([0, 1, 2]), 1.0, False, False, 2)
+    lp, _ = FusedHeadLogprobs.apply(hidden, head.weight, None, torch.tensor([0, 1, 2]), 1.0, False, False, 2)
     (grad,) = torch.autograd.grad(lp.sum(), hidden, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
         grad.sum().backward()
@@ -304,7 +302,7 @@ def test_policy_reads_the_vocabulary_of_a_multimodal_config(arith_policy, monkey
         raising=False,
     )
     batch = TokenBatch(*arith_policy.encode_prompts(["12+3="]), torch.tensor([[5, 2]]), torch.tensor([[1, 1]]))
-    arith_policy.token_scores(batch, temperature=1.0, with_entropy=False)
+    arith_policy.logprobs_and_entropy(batch, temperature=1.0, with_entropy=False)
     assert [(vocab, hidden) for _, vocab, _, hidden in asked] == [(123, 7)]
 
 
@@ -325,7 +323,7 @@ def _weight_sized_allocations(loss: torch.Tensor, weight: torch.Tensor, **backwa
 @pytest.mark.parametrize("blocks", [[[0, 1, 2, 3]], [[0, 1], [2, 3]]])  # one block, or two (length buckets)
 def test_tied_embedding_and_fused_head_form_one_weight_gradient(share_prompts, blocks, monkeypatch):
     import grpo_lightning.policy.scoring.logprobs as logprobs
-    from grpo_lightning.policy.scoring.logprobs import blocks_token_scores_from_hidden
+    from grpo_lightning.policy.scoring.logprobs import blocks_logprobs_from_hidden
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(
@@ -351,7 +349,7 @@ def test_tied_embedding_and_fused_head_form_one_weight_gradient(share_prompts, b
     row_blocks = [[t[rows] for t in (prompt, prompt_mask, completion, completion_mask)] for rows in blocks]
 
     def loss() -> torch.Tensor:
-        scored = blocks_token_scores_from_hidden(model, row_blocks, with_entropy=True, share_prompts=share_prompts)
+        scored = blocks_logprobs_from_hidden(model, row_blocks, with_entropy=True, share_prompts=share_prompts)
         return sum((lp * coefficients[rows] + 0.1 * ent).sum() for (lp, ent), rows in zip(scored, blocks))
 
     tied = loss()

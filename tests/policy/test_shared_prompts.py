@@ -6,8 +6,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCau
 
 from grpo_lightning.config import ConfigError
 from grpo_lightning.policy.scoring.logprobs import (
-    completion_token_scores,
-    completion_token_scores_from_hidden,
+    completion_logprobs,
+    completion_logprobs_from_hidden,
     distinct_prompts,
 )
 
@@ -49,7 +49,7 @@ def _scores_and_grads(model, scorer, batch, share_prompts):
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
-@pytest.mark.parametrize("scorer", [completion_token_scores_from_hidden, completion_token_scores])
+@pytest.mark.parametrize("scorer", [completion_logprobs_from_hidden, completion_logprobs])
 def test_shared_prompt_scores_and_gradients_match_the_full_pass(family, scorer):
     model, batch = _model(family), _grouped_batch()
     full_lp, full_ent, full_grads = _scores_and_grads(model, scorer, batch, share_prompts=False)
@@ -65,7 +65,7 @@ def _decoder_inputs(model, batch, share_prompts):
     shapes = []
     hook = model.get_input_embeddings().register_forward_pre_hook(lambda _, args: shapes.append(tuple(args[0].shape)))
     with torch.no_grad():
-        completion_token_scores_from_hidden(model, *batch, share_prompts=share_prompts)
+        completion_logprobs_from_hidden(model, *batch, share_prompts=share_prompts)
     hook.remove()
     return shapes
 

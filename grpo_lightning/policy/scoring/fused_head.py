@@ -2,7 +2,7 @@
 for tied embeddings.
 
 Where the head is a plain ``nn.Linear`` (no hooks of its own: not gathered by DeepSpeed ZeRO-3 or
-FSDP2, not wrapped by LoRA), :class:`LinearTokenScores` does the chunks' head, log-softmax and
+FSDP2, not wrapped by LoRA), :class:`FusedHeadLogprobs` does the chunks' head, log-softmax and
 entropy in one autograd node: one head matmul a chunk forward (the log-probs and the logged
 entropy together), and in the backward one recomputed head matmul a chunk whose output becomes
 the logits' gradient in place, instead of autograd's separate log-softmax, gather and entropy
@@ -23,7 +23,7 @@ from torch.autograd.function import once_differentiable
 from grpo_lightning.compat import accelerate_hooked, forward_hook_ids, is_compiled, require_grads_hook_ids
 
 
-class LinearTokenScores(torch.autograd.Function):
+class FusedHeadLogprobs(torch.autograd.Function):
     """Log-probs and entropy of ``token_ids`` under ``linear(hidden, weight, bias) / temperature``.
 
     hidden [N, H], weight [V, H], bias [V] or None, token_ids [N] -> logprobs [N], entropy [N]
@@ -120,7 +120,7 @@ class LinearTokenScores(torch.autograd.Function):
 class TiedWeightGradient:
     """One [V, H] gradient for a weight that is both the fused output head and the input embedding.
 
-    Autograd would form it twice over: the head's gradient (one buffer, :class:`LinearTokenScores`)
+    Autograd would form it twice over: the head's gradient (one buffer, :class:`FusedHeadLogprobs`)
     and, for every embedding lookup, a dense [V, H] scatter of the looked-up rows' gradients
     (``embedding_dense_backward``), added into the first and freed: a second weight-sized
     allocation at the peak of the backward pass (74 MiB for a 151,936 x 128 float32 embedding,
@@ -131,7 +131,7 @@ class TiedWeightGradient:
     decoder), and accumulates the weight's gradient only after every lookup's backward has run
     (each lookup has an edge to the weight). Where the head's backward did not run, a lookup
     returns its own gradient, as ``nn.Embedding`` would. One head call per pass
-    (:func:`blocks_token_scores_from_hidden`), however many length buckets, keeps it one buffer.
+    (:func:`blocks_logprobs_from_hidden`), however many length buckets, keeps it one buffer.
     """
 
     def __init__(self, embedding: nn.Embedding):
@@ -210,7 +210,7 @@ class _TiedLookup(torch.autograd.Function):
 
 
 def fuses_head(head: nn.Module) -> bool:
-    """Whether :class:`LinearTokenScores` may stand in for calling ``head``: a plain Linear whose
+    """Whether :class:`FusedHeadLogprobs` may stand in for calling ``head``: a plain Linear whose
     weights are ordinary tensors and whose call runs no hooks of its own (DeepSpeed ZeRO-3's
     gathering, FSDP2's per-module sharding, PEFT adapters replace or hook it). Lightning's FSDP
     strategy wraps the whole model and leaves the head a plain Linear: it is fused there, reading

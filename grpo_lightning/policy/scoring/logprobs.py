@@ -2,10 +2,10 @@
 
 Only completion positions are scored, never the prompt's. Two paths give the same numbers:
 
-* :func:`completion_token_scores_from_hidden` (``model.chunked_lm_head=true``, for model types
+* :func:`completion_logprobs_from_hidden` (``model.chunked_lm_head=true``, for model types
   whose logits are the plain head output): the decoder returns hidden states and the output
   head is applied ``chunk_size`` completions at a time, so the ``[B, T, V]`` logits never exist;
-* :func:`completion_token_scores`: the model returns logits for the last T+1 positions only
+* :func:`completion_logprobs`: the model returns logits for the last T+1 positions only
   (``logits_to_keep``).
 
 Either way the float32 log-softmax over the vocabulary is formed one chunk at a time and,
@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from grpo_lightning.policy.scoring.fused_head import LinearTokenScores, TiedWeightGradient, fuses_head
+from grpo_lightning.policy.scoring.fused_head import FusedHeadLogprobs, TiedWeightGradient, fuses_head
 
 LOGIT_CHUNK_BYTES = {"cpu": 4 * 2**20}
 """Float32 logits per chunk when ``model.logprob_chunk_size`` is automatic, by device type, unless a
@@ -112,7 +112,7 @@ def _scores_in_chunks(
     return logprobs, torch.cat(entropy_chunks) if with_entropy else None
 
 
-def token_scores_from_logits(
+def logprobs_from_logits(
     logits: Tensor,
     token_ids: Tensor,
     *,
@@ -220,7 +220,7 @@ def _predicting_outputs(
     return torch.cat([prompt_last[prompt_of_row], completion_outputs[:, :-1]], dim=1)  # [B, T, X]
 
 
-def completion_token_scores(
+def completion_logprobs(
     model: nn.Module,
     prompt_ids: Tensor,
     prompt_mask: Tensor,
@@ -246,7 +246,7 @@ def completion_token_scores(
     predicting = _predicting_outputs(
         logits, model.config, prompt_ids, prompt_mask, completion_ids, completion_mask, share_prompts, same_calls
     )  # [B, T, V]
-    return token_scores_from_logits(
+    return logprobs_from_logits(
         predicting,
         completion_ids,
         temperature=temperature,
@@ -257,7 +257,7 @@ def completion_token_scores(
 
 
 def supports_hidden_head(model: nn.Module) -> bool:
-    """Whether :func:`completion_token_scores_from_hidden` may be used for ``model``."""
+    """Whether :func:`completion_logprobs_from_hidden` may be used for ``model``."""
     config = getattr(model, "config", None)
     return (
         getattr(config, "model_type", None) in HIDDEN_HEAD_MODEL_TYPES
@@ -266,7 +266,7 @@ def supports_hidden_head(model: nn.Module) -> bool:
     )
 
 
-def completion_token_scores_from_hidden(
+def completion_logprobs_from_hidden(
     model: nn.Module,
     prompt_ids: Tensor,
     prompt_mask: Tensor,
@@ -274,18 +274,18 @@ def completion_token_scores_from_hidden(
     completion_mask: Tensor,
     **options,
 ) -> tuple[Tensor, Optional[Tensor]]:
-    """Same result as :func:`completion_token_scores`, but the ``[B, T, V]`` logits never exist.
+    """Same result as :func:`completion_logprobs`, but the ``[B, T, V]`` logits never exist.
 
     The decoder returns hidden states; the output head is applied ``chunk_size`` completions at
     a time. Only for models where :func:`supports_hidden_head`. ``options``: those of
-    :func:`blocks_token_scores_from_hidden`.
+    :func:`blocks_logprobs_from_hidden`.
     """
-    return blocks_token_scores_from_hidden(
-        model, [(prompt_ids, prompt_mask, completion_ids, completion_mask)], **options
-    )[0]
+    return blocks_logprobs_from_hidden(model, [(prompt_ids, prompt_mask, completion_ids, completion_mask)], **options)[
+        0
+    ]
 
 
-def blocks_token_scores_from_hidden(
+def blocks_logprobs_from_hidden(
     model: nn.Module,
     blocks: list[tuple[Tensor, Tensor, Tensor, Tensor]],
     *,
@@ -296,7 +296,7 @@ def blocks_token_scores_from_hidden(
     share_prompts: bool = False,
     same_calls: bool = False,
 ) -> list[tuple[Tensor, Optional[Tensor]]]:
-    """:func:`completion_token_scores_from_hidden` of each block (prompt ids, prompt mask,
+    """:func:`completion_logprobs_from_hidden` of each block (prompt ids, prompt mask,
     completion ids, completion mask; the length buckets of a pass), the decoder run per block.
 
     A fused head (:func:`fuses_head`) runs once over all blocks' completion positions, so that
@@ -334,7 +334,7 @@ def blocks_token_scores_from_hidden(
             for states, ids in zip(hidden, completion_ids)
         ]
     chunk_tokens = max(1, chunk_size * max(ids.size(1) for ids in completion_ids))
-    lp, ent = LinearTokenScores.apply(
+    lp, ent = FusedHeadLogprobs.apply(
         torch.cat([states.flatten(0, 1) for states in hidden]),
         head.weight,
         head.bias,
