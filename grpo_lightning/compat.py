@@ -102,6 +102,18 @@ def accelerate_hooked(module: nn.Module) -> bool:
     return hasattr(module, "_hf_hook")
 
 
+def gguf_dequantized() -> dict[str, Any]:
+    """``from_pretrained`` options that load a GGUF file as a plain float model. Since transformers
+    5.2x (written against 5.24) a GGUF load keeps a ``GgufHfQuantizer`` on the model even after
+    dequantizing every weight (no ``kernels`` package), and ``save_pretrained`` then refuses ("is
+    quantized with gguf and is not serializable"); asking for ``GgufConfig(dequantize=True)``
+    makes the loader drop it. Older releases always dequantized and kept no quantizer: no options."""
+    import transformers
+
+    config = getattr(transformers, "GgufConfig", None)
+    return {"quantization_config": config(dequantize=True)} if config is not None else {}
+
+
 # -- OmegaConf (written against omegaconf 2.3.1) ----------------------------------------------------
 
 

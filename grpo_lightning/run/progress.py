@@ -56,7 +56,9 @@ class GRPOProgressBar(RichProgressBar):
 
 
 class ConsoleLog(AfterItsValidation):
-    """One line every ``every_n_steps`` training steps (and after the last), for non-terminals.
+    """One line after the first training step, every ``every_n_steps`` steps and after the last,
+    and one as each validation starts and ends, for non-terminals: on a real model a step or a
+    validation takes minutes, and a log that stays silent looks like a hang.
 
     A step that is validated gets its line after the validation, so that ``val/reward`` is that
     step's, not the one before."""
@@ -67,6 +69,7 @@ class ConsoleLog(AfterItsValidation):
         self.optimizer_steps_per_step = optimizer_steps_per_step
         self.step = 0
         self.started: Optional[float] = None
+        self.validation_started: Optional[float] = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.started = time.perf_counter()
@@ -76,8 +79,25 @@ class ConsoleLog(AfterItsValidation):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         self.step += 1
-        if self.step % self.every_n_steps == 0 or self.step == self.total_steps:
+        if self.step == 1 or self.step % self.every_n_steps == 0 or self.step == self.total_steps:
             self.after_step_or_its_validation(trainer)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self.validation_started = time.perf_counter()
+        if trainer.is_global_zero:
+            when = f"after step {self.step}" if self.step else "before training"
+            print(f"validating {when} ({trainer.num_val_batches[0]} batches)", flush=True)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.validation_started is not None and trainer.is_global_zero and not trainer.sanity_checking:
+            seconds = time.perf_counter() - self.validation_started
+            reward = trainer.callback_metrics.get("val/reward/mean")
+            result = f"val/reward {float(reward):.3f} | " if reward is not None else ""
+            print(f"validation done: {result}{seconds:.1f} s", flush=True)
+        self.validation_started = None
+        super().on_validation_end(trainer, pl_module)
 
     def after_step(self, trainer: L.Trainer) -> None:
         if trainer.is_global_zero:

@@ -21,6 +21,7 @@ a sweeper such as Optuna optimizes).
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import time
 import warnings
@@ -309,6 +310,11 @@ register_configs()
 def main(cfg: DictConfig) -> Optional[float]:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
+
+    # `python -m` puts the working directory first on the import path and a console script does
+    # not: without it, reward.functions.*.fn=my_rewards.exact could not find ./my_rewards.py.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
 
     hydra_cfg = HydraConfig.get()
     sweep = hydra_cfg.mode == RunMode.MULTIRUN

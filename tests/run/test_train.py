@@ -243,3 +243,29 @@ def test_limit_val_batches_zero_runs_no_validation(random_arith_dir, tmp_path):
     )
     assert "reward/mean" in metrics and not any(name.startswith("val/") for name in metrics)
     assert not any(name.startswith("val/") for name in _read_metrics(tmp_path)[0])
+
+
+def test_the_readmes_reward_module_beside_the_command_is_found(random_arith_dir, tmp_path):
+    """The README's custom reward, run as written: grpo-train (a console script, which, unlike
+    python -m, does not put the working directory on the import path) imports ./my_rewards.py."""
+    (tmp_path / "my_rewards.py").write_text(
+        "def exact(prompts, completions, answer, **columns):\n"
+        "    return [1.0 if c.strip() == a else 0.0 for c, a in zip(completions, answer)]\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "grpo-train"),
+            "reward.functions.correct.fn=my_rewards.exact",
+            f"model.name_or_path={random_arith_dir}",
+            f"output_dir={tmp_path}/run",
+            *SMALL,
+        ],
+        cwd=tmp_path,
+        env=dict(env, WANDB_MODE="offline", HF_HUB_OFFLINE="1"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "reward/correct/mean" in (tmp_path / "run" / "metrics.csv").read_text()

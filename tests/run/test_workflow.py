@@ -294,8 +294,13 @@ def test_run_writes_reward_curve_and_periodic_console_lines(compose_config, rand
         "checkpoint.enabled=false",
     )
     train(cfg)  # pytest's captured stdout is not a terminal: lines, not a bar
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
-    assert [line.split(" | ")[0] for line in lines] == ["step 2/3", "step 3/3"]
+    out = capsys.readouterr().out.splitlines()
+    lines = [line for line in out if line.startswith("step ")]
+    assert [line.split(" | ")[0] for line in lines] == ["step 1/3", "step 2/3", "step 3/3"]  # first, every 2, last
+    validations = [line for line in out if line.startswith("validat")]
+    assert validations[:2] == ["validating before training (1 batches)", validations[1]]
+    assert validations[1].startswith("validation done: val/reward ") and validations[1].endswith(" s")
+    assert len(validations) == 2 * 4  # the baseline and after each step: a line as each starts and ends
     assert all(" | reward " in line and " | kl " in line and " s/step | " in line for line in lines), lines
     assert _is_png(tmp_path / "reward_curve.png")
     curves = read_curves(tmp_path).curves
