@@ -7,6 +7,8 @@ was written against and why the public API does not serve.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Iterable
 from typing import Any
 
@@ -100,6 +102,24 @@ def accelerate_hooked(module: nn.Module) -> bool:
     """Whether accelerate replaced ``module``'s forward (``device_map`` offloading, ``add_hook_to_module``)
     (``module._hf_hook``)."""
     return hasattr(module, "_hf_hook")
+
+
+def kv_cache_keyword(model: nn.Module) -> str:
+    """The keyword under which ``model``'s forward takes a KV cache: ``cache`` in transformers 5.2x
+    (written against 5.24, where ``past_key_values`` still works with a warning until 5.40),
+    ``past_key_values`` before. Read from the signature of the first Hugging Face model class in
+    ``model`` (a peft wrapper's forward takes ``**kwargs`` and passes them on)."""
+    from transformers import PreTrainedModel
+
+    for module in model.modules():
+        if isinstance(module, PreTrainedModel):
+            return _cache_keyword_of(type(module))
+    return "past_key_values"
+
+
+@functools.cache
+def _cache_keyword_of(model_class: type) -> str:
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
 def gguf_dequantized() -> dict[str, Any]:

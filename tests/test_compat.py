@@ -107,6 +107,24 @@ def test_transformers_require_grads_hook_and_accelerate_hook():
     assert compat.accelerate_hooked(embedding)
 
 
+def test_transformers_kv_cache_keyword_fills_the_cache_without_a_deprecation_warning():
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2)
+    model = LlamaForCausalLM(config)
+    wrapped = get_peft_model(LlamaForCausalLM(config), LoraConfig(r=2, target_modules=["q_proj"]))
+    assert compat.kv_cache_keyword(wrapped) == compat.kv_cache_keyword(model)  # read through the wrapper
+    cache = DynamicCache(config=config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a deprecated keyword warns: here it fails
+        model(input_ids=torch.tensor([[1, 2, 3]]), use_cache=True, **{compat.kv_cache_keyword(model): cache})
+    assert cache.get_seq_length() == 3
+    assert compat.kv_cache_keyword(nn.Linear(2, 2)) == "past_key_values"  # not a Hugging Face model
+
+
 @dataclass
 class Inner:
     value: int = 1

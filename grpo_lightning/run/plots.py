@@ -26,6 +26,9 @@ PANELS: list[tuple[str, list[tuple[str, str]]]] = [
     ("reward", [("reward/mean", "train (sampled)"), ("val/reward/mean", "validation")]),
     ("KL", [("actor/grpo_kl", "to reference"), ("actor/approx_kl", "to sampling policy")]),
     ("response length (tokens)", [("response_length/mean", "mean")]),
+    # A collapse shows here first: the entropy falls, and more groups sample one answer G times.
+    ("entropy (nats per token)", [("actor/entropy", "policy")]),
+    ("groups with equal rewards", [("reward/frac_zero_std", "share (no learning signal)")]),
 ]
 ZERO_BY_CONSTRUCTION = {"actor/approx_kl", "actor/grpo_kl"}
 """KL curves that are exactly 0 throughout say nothing (the KL to the sampling policy with one
@@ -113,7 +116,7 @@ def plot_runs(runs: Sequence[RunCurves], out: Path, title: Optional[str] = None)
     runs = [informative_curves(run) for run in runs]
     panels = panels_for(runs)
     if not panels:
-        raise ValueError("none of the runs logged reward, KL or response-length metrics")
+        raise ValueError("none of the runs logged reward, KL, response-length or entropy metrics")
     many = len(runs) > 1
     fig = Figure(figsize=(4.2 * len(panels), 3.6 + (0.25 * len(runs) if many else 0)))
     axes = fig.subplots(1, len(panels), squeeze=False)
@@ -152,7 +155,8 @@ def plot_runs(runs: Sequence[RunCurves], out: Path, title: Optional[str] = None)
 
 
 def plot_reward_curve(run_dir: Path) -> Path:
-    """``run_dir/reward_curve.png``: train and validation reward, KL and response length."""
+    """``run_dir/reward_curve.png``: train and validation reward, KL, response length, entropy and
+    the share of groups with equal rewards."""
     run_dir = Path(run_dir)
     return plot_runs([read_curves(run_dir, label=run_dir.name)], run_dir / "reward_curve.png", title=str(run_dir))
 

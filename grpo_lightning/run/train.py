@@ -178,6 +178,7 @@ def _train(cfg: TrainConfig, dict_cfg: DictConfig) -> dict[str, float]:
     warnings.filterwarnings("ignore", message=r".*exists and is not empty\. Previous log files.*")
     # Validation means are already summed across processes (StageMeans.compute).
     warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
+    quiet_library_noise()
     started = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True)
     policy = CausalLMPolicy.from_config(cfg.model)
@@ -304,6 +305,27 @@ def _print_summary(
 
 
 register_configs()
+
+
+def quiet_library_noise() -> None:
+    """Leave out what other libraries print on every run that says nothing about it: Lightning's
+    deprecation warning about its own use of torch's ``LeafSpec`` (2.6), its LitLogger
+    advertisement, and the progress bars of transformers (weight loading, shard writing) and
+    datasets (file reading)."""
+    import logging
+
+    from transformers.utils import logging as transformers_logging
+
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_an_advertisement)
+    transformers_logging.disable_progress_bar()
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # read when datasets is imported
+    if "datasets" in sys.modules:
+        sys.modules["datasets"].disable_progress_bars()
+
+
+def _not_an_advertisement(record) -> bool:
+    return "Tip: For seamless" not in record.getMessage()
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")

@@ -155,3 +155,14 @@ def test_templated_prompts_are_encoded_without_a_second_bos(arith_policy):
     arith_policy.add_special_tokens = False  # what train() sets after a chat template
     ids, mask = arith_policy.encode_prompts(["1+2="])
     assert bos not in ids[0].tolist() and mask.sum().item() == 4
+
+
+def test_an_instruct_tokenizer_used_without_its_chat_template_is_warned_about(caplog):
+    with caplog.at_level("WARNING", logger="grpo_lightning.data.formatting"):
+        PromptFormatter(build_tokenizer())  # no template: nothing to say
+        assert not caplog.records
+        PromptFormatter(_chat_tokenizer(), apply_chat_template=True)
+        assert not caplog.records
+        PromptFormatter(_chat_tokenizer())
+    (record,) = caplog.records
+    assert "has a chat template, but data.apply_chat_template=false" in record.getMessage()

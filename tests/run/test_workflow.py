@@ -17,6 +17,7 @@ from grpo_lightning.run.plots import (
     find_runs,
     informative_curves,
     panels_for,
+    plot_runs,
     read_curves,
 )
 from grpo_lightning.run.plots import (
@@ -336,6 +337,25 @@ def test_a_kl_that_is_zero_throughout_gets_no_panel():
     shown = informative_curves(with_reference)
     assert [name for name, _ in panels_for([shown])] == ["reward", "KL", "response length (tokens)"]
     assert "actor/approx_kl" not in shown.curves
+
+
+def test_entropy_and_the_share_of_equal_groups_get_their_panels(tmp_path):
+    """A collapse (entropy to ~0, every group sampling one answer) must be visible in the plot."""
+    steps = [1, 2, 3]
+    collapsing = RunCurves(
+        "lr=2e-5",
+        {
+            "reward/mean": (steps, [0.2, 0.5, 0.6]),
+            "actor/entropy": (steps, [0.66, 0.2, 0.04]),
+            "reward/frac_zero_std": (steps, [0.25, 0.5, 1.0]),
+        },
+    )
+    assert [name for name, _ in panels_for([collapsing])] == [
+        "reward",
+        "entropy (nats per token)",
+        "groups with equal rewards",
+    ]
+    assert _is_png(plot_runs([collapsing], tmp_path / "curve.png"))
 
 
 def test_grpo_plot_reports_a_directory_without_runs(tmp_path, capsys):

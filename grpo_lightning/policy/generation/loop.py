@@ -30,6 +30,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from grpo_lightning.compat import kv_cache_keyword
 from grpo_lightning.distributed import AllAgree, widest_float
 
 LOOP_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral"})
@@ -172,7 +173,7 @@ def sample_with_kv_cache(
             input_ids=tokens.unsqueeze(1),
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=cache,
+            **{kv_cache_keyword(model): cache},
             use_cache=True,
             logits_to_keep=1,
         ).logits[:, -1]
@@ -192,7 +193,7 @@ def _prefill(model: nn.Module, prompt_ids: Tensor, attention_mask: Tensor, posit
             input_ids=prompt_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=cache,
+            **{kv_cache_keyword(model): cache},
             use_cache=True,
             logits_to_keep=1,
         ).logits[:, -1]
@@ -202,7 +203,7 @@ def _prefill(model: nn.Module, prompt_ids: Tensor, attention_mask: Tensor, posit
         input_ids=unique_ids,
         attention_mask=unique_mask,
         position_ids=unique_positions,
-        past_key_values=cache,
+        **{kv_cache_keyword(model): cache},
         use_cache=True,
         logits_to_keep=1,
     ).logits[:, -1]  # [U, V]

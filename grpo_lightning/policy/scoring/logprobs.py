@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from grpo_lightning.compat import kv_cache_keyword
 from grpo_lightning.policy.scoring.fused_head import FusedHeadLogprobs, TiedWeightGradient, fuses_head
 
 LOGIT_CHUNK_BYTES = {"cpu": 4 * 2**20}
@@ -183,6 +184,7 @@ def _predicting_outputs(
     completion_mask: Tensor,
     share_prompts: bool,
     same_calls: bool,
+    cache_keyword: str,
 ) -> Tensor:
     """The model's outputs [B, T, X] at the positions that predict each completion token.
 
@@ -204,7 +206,7 @@ def _predicting_outputs(
         input_ids=unique_ids,
         attention_mask=unique_mask,
         position_ids=_positions(unique_mask),
-        past_key_values=cache,
+        **{cache_keyword: cache},
         use_cache=True,
     )[:, -1:]  # [U, 1, X]
     cache.batch_select_indices(prompt_of_row)  # every row: its prompt's K/V
@@ -214,7 +216,7 @@ def _predicting_outputs(
         input_ids=completion_ids,
         attention_mask=attention_mask,
         position_ids=_positions(attention_mask)[:, num_prompt:],
-        past_key_values=cache,
+        **{cache_keyword: cache},
         use_cache=True,
     )  # [B, T, X]
     return torch.cat([prompt_last[prompt_of_row], completion_outputs[:, :-1]], dim=1)  # [B, T, X]
@@ -244,7 +246,15 @@ def completion_logprobs(
         return model(**inputs, logits_to_keep=keep).logits  # [b, keep, V]
 
     predicting = _predicting_outputs(
-        logits, model.config, prompt_ids, prompt_mask, completion_ids, completion_mask, share_prompts, same_calls
+        logits,
+        model.config,
+        prompt_ids,
+        prompt_mask,
+        completion_ids,
+        completion_mask,
+        share_prompts,
+        same_calls,
+        kv_cache_keyword(model),
     )  # [B, T, V]
     return logprobs_from_logits(
         predicting,
@@ -317,7 +327,8 @@ def blocks_logprobs_from_hidden(
         return decoder(input_ids=input_ids, **inputs).last_hidden_state  # [b, L, H]
 
     hidden = [
-        _predicting_outputs(hidden_states, model.config, *block, share_prompts, same_calls) for block in blocks
+        _predicting_outputs(hidden_states, model.config, *block, share_prompts, same_calls, kv_cache_keyword(model))
+        for block in blocks
     ]  # [b, T_b, H] each
     completion_ids = [block[2] for block in blocks]  # [b, T_b] each
     if not fused:
