@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -456,6 +457,12 @@ def _update_figures(updates: list[list[float]], args: argparse.Namespace) -> dic
     return figures
 
 
+def _load_average() -> str:
+    """The machine's 1-minute load average and its core count: a side that ran while other jobs
+    did was slowed by them, and the record should say so."""
+    return f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
+
+
 def _summary(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.4g}"
@@ -484,6 +491,7 @@ def _drive(args: argparse.Namespace, scratch: Path) -> None:
         )
         return
     per_step_completions = TASKS[args.size].prompts_per_step * GROUP_SIZE
+    print(f"load average before the first worker: {_load_average()}", flush=True)
     per_repeat: list[dict] = []
     for repeat in range(args.repeats):
         row: dict[str, dict] = {}
@@ -506,7 +514,8 @@ def _drive(args: argparse.Namespace, scratch: Path) -> None:
                 f"{side} {r['step_s'] * 1000:.1f} ms/step ({r['cpu_step_s'] * 1000:.1f} CPU ms), "
                 f"{r['peak_rss_mib']:.0f} MiB"
                 for side, r in row.items()
-            ),
+            )
+            + f"; load average {_load_average()}",
             flush=True,
         )
 

@@ -75,6 +75,30 @@ def test_scaling_sweep_hands_the_worker_every_argument_it_reads(monkeypatch, tmp
     assert command[command.index("--warmup") + 1] == "2" and command[command.index("--prompt-tokens") + 1] == "0"
 
 
+def test_the_real_model_task_reaches_both_workers(monkeypatch, tmp_path):
+    """--size smollm2 --beta 0: each worker is told the model and the beta; TRL's reward reads the
+    assistant's reply out of the conversational completion, as ours reads the plain text."""
+    import subprocess
+
+    commands = []
+
+    def fake_run(command, **_):
+        commands.append(command)
+        return subprocess.CompletedProcess(command, 0, stdout=common.RESULT_TAG + "{}", stderr="")
+
+    monkeypatch.setattr(common.subprocess, "run", fake_run)
+    args = bench_vs_trl.parse_args(["--size", "smollm2", "--beta", "0"])
+    bench_vs_trl.run_training_worker("trl", 8, args, tmp_path / "model", tmp_path)
+    (command,) = commands
+    assert command[command.index("--size") + 1] == "smollm2" and command[command.index("--beta") + 1] == "0.0"
+    task = bench_vs_trl.TASKS["smollm2"]
+    assert task.chat and (task.prompts_per_step, task.max_new_tokens) == (4, 16)
+    replies = [[{"role": "assistant", "content": "12 + 34 = 46"}], [{"role": "assistant", "content": "47"}]]
+    assert bench_vs_trl.chat_math_answer(["q", "q"], replies, answer=["46", "46"]) == [1.0, 0.0]
+    train, _ = bench_vs_trl.bench_chat_splits(prompt_tokens=3)
+    assert train[0]["prompt"].startswith(common.preamble(3) + "Calculate ")
+
+
 def test_a_vocabulary_smaller_than_the_tokenizer_is_refused_by_name(capsys):
     with pytest.raises(SystemExit):
         bench_vs_trl.parse_args(["--vocab-size", "10"])
