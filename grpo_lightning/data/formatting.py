@@ -43,8 +43,7 @@ class PromptFormatter:
                 "data.apply_chat_template=true (or put the text in the prompts)"
             )
         if not apply_chat_template and getattr(tokenizer, "chat_template", None):
-            # An instruct model asked in plain text answers far worse (SmolLM2-135M-Instruct on
-            # addition: 1% instead of 31%), and nothing else would say why.
+            # An instruct model asked in plain text answers far worse, and nothing else would say why.
             log.warning(
                 "the tokenizer has a chat template, but data.apply_chat_template=false: prompts reach "
                 "the model as plain text; set data.apply_chat_template=true for an instruct/chat model"

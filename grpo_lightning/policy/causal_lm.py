@@ -42,6 +42,11 @@ def _looks_local(name_or_path: str) -> bool:
     return name_or_path.startswith((".", "/", "~")) or Path(name_or_path).exists()
 
 
+def _gguf_files(directory: Path) -> list[str]:
+    """The GGUF files in ``directory`` (none if it is not one), to name in an error."""
+    return sorted(path.name for path in directory.glob("*.gguf")) if directory.is_dir() else []
+
+
 def _gguf_load_options(name_or_path: str, gguf_file: str) -> dict:
     """``from_pretrained`` options that load ``gguf_file`` dequantized to plain float weights, after
     checking what can be checked before the load: the ``gguf`` package and, in a local directory,
@@ -54,7 +59,7 @@ def _gguf_load_options(name_or_path: str, gguf_file: str) -> dict:
     if _looks_local(name_or_path):
         directory = Path(name_or_path).expanduser()
         if not (directory / gguf_file).is_file():
-            present = sorted(path.name for path in directory.glob("*.gguf")) if directory.is_dir() else []
+            present = _gguf_files(directory)
             raise ConfigError(
                 f"model.gguf_file={gguf_file!r}: no such file in model.name_or_path={name_or_path!r}"
                 + (f"; it holds {', '.join(present)}" if present else "")
@@ -122,7 +127,7 @@ class CausalLMPolicy(Policy):
         if cfg.gguf_file is not None:
             kwargs.update(_gguf_load_options(name, cfg.gguf_file))
         elif _looks_local(name) and not (Path(name).expanduser() / "config.json").is_file():
-            ggufs = sorted(path.name for path in Path(name).expanduser().glob("*.gguf"))
+            ggufs = _gguf_files(Path(name).expanduser())
             hint = f"; it holds {', '.join(ggufs)}: name one with model.gguf_file" if ggufs else ""
             raise ConfigError(
                 f"model.name_or_path={name!r}: no config.json there; point it at a "

@@ -79,6 +79,11 @@ def load_splits(num_val: int = 200, seed: int = 0) -> tuple[list[dict], list[dic
     All 8100 problems are shuffled with ``seed`` and the last ``num_val`` are held out.
     """
     rows = [{"prompt": f"{a}+{b}=", "answer": str(a + b)} for a in _OPERAND_RANGE for b in _OPERAND_RANGE]
+    return _hold_out(rows, num_val, seed)
+
+
+def _hold_out(rows: list[dict], num_val: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """``rows`` shuffled with ``seed``, the last ``num_val`` held out for validation."""
     if not 0 < num_val < len(rows):
         raise ValueError(f"num_val must be between 1 and {len(rows) - 1}, got {num_val}")
     random.Random(seed).shuffle(rows)
@@ -95,7 +100,8 @@ def load_chat_splits(
     """Addition asked as chat questions, for instruct models (with ``data.apply_chat_template=true``;
     ``rewards.math.math_answer`` reads the reply's last number): every ``a+b`` with ``a`` and ``b``
     in ``low..high``, shuffled with ``seed``, the last ``num_val`` held out. The default range keeps
-    sums below 100, where SmolLM2-135M-Instruct is right a third of the time.
+    sums below 100, where a 135M instruct model is right often enough for group-relative signal
+    (benchmarks/RESULTS.md, "The real-model task").
 
     >>> train, val = load_chat_splits(num_val=4)
     >>> len(train), val[0]["prompt"].startswith("Calculate ")
@@ -105,10 +111,7 @@ def load_chat_splits(
         raise ValueError(f"question must contain {{a}} and {{b}}, got {question!r}")
     operands = range(low, high + 1)
     rows = [{"prompt": question.format(a=a, b=b), "answer": str(a + b)} for a in operands for b in operands]
-    if not 0 < num_val < len(rows):
-        raise ValueError(f"num_val must be between 1 and {len(rows) - 1}, got {num_val}")
-    random.Random(seed).shuffle(rows)
-    return rows[:-num_val], rows[-num_val:]
+    return _hold_out(rows, num_val, seed)
 
 
 def correct_answer(prompts: list[str], completions: list[str], answer: list[str], **columns: object) -> list[float]:

@@ -142,9 +142,10 @@ def sample_with_kv_cache(
     attention_mask = prompt_mask.long()  # [B, P]
     position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # [B, P]
     cache = DynamicCache(config=model.config)
+    cache_keyword = kv_cache_keyword(model)
     finished = torch.zeros(prompt_ids.size(0), dtype=torch.bool, device=device)  # [B]
     columns = []
-    logits = _prefill(model, prompt_ids, attention_mask, position_ids, cache)  # [B, V]
+    logits = _prefill(model, prompt_ids, attention_mask, position_ids, cache, cache_keyword)  # [B, V]
     while True:
         logits = logits.float()  # [B, V]
         finite_rows = logits.amax(dim=-1).isfinite()  # [B]: NaN and +inf show here
@@ -173,14 +174,16 @@ def sample_with_kv_cache(
             input_ids=tokens.unsqueeze(1),
             attention_mask=attention_mask,
             position_ids=position_ids,
-            **{kv_cache_keyword(model): cache},
+            **{cache_keyword: cache},
             use_cache=True,
             logits_to_keep=1,
         ).logits[:, -1]
     return torch.stack(columns, dim=1)  # [B, T]
 
 
-def _prefill(model: nn.Module, prompt_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, cache) -> Tensor:
+def _prefill(
+    model: nn.Module, prompt_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, cache, cache_keyword: str
+) -> Tensor:
     """Next-token logits [B, V] after each row's prompt, with the prompts' keys/values in ``cache``.
 
     Each distinct prompt runs once; its rows then share its logits and a copy of its cache.
@@ -193,7 +196,7 @@ def _prefill(model: nn.Module, prompt_ids: Tensor, attention_mask: Tensor, posit
             input_ids=prompt_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            **{kv_cache_keyword(model): cache},
+            **{cache_keyword: cache},
             use_cache=True,
             logits_to_keep=1,
         ).logits[:, -1]
@@ -203,7 +206,7 @@ def _prefill(model: nn.Module, prompt_ids: Tensor, attention_mask: Tensor, posit
         input_ids=unique_ids,
         attention_mask=unique_mask,
         position_ids=unique_positions,
-        **{kv_cache_keyword(model): cache},
+        **{cache_keyword: cache},
         use_cache=True,
         logits_to_keep=1,
     ).logits[:, -1]  # [U, V]

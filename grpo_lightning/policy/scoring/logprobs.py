@@ -326,8 +326,9 @@ def blocks_logprobs_from_hidden(
             return decoder(inputs_embeds=tied.lookup(input_ids), **inputs).last_hidden_state  # [b, L, H]
         return decoder(input_ids=input_ids, **inputs).last_hidden_state  # [b, L, H]
 
+    cache_keyword = kv_cache_keyword(model)
     hidden = [
-        _predicting_outputs(hidden_states, model.config, *block, share_prompts, same_calls, kv_cache_keyword(model))
+        _predicting_outputs(hidden_states, model.config, *block, share_prompts, same_calls, cache_keyword)
         for block in blocks
     ]  # [b, T_b, H] each
     completion_ids = [block[2] for block in blocks]  # [b, T_b] each
