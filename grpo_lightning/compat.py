@@ -14,6 +14,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.trainer.states import TrainerFn, TrainerStatus
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
@@ -37,7 +38,15 @@ def log_step_metrics(trainer: L.Trainer, metrics: dict[str, Tensor]) -> None:
     trainer.callback_metrics.update(metrics)
     connector = trainer._logger_connector
     if connector.should_update_logs or trainer.fast_dev_run:
-        connector.log_metrics(metrics)
+        connector.log_metrics({**metrics, "epoch": trainer.current_epoch}, step=completed_steps(trainer))
+
+
+def log_validation_metrics(trainer: L.Trainer, metrics: dict[str, Tensor]) -> None:
+    """What ``LightningModule.log_dict(metrics, on_epoch=True)`` does at the end of a validation
+    whose values are already reduced over processes, logged at :func:`completed_steps` rather
+    than at the step Lightning would give it. (``Trainer._logger_connector.log_metrics``)"""
+    trainer.callback_metrics.update(metrics)
+    trainer._logger_connector.log_metrics({**metrics, "epoch": trainer.current_epoch}, step=completed_steps(trainer))
 
 
 def skip_next_validation(trainer: L.Trainer) -> None:
@@ -53,6 +62,16 @@ def logged_steps(trainer: L.Trainer) -> int:
     """The step Lightning's loggers are at: batches that stepped an optimizer, which WandbLogger
     uses as ``trainer/global_step``. (``_TrainingEpochLoop._batches_that_stepped``)"""
     return trainer.fit_loop.epoch_loop._batches_that_stepped
+
+
+def completed_steps(trainer: L.Trainer) -> int:
+    """The step every logged row carries: the training steps done when it was logged. Step k's
+    metrics and the validation after it are both labelled k, the validation before training 0
+    and the one after a run of N steps N. Lightning's own label (:func:`logged_steps`) counts a
+    step only after that step's validation, so inside ``fit`` it is one behind: step k's metrics
+    would share k - 1 with the validation before it."""
+    fitting = trainer.state.fn == TrainerFn.FITTING and trainer.state.status == TrainerStatus.RUNNING
+    return logged_steps(trainer) + int(fitting)
 
 
 def logged_steps_in_checkpoint(checkpoint: dict[str, Any]) -> int:
@@ -130,8 +149,31 @@ def gguf_dequantized() -> dict[str, Any]:
     makes the loader drop it. Older releases always dequantized and kept no quantizer: no options."""
     import transformers
 
+    _gguf_progress_follows_transformers_switch()
     config = getattr(transformers, "GgufConfig", None)
     return {"quantization_config": config(dequantize=True)} if config is not None else {}
+
+
+def _gguf_progress_follows_transformers_switch() -> None:
+    """transformers' GGUF loader draws its "de-quantizing" bar with plain ``tqdm``, a global of
+    ``transformers.modeling_gguf_pytorch_utils`` (written against 5.24), so
+    ``transformers.utils.logging.disable_progress_bar`` does not reach it: wrap that global to
+    obey the switch. A no-op where the module or its global is gone."""
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:
+        return
+    draw = getattr(gguf_utils, "tqdm", None)
+    if draw is None or getattr(draw, "follows_transformers_switch", False):
+        return
+    from transformers.utils import logging as transformers_logging
+
+    def obeying_the_switch(*args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("disable", not transformers_logging.is_progress_bar_enabled())
+        return draw(*args, **kwargs)
+
+    obeying_the_switch.follows_transformers_switch = True
+    gguf_utils.tqdm = obeying_the_switch
 
 
 # -- OmegaConf (written against omegaconf 2.3.1) ----------------------------------------------------

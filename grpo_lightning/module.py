@@ -37,7 +37,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from grpo_lightning import metrics
+from grpo_lightning import metrics, slim_checkpoint
 from grpo_lightning.algo.advantages import get_adv_estimator
 from grpo_lightning.algo.dynamic_sampling import dynamic_sample
 from grpo_lightning.algo.kl import get_kl_estimator
@@ -46,8 +46,8 @@ from grpo_lightning.algo.numerics import SkipGuard
 from grpo_lightning.algo.pass_at_k import pass_at_k
 from grpo_lightning.algo.shaping import overlong_buffer, overlong_penalty
 from grpo_lightning.algo.update_batch import mini_batches, prepare_update
-from grpo_lightning.compat import has_trainer, log_step_metrics
-from grpo_lightning.config import ConfigError, GenerationConfig, GRPOConfig, OptimConfig
+from grpo_lightning.compat import has_trainer, log_step_metrics, log_validation_metrics
+from grpo_lightning.config import CheckpointConfig, ConfigError, GenerationConfig, GRPOConfig, OptimConfig
 from grpo_lightning.data.datamodule import refill_stream
 from grpo_lightning.data.external import external_experience, is_external
 from grpo_lightning.distributed import mean_over_processes, shards_weights
@@ -75,6 +75,7 @@ class GRPOModule(L.LightningModule):
         algorithm: Optional[GRPOConfig] = None,
         generation: Optional[GenerationConfig] = None,
         optim: Optional[OptimConfig] = None,
+        checkpoint: Optional[CheckpointConfig] = None,
         prompt_key: str = "prompt",
     ):
         super().__init__()
@@ -83,6 +84,8 @@ class GRPOModule(L.LightningModule):
         alg = self.algorithm = algorithm or GRPOConfig()
         gen = self.generation = generation or GenerationConfig()
         self.optim = optim or OptimConfig()
+        self.checkpoint_contents = checkpoint or CheckpointConfig()
+        self._frozen_fingerprint: Optional[tuple[list[str], Tensor]] = None  # the frozen weights never change
         self.adv_estimator = get_adv_estimator(alg.adv_estimator)
         self.policy_loss = build_policy_loss(alg.policy_loss, alg)
         self.loss_aggregation = get_loss_aggregation(alg.loss_agg)
@@ -277,7 +280,7 @@ class GRPOModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         # Means over every validation prompt of every process (compute sums across them).
         means = self.val_means.compute()
-        self.log_dict(means, on_step=False, on_epoch=True)
+        log_validation_metrics(self.trainer, means)  # at the steps trained so far (compat.completed_steps)
         self.validated_at_step = self.trainer.global_step
         self.last_val_metrics = {name: float(value) for name, value in means.items()}
 
@@ -285,11 +288,20 @@ class GRPOModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["skip_guard"] = self.skip_guard.state_dict()
+        if not self.checkpoint_contents.save_frozen_weights:
+            if self._frozen_fingerprint is None:
+                names = slim_checkpoint.frozen_weight_names(self)
+                self._frozen_fingerprint = names, slim_checkpoint.fingerprint(self, names)
+            slim_checkpoint.leave_out_frozen_weights(checkpoint, *self._frozen_fingerprint)
+        if not self.checkpoint_contents.save_optimizer_state:
+            slim_checkpoint.leave_out_optimizer_moments(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "skip_guard" in checkpoint:
             self.skip_guard.load_state_dict(checkpoint["skip_guard"])
         self.resumed_at_step = checkpoint["global_step"]
+        slim_checkpoint.put_back_frozen_weights(self, checkpoint)
+        slim_checkpoint.warn_if_moments_left_out(checkpoint)
 
     # -- optimization ----------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ fails here, not a training run somewhere else."""
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -23,8 +24,10 @@ class OneStep(L.LightningModule):
         super().__init__()
         self.automatic_optimization = False
         self.layer = nn.Linear(2, 1)
+        self.labels = []
 
     def training_step(self, batch, batch_idx):
+        self.labels.append(compat.completed_steps(self.trainer))
         optimizer = self.optimizers()
         self.manual_backward(self.layer(batch).sum())
         optimizer.step()
@@ -57,6 +60,7 @@ def test_lightning_trainer_attachment_logger_connector_and_logged_steps(trained,
     assert compat.has_trainer(module)
     assert trainer.callback_metrics["seen"] == 1.0  # log_step_metrics reached the callback metrics
     assert compat.logged_steps(trainer) == 2
+    assert module.labels == [1, 2] and compat.completed_steps(trainer) == 2  # Lightning's count is one behind in fit
     trainer.save_checkpoint(tmp_path / "two.ckpt")
     checkpoint = torch.load(tmp_path / "two.ckpt", weights_only=False)
     assert compat.logged_steps_in_checkpoint(checkpoint) == 2
@@ -123,6 +127,24 @@ def test_transformers_kv_cache_keyword_fills_the_cache_without_a_deprecation_war
         model(input_ids=torch.tensor([[1, 2, 3]]), use_cache=True, **{compat.kv_cache_keyword(model): cache})
     assert cache.get_seq_length() == 3
     assert compat.kv_cache_keyword(nn.Linear(2, 2)) == "past_key_values"  # not a Hugging Face model
+
+
+def test_transformers_gguf_progress_bar_follows_the_progress_bar_switch():
+    pytest.importorskip("gguf")
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as transformers_logging
+
+    compat.gguf_dequantized()
+    compat.gguf_dequantized()  # wrapped once, not twice
+    assert gguf_utils.tqdm.follows_transformers_switch
+    was_enabled = transformers_logging.is_progress_bar_enabled()
+    try:
+        transformers_logging.disable_progress_bar()
+        assert gguf_utils.tqdm([1, 2], desc="de-quantizing").disable
+        transformers_logging.enable_progress_bar()
+        assert not gguf_utils.tqdm([1, 2], desc="de-quantizing", file=io.StringIO()).disable
+    finally:
+        (transformers_logging.enable_progress_bar if was_enabled else transformers_logging.disable_progress_bar)()
 
 
 @dataclass

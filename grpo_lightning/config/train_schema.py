@@ -248,6 +248,14 @@ class CheckpointConfig:
     """Write ``checkpoints/last.ckpt`` every this many training steps (and at the end)."""
     enabled: bool = True
     """False writes no checkpoints and leaves SIGTERM to Lightning (no pre-emption checkpoint)."""
+    save_frozen_weights: bool = True
+    """False leaves out the weights that never train (the KL reference copy; with LoRA the base
+    model, so only the adapters are kept): a resume loads them again from model.name_or_path and
+    checks them against a fingerprint. Bitwise resume is kept (grpo_lightning/slim_checkpoint.py)."""
+    save_optimizer_state: bool = True
+    """False leaves out AdamW's two moments per trainable weight (two thirds of a full-model
+    checkpoint without a reference): a resume starts them from zero, so it continues training but
+    no longer matches the uninterrupted run."""
 
     def validate(self) -> None:
         """Check this group's fields (all of them its own)."""

@@ -124,6 +124,16 @@ def validate_across_groups(cfg: TrainConfig) -> None:
         "splits its own completions, and the sharded strategies need every process to make the same "
         "forward calls (else they wait on each other forever); set model.length_buckets=1 (or null)",
     )
+    slimmed = [
+        f"checkpoint.{name}=false"
+        for name in ("save_frozen_weights", "save_optimizer_state")
+        if not getattr(cfg.checkpoint, name)
+    ]
+    _require(
+        not slimmed or not trainer.strategy.startswith(("fsdp", "deepspeed", "model_parallel")),
+        f"{' and '.join(slimmed)} with trainer.strategy={trainer.strategy}: that strategy writes its "
+        "own (sharded) checkpoints, which these options cannot trim; leave them true there",
+    )
     _require(
         gen.val_pass_reward is None or gen.val_pass_reward in cfg.reward.functions,
         f"generation.val_pass_reward={gen.val_pass_reward!r} is not among reward.functions "

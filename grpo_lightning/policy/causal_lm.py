@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import struct
 import sys
 import tempfile
 from pathlib import Path
@@ -142,6 +143,15 @@ class CausalLMPolicy(Policy):
                 f"model.name_or_path={name!r} could not be loaded: {error}. Give a "
                 "local directory written by save_pretrained, or a hub id that is "
                 "cached or reachable"
+            ) from None
+        except (ValueError, struct.error, KeyError, IndexError) as error:
+            if cfg.gguf_file is None:
+                raise
+            # The gguf reader's own errors for a truncated, corrupt or unsupported file.
+            raise ConfigError(
+                f"model.gguf_file={cfg.gguf_file!r} in {name!r} could not be read as a GGUF model "
+                f"({type(error).__name__}: {error}); the file may be truncated or corrupt (fetch or "
+                "reinstall it), or hold an architecture transformers cannot load from GGUF"
             ) from None
         if cfg.disable_dropout:
             disable_dropout(model)

@@ -25,17 +25,17 @@ class ResumableCSVLogger(CSVLogger):
     """A CSVLogger that, for a resumed run, keeps the rows logged before the checkpoint's step.
 
     Lightning's writer deletes an existing metrics.csv; a resumed run would lose its history.
-    Rows at or after ``keep_before_step`` (logged after the checkpoint by a run that was then
-    killed) are dropped, since the resumed run logs those steps again.
+    Rows after ``keep_through_step`` (logged after the checkpoint by a run that was then killed)
+    are dropped, since the resumed run logs those steps again.
     """
 
-    def __init__(self, *args: Any, keep_before_step: Optional[int] = None, **kwargs: Any):
+    def __init__(self, *args: Any, keep_through_step: Optional[int] = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self._keep_before_step = keep_before_step
+        self._keep_through_step = keep_through_step
 
     @property
     def experiment(self) -> Any:
-        if self._experiment is not None or self._keep_before_step is None or rank_zero_only.rank != 0:
+        if self._experiment is not None or self._keep_through_step is None or rank_zero_only.rank != 0:
             return super().experiment
         path = Path(self.log_dir) / "metrics.csv"
         header, kept = None, []
@@ -43,7 +43,7 @@ class ResumableCSVLogger(CSVLogger):
             with open(path, newline="") as handle:
                 reader = csv.DictReader(handle)
                 header = reader.fieldnames
-                kept = [row for row in reader if int(row["step"]) < self._keep_before_step]
+                kept = [row for row in reader if int(row["step"]) <= self._keep_through_step]
         writer = super().experiment  # deletes metrics.csv
         if header:
             with open(path, "w", newline="") as handle:
@@ -56,7 +56,7 @@ class ResumableCSVLogger(CSVLogger):
 
 def _csv(cfg: LoggerConfig, run_dir: str, resume_step: Optional[int] = None) -> Logger:
     # name="" and version="" put metrics.csv directly in the run directory.
-    return ResumableCSVLogger(save_dir=run_dir, name="", version="", keep_before_step=resume_step)
+    return ResumableCSVLogger(save_dir=run_dir, name="", version="", keep_through_step=resume_step)
 
 
 def _wandb(cfg: LoggerConfig, run_dir: str, resume_step: Optional[int] = None) -> list[Logger]:
@@ -84,7 +84,7 @@ LOGGER_BUILDERS: dict[str, Callable[..., LoggerOrLoggers]] = {
 
 
 def build_logger(cfg: LoggerConfig, run_dir: str, resume_step: Optional[int] = None) -> LoggerOrLoggers:
-    """``resume_step``: the logged step a resumed run continues from (None for a fresh run)."""
+    """``resume_step``: the training steps a resumed run's checkpoint holds (None for a fresh run)."""
     return LOGGER_BUILDERS[cfg.kind](cfg, run_dir, resume_step)
 
 
@@ -106,10 +106,10 @@ def finish_logger(loggers: list[Logger]) -> None:
 
 
 def read_resume_info(ckpt_path: str) -> tuple[int, Optional[str]]:
-    """(logged step, W&B run id or None) of a checkpoint, without reading its weights (mmap)."""
+    """(training steps done, W&B run id or None) of a checkpoint, without reading its weights (mmap)."""
     try:
         checkpoint = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=False)
-        # Saved before Lightning counts the step it was written at: the resumed run logs from + 1.
+        # Saved before Lightning counts the step it was written at (compat.completed_steps).
         batches = logged_steps_in_checkpoint(checkpoint) + 1
     except (RuntimeError, OSError, KeyError, TypeError, EOFError) as error:
         raise ConfigError(

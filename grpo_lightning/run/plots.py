@@ -42,13 +42,9 @@ class RunCurves:
 
 
 def read_curves(run_dir: Path, label: Optional[str] = None) -> RunCurves:
-    """Every metric column of ``run_dir/metrics.csv`` as (training step, value) points.
-
-    Lightning writes training step k's metrics under step k - 1, and a validation under k - 1
-    or k depending on whether it ran inside ``fit``. Rows are in the order they were logged, so
-    training points take step + 1 and a validation takes the step of the training row before it
-    (0 for the baseline before training): step k's reward and the validation after it line up.
-    """
+    """Every metric column of ``run_dir/metrics.csv`` as (training step, value) points: a row's
+    step is the training steps done when it was logged (step k's metrics and the validation
+    after it both at k, the validation before training at 0)."""
     run_dir = Path(run_dir)
     path = run_dir / "metrics.csv"
     if not path.is_file():
@@ -59,16 +55,13 @@ def read_curves(run_dir: Path, label: Optional[str] = None) -> RunCurves:
     with open(path) as handle:
         rows = list(csv.DictReader(handle))
     curves: dict[str, tuple[list[float], list[float]]] = {}
-    last_train_step = 0
     for row in rows:
         logged = {
             name: float(value)
             for name, value in row.items()
             if name not in ("step", "epoch") and value not in (None, "")
         }
-        is_validation = all(name.startswith("val/") for name in logged)
-        step = last_train_step if is_validation else int(row["step"]) + 1
-        last_train_step = step
+        step = int(row["step"])
         for name, value in logged.items():
             steps, values = curves.setdefault(name, ([], []))
             steps.append(step)

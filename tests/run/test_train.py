@@ -218,12 +218,37 @@ def test_step_metrics_reach_loggers_and_callbacks_as_lightning_log_dict_would(ra
     expected_callback, expected_rows = run("log_dict")
 
     def untimed(metrics):
-        return {k: v for k, v in metrics.items() if k not in ("perf/step_time_s", "perf/tokens_per_s")}
+        return {k: v for k, v in metrics.items() if k not in ("perf/step_time_s", "perf/tokens_per_s", "step")}
 
     assert callback.keys() == expected_callback.keys() and untimed(callback) == untimed(expected_callback)
     assert rows[0].keys() == expected_rows[0].keys()
     assert [untimed(row) for row in rows] == [untimed(row) for row in expected_rows]
-    assert [row["step"] for row in rows if row["actor/loss"]] == ["1", "3"]  # every 2nd of steps 0-4
+    # The same rows, labelled with the steps done (log_dict: one less): every 2nd of steps 1-5.
+    assert [row["step"] for row in rows if row["actor/loss"]] == ["2", "4"]
+    assert [int(row["step"]) - 1 for row in rows if row["actor/loss"]] == [
+        int(row["step"]) for row in expected_rows if row["actor/loss"]
+    ]
+
+
+def test_metrics_csv_labels_each_row_with_the_steps_trained(random_arith_dir, tmp_path):
+    from grpo_lightning.run.train import load_config
+
+    overrides = [
+        f"output_dir={tmp_path}",
+        f"model.name_or_path={random_arith_dir}",
+        "trainer.max_steps=4",
+        "trainer.val_every_n_steps=2",
+        "trainer.enable_progress_bar=false",
+        "data.batch_size=4",
+        "data.val_batch_size=16",
+        "trainer.limit_val_batches=1",
+        "checkpoint.enabled=false",
+    ]
+    train(load_config(overrides))
+    rows = _read_metrics(tmp_path)
+    kinds = [("val" if row["val/reward/mean"] else "train", int(row["step"])) for row in rows]
+    # The baseline before any step, step k's metrics at k, the validation after step k at k too.
+    assert kinds == [("val", 0), ("train", 1), ("train", 2), ("val", 2), ("train", 3), ("train", 4), ("val", 4)]
 
 
 def test_limit_val_batches_zero_runs_no_validation(random_arith_dir, tmp_path):

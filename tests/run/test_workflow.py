@@ -309,15 +309,14 @@ def test_run_writes_reward_curve_and_periodic_console_lines(compose_config, rand
     assert curves["val/reward/mean"][0] == [0, 1, 2, 3]  # the baseline, then after each step
 
 
-def test_read_curves_lines_up_training_steps_and_validations(tmp_path):
-    # As Lightning writes them: the baseline validation (step 0), training steps 1-3 (under
-    # 0-2), the validation inside fit after step 3 (under 2), the one after fit (under 3).
+def test_read_curves_takes_each_rows_step(tmp_path):
+    # The baseline validation (step 0), training steps 1-3, the validation after step 3.
     (tmp_path / "metrics.csv").write_text(
-        "epoch,reward/mean,step,val/reward/mean\n0,,0,0.1\n0,0.2,0,\n0,0.3,1,\n0,0.4,2,\n0,,2,0.5\n0,,3,0.6\n"
+        "epoch,reward/mean,step,val/reward/mean\n0,,0,0.1\n0,0.2,1,\n0,0.3,2,\n0,0.4,3,\n0,,3,0.5\n"
     )
     curves = read_curves(tmp_path).curves
     assert curves["reward/mean"] == ([1, 2, 3], [0.2, 0.3, 0.4])
-    assert curves["val/reward/mean"] == ([0, 3, 3], [0.1, 0.5, 0.6])
+    assert curves["val/reward/mean"] == ([0, 3], [0.1, 0.5])
 
 
 def test_a_kl_that_is_zero_throughout_gets_no_panel():
