@@ -153,25 +153,33 @@ def update_model_flops(model, update) -> float:
     """
     import torch
 
-    from grpo_lightning.policy.scoring.logprobs import distinct_prompts
-
     head = model.get_output_embeddings()
     body_weights = sum(
         module.weight.numel()
         for module in model.modules()
         if isinstance(module, torch.nn.Linear) and module is not head
     )
+    body_tokens, head_tokens = update_tokens(update)
+    return 6.0 * (body_weights * body_tokens + head.weight.numel() * head_tokens)
+
+
+def update_tokens(update) -> tuple[int, int]:
+    """(tokens through the body: each distinct prompt once plus every completion token, tokens
+    through the LM head: the completion tokens) of one policy update."""
+    from grpo_lightning.policy.scoring.logprobs import distinct_prompts
+
     shared = distinct_prompts(update.prompt_ids, update.prompt_mask)
-    prompt_tokens = (shared[1] if shared is not None else update.prompt_mask).sum().item()
-    completion_tokens = update.completion_mask.sum().item()
-    return 6.0 * (body_weights * (prompt_tokens + completion_tokens) + head.weight.numel() * completion_tokens)
+    prompt_tokens = int((shared[1] if shared is not None else update.prompt_mask).sum().item())
+    completion_tokens = int(update.completion_mask.sum().item())
+    return prompt_tokens + completion_tokens, completion_tokens
 
 
-def _time_updates(module_class, device: str) -> list[tuple[float, float]]:
-    """(seconds, model FLOPs) of every ``_update_policy`` call, the device synchronized around it."""
+def _time_updates(module_class, device: str, models: list) -> list[tuple[float, float, int, int]]:
+    """(seconds, model FLOPs, body tokens, head tokens) of every ``_update_policy`` call, the device
+    synchronized around it; the policy's model is put in ``models``."""
     import torch
 
-    timings: list[tuple[float, float]] = []
+    timings: list[tuple[float, float, int, int]] = []
     update_policy = module_class._update_policy
 
     def timed(self, update):
@@ -181,7 +189,9 @@ def _time_updates(module_class, device: str) -> list[tuple[float, float]]:
         update_policy(self, update)
         if device == "cuda":
             torch.cuda.synchronize()
-        timings.append((time.perf_counter() - started, update_model_flops(self.policy.model, update)))
+        seconds = time.perf_counter() - started
+        timings.append((seconds, update_model_flops(self.policy.model, update), *update_tokens(update)))
+        models[:] = [self.policy.model]
 
     module_class._update_policy = timed
     return timings
@@ -203,7 +213,14 @@ def run_ours(args: argparse.Namespace) -> dict:
     )
     step_ends: list[float] = []
     GRPOModule.on_train_batch_end = lambda self, *_: step_ends.append(common.clocks())
-    updates = _time_updates(GRPOModule, args.device)
+    models: list = []
+    updates = _time_updates(GRPOModule, args.device, models)
+    if args.utilization:
+        import utilization
+
+        from grpo_lightning.policy.causal_lm import CausalLMPolicy
+
+        sampling_calls = utilization.record_sampling(CausalLMPolicy)
     work = Path(args.work_dir)
     accelerator = "gpu" if args.device == "cuda" else "cpu"
     precision = "bf16-mixed" if args.precision == "bf16" else "32-true"
@@ -255,7 +272,23 @@ def run_ours(args: argparse.Namespace) -> dict:
         for row in csv.DictReader(open(work / "metrics.csv"))
         if row.get("response_length/mean")
     ]
-    return {"mean_completion_length": statistics.fmean(lengths), "step_ends": step_ends, "updates": updates}
+    figures = {"mean_completion_length": statistics.fmean(lengths), "step_ends": step_ends, "updates": updates}
+    if args.utilization:  # after training, in this process, with its threads
+        import torch
+        import utilization
+
+        figures["peak_rss_mib"] = common.peak_rss_mib()  # before the micro-benchmarks' own tensors
+
+        timed = updates[args.warmup :]
+        figures["utilization"] = utilization.figures(
+            models[0],
+            update_flops_per_s=statistics.median(flops / seconds for seconds, flops, *_ in timed),
+            body_tokens=int(statistics.median(u[2] for u in timed)),
+            head_tokens=int(statistics.median(u[3] for u in timed)),
+            sampling_calls=sampling_calls[args.warmup :],
+            compute_dtype=torch.bfloat16 if args.precision == "bf16" else torch.float32,
+        )
+    return figures
 
 
 def run_trl(args: argparse.Namespace) -> dict:
@@ -401,8 +434,12 @@ def worker_main(args: argparse.Namespace) -> None:
     phase_times = _time_phases(args.worker) if args.phases else None
     started = time.perf_counter()
     figures = WORKERS[args.worker](args)
+    if args.device == "cuda":
+        import torch
+
+        figures["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    figures.setdefault("peak_rss_mib", common.peak_rss_mib())
     figures.update(
-        peak_rss_mib=common.peak_rss_mib(),
         import_rss_mib=_RSS_AFTER_IMPORT[0],
         train_wall_s=time.perf_counter() - started,
     )
@@ -434,7 +471,8 @@ def run_training_worker(side: str, steps: int, args: argparse.Namespace, model_d
         "--work-dir",
         str(work),
         *common.flags(args, "size", "beta", "threads", "device", "precision", "seed", "prompt_tokens", "warmup"),
-    ] + (["--phases"] if args.phases else [])
+    ]
+    command += [flag for flag, on in (("--phases", args.phases), ("--utilization", args.utilization)) if on]
     command += [f"--ours-override={o}" for o in args.ours_override]
     started = time.perf_counter()
     figures = common.run_worker(command, args.threads, f"{side} worker ({steps} steps)")
@@ -503,10 +541,14 @@ def _drive(args: argparse.Namespace, scratch: Path) -> None:
                 "working_rss_mib": run["peak_rss_mib"] - run["import_rss_mib"],
                 "wall_s": run["wall_s"],
             }
+            if "peak_cuda_mib" in run:
+                row[side]["peak_cuda_mib"] = run["peak_cuda_mib"]
             if "updates" in run:
                 row[side].update(_update_figures(run["updates"][args.warmup :], args))
             if "phase_s" in run:
                 row[side]["phase_s"] = run["phase_s"]
+            if "utilization" in run:
+                row[side]["utilization"] = run["utilization"]
         per_repeat.append(row)
         print(
             f"repeat {repeat + 1}/{args.repeats}: "
@@ -536,6 +578,11 @@ def _drive(args: argparse.Namespace, scratch: Path) -> None:
             f"{_summary([r['tokens_per_s'] for r in rows])} tokens/s | "
             f"peak RSS {_summary([r['peak_rss_mib'] for r in rows])} MiB "
             f"(after imports {_summary([r['import_rss_mib'] for r in rows])} MiB)"
+            + (
+                f" | peak CUDA memory {_summary([r['peak_cuda_mib'] for r in rows])} MiB"
+                if "peak_cuda_mib" in rows[0]
+                else ""
+            )
         )
     if "ours" in args.sides:
         rows = [r["ours"] for r in per_repeat]
@@ -548,6 +595,22 @@ def _drive(args: argparse.Namespace, scratch: Path) -> None:
             f"  ours, update phase (policy forward, backward, optimizer): "
             f"{_summary([r['update_s'] * 1000 for r in rows])} ms, "
             f"{_summary([r['update_tflops'] * 1000 for r in rows])} model GFLOP/s{mfu}"
+        )
+    if args.utilization and "ours" in args.sides:
+        rows = [r["ours"]["utilization"] for r in per_repeat]
+        print(
+            f"  ours, update phase against {_summary([r['matmul_flops_per_s'] / 1e9 for r in rows])} GFLOP/s of "
+            f"the same matrix products alone ({rows[0]['body_tokens']} body, {rows[0]['head_tokens']} head tokens): "
+            f"{_summary([100 * r['update_fraction'] for r in rows])} %"
+        )
+        print(
+            f"  ours, generation: {_summary([r['decode_steps_per_s'] for r in rows])} decoding steps/s against "
+            f"{_summary([r['decode_bound_steps_per_s'] for r in rows])} for reading "
+            f"{rows[0]['weight_bytes'] / 2**20:.0f} MiB of weights at "
+            f"{_summary([r['read_bytes_per_s'] / 1e9 for r in rows])} GB/s: "
+            f"{_summary([100 * r['generation_fraction'] for r in rows])} %; against "
+            f"{_summary([r['decode_products_steps_per_s'] for r in rows])} for a step's matrix products alone: "
+            f"{_summary([100 * r['generation_fraction_of_products'] for r in rows])} %"
         )
     if args.phases:
 
@@ -600,6 +663,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=None,
         help="the device's peak TFLOP/s at this precision, for the update phase's MFU "
         "(default: known for H100/H200/A100 in bf16)",
+    )
+    parser.add_argument(
+        "--utilization",
+        action="store_true",
+        help="also measure, in our worker after training, this machine's matmul throughput at the model's "
+        "shapes and its read bandwidth, and report the update phase and generation against them",
     )
     parser.add_argument("--json", help="also write every figure to this file")
     parser.add_argument("--build-only", action="store_true", help="build and load the model, then stop")

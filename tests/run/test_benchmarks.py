@@ -234,3 +234,74 @@ def test_the_preamble_is_digits_one_token_each():
     assert common.preamble(0) == "" and common.preamble(12) == "012345678901"
     tokenizer = common.task_tokenizer()
     assert len(tokenizer(common.preamble(25), add_special_tokens=False)["input_ids"]) == 25
+
+
+def test_utilization_counts_the_models_products_and_weights_once(arith_policy):
+    import utilization
+
+    model = arith_policy.model  # hidden 128, MLP 256, 4 layers, tied head
+    body, head = utilization.linear_shapes(model)
+    assert body == {(128, 128): 4 * 4, (128, 256): 4 * 2, (256, 128): 4 * 1}
+    assert head == (128, model.config.vocab_size)
+    tied_once = sum(p.numel() for p in model.parameters()) * 4
+    assert utilization.weight_bytes(model) == tied_once
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+
+
+def test_utilization_records_each_sampling_calls_decoding_steps():
+    import utilization
+
+    class Sampler:
+        def sample(self, prompt_ids, prompt_mask, sampling):
+            return torch.zeros(prompt_ids.shape[0], 5, dtype=torch.long)  # [rows, decoding steps]
+
+    calls = utilization.record_sampling(Sampler)
+    assert Sampler().sample(torch.zeros(3, 2), None, None).shape == (3, 5)
+    assert [(steps, rows) for _, steps, rows in calls] == [(5, 3)] and calls[0][0] >= 0
+
+
+GPU_CHECK = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.sh"
+
+
+def _gpu_check(*args: str):
+    import subprocess
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    return subprocess.run(["bash", str(GPU_CHECK), *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_gpu_check_dry_run_prints_the_tests_and_the_bf16_bench():
+    done = _gpu_check("--dry-run", "--steps", "6", "--python", sys.executable)
+    assert done.returncode == 0, done.stderr
+    tests, bench = done.stdout.strip().splitlines()
+    assert "pytest" in tests and "tests/test_cuda.py" in tests and "test_vllm_backend.py" in tests
+    assert "--size 0.5b --device cuda --precision bf16" in bench and "--steps 6" in bench
+    assert "--utilization" in bench and "--sides ours trl" in bench
+    only_tests = _gpu_check("--dry-run", "--skip-bench")
+    assert only_tests.returncode == 0 and only_tests.stdout.count("\n") == 1 and "pytest" in only_tests.stdout
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--steps", "2"], "--steps must be a whole number >= 4"),
+        (["--steps", "many"], "--steps must be a whole number >= 4"),
+        (["--bogus"], "unknown option '--bogus'"),
+        (["--out"], "--out needs a directory"),
+    ],
+)
+def test_gpu_check_refuses_bad_arguments_clearly(args, message):
+    done = _gpu_check(*args)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_gpu_check_without_a_gpu_says_so_and_runs_nothing(tmp_path):
+    done = _gpu_check("--out", str(tmp_path / "out"), "--python", sys.executable)
+    assert done.returncode == 2 and "no CUDA GPU visible" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_gpu_check_help_lists_the_options():
+    done = _gpu_check("--help")
+    assert done.returncode == 0 and "--dry-run" in done.stdout and "bf16 training steps" in done.stdout
