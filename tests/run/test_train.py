@@ -294,3 +294,18 @@ def test_the_readmes_reward_module_beside_the_command_is_found(random_arith_dir,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "reward/correct/mean" in (tmp_path / "run" / "metrics.csv").read_text()
+
+
+def test_a_default_run_imports_no_optional_package_it_does_not_use(tmp_path):
+    """W&B, datasets, peft, Optuna, vLLM, gguf and submitit are imported only when configured: each
+    costs resident memory a small run would otherwise carry (benchmarks/RESULTS.md)."""
+    optional = ("wandb", "datasets", "peft", "optuna", "vllm", "gguf", "submitit", "pandas", "sklearn")
+    probe = (
+        "import sys\n"
+        "from grpo_lightning.run.train import load_config, train\n"
+        f"train(load_config(['output_dir={tmp_path / 'run'}', 'trainer.max_steps=1']))\n"
+        f"print('IMPORTED', sorted({{m.split('.')[0] for m in sys.modules}} & set({optional!r})))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "IMPORTED []" in done.stdout, done.stdout[-500:]
