@@ -226,6 +226,10 @@ class TrainerConfig:
         _require(self.max_steps >= 1, f"trainer.max_steps must be >= 1 (got {self.max_steps})")
         _require(self.val_every_n_steps >= 1, f"trainer.val_every_n_steps must be >= 1 (got {self.val_every_n_steps})")
         _require(
+            self.log_every_n_steps >= 1,
+            f"trainer.log_every_n_steps must be >= 1 (got {self.log_every_n_steps}); to log nothing use logger=none",
+        )
+        _require(
             self.precision not in ("16-mixed", "16", "16-true"),
             f"trainer.precision={self.precision!r}: fp16 needs loss scaling, which the "
             "manual GRPO update does not do; use bf16-mixed or 32-true",

@@ -36,8 +36,9 @@ class WeightedReward:
 
     @classmethod
     def from_config(cls, cfg: RewardConfig) -> "WeightedReward":
-        """A function is bound to its kwargs; a class (e.g. RewardModel, which loads a model
-        once) is instantiated with them and the instance is the function."""
+        """A function is bound to its kwargs, checked first by its ``check_kwargs`` attribute where it
+        has one; a class (e.g. RewardModel, which loads a model once) is instantiated with them and
+        the instance is the function."""
         functions = {}
         for name, spec in cfg.functions.items():
             fn = import_object(spec.fn, f"reward.functions.{name}.fn")
@@ -49,6 +50,12 @@ class WeightedReward:
                 except TypeError as error:
                     raise ConfigError(f"reward.functions.{name}.kwargs do not fit {spec.fn}: {error}") from None
             elif spec.kwargs:
+                check = getattr(fn, "check_kwargs", None)  # a function may say which kwargs it can use
+                if check is not None:
+                    try:
+                        check(**spec.kwargs)
+                    except (ValueError, TypeError) as error:
+                        raise ConfigError(f"reward.functions.{name}.kwargs: {error}") from None
                 fn = functools.partial(fn, **spec.kwargs)
             functions[name] = (fn, float(spec.weight))
         return cls(functions, non_finite=cfg.non_finite)
@@ -101,6 +108,11 @@ class WeightedReward:
             values = list(fn(prompts, completions, **columns))
         except Exception as error:
             raise RewardError(_describe_failure(name, fn, prompts, completions, columns, error)) from error
+        except SystemExit as stop:  # the run would otherwise end without a word
+            raise RewardError(
+                f"reward function {name!r} called sys.exit({stop.code!r}); a reward function must "
+                "return its values (raise an exception to stop the run with a message)"
+            ) from None
         if len(values) != len(completions):
             raise RewardError(
                 f"reward function {name!r} returned {len(values)} values for "

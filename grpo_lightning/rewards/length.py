@@ -51,11 +51,23 @@ def length_penalty(
     >>> length_penalty(["q"] * 3, ["a" * 5, "a" * 9, "a" * 11], max_length=10, cache_length=4)
     [0.0, -0.75, -1.0]
     """
-    if not 0 < cache_length <= max_length:
-        raise ValueError(f"length_penalty needs 0 < cache_length <= max_length (got {cache_length}, {max_length})")
+    check_lengths(max_length=max_length, cache_length=cache_length)
     if tokenizer is None:
         lengths = [len(completion) for completion in completions]
     else:
         encoded = _load_tokenizer(tokenizer)(completions, add_special_tokens=False)["input_ids"]
         lengths = [len(ids) for ids in encoded]
     return [overlong_penalty(length, max_length, cache_length) for length in lengths]
+
+
+def check_lengths(*, max_length: int, cache_length: int, **_: Any) -> None:
+    """The kwargs :func:`length_penalty` can work with; checked when the config is loaded."""
+    if not 0 < cache_length <= max_length:
+        raise ValueError(
+            f"length_penalty needs 0 < cache_length <= max_length (got cache_length={cache_length}, "
+            f"max_length={max_length}); lower cache_length, or raise max_length (the presets set it "
+            "to generation.max_new_tokens)"
+        )
+
+
+length_penalty.check_kwargs = check_lengths

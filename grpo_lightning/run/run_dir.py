@@ -44,6 +44,25 @@ def refuse_used_output_dir(run_dir: Path) -> None:
         )
 
 
+def refuse_finished_run_without_checkpoint(run_dir: Path) -> bool:
+    """For ``ckpt_path=last`` where ``run_dir`` has no checkpoint: whether an earlier run there
+    stopped before its first one (True: it is started again from step 0, and says so). A run that
+    finished without checkpoints (its ``policy/`` exported) is refused rather than replaced."""
+    if not (run_dir / "metrics.csv").is_file():
+        return False
+    if (run_dir / "policy").is_dir():
+        raise ConfigError(
+            f"ckpt_path=last: output_dir={run_dir} holds a finished run without checkpoints "
+            "(checkpoint.enabled=false), which cannot be continued; give a new output_dir"
+        )
+    print(
+        f"ckpt_path=last: the run in {run_dir} stopped before its first checkpoint; "
+        "starting it again from step 0 (its metrics.csv is replaced)",
+        flush=True,
+    )
+    return True
+
+
 @contextlib.contextmanager
 def output_dir_lock(run_dir: Path, resuming: bool) -> Iterator[None]:
     """Hold ``run_dir/.grpo-run.lock`` for the duration of a run (rank 0 only; removed at the end,

@@ -54,7 +54,12 @@ from grpo_lightning.run.plots import plot_reward_curve
 from grpo_lightning.run.preemption import PREEMPTED, PreemptionCallback
 from grpo_lightning.run.progress import progress_callbacks
 from grpo_lightning.run.resume import RESUME_FIXED_SETTINGS, RNGStateCallback, RunSettingsCallback
-from grpo_lightning.run.run_dir import claim_output_dir, output_dir_lock, refuse_used_output_dir
+from grpo_lightning.run.run_dir import (
+    claim_output_dir,
+    output_dir_lock,
+    refuse_finished_run_without_checkpoint,
+    refuse_used_output_dir,
+)
 from grpo_lightning.run.wandb_tables import CompletionsTable
 
 VAL_METRIC = "val/reward/mean"
@@ -156,18 +161,22 @@ def train(dict_cfg: DictConfig) -> dict[str, float]:
 def _train(cfg: TrainConfig, dict_cfg: DictConfig) -> dict[str, float]:
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.output_dir)
     resume_step = None
-    if cfg.ckpt_path == "last" and ckpt_path is None:
+    starting_over = cfg.ckpt_path == "last" and ckpt_path is None
+    if starting_over:
         print(
             f"ckpt_path=last: no checkpoint in {checkpoint_dir(cfg.output_dir)} yet, starting a new run "
             "(to continue an earlier run, pass its output_dir)",
             flush=True,
         )
+        # A run stopped before its first checkpoint left nothing to continue from: the same
+        # command starts it again from step 0, replacing its metrics (a finished run is kept).
+        starting_over = refuse_finished_run_without_checkpoint(Path(cfg.output_dir))
     if ckpt_path is not None:
         resume_step, wandb_id = read_resume_info(ckpt_path)
         if resume_step >= cfg.trainer.max_steps:  # a finished run: nothing is logged again, keep every row
             resume_step = sys.maxsize
         cfg.logger.id = cfg.logger.id or wandb_id  # the W&B run continues in place
-    else:
+    elif not starting_over:
         refuse_used_output_dir(Path(cfg.output_dir))
     # The frozen reference policy is in eval mode on purpose.
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
@@ -181,8 +190,8 @@ def _train(cfg: TrainConfig, dict_cfg: DictConfig) -> dict[str, float]:
     quiet_library_noise()
     started = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True)
+    reward = WeightedReward.from_config(cfg.reward)  # before the model: its errors come sooner
     policy = CausalLMPolicy.from_config(cfg.model)
-    reward = WeightedReward.from_config(cfg.reward)
     formatter = PromptFormatter.from_config(cfg.data, policy.tokenizer)
     policy.add_special_tokens = formatter.add_special_tokens
     data = PromptDataModule.from_config(cfg.data, seed=cfg.seed, prepare=formatter.prepare)

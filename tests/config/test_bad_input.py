@@ -24,6 +24,11 @@ def nan(prompts, completions, **columns):
 def empty_train(**kwargs):
     return [], [{"prompt": "1+1=", "answer": "2"}]
 
+def exits(prompts, completions, **columns):
+    import sys
+
+    sys.exit(3)
+
 def overflow(prompts, completions, **columns):
     # finite rewards whose group mean overflows float32: non-finite advantages and loss
     return [3e38 if i % 2 == 0 else 0.0 for i in range(len(completions))]
@@ -44,6 +49,13 @@ CASES = {
     "unknown key added": (["+algorithm.foo=1"], 2, "unknown config key(s): algorithm.foo"),
     "wrong type": (["algorithm.group_size=four"], 1, "could not be converted to Integer"),
     "group of one": (["algorithm.group_size=1"], 2, "algorithm.group_size must be >= 2"),
+    "no logging": (["trainer.log_every_n_steps=0"], 2, "trainer.log_every_n_steps must be >= 1 (got 0)"),
+    "gsm8k preset with short completions": (
+        ["reward=gsm8k", "generation.max_new_tokens=16"],
+        2,
+        "reward.functions.length_penalty.kwargs: length_penalty needs 0 < cache_length <= max_length "
+        "(got cache_length=64, max_length=16)",
+    ),
     "batch does not divide": (["algorithm.mini_batch_size=5"], 2, "algorithm.mini_batch_size=5 must divide"),
     "clip range": (["algorithm.clip_range=-0.2"], 2, "algorithm.clip_range must be > 0"),
     "no new tokens": (["generation.max_new_tokens=0"], 2, "generation.max_new_tokens must be >= 1"),
@@ -81,6 +93,11 @@ CASES = {
         ["reward.functions.correct.fn=bad_inputs.raises"],
         2,
         "reward function 'correct' raised ZeroDivisionError",
+    ),
+    "reward exits": (
+        ["reward.functions.correct.fn=bad_inputs.exits"],
+        2,
+        "reward function 'correct' called sys.exit(3)",
     ),
     "reward count": (["reward.functions.correct.fn=bad_inputs.too_few"], 2, "returned 7 values for 8 completions"),
     "reward nan": (["reward.functions.correct.fn=bad_inputs.nan"], 2, "returned nan for prompt"),

@@ -349,6 +349,48 @@ def _wait_for(path: Path, process: subprocess.Popen, seconds: float = 300) -> No
         time.sleep(0.2)
 
 
+def test_a_run_killed_before_its_first_checkpoint_starts_again_with_the_same_command(
+    random_arith_dir, reward_module, tmp_path
+):
+    """kill -9 in the steps before checkpoint.every_n_steps: relaunching the same command with
+    ckpt_path=last (what a requeue does) starts the run again, and metrics.csv has each step once."""
+    args = [
+        f"model.name_or_path={random_arith_dir}",
+        f"output_dir={tmp_path}/run",
+        *RESUME_SETTINGS,
+        "validate_before_training=false",
+        "trainer.enable_progress_bar=false",
+        "data.batch_size=4",
+        "trainer.limit_val_batches=1",
+        "data.val_batch_size=8",
+        "trainer.val_every_n_steps=1000",
+        "checkpoint.every_n_steps=1000",
+        "trainer.log_every_n_steps=1",
+        "ckpt_path=last",
+    ]
+    process = _grpo_train(*args, "trainer.max_steps=400", cwd=tmp_path, extra_path=reward_module)
+    _wait_for(tmp_path / "run" / "metrics.csv", process)  # a step is logged, nothing saved yet
+    process.kill()
+    process.communicate(timeout=60)
+    assert not (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+    relaunched = _grpo_train(*args, "trainer.max_steps=3", cwd=tmp_path, extra_path=reward_module)
+    stdout, stderr = relaunched.communicate(timeout=300)
+    assert relaunched.returncode == 0, stderr[-3000:]
+    assert "stopped before its first checkpoint; starting it again from step 0" in stdout
+    assert sorted(_rows(tmp_path / "run")) == [1, 2, 3]
+
+
+def test_ckpt_path_last_keeps_a_finished_run_that_has_no_checkpoint(compose_config, random_arith_dir, tmp_path):
+    from grpo_lightning.config import ConfigError
+
+    common = [f"model.name_or_path={random_arith_dir}", "validate_before_training=false", "trainer.max_steps=1"]
+    train(compose_config(*common, "checkpoint.enabled=false"))
+    before = (tmp_path / "metrics.csv").read_text()
+    with pytest.raises(ConfigError, match=r"holds a finished run without checkpoints .* give a new output_dir"):
+        train(compose_config(*common, "ckpt_path=last"))
+    assert (tmp_path / "metrics.csv").read_text() == before
+
+
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_the_run_resumes_from_it(random_arith_dir, reward_module, tmp_path):
     args = [
