@@ -14,7 +14,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.trainer.states import TrainerFn, TrainerStatus
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
@@ -27,26 +26,27 @@ def has_trainer(module: L.LightningModule) -> bool:
     return module._trainer is not None
 
 
-def log_step_metrics(trainer: L.Trainer, metrics: dict[str, Tensor]) -> None:
+def log_step_metrics(trainer: L.Trainer, metrics: dict[str, Tensor], step: int) -> None:
     """What ``LightningModule.log_dict(metrics, on_step=True, on_epoch=False)`` does for step-only
     values, for a fraction of its cost: log_dict moves a torchmetrics state to the value's device for
     every key (benchmarks/bench_logging.py). The values join ``trainer.callback_metrics`` (what
     callbacks, checkpoint monitors and the run summary read), and on the steps Lightning would log
     (``trainer.log_every_n_steps``) its logger connector sends them to every logger at the same step,
-    with the same ``epoch`` key. (``Trainer._logger_connector``: ``should_update_logs``,
-    ``log_metrics``)"""
+    with the same ``epoch`` key, at ``step`` (Lightning's own step, :func:`logged_steps`, is one
+    behind inside ``fit`` and can slip on a resume). (``Trainer._logger_connector``:
+    ``should_update_logs``, ``log_metrics``)"""
     trainer.callback_metrics.update(metrics)
     connector = trainer._logger_connector
     if connector.should_update_logs or trainer.fast_dev_run:
-        connector.log_metrics({**metrics, "epoch": trainer.current_epoch}, step=completed_steps(trainer))
+        connector.log_metrics({**metrics, "epoch": trainer.current_epoch}, step=step)
 
 
-def log_validation_metrics(trainer: L.Trainer, metrics: dict[str, Tensor]) -> None:
+def log_validation_metrics(trainer: L.Trainer, metrics: dict[str, Tensor], step: int) -> None:
     """What ``LightningModule.log_dict(metrics, on_epoch=True)`` does at the end of a validation
-    whose values are already reduced over processes, logged at :func:`completed_steps` rather
-    than at the step Lightning would give it. (``Trainer._logger_connector.log_metrics``)"""
+    whose values are already reduced over processes, logged at ``step`` rather than at the step
+    Lightning would give it. (``Trainer._logger_connector.log_metrics``)"""
     trainer.callback_metrics.update(metrics)
-    trainer._logger_connector.log_metrics({**metrics, "epoch": trainer.current_epoch}, step=completed_steps(trainer))
+    trainer._logger_connector.log_metrics({**metrics, "epoch": trainer.current_epoch}, step=step)
 
 
 def skip_next_validation(trainer: L.Trainer) -> None:
@@ -64,19 +64,22 @@ def logged_steps(trainer: L.Trainer) -> int:
     return trainer.fit_loop.epoch_loop._batches_that_stepped
 
 
-def completed_steps(trainer: L.Trainer) -> int:
-    """The step every logged row carries: the training steps done when it was logged. Step k's
-    metrics and the validation after it are both labelled k, the validation before training 0
-    and the one after a run of N steps N. Lightning's own label (:func:`logged_steps`) counts a
-    step only after that step's validation, so inside ``fit`` it is one behind: step k's metrics
-    would share k - 1 with the validation before it."""
-    fitting = trainer.state.fn == TrainerFn.FITTING and trainer.state.status == TrainerStatus.RUNNING
-    return logged_steps(trainer) + int(fitting)
-
-
 def logged_steps_in_checkpoint(checkpoint: dict[str, Any]) -> int:
     """:func:`logged_steps` as a checkpoint saved it (the loop's state dict; KeyError if absent)."""
     return checkpoint["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"]
+
+
+STEPS_TRAINED_KEY = "steps_trained"
+"""Where GRPOModule keeps its count of training steps in a checkpoint."""
+
+
+def steps_trained_in_checkpoint(checkpoint: dict[str, Any]) -> int:
+    """The training steps a checkpoint holds: GRPOModule's own count, or for checkpoints written
+    before it kept one, Lightning's count of the batches logged, which is saved before it counts
+    the step the checkpoint was written at."""
+    if STEPS_TRAINED_KEY in checkpoint:
+        return checkpoint[STEPS_TRAINED_KEY]
+    return logged_steps_in_checkpoint(checkpoint) + 1
 
 
 # -- torch (written against torch 2.13.0) -----------------------------------------------------------

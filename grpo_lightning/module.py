@@ -46,7 +46,13 @@ from grpo_lightning.algo.numerics import SkipGuard
 from grpo_lightning.algo.pass_at_k import pass_at_k
 from grpo_lightning.algo.shaping import overlong_buffer, overlong_penalty
 from grpo_lightning.algo.update_batch import mini_batches, prepare_update
-from grpo_lightning.compat import has_trainer, log_step_metrics, log_validation_metrics
+from grpo_lightning.compat import (
+    STEPS_TRAINED_KEY,
+    has_trainer,
+    log_step_metrics,
+    log_validation_metrics,
+    steps_trained_in_checkpoint,
+)
 from grpo_lightning.config import CheckpointConfig, ConfigError, GenerationConfig, GRPOConfig, OptimConfig
 from grpo_lightning.data.datamodule import refill_stream
 from grpo_lightning.data.external import external_experience, is_external
@@ -112,6 +118,10 @@ class GRPOModule(L.LightningModule):
         self.resumed_at_step: Optional[int] = None  # the global_step of the checkpoint resumed from
         self.last_rollout: Optional[RolloutSample] = None  # for callbacks (W&B completions table)
         self.skip_guard = SkipGuard(alg.max_consecutive_skips)
+        # Training steps begun: the step every logged row carries (step k's metrics and the
+        # validation after it at k, the one before training at 0). Lightning's own logging step
+        # is one behind inside fit and can slip by one on a resume; this one is in the checkpoint.
+        self.steps_trained = 0
 
     def setup(self, stage: str) -> None:
         """Under sharded weights, every process must make the same forward calls (distributed.py);
@@ -133,6 +143,7 @@ class GRPOModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, list[Any]], batch_idx: int) -> None:
         started = time.perf_counter()
+        self.steps_trained += 1
         self.train_means.reset()
         if is_external(batch):
             experience = external_experience(batch, self.algorithm.group_size)
@@ -153,7 +164,7 @@ class GRPOModule(L.LightningModule):
         """``self.log_dict(metrics, on_step=True, on_epoch=False)``, for a fraction of its cost
         (compat.log_step_metrics); outside a Trainer, as self.log, nothing to log to."""
         if has_trainer(self):
-            log_step_metrics(self.trainer, metrics)
+            log_step_metrics(self.trainer, metrics, step=self.steps_trained)
 
     def _generate_experience(self, batch: dict[str, list[Any]]) -> Experience:
         """Sample and score; with dynamic sampling, more rounds until the groups carry signal."""
@@ -280,7 +291,7 @@ class GRPOModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         # Means over every validation prompt of every process (compute sums across them).
         means = self.val_means.compute()
-        log_validation_metrics(self.trainer, means)  # at the steps trained so far (compat.completed_steps)
+        log_validation_metrics(self.trainer, means, step=self.steps_trained)
         self.validated_at_step = self.trainer.global_step
         self.last_val_metrics = {name: float(value) for name, value in means.items()}
 
@@ -288,6 +299,7 @@ class GRPOModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["skip_guard"] = self.skip_guard.state_dict()
+        checkpoint[STEPS_TRAINED_KEY] = self.steps_trained
         if not self.checkpoint_contents.save_frozen_weights:
             if self._frozen_fingerprint is None:
                 names = slim_checkpoint.frozen_weight_names(self)
@@ -300,6 +312,7 @@ class GRPOModule(L.LightningModule):
         if "skip_guard" in checkpoint:
             self.skip_guard.load_state_dict(checkpoint["skip_guard"])
         self.resumed_at_step = checkpoint["global_step"]
+        self.steps_trained = steps_trained_in_checkpoint(checkpoint)
         slim_checkpoint.put_back_frozen_weights(self, checkpoint)
         slim_checkpoint.warn_if_moments_left_out(checkpoint)
 

@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from grpo_lightning.compat import logged_steps_in_checkpoint
+from grpo_lightning.compat import steps_trained_in_checkpoint
 from grpo_lightning.config import ConfigError, LoggerConfig
 
 WANDB_ID_KEY = "wandb_run_id"
@@ -109,8 +109,7 @@ def read_resume_info(ckpt_path: str) -> tuple[int, Optional[str]]:
     """(training steps done, W&B run id or None) of a checkpoint, without reading its weights (mmap)."""
     try:
         checkpoint = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=False)
-        # Saved before Lightning counts the step it was written at (compat.completed_steps).
-        batches = logged_steps_in_checkpoint(checkpoint) + 1
+        batches = steps_trained_in_checkpoint(checkpoint)
     except (RuntimeError, OSError, KeyError, TypeError, EOFError) as error:
         raise ConfigError(
             f"ckpt_path={ckpt_path!r} is not a readable checkpoint of a grpo-train run "

@@ -14,7 +14,6 @@ from typing import Any, Optional
 import lightning as L
 from lightning.pytorch.loggers import WandbLogger
 
-from grpo_lightning.compat import completed_steps
 from grpo_lightning.types import RolloutSample
 
 
@@ -54,6 +53,6 @@ class CompletionsTable(L.Callback):
                 "histograms/reward": wandb.Histogram(sample.total.float().cpu().numpy()),
                 "histograms/response_length": wandb.Histogram(sample.lengths.float().cpu().numpy()),
                 # The x-axis every metric is logged against (training steps so far).
-                "trainer/global_step": completed_steps(trainer),
+                "trainer/global_step": pl_module.steps_trained,
             }
         )

@@ -380,6 +380,31 @@ def test_a_run_killed_before_its_first_checkpoint_starts_again_with_the_same_com
     assert sorted(_rows(tmp_path / "run")) == [1, 2, 3]
 
 
+def test_a_resume_with_another_validation_cadence_labels_every_step_once(compose_config, random_arith_dir, tmp_path):
+    common = [
+        f"model.name_or_path={random_arith_dir}",
+        "validate_before_training=false",
+        "data.batch_size=4",
+        "trainer.limit_val_batches=1",
+        "data.val_batch_size=8",
+        "checkpoint.every_n_steps=2",
+    ]
+    train(compose_config(*common, "trainer.max_steps=2", "trainer.val_every_n_steps=2"))
+    train(compose_config(*common, "trainer.max_steps=5", "trainer.val_every_n_steps=3", "ckpt_path=last"))
+    with open(tmp_path / "metrics.csv") as handle:
+        rows = [("val" if row["val/reward/mean"] else "train", int(row["step"])) for row in csv.DictReader(handle)]
+    assert rows == [
+        ("train", 1),
+        ("train", 2),
+        ("val", 2),
+        ("train", 3),
+        ("val", 3),
+        ("train", 4),
+        ("train", 5),
+        ("val", 5),
+    ]
+
+
 def test_ckpt_path_last_keeps_a_finished_run_that_has_no_checkpoint(compose_config, random_arith_dir, tmp_path):
     from grpo_lightning.config import ConfigError
 
