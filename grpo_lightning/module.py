@@ -70,6 +70,12 @@ GAMMA_UNUSED = (
 )
 
 
+LAST_VALIDATION_KEY = "last_validation"
+"""The checkpoint's record of the validation after the step it was written at, if there was one:
+continuing a finished run does not validate again even where checkpoints/final_validation.json
+was never written (a run killed in between)."""
+
+
 class GRPOModule(L.LightningModule):
     """Group Relative Policy Optimization of a :class:`~grpo_lightning.policy.base.Policy`."""
 
@@ -300,6 +306,8 @@ class GRPOModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["skip_guard"] = self.skip_guard.state_dict()
         checkpoint[STEPS_TRAINED_KEY] = self.steps_trained
+        if self.validated_at_step is not None:  # a run killed right after this save keeps it
+            checkpoint[LAST_VALIDATION_KEY] = {"global_step": self.validated_at_step, "metrics": self.last_val_metrics}
         if not self.checkpoint_contents.save_frozen_weights:
             if self._frozen_fingerprint is None:
                 names = slim_checkpoint.frozen_weight_names(self)
@@ -313,6 +321,9 @@ class GRPOModule(L.LightningModule):
             self.skip_guard.load_state_dict(checkpoint["skip_guard"])
         self.resumed_at_step = checkpoint["global_step"]
         self.steps_trained = steps_trained_in_checkpoint(checkpoint)
+        validation = checkpoint.get(LAST_VALIDATION_KEY)
+        if validation is not None and validation["global_step"] == checkpoint["global_step"]:
+            self.validated_at_step, self.last_val_metrics = validation["global_step"], dict(validation["metrics"])
         slim_checkpoint.put_back_frozen_weights(self, checkpoint)
         slim_checkpoint.warn_if_moments_left_out(checkpoint)
 

@@ -561,6 +561,28 @@ def test_continuing_a_finished_run_neither_validates_again_nor_loses_its_results
     assert again["val/reward/mean"] == finished["val/reward/mean"]  # what a sweeper is given
 
 
+def test_a_finished_run_killed_before_its_validation_record_is_not_validated_again(
+    compose_config, random_arith_dir, tmp_path
+):
+    """The last step's validation is in the checkpoint written after it: a run killed before
+    final_validation.json was written continues without a second validation row."""
+    common = [
+        f"model.name_or_path={random_arith_dir}",
+        "validate_before_training=false",
+        "trainer.max_steps=2",
+        "trainer.limit_val_batches=1",
+        "data.batch_size=4",
+        "trainer.val_every_n_steps=1",
+        "checkpoint.every_n_steps=1",
+    ]
+    finished = train(compose_config(*common))
+    (tmp_path / "checkpoints" / "final_validation.json").unlink()  # as if killed before writing it
+    before = (tmp_path / "metrics.csv").read_text()
+    again = train(compose_config(*common, "ckpt_path=last"))
+    assert (tmp_path / "metrics.csv").read_text() == before
+    assert again["val/reward/mean"] == finished["val/reward/mean"]
+
+
 def test_submitits_preemption_signal_writes_the_checkpoint_before_submitit_requeues(monkeypatch, tmp_path):
     """In a submitit job (hydra/launcher=slurm) SIGUSR2 would run submitit's handler mid-step, which
     requeues and exits at once; the callback lets the step finish, writes last.ckpt, then hands over."""
