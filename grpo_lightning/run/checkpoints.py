@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -43,11 +45,17 @@ from grpo_lightning.config import ConfigError
 LAST_CHECKPOINT = "last.ckpt"
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (typically a full disk); the previous one is intact."""
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes ``path.<pid>.tmp``, flushes it to disk, then renames it over ``path``.
 
     A process killed mid-write leaves the previous checkpoint intact (rename is atomic on
-    POSIX file systems); only a stray ``.tmp`` file remains.
+    POSIX file systems); the stray ``.tmp`` it leaves is removed by the next successful write.
+    A write that fails (a full disk) removes its own ``.tmp``, so the space is free again for
+    the resume, and says so in one line.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
@@ -57,11 +65,26 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path.parent.mkdir(parents=True, exist_ok=True)
         # Unique per writer: two runs started into the same directory must not share it.
         temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        with open(temporary, "wb") as handle:
-            torch.save(checkpoint, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+        started = time.time()
+        try:
+            with open(temporary, "wb") as handle:
+                torch.save(checkpoint, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except (OSError, RuntimeError) as error:  # torch reports a full disk as a RuntimeError
+            temporary.unlink(missing_ok=True)
+            free_mib = shutil.disk_usage(path.parent).free / 2**20
+            kept = f"{path.name} still holds the previous checkpoint" if path.is_file() else "no checkpoint was kept"
+            raise CheckpointWriteError(
+                f"writing the checkpoint {path} failed ({type(error).__name__}: "
+                f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}); {free_mib:.0f} MiB are "
+                f"free there (a full disk?); {kept}. Free some space (checkpoint.save_optimizer_state=false "
+                "and checkpoint.save_frozen_weights=false make checkpoints smaller) and continue with ckpt_path=last"
+            ) from None
         os.replace(temporary, path)
+        for stale in path.parent.glob(f"{path.name}.*.tmp"):  # left by writers killed mid-write
+            if stale.stat().st_mtime < started:
+                stale.unlink(missing_ok=True)
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:

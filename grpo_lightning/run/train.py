@@ -43,6 +43,7 @@ from grpo_lightning.policy.causal_lm import CausalLMPolicy
 from grpo_lightning.rewards import RewardError, WeightedReward
 from grpo_lightning.run.checkpoints import (
     AtomicCheckpointIO,
+    CheckpointWriteError,
     LastCheckpoint,
     checkpoint_dir,
     record_final_validation,
@@ -360,7 +361,7 @@ def main(cfg: DictConfig) -> Optional[float]:
                 sys.exit(0)
             return None  # an unfinished run has no result to report to a sweeper
         return optimized_value(metrics, cfg.get("optimized_metric"))
-    except (ConfigError, RewardError, NonFiniteError) as error:
+    except (ConfigError, RewardError, NonFiniteError, CheckpointWriteError) as error:
         print(f"error: {error}", file=sys.stderr)
         if sweep:
             raise  # Hydra records this job as failed and runs the sweep's other jobs

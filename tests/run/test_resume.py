@@ -87,6 +87,91 @@ def test_atomic_checkpoint_survives_a_crash_mid_write(tmp_path, monkeypatch):
     assert torch.load(path, weights_only=True) == {"step": 1}
 
 
+def test_a_checkpoint_write_on_a_full_disk_says_so_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    from grpo_lightning.run.checkpoints import CheckpointWriteError
+
+    path = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"step": 1}, path)
+
+    def disk_full(obj, handle):
+        handle.write(b"half a checkpoint")
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 1088 vs 1016")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(CheckpointWriteError, match=r"writing the checkpoint .*last.ckpt failed .*a full disk"):
+        io.save_checkpoint({"step": 2}, path)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # the partial .tmp is gone
+    assert torch.load(path, weights_only=True) == {"step": 1}
+
+
+def test_the_next_checkpoint_removes_what_killed_writers_left(tmp_path):
+    path = tmp_path / "last.ckpt"
+    stale = tmp_path / "last.ckpt.99999.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    os.utime(stale, (time.time() - 60, time.time() - 60))
+    AtomicCheckpointIO().save_checkpoint({"step": 1}, path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+
+FULL_DISK_AT_THE_SECOND_SAVE = """
+import sys
+import torch
+from grpo_lightning.run.train import main
+
+real_save, saves = torch.save, []
+
+
+def save(obj, handle, *args, **kwargs):
+    saves.append(1)
+    if len(saves) == 2:
+        handle.write(b"half")
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 1088 vs 1016")
+    return real_save(obj, handle, *args, **kwargs)
+
+
+torch.save = save
+main()
+"""
+
+
+def test_grpo_train_on_a_full_disk_ends_with_one_line_and_resumes(random_arith_dir, reward_module, tmp_path):
+    script = tmp_path / "full_disk_train.py"
+    script.write_text(FULL_DISK_AT_THE_SECOND_SAVE)
+    args = [
+        f"model.name_or_path={random_arith_dir}",
+        f"output_dir={tmp_path}/run",
+        "validate_before_training=false",
+        "trainer.enable_progress_bar=false",
+        "data.batch_size=4",
+        "algorithm.group_size=4",
+        "trainer.val_every_n_steps=1000",
+        "trainer.limit_val_batches=1",
+        "checkpoint.every_n_steps=1",
+        "trainer.max_steps=3",
+        "ckpt_path=last",
+    ]
+    env = dict(os.environ, WANDB_MODE="offline", HF_HUB_OFFLINE="1")
+    done = subprocess.run(
+        [sys.executable, str(script), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: writing the checkpoint")
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["last.ckpt"]
+    resumed = subprocess.run(
+        [sys.executable, "-m", "grpo_lightning.run.train", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert sorted(_rows(tmp_path / "run")) == [1, 2, 3]
+
+
 def _rows(run_dir: Path) -> dict[int, dict[str, str]]:
     """Training rows of metrics.csv by step, without timings (they differ between runs)."""
     with open(run_dir / "metrics.csv") as handle:
