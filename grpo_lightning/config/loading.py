@@ -34,6 +34,15 @@ def import_object(path: str, field_name: str) -> Any:
             f"{field_name}={path!r} does not resolve ({error}); give an import path "
             "like package.module.function, importable from the current environment"
         ) from None
+    except SyntaxError as error:
+        raise ConfigError(
+            f"{field_name}={path!r}: {error.filename}, line {error.lineno} is not valid Python "
+            f"({error.msg}); fix that file"
+        ) from None
+    except Exception as error:  # the module ran and failed
+        raise ConfigError(
+            f"{field_name}={path!r}: importing {module_name} failed ({type(error).__name__}: {error})"
+        ) from None
 
 
 def asset_path(name: str) -> str:

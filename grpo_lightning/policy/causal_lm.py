@@ -43,6 +43,33 @@ def _looks_local(name_or_path: str) -> bool:
     return name_or_path.startswith((".", "/", "~")) or Path(name_or_path).exists()
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
+WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "pytorch_model.bin.index.json")
+
+
+def _check_local_model_dir(name: str) -> None:
+    """What ``from_pretrained`` needs in a local directory, checked before it is asked, so that each
+    missing part is named rather than reported as another library's error."""
+    directory = Path(name).expanduser()
+    if not (directory / "config.json").is_file():
+        ggufs = _gguf_files(directory)
+        hint = f"; it holds {', '.join(ggufs)}: name one with model.gguf_file" if ggufs else ""
+        raise ConfigError(
+            f"model.name_or_path={name!r}: no config.json there; point it at a "
+            f"directory written by save_pretrained, or at a hub id{hint}"
+        )
+    if not any(any(directory.glob(pattern)) for pattern in WEIGHT_PATTERNS):
+        raise ConfigError(
+            f"model.name_or_path={name!r} holds config.json but no weights (*.safetensors or "
+            "pytorch_model*.bin); save the model there with model.save_pretrained"
+        )
+    if not any((directory / file).is_file() for file in TOKENIZER_FILES):
+        raise ConfigError(
+            f"model.name_or_path={name!r} holds no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}, ...); "
+            "save the tokenizer there too with tokenizer.save_pretrained"
+        )
+
+
 def _gguf_files(directory: Path) -> list[str]:
     """The GGUF files in ``directory`` (none if it is not one), to name in an error."""
     return sorted(path.name for path in directory.glob("*.gguf")) if directory.is_dir() else []
@@ -127,13 +154,8 @@ class CausalLMPolicy(Policy):
             kwargs["attn_implementation"] = cfg.attn_implementation
         if cfg.gguf_file is not None:
             kwargs.update(_gguf_load_options(name, cfg.gguf_file))
-        elif _looks_local(name) and not (Path(name).expanduser() / "config.json").is_file():
-            ggufs = _gguf_files(Path(name).expanduser())
-            hint = f"; it holds {', '.join(ggufs)}: name one with model.gguf_file" if ggufs else ""
-            raise ConfigError(
-                f"model.name_or_path={name!r}: no config.json there; point it at a "
-                f"directory written by save_pretrained, or at a hub id{hint}"
-            )
+        elif _looks_local(name):
+            _check_local_model_dir(name)
         tokenizer_kwargs = {"gguf_file": cfg.gguf_file} if cfg.gguf_file is not None else {}
         try:
             tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=cfg.trust_remote_code, **tokenizer_kwargs)
@@ -144,8 +166,13 @@ class CausalLMPolicy(Policy):
                 "local directory written by save_pretrained, or a hub id that is "
                 "cached or reachable"
             ) from None
-        except (ValueError, struct.error, KeyError, IndexError) as error:
-            if cfg.gguf_file is None:
+        except Exception as error:
+            if type(error).__module__.startswith("safetensors"):  # a truncated or corrupt weights file
+                raise ConfigError(
+                    f"model.name_or_path={name!r}: its weights could not be read ({type(error).__name__}: "
+                    f"{error}); the file may be truncated or corrupt: write it again with save_pretrained"
+                ) from None
+            if cfg.gguf_file is None or not isinstance(error, (ValueError, struct.error, KeyError, IndexError)):
                 raise
             # The gguf reader's own errors for a truncated, corrupt or unsupported file.
             raise ConfigError(

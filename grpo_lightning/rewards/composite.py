@@ -134,7 +134,15 @@ class WeightedReward:
                     f"{prompts[index]!r}; rewards must be finite (or set "
                     "reward.non_finite=zero to score such completions 0)"
                 )
+            if math.isfinite(number) and abs(number) > FLOAT32_MAX:
+                raise RewardError(
+                    f"reward function {name!r} returned {number} for prompt {prompts[index]!r}, beyond "
+                    f"float32's range (+-{FLOAT32_MAX:.3g}) in which rewards are summed; scale it down"
+                )
         return values
+
+
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 def _describe_failure(

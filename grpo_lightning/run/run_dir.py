@@ -72,10 +72,15 @@ def output_dir_lock(run_dir: Path, resuming: bool) -> Iterator[None]:
     takes it over. Processes started together by torchrun or srun take no lock: only rank 0 could
     hold it, and its refusal would leave the others waiting for it at the first collective
     (Lightning's own DDP launcher starts the others after this point, from rank 0)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"output_dir={run_dir} is a file, not a directory; give a directory")
     if rank_zero_only.rank != 0 or _started_with_others():
         yield
         return
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"output_dir={run_dir} cannot be created ({error.strerror}); give a writable place") from None
     lock = run_dir / RUN_LOCK
     while True:
         try:

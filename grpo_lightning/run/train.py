@@ -208,7 +208,7 @@ def _train(cfg: TrainConfig, dict_cfg: DictConfig) -> dict[str, float]:
     check_optimized_metric(cfg.optimized_metric, module.train_means.names + module.val_means.names)
     try:
         trainer = build_trainer(cfg, resume_step)
-    except (MisconfigurationException, ValueError) as error:  # Lightning's check of trainer.*
+    except (MisconfigurationException, ValueError, TypeError) as error:  # Lightning's check of trainer.*
         raise ConfigError(
             f"trainer: {error} (trainer.accelerator={cfg.trainer.accelerator}, "
             f"trainer.devices={cfg.trainer.devices}, trainer.strategy={cfg.trainer.strategy}, "

@@ -24,6 +24,10 @@ def nan(prompts, completions, **columns):
 def empty_train(**kwargs):
     return [], [{"prompt": "1+1=", "answer": "2"}]
 
+def huge(prompts, completions, **columns):
+    # finite in Python, infinite in the float32 the rewards are summed in
+    return [1e300 if i % 2 else 0.0 for i in range(len(completions))]
+
 def exits(prompts, completions, **columns):
     import sys
 
@@ -99,6 +103,28 @@ CASES = {
         2,
         "reward function 'correct' called sys.exit(3)",
     ),
+    "reward beyond float32": (["reward.functions.correct.fn=bad_inputs.huge"], 2, "beyond float32's range"),
+    "reward module with a syntax error": (
+        ["reward.functions.correct.fn=broken_syntax.reward"],
+        2,
+        "broken_syntax.py, line 1 is not valid Python (expected ':'); fix that file",
+    ),
+    "devices of the wrong type": (["trainer.devices=abc"], 2, "trainer: `devices` selected with `CPUAccelerator`"),
+    "model directory with only config.json": (
+        ["model.name_or_path={models}/only_config"],
+        2,
+        "holds config.json but no weights",
+    ),
+    "model directory without tokenizer files": (
+        ["model.name_or_path={models}/no_tokenizer"],
+        2,
+        "holds no tokenizer files",
+    ),
+    "truncated weights": (
+        ["model.name_or_path={models}/truncated"],
+        2,
+        "its weights could not be read (SafetensorError",
+    ),
     "reward count": (["reward.functions.correct.fn=bad_inputs.too_few"], 2, "returned 7 values for 8 completions"),
     "reward nan": (["reward.functions.correct.fn=bad_inputs.nan"], 2, "returned nan for prompt"),
     # numerics
@@ -118,13 +144,30 @@ CASES = {
 def helpers_dir(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("bad_inputs")
     (directory / "bad_inputs.py").write_text(BAD_INPUTS)
+    (directory / "broken_syntax.py").write_text("def reward(prompts, completions, **columns)\n    return []\n")
     return directory
+
+
+@pytest.fixture(scope="module")
+def broken_models(random_arith_dir, tmp_path_factory) -> Path:
+    """Model directories with a part missing or damaged, made from a working one."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("broken_models")
+    (root / "only_config").mkdir()
+    shutil.copy(random_arith_dir / "config.json", root / "only_config")
+    shutil.copytree(random_arith_dir, root / "no_tokenizer", ignore=shutil.ignore_patterns("tokenizer*", "special*"))
+    shutil.copytree(random_arith_dir, root / "truncated")
+    weights = root / "truncated" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    return root
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_fails_with_a_message(case, helpers_dir, random_arith_dir, tmp_path):
+def test_bad_input_fails_with_a_message(case, helpers_dir, broken_models, random_arith_dir, tmp_path):
     overrides, code, message = CASES[case]
+    overrides = [override.replace("{models}", str(broken_models)) for override in overrides]
     env = dict(
         os.environ,
         WANDB_MODE="offline",
@@ -190,3 +233,20 @@ def test_bad_jsonl_fails_with_file_and_line(case, random_arith_dir, tmp_path):
     )
     assert result.returncode != 0
     assert expected in result.stderr and "Traceback" not in result.stderr, result.stderr[-3000:]
+
+
+def test_an_output_dir_that_is_a_file_is_one_line(random_arith_dir, tmp_path):
+    (tmp_path / "taken").write_text("")
+    result = subprocess.run(
+        [sys.executable, "-m", "grpo_lightning.run.train", f"output_dir={tmp_path / 'taken'}", *SMALL],
+        cwd=tmp_path,
+        env=dict(os.environ, WANDB_MODE="offline", HF_HUB_OFFLINE="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert (
+        result.stderr.strip().splitlines()[-1]
+        == f"error: output_dir={tmp_path / 'taken'} is a file, not a directory; give a directory"
+    )
