@@ -325,6 +325,8 @@ class GRPOModule(L.LightningModule):
         if validation is not None and validation["global_step"] == checkpoint["global_step"]:
             self.validated_at_step, self.last_val_metrics = validation["global_step"], dict(validation["metrics"])
         slim_checkpoint.put_back_frozen_weights(self, checkpoint)
+        if not (has_trainer(self) and shards_weights(self.trainer.strategy)):  # sharded ones are not a dict
+            slim_checkpoint.check_weights_fit(self, checkpoint)
         slim_checkpoint.warn_if_moments_left_out(checkpoint)
 
     # -- optimization ----------------------------------------------------------------------

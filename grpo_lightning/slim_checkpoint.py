@@ -80,3 +80,37 @@ def warn_if_moments_left_out(checkpoint: dict[str, Any]) -> None:
             "optimizer's moments start from zero (the learning rate and its schedule continue)",
             stacklevel=2,
         )
+
+
+def check_weights_fit(module: nn.Module, checkpoint: dict[str, Any]) -> None:
+    """Refuse, in one line, a checkpoint whose weights do not fit ``module`` (another model size,
+    a LoRA run into a full one or back). The KL reference copy is the exception: it is the initial
+    policy, which this run has built from model.name_or_path, so a resume with another
+    ``algorithm.beta`` takes it from there (beta from 0) or leaves the saved one (beta to 0)."""
+    saved = checkpoint.get("state_dict")
+    if not isinstance(saved, dict):
+        return
+    own = module.state_dict()
+    for key in [key for key in own if key not in saved and REFERENCE_MARK in key]:
+        saved[key] = own[key]
+    for key in [key for key in saved if key not in own and REFERENCE_MARK in key]:
+        del saved[key]
+    missing, unexpected = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
+    mismatched = [key for key in own if key in saved and tuple(own[key].shape) != tuple(saved[key].shape)]
+    if missing or unexpected or mismatched:
+        if mismatched:
+            key = mismatched[0]
+            detail = f"{key} is {list(saved[key].shape)} there and {list(own[key].shape)} here"
+        else:
+            detail = f"{len(missing)} weights missing (e.g. {missing[0]})" if missing else ""
+            detail += ", " if missing and unexpected else ""
+            detail += f"{len(unexpected)} not in this model (e.g. {unexpected[0]})" if unexpected else ""
+        raise ConfigError(
+            f"the checkpoint's weights do not fit this model ({detail}): it was written by a run "
+            "with another model (model.name_or_path, model.lora.*); resume with the settings it was "
+            "started with, or start a new run"
+        )
+
+
+REFERENCE_MARK = ".reference_model."
+"""What the KL reference copy's keys hold in a GRPOModule's state dict (CausalLMPolicy.reference_model)."""

@@ -490,6 +490,38 @@ def test_a_resume_with_another_validation_cadence_labels_every_step_once(compose
     ]
 
 
+def test_a_checkpoint_of_another_model_is_refused_in_one_line(compose_config, random_arith_dir, tmp_path):
+    from transformers import LlamaForCausalLM
+
+    from grpo_lightning.config import ConfigError
+    from grpo_lightning.data.tasks.arithmetic import build_tokenizer, model_config
+
+    wider = tmp_path / "wider"
+    config = model_config()
+    config.intermediate_size *= 2
+    LlamaForCausalLM(config).save_pretrained(wider)
+    build_tokenizer().save_pretrained(wider)
+    common = ["validate_before_training=false", "trainer.max_steps=1", f"output_dir={tmp_path}/run"]
+    train(compose_config(f"model.name_or_path={random_arith_dir}", *common))
+    resume = [*common[:1], "trainer.max_steps=2", f"output_dir={tmp_path}/run", "ckpt_path=last"]
+    with pytest.raises(
+        ConfigError, match=r"do not fit this model \(.*mlp.* is \[256, 128\] there and \[512, 128\] here"
+    ):
+        train(compose_config(f"model.name_or_path={wider}", *resume))
+    with pytest.raises(ConfigError, match=r"do not fit this model \(\d+ weights missing .*, \d+ not in this model"):
+        train(compose_config(f"model.name_or_path={random_arith_dir}", "model.lora.r=4", *resume))
+
+
+@pytest.mark.parametrize("betas", [(0.0, 0.04), (0.04, 0.0)])
+def test_a_resume_may_change_beta(betas, compose_config, random_arith_dir, tmp_path):
+    """The KL reference is the initial policy, which every run builds from model.name_or_path."""
+    common = [f"model.name_or_path={random_arith_dir}", "validate_before_training=false", f"output_dir={tmp_path}"]
+    train(compose_config(*common, "trainer.max_steps=1", f"algorithm.beta={betas[0]}"))
+    train(compose_config(*common, "trainer.max_steps=2", f"algorithm.beta={betas[1]}", "ckpt_path=last"))
+    assert sorted(_rows(tmp_path)) == [1, 2]
+    assert bool(_rows(tmp_path)[2].get("actor/grpo_kl")) == (betas[1] > 0)
+
+
 def test_ckpt_path_last_keeps_a_finished_run_that_has_no_checkpoint(compose_config, random_arith_dir, tmp_path):
     from grpo_lightning.config import ConfigError
 
