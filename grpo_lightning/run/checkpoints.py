@@ -180,6 +180,7 @@ def record_final_validation(directory: str | Path, global_step: int, metrics: di
     ``ckpt_path=last`` trains nothing, and must neither validate again (a second row) nor lose
     the results (a sweeper's objective)."""
     path = Path(directory) / FINAL_VALIDATION
+    path.parent.mkdir(parents=True, exist_ok=True)  # a finished run's checkpoint given to a new output_dir
     temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     temporary.write_text(json.dumps({"global_step": global_step, "metrics": metrics}))
     os.replace(temporary, path)

@@ -522,6 +522,18 @@ def test_a_resume_may_change_beta(betas, compose_config, random_arith_dir, tmp_p
     assert bool(_rows(tmp_path)[2].get("actor/grpo_kl")) == (betas[1] > 0)
 
 
+def test_a_finished_runs_checkpoint_given_to_a_new_output_dir_trains_nothing_and_ends_cleanly(
+    compose_config, random_arith_dir, tmp_path
+):
+    common = [f"model.name_or_path={random_arith_dir}", "validate_before_training=false", "trainer.max_steps=1"]
+    finished = train(compose_config(*common, f"output_dir={tmp_path}/first"))
+    again = train(
+        compose_config(*common, f"output_dir={tmp_path}/second", f"ckpt_path={tmp_path}/first/checkpoints/last.ckpt")
+    )
+    assert again["val/reward/mean"] == finished["val/reward/mean"]
+    assert (tmp_path / "second" / "policy").is_dir()
+
+
 def test_ckpt_path_last_keeps_a_finished_run_that_has_no_checkpoint(compose_config, random_arith_dir, tmp_path):
     from grpo_lightning.config import ConfigError
 
