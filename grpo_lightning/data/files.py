@@ -33,6 +33,11 @@ def read_rows(
     fmt = FILE_FORMATS.get(local.suffix.lower())
     if (fmt is not None or path.startswith((".", "/", "~"))) and not local.exists():
         raise ConfigError(f"{field_name}={path!r}: no such file or directory")
+    if fmt is None and local.is_file():
+        raise ConfigError(
+            f"{field_name}={path!r}: a {local.suffix or 'suffix-less'} file is not a format it reads; give a "
+            f"{'/'.join(sorted(FILE_FORMATS))} file (by its extension), a dataset directory, or a hub dataset id"
+        )
     if fmt is not None and split != "train":
         raise ConfigError(
             f"data.split={split!r}: a single {local.suffix} file is one split; use "
@@ -48,6 +53,8 @@ def read_rows(
         else:
             dataset = datasets.load_dataset(path, config_name, split=split)
     except Exception as error:  # datasets raises many types; all mean "cannot read this"
+        if fmt is not None:
+            _check_has_rows(local, fmt, field_name)
         if local.suffix.lower() == ".jsonl":
             _check_jsonl(local, field_name)  # names the line, where datasets' message does not
         raise ConfigError(
@@ -56,6 +63,19 @@ def read_rows(
             "dataset id that is cached or reachable"
         ) from None
     return dataset.to_list()
+
+
+def _check_has_rows(path: Path, fmt: str, field_name: str) -> None:
+    """An empty text file, or a CSV with its header alone, holds no rows: say that, not what
+    datasets makes of it. (Parquet is binary: left to datasets.)"""
+    if fmt == "parquet":
+        return
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        lines = [line for line in handle if line.strip()]
+    if not lines:
+        raise ConfigError(f"{field_name}={str(path)!r} holds no rows: the file is empty or only blank lines")
+    if fmt == "csv" and len(lines) == 1:
+        raise ConfigError(f"{field_name}={str(path)!r} holds no rows: only the header line {lines[0].strip()!r}")
 
 
 def _check_jsonl(path: Path, field_name: str) -> None:
@@ -93,6 +113,11 @@ def load_splits(cfg: DataConfig, seed: int = 0) -> tuple[list[Row], list[Row]]:
         val_rows = read_rows(cfg.path, split=cfg.val_split, config_name=cfg.config_name, field_name="data.val_split")
         rng.shuffle(val_rows)
     else:
+        if train_rows and cfg.prompt_key not in train_rows[0]:  # the real problem of a short file too
+            raise ConfigError(
+                f"data.prompt_key={cfg.prompt_key!r} is not a column of data.path={cfg.path!r}; "
+                f"columns found: {sorted(train_rows[0])}"
+            )
         if len(train_rows) < 2:
             raise ConfigError(
                 f"data.path={cfg.path!r} holds {len(train_rows)} row(s): too few to hold "

@@ -75,6 +75,11 @@ class PromptFormatter:
         """The text the policy encodes for ``prompt``."""
         if isinstance(prompt, str) and not self.apply_chat_template:
             return prompt
+        if not isinstance(prompt, (str, list, tuple)):
+            raise ConfigError(
+                f"a prompt (column data.prompt_key) is {type(prompt).__name__} {prompt!r}; prompts must be "
+                "text, or lists of chat messages with data.apply_chat_template=true"
+            )
         if not isinstance(prompt, str):
             if not self.apply_chat_template:
                 raise ConfigError(

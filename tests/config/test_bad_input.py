@@ -250,3 +250,44 @@ def test_an_output_dir_that_is_a_file_is_one_line(random_arith_dir, tmp_path):
         result.stderr.strip().splitlines()[-1]
         == f"error: output_dir={tmp_path / 'taken'} is a file, not a directory; give a directory"
     )
+
+
+DATA_FILES = {
+    "empty file": ("prompts.jsonl", "", "holds no rows: the file is empty or only blank lines"),
+    "blank lines": ("prompts.jsonl", "\n\n\n", "holds no rows: the file is empty or only blank lines"),
+    "csv header only": ("prompts.csv", "prompt,answer\n", "holds no rows: only the header line 'prompt,answer'"),
+    "number prompts": (
+        "prompts.jsonl",
+        "".join(f'{{"prompt": {n}, "answer": "{n}"}}\n' for n in range(4)),
+        "a prompt (column data.prompt_key) is int 0; prompts must be text",
+    ),
+    "null prompts": (
+        "prompts.jsonl",
+        "".join(f'{{"prompt": null, "answer": "{n}"}}\n' for n in range(4)),
+        "a prompt (column data.prompt_key) is NoneType None",
+    ),
+    "unsupported extension": ("prompts.txt", "1+1=\n", "a .txt file is not a format it reads"),
+    "one row without the prompt column": (
+        "prompts.jsonl",
+        '{"question": "1+1=", "answer": "2"}\n',
+        "data.prompt_key='prompt' is not a column of data.path=",
+    ),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(DATA_FILES))
+def test_a_data_file_without_usable_rows_is_named_for_what_it_lacks(case, random_arith_dir, tmp_path):
+    name, content, expected = DATA_FILES[case]
+    (tmp_path / name).write_text(content)
+    args = [f"output_dir={tmp_path}/run", f"model.name_or_path={random_arith_dir}", "data=jsonl"]
+    result = subprocess.run(
+        [sys.executable, "-m", "grpo_lightning.run.train", *args, f"data.path={tmp_path / name}", *SMALL],
+        cwd=tmp_path,
+        env=dict(os.environ, WANDB_MODE="offline", HF_HUB_OFFLINE="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert expected in result.stderr.strip().splitlines()[-1], result.stderr[-3000:]

@@ -75,7 +75,7 @@ def test_unknown_hub_dataset_fails_with_the_field(monkeypatch):
 def test_bad_columns_and_paths_name_the_field(tmp_path):
     path = _write(tmp_path / "p.jsonl", ROWS)
     with pytest.raises(ConfigError, match="data.answer_key='nope'"):
-        load_splits(DataConfig(path=str(path), answer_key="nope"))
+        load_splits(DataConfig(path=str(path), prompt_key="q", answer_key="nope"))
     with pytest.raises(ConfigError, match="data.prompt_key='prompt'"):
         PromptDataModule.from_config(DataConfig(path=str(path), batch_size=2))
     with pytest.raises(ConfigError, match="no such file"):
