@@ -118,6 +118,11 @@ class DataConfig:
             f"data.overlong_prompts={self.overlong_prompts!r} is unknown; choose one of {OVERLONG_PROMPTS}",
         )
         _require(self.val_split is None or self.val_path is None, "set at most one of data.val_split and data.val_path")
+        _require(
+            (self.val_split is None and self.val_path is None) or not _set_fields(self, ("val_fraction",)),
+            f"data.val_fraction={self.val_fraction} applies only without data.val_path and data.val_split, "
+            "which give the validation rows themselves; drop one",
+        )
         path_only = _set_fields(self, ("config_name", "split", "val_split", "val_path", "val_fraction", "answer_key"))
         if self.builder is not None and path_only:
             raise ConfigError(

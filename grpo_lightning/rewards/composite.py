@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import math
+import warnings
 from typing import Any, Optional, Protocol, Sequence
 
 import torch
@@ -50,6 +52,7 @@ class WeightedReward:
                 except TypeError as error:
                     raise ConfigError(f"reward.functions.{name}.kwargs do not fit {spec.fn}: {error}") from None
             elif spec.kwargs:
+                _check_kwarg_names(name, fn, spec.kwargs)
                 check = getattr(fn, "check_kwargs", None)  # a function may say which kwargs it can use
                 if check is not None:
                     try:
@@ -121,6 +124,11 @@ class WeightedReward:
         for index, value in enumerate(values):
             if value is None:
                 continue
+            if isinstance(value, (str, bytes)):  # float("1") would take it, and hide a bug
+                raise RewardError(
+                    f"reward function {name!r} returned the string {value!r} for prompt {prompts[index]!r}; "
+                    "return a float or None"
+                )
             try:
                 number = float(value)
             except (TypeError, ValueError):
@@ -139,10 +147,36 @@ class WeightedReward:
                     f"reward function {name!r} returned {number} for prompt {prompts[index]!r}, beyond "
                     f"float32's range (+-{FLOAT32_MAX:.3g}) in which rewards are summed; scale it down"
                 )
+        if values and all(value is None for value in values) and name not in _WARNED_ALL_NONE:
+            _WARNED_ALL_NONE.add(name)
+            warnings.warn(
+                f"reward function {name!r} returned None (not applicable) for every completion of a batch: "
+                "it adds nothing to the reward there; check that it receives the columns it reads",
+                stacklevel=2,
+            )
         return values
 
 
+_WARNED_ALL_NONE: set[str] = set()  # once per function and process
+
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def _check_kwarg_names(name: str, fn: Any, kwargs: dict[str, Any]) -> None:
+    """A config kwarg must name one of the function's own parameters: under the TRL contract its
+    ``**columns`` would take a misspelt one silently, and the default would apply."""
+    try:
+        parameters = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # a builtin or C function: nothing to check
+        return
+    named = [p for p, spec in parameters.items() if spec.kind not in (spec.VAR_POSITIONAL, spec.VAR_KEYWORD)]
+    unknown = sorted(set(kwargs) - set(named))
+    if unknown:
+        verb = "is not a parameter" if len(unknown) == 1 else "are not parameters"
+        raise ConfigError(
+            f"reward.functions.{name}.kwargs: {', '.join(unknown)} {verb} of "
+            f"{getattr(fn, '__qualname__', fn)} (its parameters: {', '.join(named)})"
+        )
 
 
 def _describe_failure(

@@ -267,6 +267,11 @@ DATA_FILES = {
         "a prompt (column data.prompt_key) is NoneType None",
     ),
     "unsupported extension": ("prompts.txt", "1+1=\n", "a .txt file is not a format it reads"),
+    "empty prompts": (
+        "prompts.jsonl",
+        "".join(f'{{"prompt": "{"" if n % 2 else "1+1="}", "answer": "2"}}\n' for n in range(8)),
+        "rows have an empty prompt",
+    ),
     "one row without the prompt column": (
         "prompts.jsonl",
         '{"question": "1+1=", "answer": "2"}\n',

@@ -71,6 +71,8 @@ def test_exception_names_function_and_offending_prompt():
         (lambda p, c, **k: [math.nan, 1.0], "returned nan for prompt 'a'"),
         (lambda p, c, **k: [1.0, math.inf], "returned inf for prompt 'b'"),
         (lambda p, c, **k: ["yes", 1.0], "return a float or None"),
+        (lambda p, c, **k: ["1.0", 1.0], "returned the string '1.0' for prompt 'a'; return a float or None"),
+        (lambda p, c, **k: [1e300, 1.0], "beyond float32's range"),
     ],
 )
 def test_bad_return_values_fail_loudly(bad, message):
@@ -81,3 +83,34 @@ def test_bad_return_values_fail_loudly(bad, message):
 def test_booleans_and_ints_are_numbers():
     scores = WeightedReward({"b": (lambda p, c, **k: [True, 0], 1.0)})(["a", "b"], ["x", "y"], {})
     assert scores.total.tolist() == [1.0, 0.0]
+
+
+def test_a_misspelt_kwarg_is_refused_rather_than_swallowed_by_the_columns():
+    cfg = RewardConfig(
+        functions={"k": RewardFunctionConfig(fn="tests.rewards.test_rewards.scaled", kwargs={"factr": 0.5})}
+    )
+    with pytest.raises(ConfigError, match=r"reward.functions.k.kwargs: factr is not a parameter of scaled .*factor"):
+        WeightedReward.from_config(cfg)
+
+
+def test_a_reward_that_applies_to_nothing_in_a_batch_is_warned_once():
+    from grpo_lightning.rewards import composite
+
+    composite._WARNED_ALL_NONE.discard("never")
+    reward = WeightedReward({"never": (lambda p, c, **k: [None] * len(c), 1.0)})
+    with pytest.warns(UserWarning, match="'never' returned None .* for every completion"):
+        reward(["a", "b"], ["x", "y"], {})
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        reward(["a", "b"], ["x", "y"], {})  # once per function
+
+
+def test_val_fraction_beside_val_path_is_refused(compose_config):
+    from grpo_lightning.config import to_train_config
+
+    base = ["model.name_or_path=/x", "data=jsonl", "data.path=a.jsonl", "data.val_path=b.jsonl"]
+    with pytest.raises(ConfigError, match=r"data.val_fraction=0.2 applies only without data.val_path"):
+        to_train_config(compose_config(*base, "data.val_fraction=0.2"))
+    to_train_config(compose_config(*base))  # the default fraction is not a choice

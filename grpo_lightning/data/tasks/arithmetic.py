@@ -121,5 +121,7 @@ def correct_answer(prompts: list[str], completions: list[str], answer: list[str]
 
     >>> correct_answer(["12+34=", "12+34="], ["46", " 47"], answer=["46", "46"])
     [1.0, 0.0]
+    >>> correct_answer(["12+34="], ["46"], answer=[46])  # answers read from a file as numbers
+    [1.0]
     """
-    return [float(c.strip() == a) for c, a in zip(completions, answer, strict=True)]
+    return [float(c.strip() == str(a).strip()) for c, a in zip(completions, answer, strict=True)]
