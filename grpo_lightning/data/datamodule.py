@@ -38,7 +38,7 @@ def check_rows(rows: list[Row], prompt_key: str, split: str) -> None:
         raise ConfigError(
             f"data.prompt_key={prompt_key!r} is not a column of the {split} rows; columns found: {sorted(rows[0])}"
         )
-    empty = [index for index, row in enumerate(rows) if isinstance(row[prompt_key], str) and not row[prompt_key].strip()]
+    empty = [i for i, row in enumerate(rows) if isinstance(row[prompt_key], str) and not row[prompt_key].strip()]
     if empty:
         raise ConfigError(
             f"{len(empty)} of the {len(rows)} {split} rows have an empty prompt (column {prompt_key!r}; the first "
