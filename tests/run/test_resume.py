@@ -71,39 +71,34 @@ def test_rng_state_roundtrip_covers_python_numpy_torch():
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
 
 
-def test_atomic_checkpoint_survives_a_crash_mid_write(tmp_path, monkeypatch):
-    path = tmp_path / "last.ckpt"
-    io = AtomicCheckpointIO()
-    io.save_checkpoint({"step": 1}, path)
-
-    def crash(obj, handle):
-        handle.write(b"half a checkpoint")
-        raise KeyboardInterrupt  # as if killed mid-write
-
-    monkeypatch.setattr(torch, "save", crash)
-    with pytest.raises(KeyboardInterrupt):
-        io.save_checkpoint({"step": 2}, path)
-    monkeypatch.undo()
-    assert torch.load(path, weights_only=True) == {"step": 1}
-
-
-def test_a_checkpoint_write_on_a_full_disk_says_so_and_leaves_no_partial_file(tmp_path, monkeypatch):
+@pytest.mark.parametrize("failure", ["killed", "disk full"])
+def test_a_checkpoint_write_that_fails_midway_keeps_the_previous_one(failure, tmp_path, monkeypatch):
+    """Killed mid-write: the previous checkpoint stays, and the stray .tmp is the next write's to
+    remove. A full disk: the same, the partial .tmp removed at once, and one line that says so."""
     from grpo_lightning.run.checkpoints import CheckpointWriteError
 
     path = tmp_path / "last.ckpt"
     io = AtomicCheckpointIO()
     io.save_checkpoint({"step": 1}, path)
+    raised, message = {
+        "killed": (KeyboardInterrupt(), None),
+        "disk full": (
+            RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 1088 vs 1016"),
+            r"writing the checkpoint .*last.ckpt failed .*a full disk",
+        ),
+    }[failure]
 
-    def disk_full(obj, handle):
+    def fail(obj, handle):
         handle.write(b"half a checkpoint")
-        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 1088 vs 1016")
+        raise raised
 
-    monkeypatch.setattr(torch, "save", disk_full)
-    with pytest.raises(CheckpointWriteError, match=r"writing the checkpoint .*last.ckpt failed .*a full disk"):
+    monkeypatch.setattr(torch, "save", fail)
+    with pytest.raises(KeyboardInterrupt if message is None else CheckpointWriteError, match=message):
         io.save_checkpoint({"step": 2}, path)
     monkeypatch.undo()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # the partial .tmp is gone
     assert torch.load(path, weights_only=True) == {"step": 1}
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == (["last.ckpt"] if failure == "disk full" else ["last.ckpt", f"last.ckpt.{os.getpid()}.tmp"])
 
 
 def test_the_next_checkpoint_removes_what_killed_writers_left(tmp_path):
