@@ -161,6 +161,11 @@ class RewardConfig:
     """A reward function returning NaN or inf: ``error`` stops the run naming the function and
     the prompt; ``zero`` scores that completion 0 and logs how many per step as
     reward/<name>/non_finite (for rewards that fail now and then, e.g. a parser on odd output)."""
+    timeout_s: Optional[float] = 600.0
+    """Seconds one reward function may take on one batch; past it the run stops naming the
+    function (a hung verifier or sandbox would otherwise stall the run, and a pre-emption signal
+    waits for the step). None waits for ever. Enforced by a timer signal in the main thread on
+    POSIX systems; not enforced where a reward is called from another thread."""
 
     def validate(self) -> None:
         """Check this group's fields (all of them its own); each entry of functions must already be
@@ -170,6 +175,10 @@ class RewardConfig:
         _require(
             len(self.functions) > 0,
             "reward.functions is empty; add at least one reward function (see conf/reward/arithmetic.yaml)",
+        )
+        _require(
+            self.timeout_s is None or self.timeout_s > 0,
+            f"reward.timeout_s must be > 0 or null (no limit) (got {self.timeout_s})",
         )
         for name, spec in self.functions.items():
             _require(

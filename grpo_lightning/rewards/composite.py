@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import math
+import signal
+import threading
 import warnings
-from typing import Any, Optional, Protocol, Sequence
+from typing import Any, Iterator, Optional, Protocol, Sequence
 
 import torch
 
@@ -27,7 +30,12 @@ class RewardError(RuntimeError):
 class WeightedReward:
     """Calls each named function on a batch and combines them: total = sum_k w_k * r_k."""
 
-    def __init__(self, functions: dict[str, tuple[RewardFunction, float]], non_finite: str = "error"):
+    def __init__(
+        self,
+        functions: dict[str, tuple[RewardFunction, float]],
+        non_finite: str = "error",
+        timeout_s: Optional[float] = None,
+    ):
         if not functions:
             raise ConfigError("reward.functions is empty; add at least one reward function")
         if non_finite not in ("error", "zero"):
@@ -35,6 +43,7 @@ class WeightedReward:
         self.functions = functions
         self._device = torch.device("cpu")
         self.non_finite = non_finite
+        self.timeout_s = timeout_s
 
     @classmethod
     def from_config(cls, cfg: RewardConfig) -> "WeightedReward":
@@ -61,7 +70,7 @@ class WeightedReward:
                         raise ConfigError(f"reward.functions.{name}.kwargs: {error}") from None
                 fn = functools.partial(fn, **spec.kwargs)
             functions[name] = (fn, float(spec.weight))
-        return cls(functions, non_finite=cfg.non_finite)
+        return cls(functions, non_finite=cfg.non_finite, timeout_s=cfg.timeout_s)
 
     @property
     def names(self) -> list[str]:
@@ -88,7 +97,15 @@ class WeightedReward:
         total = torch.zeros(len(completions), dtype=torch.float32)
         per_function, applicable, non_finite = {}, {}, {}
         for name, (fn, weight) in self.functions.items():
-            values = self._call_one(name, fn, prompts, completions, columns, self.non_finite == "zero")
+            with _time_limit(self.timeout_s):
+                try:
+                    values = self._call_one(name, fn, prompts, completions, columns, self.non_finite == "zero")
+                except _Expired:
+                    raise RewardError(
+                        f"reward function {name!r} did not return within {self.timeout_s} s (reward.timeout_s) "
+                        f"on a batch of {len(completions)} completions; find what it waits for, or raise "
+                        "reward.timeout_s (null: no limit)"
+                    ) from None
             if self.non_finite == "zero":
                 non_finite[name] = sum(v is not None and not math.isfinite(float(v)) for v in values)
                 values = [0.0 if v is not None and not math.isfinite(float(v)) else v for v in values]
@@ -160,6 +177,30 @@ class WeightedReward:
 _WARNED_ALL_NONE: set[str] = set()  # once per function and process
 
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
+class _Expired(BaseException):
+    """Raised into a reward function by the timer; a BaseException, so that the function's own
+    ``except Exception`` (and ours around it) does not take it for the function's failure."""
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: Optional[float]) -> Iterator[None]:
+    """Raise :class:`_Expired` in this thread after ``seconds`` (SIGALRM: the main thread, POSIX)."""
+    if seconds is None or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise _Expired
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _check_kwarg_names(name: str, fn: Any, kwargs: dict[str, Any]) -> None:

@@ -28,6 +28,11 @@ def huge(prompts, completions, **columns):
     # finite in Python, infinite in the float32 the rewards are summed in
     return [1e300 if i % 2 else 0.0 for i in range(len(completions))]
 
+def hangs(prompts, completions, **columns):
+    import time
+
+    time.sleep(600)
+
 def exits(prompts, completions, **columns):
     import sys
 
@@ -102,6 +107,11 @@ CASES = {
         ["reward.functions.correct.fn=bad_inputs.exits"],
         2,
         "reward function 'correct' called sys.exit(3)",
+    ),
+    "reward hangs": (
+        ["reward.functions.correct.fn=bad_inputs.hangs", "reward.timeout_s=2"],
+        2,
+        "reward function 'correct' did not return within 2.0 s (reward.timeout_s)",
     ),
     "reward beyond float32": (["reward.functions.correct.fn=bad_inputs.huge"], 2, "beyond float32's range"),
     "reward module with a syntax error": (

@@ -114,3 +114,22 @@ def test_val_fraction_beside_val_path_is_refused(compose_config):
     with pytest.raises(ConfigError, match=r"data.val_fraction=0.2 applies only without data.val_path"):
         to_train_config(compose_config(*base, "data.val_fraction=0.2"))
     to_train_config(compose_config(*base))  # the default fraction is not a choice
+
+
+def test_a_reward_that_does_not_return_in_time_stops_the_run_naming_it():
+    import time
+
+    def slow(prompts, completions, **columns):
+        try:
+            time.sleep(5)
+        except Exception:  # a function's own catch-all must not swallow the time limit
+            pass
+        return [1.0] * len(completions)
+
+    started = time.perf_counter()
+    with pytest.raises(RewardError, match=r"'slow' did not return within 0.2 s \(reward.timeout_s\)"):
+        WeightedReward({"slow": (slow, 1.0)}, timeout_s=0.2)(["a"], ["x"], {})
+    assert time.perf_counter() - started < 2
+    fast = WeightedReward({"fast": (lambda p, c, **k: [1.0] * len(c), 1.0)}, timeout_s=0.2)
+    assert fast(["a"], ["x"], {}).total.tolist() == [1.0]
+    time.sleep(0.3)  # the timer was cancelled: nothing fires after the call
