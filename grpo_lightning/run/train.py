@@ -86,6 +86,28 @@ def load_config(overrides: Sequence[str] = ()) -> DictConfig:
         return compose("config", overrides=list(overrides))
 
 
+def refuse_stray_launcher_variables(trainer: L.Trainer) -> None:
+    """LOCAL_RANK in the environment tells Lightning that an outside launcher started this process
+    as one of several; left over in a shell (or inherited inside an srun step) it makes a
+    multi-process run wait for ever for processes nobody starts. Lightning's own launch, torchrun
+    (its own environment) and processes started by hand with a matching WORLD_SIZE are left alone."""
+    from lightning.fabric.plugins.environments import LightningEnvironment
+
+    environment = getattr(trainer.strategy, "cluster_environment", None)
+    if (
+        type(environment) is LightningEnvironment
+        and environment.creates_processes_externally
+        and trainer.world_size > 1
+        and os.environ.get("WORLD_SIZE") != str(trainer.world_size)
+    ):
+        raise ConfigError(
+            f"LOCAL_RANK={os.environ['LOCAL_RANK']} is set in the environment, so this process would be one of "
+            f"{trainer.world_size} started by an outside launcher and wait for the others, which nobody starts "
+            f"(WORLD_SIZE={os.environ.get('WORLD_SIZE')}); unset LOCAL_RANK, RANK and WORLD_SIZE to let "
+            f"Lightning start the processes, or launch with torchrun --nproc-per-node {trainer.num_devices}"
+        )
+
+
 def optimizer_steps_per_batch(cfg: TrainConfig) -> int:
     """Optimizer steps in one training step: passes x mini-batches."""
     rollout_size = cfg.data.batch_size * cfg.algorithm.group_size
@@ -214,6 +236,7 @@ def _train(cfg: TrainConfig, dict_cfg: DictConfig) -> dict[str, float]:
             f"trainer.devices={cfg.trainer.devices}, trainer.strategy={cfg.trainer.strategy}, "
             f"trainer.precision={cfg.trainer.precision})"
         ) from None
+    refuse_stray_launcher_variables(trainer)
     try:
         log_run_config(trainer.loggers, OmegaConf.to_container(dict_cfg, resolve=True))
         first_val = None

@@ -89,3 +89,27 @@ def test_two_processes_agree_on_parameters(trainer, random_arith_dir, tmp_path):
         steps = [row for row in csv.DictReader(handle) if row.get("reward/frac_zero_std")]
     assert [float(row["reward/frac_zero_std"]) for row in steps] == [0.0, 0.0]  # every group had a signal
     assert (tmp_path / "run" / "policy" / "model.safetensors").is_file()  # exported once, by rank 0
+
+
+def test_a_stray_local_rank_is_refused_rather_than_waited_on(random_arith_dir, tmp_path):
+    """LOCAL_RANK left in the shell made a ddp_cpu run wait for ever for a second process."""
+    env = dict(os.environ, LOCAL_RANK="0", WANDB_MODE="offline", HF_HUB_OFFLINE="1")
+    env.pop("WORLD_SIZE", None)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "grpo_lightning.run.train",
+            f"model.name_or_path={random_arith_dir}",
+            "trainer=ddp_cpu",
+            "trainer.max_steps=1",
+            f"output_dir={tmp_path}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "LOCAL_RANK=0 is set in the environment" in result.stderr and "torchrun --nproc-per-node 2" in result.stderr
