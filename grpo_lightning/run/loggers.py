@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import csv
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
@@ -116,7 +117,25 @@ def read_resume_info(ckpt_path: str) -> tuple[int, Optional[str]]:
             f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
             "give <run>/checkpoints/last.ckpt, or ckpt_path=last with the run's output_dir"
         ) from None
+    damaged = _damaged_record(ckpt_path)
+    if damaged is not None:
+        raise ConfigError(
+            f"ckpt_path={ckpt_path!r} is damaged: its record {damaged} fails its CRC check (a bit flipped "
+            "on disk or in transfer; torch.load would take it silently); resume from another copy, or start again"
+        )
     return batches, checkpoint.get(WANDB_ID_KEY)
+
+
+def _damaged_record(ckpt_path: str) -> Optional[str]:
+    """The first record of a checkpoint (a zip file: torch.save's format) whose CRC-32 does not
+    match its data, or None. Reads the whole file once (seconds per GB), at resume only."""
+    if not zipfile.is_zipfile(ckpt_path):
+        return None  # the legacy format carries no checksums
+    with zipfile.ZipFile(ckpt_path) as archive:
+        try:
+            return archive.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError) as error:
+            return f"(unreadable: {error})"
 
 
 def log_run_config(loggers: list[Logger], params: dict) -> None:

@@ -529,6 +529,20 @@ def test_a_finished_runs_checkpoint_given_to_a_new_output_dir_trains_nothing_and
     assert (tmp_path / "second" / "policy").is_dir()
 
 
+def test_a_bit_flipped_checkpoint_is_refused_rather_than_loaded(compose_config, random_arith_dir, tmp_path):
+    from grpo_lightning.config import ConfigError
+
+    common = [f"model.name_or_path={random_arith_dir}", "validate_before_training=false", f"output_dir={tmp_path}"]
+    train(compose_config(*common, "trainer.max_steps=1"))
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10  # inside the weights, which make up most of the file
+    path.write_bytes(bytes(data))
+    assert torch.load(path, weights_only=False)["global_step"] >= 1  # torch takes it without a word
+    with pytest.raises(ConfigError, match=r"is damaged: its record .* fails its CRC check"):
+        train(compose_config(*common, "trainer.max_steps=2", "ckpt_path=last"))
+
+
 def test_ckpt_path_last_keeps_a_finished_run_that_has_no_checkpoint(compose_config, random_arith_dir, tmp_path):
     from grpo_lightning.config import ConfigError
 
