@@ -25,7 +25,7 @@ here too (:func:`overlong_penalty`) because it only needs completion lengths.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -56,7 +56,14 @@ def external_experience(batch: dict[str, Any], default_group_size: int) -> Exper
     if group_size < 2 or rows % group_size:
         raise ValueError(f"external batch: {rows} rows do not form groups of group_size={group_size} (>= 2)")
     mask = batch["completion_mask"]
-    token_rewards = batch.get("token_rewards")
+
+    def padding_zeroed(key: str) -> Optional[Tensor]:
+        """``batch[key]`` as float with 0 on padding: what other tools leave there (-inf log-probs,
+        NaN rewards) must not reach a sum, where -inf * 0 and NaN * 0 are NaN."""
+        values = batch.get(key)
+        return None if values is None else torch.where(mask > 0, values.float(), 0.0)  # [B, T]
+
+    token_rewards = padding_zeroed("token_rewards")
     rewards = batch["rewards"].float() if "rewards" in batch else (token_rewards * mask).sum(dim=1)
     if rewards.shape != (rows,):
         raise ValueError(f"external batch: rewards has shape {tuple(rewards.shape)}, expected {(rows,)}")
@@ -66,10 +73,10 @@ def external_experience(batch: dict[str, Any], default_group_size: int) -> Exper
         rewards=rewards,
         group_ids=torch.arange(rows // group_size, device=completion_ids.device).repeat_interleave(group_size),
         group_size=group_size,
-        token_rewards=None if token_rewards is None else token_rewards.float(),
+        token_rewards=token_rewards,
         truncated=None if truncated is None else truncated.bool(),
-        sampling_logprobs=batch["logprobs"].float(),
-        ref_logprobs=None if batch.get("ref_logprobs") is None else batch["ref_logprobs"].float(),
+        sampling_logprobs=padding_zeroed("logprobs"),
+        ref_logprobs=padding_zeroed("ref_logprobs"),
     )
 
 

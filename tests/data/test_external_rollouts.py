@@ -107,6 +107,30 @@ def test_external_token_rewards(arith_policy, tmp_path):
     assert "actor/adv_mean" in metrics
 
 
+def test_what_other_tools_leave_on_padding_reaches_no_reward_or_advantage(arith_policy):
+    """-inf log-probs and NaN token rewards on padding (as other tools write them), with the KL in
+    the reward: every reward and advantage stays finite, and equal to the clean batch's."""
+    from grpo_lightning.algo.kl import get_kl_estimator
+    from grpo_lightning.algo.update_batch import prepare_update
+    from grpo_lightning.data.external import external_experience
+
+    (clean,) = _external_batches(arith_policy, 4, with_ref=True, token_rewards=True)
+    padding = clean["completion_mask"] == 0
+    assert padding.any(), "the test needs padding"
+    dirty = dict(clean)
+    for key, value in (("logprobs", -torch.inf), ("ref_logprobs", -torch.inf), ("token_rewards", torch.nan)):
+        dirty[key] = clean[key].masked_fill(padding, value)
+    alg = GRPOConfig(beta=0.04, kl_in_reward=True, kl_estimator="k1", gamma=0.9)
+    results = []
+    for batch in (clean, dirty):
+        experience = external_experience(batch, 4)
+        update, kl_means = prepare_update(experience, alg, score=None, kl_estimator=get_kl_estimator("k1"))
+        assert torch.isfinite(experience.rewards).all() and torch.isfinite(update.advantages).all()
+        results.append((experience.rewards, update.advantages, kl_means["actor/grpo_kl"]))
+    for got, want in zip(results[1], results[0]):
+        torch.testing.assert_close(got, want)
+
+
 def test_external_batch_missing_keys_is_a_clear_error():
     from grpo_lightning.data.external import external_experience
 
