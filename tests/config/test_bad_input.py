@@ -150,6 +150,21 @@ CASES = {
 }
 
 
+def grpo_train(args: list[str], cwd: Path, import_dirs: tuple[Path, ...] = ()) -> subprocess.CompletedProcess:
+    """The real ``grpo-train`` command, offline, with ``import_dirs`` importable (reward modules)."""
+    env = dict(os.environ, WANDB_MODE="offline", HF_HUB_OFFLINE="1")
+    if import_dirs:
+        env["PYTHONPATH"] = os.pathsep.join([*map(str, import_dirs), os.environ.get("PYTHONPATH", "")])
+    return subprocess.run(
+        [sys.executable, "-m", "grpo_lightning.run.train", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 @pytest.fixture(scope="module")
 def helpers_dir(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("bad_inputs")
@@ -178,12 +193,6 @@ def broken_models(random_arith_dir, tmp_path_factory) -> Path:
 def test_bad_input_fails_with_a_message(case, helpers_dir, broken_models, random_arith_dir, tmp_path):
     overrides, code, message = CASES[case]
     overrides = [override.replace("{models}", str(broken_models)) for override in overrides]
-    env = dict(
-        os.environ,
-        WANDB_MODE="offline",
-        HF_HUB_OFFLINE="1",
-        PYTHONPATH=os.pathsep.join([str(helpers_dir), str(REPO), os.environ.get("PYTHONPATH", "")]),
-    )
     args = [
         f"output_dir={tmp_path}",
         f"model.name_or_path={random_arith_dir}",
@@ -191,14 +200,7 @@ def test_bad_input_fails_with_a_message(case, helpers_dir, broken_models, random
         *SMALL,
         *overrides,
     ]
-    result = subprocess.run(
-        [sys.executable, "-m", "grpo_lightning.run.train", *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = grpo_train(args, tmp_path, import_dirs=(helpers_dir, REPO))
     assert result.returncode == code, result.stderr[-3000:]
     assert message in result.stderr, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
@@ -233,28 +235,14 @@ def test_bad_jsonl_fails_with_file_and_line(case, random_arith_dir, tmp_path):
         f"data.path={path}",
         *SMALL,
     ]
-    result = subprocess.run(
-        [sys.executable, "-m", "grpo_lightning.run.train", *args],
-        cwd=tmp_path,
-        env=dict(os.environ, WANDB_MODE="offline", HF_HUB_OFFLINE="1"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = grpo_train(args, tmp_path)
     assert result.returncode != 0
     assert expected in result.stderr and "Traceback" not in result.stderr, result.stderr[-3000:]
 
 
 def test_an_output_dir_that_is_a_file_is_one_line(random_arith_dir, tmp_path):
     (tmp_path / "taken").write_text("")
-    result = subprocess.run(
-        [sys.executable, "-m", "grpo_lightning.run.train", f"output_dir={tmp_path / 'taken'}", *SMALL],
-        cwd=tmp_path,
-        env=dict(os.environ, WANDB_MODE="offline", HF_HUB_OFFLINE="1"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = grpo_train([f"output_dir={tmp_path / 'taken'}", *SMALL], tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert (
         result.stderr.strip().splitlines()[-1]
@@ -296,13 +284,6 @@ def test_a_data_file_without_usable_rows_is_named_for_what_it_lacks(case, random
     name, content, expected = DATA_FILES[case]
     (tmp_path / name).write_text(content)
     args = [f"output_dir={tmp_path}/run", f"model.name_or_path={random_arith_dir}", "data=jsonl"]
-    result = subprocess.run(
-        [sys.executable, "-m", "grpo_lightning.run.train", *args, f"data.path={tmp_path / name}", *SMALL],
-        cwd=tmp_path,
-        env=dict(os.environ, WANDB_MODE="offline", HF_HUB_OFFLINE="1"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = grpo_train([*args, f"data.path={tmp_path / name}", *SMALL], tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert expected in result.stderr.strip().splitlines()[-1], result.stderr[-3000:]

@@ -155,15 +155,9 @@ def test_grpo_train_on_a_full_disk_ends_with_one_line_and_resumes(random_arith_d
     assert "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("error: writing the checkpoint")
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["last.ckpt"]
-    resumed = subprocess.run(
-        [sys.executable, "-m", "grpo_lightning.run.train", *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    resumed = _grpo_train(*args, cwd=tmp_path, extra_path=reward_module)
+    _, stderr = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, stderr[-3000:]
     assert sorted(_rows(tmp_path / "run")) == [1, 2, 3]
 
 
