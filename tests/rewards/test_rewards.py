@@ -126,10 +126,16 @@ def test_a_reward_that_does_not_return_in_time_stops_the_run_naming_it():
             pass
         return [1.0] * len(completions)
 
-    started = time.perf_counter()
     with pytest.raises(RewardError, match=r"'slow' did not return within 0.2 s \(reward.timeout_s\)"):
         WeightedReward({"slow": (slow, 1.0)}, timeout_s=0.2)(["a"], ["x"], {})
-    assert time.perf_counter() - started < 2
     fast = WeightedReward({"fast": (lambda p, c, **k: [1.0] * len(c), 1.0)}, timeout_s=0.2)
     assert fast(["a"], ["x"], {}).total.tolist() == [1.0]
     time.sleep(0.3)  # the timer was cancelled: nothing fires after the call
+
+
+def test_reward_timeout_must_be_positive_or_null(compose_config):
+    from grpo_lightning.config import to_train_config
+
+    with pytest.raises(ConfigError, match=r"reward.timeout_s must be > 0 or null \(no limit\) \(got 0.0\)"):
+        to_train_config(compose_config("reward.timeout_s=0"))
+    assert to_train_config(compose_config("reward.timeout_s=null")).reward.timeout_s is None
