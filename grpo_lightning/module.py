@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from grpo_lightning import metrics, slim_checkpoint
-from grpo_lightning.algo.advantages import get_adv_estimator
+from grpo_lightning.algo.advantages import PER_TOKEN, get_adv_estimator
 from grpo_lightning.algo.dynamic_sampling import dynamic_sample
 from grpo_lightning.algo.kl import get_kl_estimator
 from grpo_lightning.algo.losses import build_policy_loss, get_loss_aggregation, policy_objective
@@ -65,8 +65,8 @@ from grpo_lightning.types import Experience, Rollout, RolloutSample, TokenBatch,
 
 DEFAULT_MAX_GENERATION_ROUNDS = 3
 GAMMA_UNUSED = (
-    "algorithm.gamma only applies to token-level rewards (external batches with token_rewards); "
-    "generated rollouts have outcome rewards only"
+    "algorithm.gamma only applies to token-level rewards (external batches with token_rewards) and "
+    "per-token estimators (reinforce_pp); generated rollouts have outcome rewards only"
 )
 
 
@@ -175,7 +175,7 @@ class GRPOModule(L.LightningModule):
     def _generate_experience(self, batch: dict[str, list[Any]]) -> Experience:
         """Sample and score; with dynamic sampling, more rounds until the groups carry signal."""
         alg = self.algorithm
-        if alg.gamma != 1.0 and not self._warned_gamma:
+        if alg.gamma != 1.0 and alg.adv_estimator not in PER_TOKEN and not self._warned_gamma:
             warnings.warn(GAMMA_UNUSED, stacklevel=2)
             self._warned_gamma = True
 
@@ -187,7 +187,7 @@ class GRPOModule(L.LightningModule):
                 max_length = self.generation.max_new_tokens
                 buffer = overlong_buffer(max_length, alg.overlong_buffer_frac)
                 penalty = overlong_penalty(rollout.lengths, max_length, buffer, alg.overlong_penalty_factor)  # [B]
-                scores = replace(scores, total=scores.total + penalty)
+                scores = replace(scores, total=scores.total + penalty, unshaped=scores.total)
                 self.train_means.update({"reward/overlong_penalty": penalty.mean()}, weight=penalty.numel())
             return rollout, scores
 
@@ -195,7 +195,12 @@ class GRPOModule(L.LightningModule):
             return experience_from_rollout(*draw(0), alg.group_size)
         rounds_cap = alg.max_generation_rounds or DEFAULT_MAX_GENERATION_ROUNDS
         rollout, scores, rounds, kept = dynamic_sample(
-            draw, len(batch[self.prompt_key]), alg.group_size, rounds_cap, lockstep=self.policy.lockstep
+            draw,
+            len(batch[self.prompt_key]),
+            alg.group_size,
+            rounds_cap,
+            lockstep=self.policy.lockstep,
+            filter_groups_by=alg.filter_groups_by,
         )
         self.train_means.update({"sampling/rounds": rounds, "sampling/kept_group_frac": kept})
         return experience_from_rollout(rollout, scores, alg.group_size)

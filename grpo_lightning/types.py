@@ -63,6 +63,7 @@ class RewardScores:
     per_function: dict[str, Tensor]  # name -> [B] raw values (0 where not applicable)
     applicable: dict[str, Tensor]  # name -> [B] bool, False where the function returned None
     non_finite: dict[str, int] = field(default_factory=dict)  # name -> NaN/inf values scored 0
+    unshaped: Optional[Tensor] = None  # [B] total before reward shaping (overlong penalty); None: unshaped
 
 
 @dataclass
@@ -72,6 +73,7 @@ class Experience:
     group_ids: Tensor  # [B] prompt index, consecutive groups
     group_size: int
     token_rewards: Optional[Tensor] = None  # [B, T] process rewards, or None
+    token_reward_mask: Optional[Tensor] = None  # [B, T] bool where steps end, or None: algo.advantages' default
     truncated: Optional[Tensor] = None  # [B] bool, or None when unknown
     scores: Optional[RewardScores] = None  # per-function rewards (generated rollouts only)
     sampling_logprobs: Optional[Tensor] = None  # [B, T], or None: recompute when needed
@@ -97,6 +99,14 @@ def experience_from_rollout(rollout: Rollout, scores: RewardScores, group_size: 
     )
 
 
+def per_completion_advantages(advantages: Tensor, mask: Tensor) -> Tensor:
+    """[B] as given, or [B, T] per-token advantages as each completion's mean over its tokens."""
+    if advantages.dim() == 1:
+        return advantages
+    mask = mask.to(advantages.dtype)
+    return (advantages * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+
+
 @dataclass
 class RolloutSample:
     """One training step's completions, as the reward functions and the estimator saw them."""
@@ -106,7 +116,7 @@ class RolloutSample:
     rewards: dict[str, Tensor]  # name -> [B] raw values
     applicable: dict[str, Tensor]  # name -> [B] bool, False where the function returned None
     total: Tensor  # [B] weighted sum
-    advantages: Tensor  # [B]
+    advantages: Tensor  # [B]; a completion's token mean where advantages are per token
     lengths: Tensor  # [B] completion tokens
 
     @classmethod
@@ -119,7 +129,7 @@ class RolloutSample:
             scores.per_function,
             scores.applicable,
             experience.rewards,
-            advantages,
+            per_completion_advantages(advantages, experience.tokens.completion_mask),
             experience.lengths,
         )
 

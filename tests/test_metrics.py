@@ -42,3 +42,13 @@ def test_compute_sums_the_states_of_every_process():
     ranks[1].update({"a/b": 0.0}, weight=1)
     ranks[0].merge_state(ranks[1])
     assert ranks[0].compute() == {"a/b": pytest.approx(torch.tensor(0.75))}
+
+
+def test_per_token_advantages_become_each_completions_token_mean_in_the_rollout_table():
+    from grpo_lightning.types import per_completion_advantages
+
+    advantages = torch.tensor([[1.0, 3.0, 9.0], [-2.0, 5.0, 5.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    torch.testing.assert_close(per_completion_advantages(advantages, mask), torch.tensor([2.0, -2.0]))
+    outcome = torch.tensor([0.5, -0.5])
+    assert per_completion_advantages(outcome, mask) is outcome

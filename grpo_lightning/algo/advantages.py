@@ -26,20 +26,43 @@ Built-in estimators (formulas in docs/algorithms.md):
 * ``dr_grpo``: group mean baseline, never divided by a std [Dr. GRPO, arXiv:2503.20783];
 * ``rloo``: leave-one-out baseline, the mean of the other G-1 rewards [Ahmadian et al. 2024,
   arXiv:2402.14740];
-* ``reinforce_pp``: rewards whitened over the whole batch [REINFORCE++, Hu 2025,
-  arXiv:2501.03262].
+* ``reinforce_pp``: per-token returns (the outcome reward on the last token, minus the KL still
+  to come under ``kl_in_reward``) whitened over every completion token of the batch
+  [REINFORCE++, Hu 2025, arXiv:2501.03262, eqs. 3-5].
 
 An estimator registered with ``scale_rewards=False`` fixes its own scale: the module passes it
 ``normalize_by_std=False`` and never rescales its output; ``algorithm.scale_rewards`` must then be
 left null (checked by ``validate_config``).
 
+An estimator registered with ``per_token=True`` works on token rewards instead::
+
+    @register_adv_estimator("my_token_estimator", scale_rewards=False, per_token=True)
+    def my_token_estimator(token_rewards, mask, *, group_ids, group_size, eps, gamma): ...
+
+``token_rewards`` ``[N, T]`` are the batch's process rewards, or each outcome reward placed on its
+completion's last token (:func:`outcome_at_last_token`); with ``kl_in_reward`` they carry
+-beta * KL on every token. It returns advantages ``[N, T]``, 0 on padding.
+
 Statistics over the batch (``scale_rewards=batch``, REINFORCE++) are taken over the batch of
 every process (:mod:`grpo_lightning.distributed`); group statistics need no communication,
 since a group never spans processes.
 
-Token-level (process) rewards ``[N, T]`` go through :func:`token_level_advantages`: discounted
-per-token returns (``algorithm.gamma``), then group normalization over all completion tokens of
-the group.
+Token-level (process) rewards ``[N, T]`` of the group estimators go through the form that
+``algorithm.token_advantage`` names (registry :data:`TOKEN_ADVANTAGES`):
+
+* ``process_supervision`` (default): the paper's process supervision [GRPO, section 4.1.3]: the
+  step rewards are normalized over all steps of the group, then each token's advantage is the
+  (``algorithm.gamma``-discounted) sum of the normalized rewards of the steps that end at or after
+  it (:func:`process_supervision_advantages`). An outcome reward on the last token reduces
+  exactly to outcome GRPO, whatever the lengths.
+* ``normalized_returns``: per-token discounted returns first, then normalized over all
+  completion tokens of the group (:func:`token_level_advantages`; the only form before
+  ``process_supervision`` was added; a group's long completions weigh more in its mean, so an
+  outcome reward on the last token does not reduce to outcome GRPO when lengths differ).
+
+A step is a token that carries a reward: the batch's ``token_reward_mask`` where given, else
+every token with a non-zero reward plus each completion's last token (where an outcome or final
+step reward sits, zero or not) (:func:`default_step_mask`).
 """
 
 from __future__ import annotations
@@ -62,23 +85,31 @@ class AdvantageEstimator(Protocol):
 ADV_ESTIMATORS: Registry[AdvantageEstimator] = Registry("advantage estimator")
 SELF_SCALED: set[str] = set()
 """Estimators that fix their own scale (``algorithm.scale_rewards`` does not apply to them)."""
+PER_TOKEN: set[str] = set()
+"""Estimators that take token rewards [N, T] and return token advantages [N, T]."""
 SCALE_REWARDS = ("group", "batch", "none")
 
 
 def register_adv_estimator(
-    name: str, *, scale_rewards: bool = True
+    name: str, *, scale_rewards: bool = True, per_token: bool = False
 ) -> Callable[[AdvantageEstimator], AdvantageEstimator]:
     """Decorator: make an estimator selectable as ``algorithm.adv_estimator=<name>``.
 
     ``scale_rewards=True`` (default): the estimator divides by the group std when called with
     ``normalize_by_std=True`` and only centres otherwise, so ``algorithm.scale_rewards``
     (group / batch / none) applies to it. ``False``: the estimator fixes its own scale.
+    ``per_token=True``: the estimator has the token-reward signature (module docstring); it
+    must fix its own scale.
     """
+    if per_token and scale_rewards:
+        raise ValueError(f"estimator {name!r}: a per-token estimator fixes its own scale; pass scale_rewards=False")
 
     def decorate(fn: AdvantageEstimator) -> AdvantageEstimator:
         ADV_ESTIMATORS.register(name)(fn)
         if not scale_rewards:
             SELF_SCALED.add(name)
+        if per_token:
+            PER_TOKEN.add(name)
         return fn
 
     return decorate
@@ -167,8 +198,11 @@ def scale_by_batch_std(advantages: Tensor, eps: float) -> Tensor:
 def compute_advantages(
     estimator_name: str, rewards: Tensor, *, group_ids: Tensor, group_size: int, eps: float, scale_rewards: str
 ) -> Tensor:
-    """Run a registered estimator with ``scale_rewards`` applied as that estimator allows.  [N] -> [N]"""
+    """Run a registered outcome estimator with ``scale_rewards`` applied as that estimator allows.
+    [N] -> [N]. Per-token estimators go through :func:`batch_advantages`."""
     estimator = get_adv_estimator(estimator_name)
+    if estimator_name in PER_TOKEN:
+        raise ValueError(f"adv_estimator={estimator_name} works on token rewards; call batch_advantages")
     if estimator_name in SELF_SCALED:
         return estimator(rewards, group_ids=group_ids, group_size=group_size, eps=eps, normalize_by_std=False)
     advantages = estimator(
@@ -199,13 +233,21 @@ def rloo(rewards: Tensor, *, group_ids: Tensor, group_size: int, eps: float, nor
     return torch.where(count > 1, rewards - others_mean, torch.zeros_like(rewards))
 
 
-@register_adv_estimator("reinforce_pp", scale_rewards=False)
-def reinforce_pp(rewards: Tensor, *, group_ids: Tensor, group_size: int, eps: float, normalize_by_std: bool) -> Tensor:
-    """REINFORCE++: (r_i - mean_batch(r)) / (std_batch(r) + eps), no per-prompt baseline.
+@register_adv_estimator("reinforce_pp", scale_rewards=False, per_token=True)
+def reinforce_pp(
+    token_rewards: Tensor, mask: Tensor, *, group_ids: Tensor, group_size: int, eps: float, gamma: float
+) -> Tensor:
+    """REINFORCE++: per-token returns G_t = sum_{k >= t} gamma^(k - t) r_k, whitened over every
+    completion token of the batch: (G_t - mean) / (std + eps), no per-prompt baseline.
 
-    The batch is that of every process (the global batch under DDP)."""
-    mean, std = global_mean_std(rewards)
-    centred = rewards - mean  # [N]
+    With the outcome reward on the last token and -beta * KL_k on every token (``kl_in_reward``),
+    G_t = r - beta * sum_{k >= t} KL_k: the KL still to come [REINFORCE++, eqs. 3-5]. The batch
+    is that of every process (the global batch under DDP).  [N, T] -> [N, T]
+    """
+    valid = mask > 0
+    returns = discounted_returns(torch.where(valid, token_rewards, 0.0), mask.to(token_rewards.dtype), gamma)
+    mean, std = global_mean_std(returns, mask)
+    centred = torch.where(valid, returns - mean, 0.0)  # [N, T]
     return torch.where(std > 0, centred / (std + eps), centred)
 
 
@@ -220,12 +262,136 @@ def discounted_returns(token_rewards: Tensor, mask: Tensor, gamma: float) -> Ten
     return returns * mask
 
 
-def token_level_advantages(
-    token_rewards: Tensor, mask: Tensor, *, group_ids: Tensor, gamma: float, eps: float, scale_rewards: str = "group"
+def _group_index(group_ids: Tensor) -> tuple[Tensor, int]:
+    """Each row's group as 0..K-1, and K."""
+    _, index = torch.unique(group_ids, return_inverse=True)  # [N]
+    return index, (int(index.max()) + 1 if index.numel() else 0)
+
+
+def _constant_in_group(values: Tensor, counted: Tensor, index: Tensor, num_groups: int) -> Tensor:
+    """[K] True where every counted value of the group is equal (or none is counted)."""
+    zeros = values.new_zeros(num_groups)
+    high = zeros.scatter_reduce(
+        0, index, values.masked_fill(~counted, float("-inf")).amax(dim=1), reduce="amax", include_self=False
+    )
+    low = zeros.scatter_reduce(
+        0, index, values.masked_fill(~counted, float("inf")).amin(dim=1), reduce="amin", include_self=False
+    )
+    return high <= low
+
+
+def _scale_centred(
+    centred: Tensor, counted: Tensor, index: Tensor, num_groups: int, eps: float, scale_rewards: str
 ) -> Tensor:
-    """Process rewards: per-token returns, centred on the mean over all valid tokens of each group
-    and scaled by the std of those tokens (``group``), of all valid tokens of the batch
-    (``batch``), or not at all (``none``).
+    """Centred values [N, T] (0 where not counted) divided by the population std of the counted
+    values of their group (``group``), of the whole batch over every process (``batch``), or not
+    at all (``none``)."""
+    if scale_rewards == "group":
+        zeros = centred.new_zeros(num_groups)
+        count = zeros.index_add(0, index, counted.sum(dim=1).to(centred.dtype)).clamp(min=1)  # [K]
+        var = zeros.index_add(0, index, centred.square().sum(dim=1)) / count  # [K]
+        std = var.sqrt()[index].unsqueeze(1)  # [N, 1]
+        return torch.where(std > 0, centred / (std + eps), centred)
+    if scale_rewards == "batch":
+        std = global_mean_std(centred, counted)[1]  # every process's counted values; mean 0
+        return torch.where(std > 0, centred / (std + eps), centred)
+    return centred
+
+
+def last_token_index(mask: Tensor) -> Tensor:
+    """[N] position of each row's last valid token (0 for a row without one).  [N, T] -> [N]"""
+    positions = torch.arange(mask.size(1), device=mask.device)
+    return torch.where(mask > 0, positions, 0).amax(dim=1)
+
+
+def outcome_at_last_token(rewards: Tensor, mask: Tensor) -> Tensor:
+    """Each completion's outcome reward on its last valid token, 0 elsewhere.  [N], [N, T] -> [N, T]"""
+    placed = torch.zeros(mask.shape, dtype=rewards.dtype, device=rewards.device)
+    has_tokens = (mask > 0).any(dim=1)  # [N]
+    rows = torch.arange(mask.size(0), device=mask.device)[has_tokens]
+    placed[rows, last_token_index(mask)[has_tokens]] = rewards[has_tokens]
+    return placed
+
+
+def default_step_mask(token_rewards: Tensor, mask: Tensor) -> Tensor:
+    """Where the steps of process supervision end when the batch does not say: every valid token
+    with a non-zero reward, and each completion's last valid token (its final step, whose reward
+    may be 0).  [N, T] -> [N, T] bool"""
+    valid = mask > 0
+    steps = valid & (token_rewards != 0)
+    has_tokens = valid.any(dim=1)
+    rows = torch.arange(mask.size(0), device=mask.device)[has_tokens]
+    steps[rows, last_token_index(mask)[has_tokens]] = True
+    return steps
+
+
+class TokenAdvantage(Protocol):
+    def __call__(
+        self,
+        token_rewards: Tensor,
+        mask: Tensor,
+        *,
+        step_mask: Optional[Tensor],
+        group_ids: Tensor,
+        gamma: float,
+        eps: float,
+        scale_rewards: str,
+    ) -> Tensor: ...
+
+
+TOKEN_ADVANTAGES: Registry[TokenAdvantage] = Registry("token-level advantage form")
+"""How the group estimators turn token-level rewards into advantages (``algorithm.token_advantage``)."""
+
+
+@TOKEN_ADVANTAGES.register("process_supervision")
+def process_supervision_advantages(
+    token_rewards: Tensor,
+    mask: Tensor,
+    *,
+    step_mask: Optional[Tensor],
+    group_ids: Tensor,
+    gamma: float,
+    eps: float,
+    scale_rewards: str = "group",
+) -> Tensor:
+    """Process supervision [GRPO, section 4.1.3]: step rewards normalized over all steps of the
+    group, r~ = (r - mean(R)) / (std(R) + eps) (``group``; ``batch``: std over every step of the
+    batch; ``none``: centred only), then A_t = sum over steps ending at k >= t of gamma^(k - t) r~_k.
+
+    Args:
+        token_rewards: [N, T] reward of each step, at the step's last token.
+        mask: [N, T] 1 on completion tokens.
+        step_mask: [N, T] where steps end, or None for :func:`default_step_mask`.
+    Returns:
+        advantages [N, T], 0 on padding; a group whose step rewards are all equal gets exactly 0.
+    """
+    valid = mask > 0
+    token_rewards = torch.where(valid, token_rewards, 0.0)  # padding may hold NaN (external batches)
+    steps = default_step_mask(token_rewards, mask) if step_mask is None else step_mask.bool() & valid  # [N, T]
+    index, num_groups = _group_index(group_ids)
+    zeros = token_rewards.new_zeros(num_groups)
+    count = zeros.index_add(0, index, steps.sum(dim=1).to(token_rewards.dtype)).clamp(min=1)  # [K] steps
+    mean = zeros.index_add(0, index, torch.where(steps, token_rewards, 0.0).sum(dim=1)) / count  # [K]
+    centred = torch.where(steps, token_rewards - mean[index].unsqueeze(1), 0.0)  # [N, T]
+    centred = centred.masked_fill(_constant_in_group(token_rewards, steps, index, num_groups)[index].unsqueeze(1), 0.0)
+    normalized = _scale_centred(centred, steps, index, num_groups, eps, scale_rewards)  # [N, T], 0 off steps
+    return discounted_returns(normalized, mask.to(normalized.dtype), gamma)
+
+
+@TOKEN_ADVANTAGES.register("normalized_returns")
+def token_level_advantages(
+    token_rewards: Tensor,
+    mask: Tensor,
+    *,
+    group_ids: Tensor,
+    gamma: float,
+    eps: float,
+    scale_rewards: str = "group",
+    step_mask: Optional[Tensor] = None,
+) -> Tensor:
+    """Per-token returns first, then centred on the mean over all valid tokens of each group and
+    scaled by the std of those tokens (``group``), of all valid tokens of the batch (``batch``),
+    or not at all (``none``). ``step_mask`` is not used: every token's return counts.
 
     Args:
         token_rewards: [N, T] reward of each completion token (0 where none is given).
@@ -238,34 +404,40 @@ def token_level_advantages(
     # Padding may hold anything (NaN from an external batch); NaN * 0 would still be NaN.
     token_rewards = torch.where(valid, token_rewards, torch.zeros_like(token_rewards))
     returns = discounted_returns(token_rewards, mask, gamma)  # [N, T]
-    _, index = torch.unique(group_ids, return_inverse=True)  # [N]
-    num_groups = int(index.max()) + 1 if index.numel() else 0
+    index, num_groups = _group_index(group_ids)
     zeros = returns.new_zeros(num_groups)
     count = zeros.index_add(0, index, mask.sum(dim=1)).clamp(min=1)  # [K] valid tokens
     mean = zeros.index_add(0, index, returns.sum(dim=1)) / count  # [K]
     centred = (returns - mean[index].unsqueeze(1)) * mask  # [N, T]
     # A group whose valid returns are all equal carries no signal: exactly 0, not the float
     # noise of its mean divided by a near-zero std.
-    high = zeros.scatter_reduce(
-        0, index, returns.masked_fill(~valid, float("-inf")).amax(dim=1), reduce="amax", include_self=False
-    )  # [K]
-    low = zeros.scatter_reduce(
-        0, index, returns.masked_fill(~valid, float("inf")).amin(dim=1), reduce="amin", include_self=False
-    )  # [K]
-    centred = centred.masked_fill((high <= low)[index].unsqueeze(1), 0.0)
-    if scale_rewards == "group":
-        var = zeros.index_add(0, index, centred.square().sum(dim=1)) / count
-        std = var.sqrt()[index].unsqueeze(1)  # [N, 1]
-        centred = torch.where(std > 0, centred / (std + eps), centred)
-    elif scale_rewards == "batch":
-        std = global_mean_std(centred, mask)[1]  # every process's tokens; mean 0
-        centred = torch.where(std > 0, centred / (std + eps), centred)
-    return centred
+    centred = centred.masked_fill(_constant_in_group(returns, valid, index, num_groups)[index].unsqueeze(1), 0.0)
+    return _scale_centred(centred, valid, index, num_groups, eps, scale_rewards)
 
 
 TOKEN_LEVEL_SCALE = {"grpo": None, "grpo_vectorized": None, "dr_grpo": "none"}
-"""Estimators whose token-level form is :func:`token_level_advantages`, and the scale each forces
-(None: ``algorithm.scale_rewards``)."""
+"""Group estimators whose token-level form is ``algorithm.token_advantage``, and the scale each
+forces (None: ``algorithm.scale_rewards``). Per-token estimators (:data:`PER_TOKEN`) take token
+rewards themselves."""
+KL_IN_PROCESS_REWARDS = (
+    "algorithm.kl_in_reward puts a KL cost on every token, but with token_rewards and "
+    "algorithm.token_advantage=process_supervision only the steps carry rewards; set "
+    "algorithm.token_advantage=normalized_returns, or keep the KL in the loss (algorithm.kl_in_reward=false)"
+)
+
+
+def estimator_token_rewards(
+    estimator: str, rewards: Tensor, token_rewards: Optional[Tensor], mask: Tensor, *, kl_in_reward: bool,
+    token_advantage: str,
+) -> Optional[Tensor]:
+    """The token rewards [N, T] ``estimator`` works on, before any KL cost: the batch's own, or for
+    a per-token estimator each outcome reward on its last token; None for an outcome estimator
+    on outcome rewards. Refuses a KL cost that the token-level form could not place."""
+    if estimator in PER_TOKEN:
+        return outcome_at_last_token(rewards, mask) if token_rewards is None else token_rewards
+    if token_rewards is not None and kl_in_reward and token_advantage == "process_supervision":
+        raise ValueError(KL_IN_PROCESS_REWARDS)
+    return token_rewards
 
 
 def resolve_scale_rewards(scale_rewards: Optional[str], normalize_by_std: bool) -> str:
@@ -290,9 +462,19 @@ def batch_advantages(
     eps: float,
     scale_rewards: str,
     gamma: float,
+    token_advantage: str = "process_supervision",
+    step_mask: Optional[Tensor] = None,
 ) -> Tensor:
-    """The advantages of one batch: [B] from outcome rewards [B] by ``estimator``; [B, T] from
-    token-level rewards [B, T] (when given) by discounted returns, scaled as the estimator does."""
+    """The advantages of one batch: [B] from outcome rewards [B] by an outcome ``estimator``;
+    [B, T] by a per-token estimator, or from token-level rewards [B, T] (when given) by the
+    ``token_advantage`` form, scaled as the estimator does. ``token_rewards`` are
+    :func:`estimator_token_rewards`' (KL cost included under ``kl_in_reward``)."""
+    if estimator in PER_TOKEN:
+        if token_rewards is None:
+            token_rewards = outcome_at_last_token(rewards, mask)
+        return get_adv_estimator(estimator)(
+            token_rewards, mask, group_ids=group_ids, group_size=group_size, eps=eps, gamma=gamma
+        )  # [B, T]
     if token_rewards is None:
         return compute_advantages(
             estimator, rewards, group_ids=group_ids, group_size=group_size, eps=eps, scale_rewards=scale_rewards
@@ -300,7 +482,10 @@ def batch_advantages(
     if estimator not in TOKEN_LEVEL_SCALE:
         raise ValueError(
             f"this batch carries token_rewards, which algorithm.adv_estimator={estimator} does not handle; "
-            f"use one of {sorted(TOKEN_LEVEL_SCALE)}"
+            f"use one of {sorted(set(TOKEN_LEVEL_SCALE) | PER_TOKEN)}"
         )
     scale = TOKEN_LEVEL_SCALE[estimator] or scale_rewards
-    return token_level_advantages(token_rewards, mask, group_ids=group_ids, gamma=gamma, eps=eps, scale_rewards=scale)
+    form = TOKEN_ADVANTAGES.lookup(token_advantage)
+    return form(
+        token_rewards, mask, step_mask=step_mask, group_ids=group_ids, gamma=gamma, eps=eps, scale_rewards=scale
+    )  # [B, T]

@@ -7,6 +7,12 @@ generated, round after round, until ``data.batch_size`` groups remain or
 section 3.2). A batch still short after the last round is filled with dropped groups, so the
 update keeps its configured size (mini-batch divisibility); their advantages are 0, so they
 contribute only the KL and entropy terms.
+
+Which reward decides is ``algorithm.filter_groups_by`` (:func:`judged_rewards`): the shaped total
+the advantages see (default), the total before the overlong penalty, or one reward function.
+The paper keeps the groups with 0 < #correct < G, judged by accuracy before its length shaping:
+its criterion is a correctness function's name here, or ``reward`` when that function is the
+only one.
 """
 
 from __future__ import annotations
@@ -22,6 +28,23 @@ from torch.nn import functional as F
 from grpo_lightning.algo.advantages import constant_groups
 from grpo_lightning.distributed import AllAgree
 from grpo_lightning.types import RewardScores, Rollout, TokenBatch
+
+FILTER_GROUPS_TOTALS = ("shaped_reward", "reward")
+"""``algorithm.filter_groups_by`` values that name a total rather than one reward function."""
+
+
+def judged_rewards(scores: RewardScores, filter_groups_by: str) -> Tensor:
+    """The rewards [B] whose equality within a group drops it (``algorithm.filter_groups_by``).
+
+    >>> s = RewardScores(torch.tensor([0.9, 1.0]), {"correct": torch.tensor([1.0, 1.0])}, {}, unshaped=torch.ones(2))
+    >>> [judged_rewards(s, by).tolist() for by in ("shaped_reward", "reward", "correct")]
+    [[0.8999999761581421, 1.0], [1.0, 1.0], [1.0, 1.0]]
+    """
+    if filter_groups_by == "shaped_reward":
+        return scores.total
+    if filter_groups_by == "reward":
+        return scores.total if scores.unshaped is None else scores.unshaped
+    return scores.per_function[filter_groups_by]
 
 
 def _pad_tokens(parts: list[TokenBatch]) -> TokenBatch:
@@ -61,6 +84,7 @@ def _select_groups(
         scores.total[rows],
         {k: v[rows] for k, v in scores.per_function.items()},
         {k: v[rows] for k, v in scores.applicable.items()},
+        unshaped=None if scores.unshaped is None else scores.unshaped[rows],
     )
     return picked, picked_scores
 
@@ -83,6 +107,7 @@ def concat(parts: list[tuple[Rollout, RewardScores]], group_size: int) -> tuple[
         torch.cat([s.total for s in scores]),
         {k: torch.cat([s.per_function[k] for s in scores]) for k in scores[0].per_function},
         {k: torch.cat([s.applicable[k] for s in scores]) for k in scores[0].applicable},
+        unshaped=None if scores[0].unshaped is None else torch.cat([s.unshaped for s in scores]),
     )
     return rollout, total
 
@@ -93,9 +118,10 @@ def dynamic_sample(
     group_size: int,
     max_rounds: int,
     lockstep: Optional[AllAgree] = None,
+    filter_groups_by: str = "shaped_reward",
 ) -> tuple[Rollout, RewardScores, int, float]:
-    """Draw rounds (``draw(round_index)`` -> one scored rollout) until ``num_groups`` groups with
-    non-constant rewards are kept or ``max_rounds`` ran.
+    """Draw rounds (``draw(round_index)`` -> one scored rollout) until ``num_groups`` groups whose
+    judged rewards (:func:`judged_rewards`) are not all equal are kept or ``max_rounds`` ran.
 
     With ``lockstep`` (sharded weights) a process that has enough groups draws on until every
     process has, so all make the same generation calls; the extra groups are left out.
@@ -114,7 +140,7 @@ def dynamic_sample(
         rollout, scores = draw(rounds)
         rounds += 1
         non_finite.update(scores.non_finite)
-        constant = constant_groups(scores.total, group_size)  # [N]
+        constant = constant_groups(judged_rewards(scores, filter_groups_by), group_size)  # [N]
         generated_groups += constant.numel()
         keep = (~constant).nonzero().view(-1)
         kept.append(_select_groups(rollout, scores, keep, group_size))

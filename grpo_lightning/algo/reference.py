@@ -9,6 +9,8 @@ Shapes: B completions (G consecutive rows per prompt), P prompt tokens, T comple
 For a prompt q with G completions o_i, rewards r_i and ratios rho_{i,t} = pi(o_{i,t}) / pi_old(o_{i,t}):
 
     A_i   = (r_i - mean(r)) / (std(r) + eps)                   [GRPO] sec. 4.1.2, outcome supervision
+    A_i,t = sum_{steps j ending at or after t} r~_j              [GRPO] sec. 4.1.3, process supervision,
+            with r~ = (r - mean(R)) / (std(R) + eps) over all step rewards R of the group
     J     = 1/G sum_i 1/|o_i| sum_t { min(rho A_i, clip(rho, 1 - e_low, 1 + e_high) A_i)
                                       - beta KL_{i,t} }         [GRPO] eq. 3
     KL_t  = pi_ref/pi - log(pi_ref/pi) - 1                      [GRPO] eq. 4 (k3; k1, k2 in algo/kl.py)
@@ -25,6 +27,8 @@ For a prompt q with G completions o_i, rewards r_i and ratios rho_{i,t} = pi(o_{
   [CISPO]   MiniMax 2025, arXiv:2506.13585: -sg(clip(rho)) A log pi, every token keeps a gradient.
   [RLOO]    Ahmadian et al. 2024, arXiv:2402.14740: the mean of the other G-1 rewards as the baseline;
             kl_in_reward makes the KL a cost in the reward, r_i - beta sum_t KL_{i,t} ([GRPO] eq. 2).
+  [R++]     Hu 2025, REINFORCE++, arXiv:2501.03262: A_t = r - beta sum_{k>=t} KL_k (the KL still to
+            come), whitened over every completion token of the batch (adv_estimator=reinforce_pp).
 
 Where it departs from the papers (as module.py does): the old policy's log-probs are not recomputed
 when they cannot differ from the current ones (one pass, one mini-batch), so rho = exp(logp -
@@ -41,7 +45,15 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
-from grpo_lightning.algo.advantages import TOKEN_LEVEL_SCALE, compute_advantages, token_level_advantages
+from grpo_lightning.algo.advantages import (
+    KL_IN_PROCESS_REWARDS,
+    PER_TOKEN,
+    TOKEN_ADVANTAGES,
+    TOKEN_LEVEL_SCALE,
+    compute_advantages,
+    get_adv_estimator,
+    outcome_at_last_token,
+)
 from grpo_lightning.algo.kl import get_kl_estimator
 from grpo_lightning.algo.losses import build_policy_loss, get_loss_aggregation
 
@@ -98,21 +110,37 @@ def reference_step(
             ref = scores(ref_model, all_rows)[0]
     token_rewards = batch.get("token_rewards")  # [B, T] or None
     rewards = batch["rewards"].float() if "rewards" in batch else (token_rewards * mask).sum(dim=1)  # [B]
+    per_token = alg.adv_estimator in PER_TOKEN
+    if per_token and token_rewards is None:  # REINFORCE++: the outcome reward on the last token
+        token_rewards = outcome_at_last_token(rewards, mask)
     if alg.kl_in_reward:
+        if token_rewards is not None and not per_token and alg.token_advantage == "process_supervision":
+            raise ValueError(KL_IN_PROCESS_REWARDS)
         # Summed over completion tokens only: padding may hold anything, -inf from an external server.
         kl = torch.where(mask > 0, kl_estimator(old, ref), 0.0)  # [B, T]
         rewards = rewards - alg.beta * kl.sum(dim=1)
         token_rewards = None if token_rewards is None else token_rewards.float() - alg.beta * kl
         ref = None  # paid in the reward, so not again in the loss
     scale = alg.scale_rewards or ("group" if alg.normalize_by_std else "none")
-    if token_rewards is None:
+    if per_token:
+        advantages = get_adv_estimator(alg.adv_estimator)(
+            token_rewards.float(), mask, group_ids=group_ids, group_size=group_size, eps=alg.adv_eps, gamma=alg.gamma
+        )  # [B, T]
+    elif token_rewards is None:
         advantages = compute_advantages(
             alg.adv_estimator, rewards, group_ids=group_ids, group_size=group_size, eps=alg.adv_eps, scale_rewards=scale
         ).unsqueeze(1)  # [B, 1]
-    else:  # process rewards: discounted returns, normalized over the group's tokens
+    else:  # process rewards, in the configured token-level form
         scale = TOKEN_LEVEL_SCALE[alg.adv_estimator] or scale
-        advantages = token_level_advantages(
-            token_rewards.float(), mask, group_ids=group_ids, gamma=alg.gamma, eps=alg.adv_eps, scale_rewards=scale
+        step_mask = batch.get("token_reward_mask")
+        advantages = TOKEN_ADVANTAGES[alg.token_advantage](
+            token_rewards.float(),
+            mask,
+            step_mask=None if step_mask is None else step_mask.bool() & (mask > 0),
+            group_ids=group_ids,
+            gamma=alg.gamma,
+            eps=alg.adv_eps,
+            scale_rewards=scale,
         )  # [B, T]
     if alg.mask_truncated_completions and batch.get("truncated") is not None:
         mask = mask * ~batch["truncated"].bool().unsqueeze(1)  # after the advantages: their groups stay whole

@@ -10,7 +10,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from grpo_lightning.algo.advantages import batch_advantages, resolve_scale_rewards
+from grpo_lightning.algo.advantages import batch_advantages, estimator_token_rewards, resolve_scale_rewards
 from grpo_lightning.algo.kl import KLEstimator, kl_penalized_rewards
 from grpo_lightning.types import Experience, TokenBatch, UpdateBatch
 
@@ -50,7 +50,15 @@ def prepare_update(
     if ref is None and alg.beta > 0:
         ref = score(tokens, True)
     mask = tokens.completion_mask.float()  # [B, T]
-    rewards, token_rewards, kl_means = experience.rewards, experience.token_rewards, {}
+    rewards, kl_means = experience.rewards, {}
+    token_rewards = estimator_token_rewards(
+        alg.adv_estimator,
+        rewards,
+        experience.token_rewards,
+        mask,
+        kl_in_reward=alg.kl_in_reward,
+        token_advantage=alg.token_advantage,
+    )  # [B, T] or None
     if alg.kl_in_reward:
         # where, not a product: padding may carry -inf log-probs (external batches), and -inf * 0 is NaN
         kl = torch.where(mask > 0, kl_estimator(old, ref), 0.0)  # [B, T]
@@ -68,6 +76,8 @@ def prepare_update(
         eps=alg.adv_eps,
         scale_rewards=resolve_scale_rewards(alg.scale_rewards, alg.normalize_by_std),
         gamma=alg.gamma,
+        token_advantage=alg.token_advantage,
+        step_mask=experience.token_reward_mask,
     )  # [B] or [B, T]
     if alg.mask_truncated_completions and experience.truncated is not None:
         tokens = replace(tokens, completion_mask=tokens.completion_mask * ~experience.truncated.unsqueeze(1))

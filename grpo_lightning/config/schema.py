@@ -119,8 +119,15 @@ class GRPOConfig:
     None follows normalize_by_std. Only for estimators that take a scale (grpo, grpo_vectorized and
     custom ones registered with scale_rewards=True)."""
     gamma: float = 1.0
-    """Discount of token-level (process) rewards: per-token returns sum_k gamma^k r_{t+k}. Applies to
-    batches that carry ``token_rewards`` (rollouts from elsewhere); outcome rewards have none."""
+    """Discount of token-level rewards: a token's advantage sums the (normalized) rewards that
+    follow it, the one k tokens later weighted gamma^k. Applies to batches that carry
+    ``token_rewards`` (rollouts from elsewhere) and to per-token estimators (reinforce_pp, whose
+    outcome reward sits on the last token); other outcome rewards have none."""
+    token_advantage: str = "process_supervision"
+    """How group estimators turn ``token_rewards`` into advantages: ``process_supervision`` (step
+    rewards normalized in the group, then summed over the steps that follow [GRPO section
+    4.1.3]) or ``normalized_returns`` (returns first, normalized over the group's tokens).
+    Formulas: docs/algorithms.md."""
     policy_loss: str = "clip"
     """Name in the policy-loss registry (``grpo_lightning.algo.losses``): ``clip`` [PPO], ``gspo``
     (Zheng et al. 2025, arXiv:2507.18071), ``cispo`` (MiniMax 2025, arXiv:2506.13585)."""
@@ -144,6 +151,12 @@ class GRPOConfig:
     filter_zero_std_groups: bool = False
     """DAPO dynamic sampling: drop groups whose rewards are all equal (no signal) and sample more
     prompts until data.batch_size groups remain, for up to max_generation_rounds rounds."""
+    filter_groups_by: str = "shaped_reward"
+    """Which reward decides that a group's rewards are all equal under filter_zero_std_groups:
+    ``shaped_reward`` (the total the advantages see, overlong penalty included), ``reward`` (the
+    weighted total of reward.functions, before the overlong penalty), or the name of one reward
+    function, whose raw scores decide: for a 0/1 correctness reward, DAPO's 0 < #correct < G
+    (Yu et al. 2025, eq. 11). Only with filter_zero_std_groups."""
     max_generation_rounds: Optional[int] = None
     """Most generation rounds per training step under filter_zero_std_groups (None: 3). If the batch
     is still short, it is filled with dropped groups (their advantages are 0)."""
@@ -218,6 +231,11 @@ class GRPOConfig:
             self.filter_zero_std_groups or self.max_generation_rounds is None,
             "algorithm.max_generation_rounds only applies with algorithm.filter_zero_std_groups=true; "
             "enable it or set max_generation_rounds=null",
+        )
+        _require(
+            self.filter_zero_std_groups or self.filter_groups_by == "shaped_reward",
+            f"algorithm.filter_groups_by={self.filter_groups_by!r} only applies with "
+            "algorithm.filter_zero_std_groups=true; enable it or leave filter_groups_by=shaped_reward",
         )
         _require(
             self.max_generation_rounds is None or self.max_generation_rounds >= 1,

@@ -20,7 +20,8 @@ from __future__ import annotations
 import importlib.util
 import sys
 
-from grpo_lightning.algo.advantages import ADV_ESTIMATORS, SCALE_REWARDS, SELF_SCALED
+from grpo_lightning.algo.advantages import ADV_ESTIMATORS, SCALE_REWARDS, SELF_SCALED, TOKEN_ADVANTAGES
+from grpo_lightning.algo.dynamic_sampling import FILTER_GROUPS_TOTALS
 from grpo_lightning.algo.kl import KL_ESTIMATORS
 from grpo_lightning.algo.losses import LOSS_AGGREGATIONS, POLICY_LOSSES
 from grpo_lightning.config.schema import GRPOConfig, _require
@@ -73,6 +74,10 @@ def validate_registry_names(alg: GRPOConfig) -> None:
     _require(
         alg.kl_estimator in KL_ESTIMATORS,
         f"algorithm.kl_estimator={alg.kl_estimator!r} is unknown; choose one of {sorted(KL_ESTIMATORS)}",
+    )
+    _require(
+        alg.token_advantage in TOKEN_ADVANTAGES,
+        f"algorithm.token_advantage={alg.token_advantage!r} is unknown; choose one of {sorted(TOKEN_ADVANTAGES)}",
     )
     _require(
         alg.scale_rewards is None or alg.scale_rewards in SCALE_REWARDS,
@@ -133,6 +138,18 @@ def validate_across_groups(cfg: TrainConfig) -> None:
         not slimmed or not trainer.strategy.startswith(("fsdp", "deepspeed", "model_parallel")),
         f"{' and '.join(slimmed)} with trainer.strategy={trainer.strategy}: that strategy writes its "
         "own (sharded) checkpoints, which these options cannot trim; leave them true there",
+    )
+    _require(
+        alg.filter_groups_by in FILTER_GROUPS_TOTALS or alg.filter_groups_by in cfg.reward.functions,
+        f"algorithm.filter_groups_by={alg.filter_groups_by!r} is neither {' nor '.join(FILTER_GROUPS_TOTALS)} "
+        f"nor a reward function ({sorted(cfg.reward.functions)}); name the function that scores correctness "
+        "for DAPO's 0 < #correct < G",
+    )
+    _require(
+        not (alg.filter_zero_std_groups and alg.filter_groups_by in FILTER_GROUPS_TOTALS)
+        or alg.filter_groups_by not in cfg.reward.functions,
+        f"algorithm.filter_groups_by={alg.filter_groups_by!r} names both a total and a reward function of that "
+        "name; rename the function under reward.functions",
     )
     _require(
         gen.val_pass_reward is None or gen.val_pass_reward in cfg.reward.functions,

@@ -12,6 +12,8 @@ An external batch is a dict of tensors (the DataLoader's output)::
     completion_ids  [B, T] right-padded       completion_mask  [B, T]
     logprobs        [B, T] log-probs of the completion tokens under the sampling policy
     rewards         [B]    outcome rewards    and/or  token_rewards [B, T] process rewards
+    token_reward_mask [B, T] optional: 1 on the tokens where a step (of token_rewards) ends;
+                    without it, every non-zero reward and each completion's last token
     ref_logprobs    [B, T] optional; computed here when beta > 0 and it is missing
     truncated       [B]    optional bool: the completion hit the length limit
     group_size      int    optional; overrides algorithm.group_size for this batch
@@ -45,11 +47,13 @@ def external_experience(batch: dict[str, Any], default_group_size: int) -> Exper
     missing = [key for key in EXTERNAL_KEYS if key not in batch]
     if "rewards" not in batch and "token_rewards" not in batch:
         missing.append("rewards (or token_rewards)")
+    if "token_reward_mask" in batch and "token_rewards" not in batch:
+        missing.append("token_rewards (token_reward_mask marks where they sit)")
     if missing:
         raise ValueError(f"an external rollout batch needs {missing}; see grpo_lightning.data.external")
     completion_ids = batch["completion_ids"]
     rows, length = completion_ids.shape
-    for key in ("completion_mask", "logprobs", "ref_logprobs", "token_rewards"):
+    for key in ("completion_mask", "logprobs", "ref_logprobs", "token_rewards", "token_reward_mask"):
         if key in batch and tuple(batch[key].shape) != (rows, length):
             raise ValueError(f"external batch: {key} has shape {tuple(batch[key].shape)}, expected {(rows, length)}")
     group_size = int(batch.get("group_size", default_group_size))
@@ -74,6 +78,7 @@ def external_experience(batch: dict[str, Any], default_group_size: int) -> Exper
         group_ids=torch.arange(rows // group_size, device=completion_ids.device).repeat_interleave(group_size),
         group_size=group_size,
         token_rewards=token_rewards,
+        token_reward_mask=None if "token_reward_mask" not in batch else batch["token_reward_mask"].bool() & (mask > 0),
         truncated=None if truncated is None else truncated.bool(),
         sampling_logprobs=padding_zeroed("logprobs"),
         ref_logprobs=padding_zeroed("ref_logprobs"),

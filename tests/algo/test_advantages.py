@@ -1,6 +1,7 @@
 """Group-relative advantages on hand-computed values.
 
-dr_grpo, rloo, reinforce_pp, scale_rewards and token-level returns on hand-computed tensors."""
+dr_grpo, rloo, reinforce_pp, scale_rewards and both token-level forms (process supervision,
+normalized returns) on hand-computed tensors."""
 
 import math
 
@@ -9,10 +10,15 @@ import torch
 
 from grpo_lightning.algo.advantages import (
     ADV_ESTIMATORS,
+    batch_advantages,
     compute_advantages,
+    default_step_mask,
     discounted_returns,
+    estimator_token_rewards,
     get_adv_estimator,
     normalize_group_rewards,
+    outcome_at_last_token,
+    process_supervision_advantages,
     register_adv_estimator,
     scale_by_batch_std,
     token_level_advantages,
@@ -135,18 +141,61 @@ def test_rloo_any_order_and_singleton_group():
     torch.testing.assert_close(adv, torch.tensor([2.0, 0.0, -2.0]))
 
 
-def test_reinforce_pp_whitens_over_the_batch():
-    rewards = torch.tensor([1.0, 0.0, 0.0, 3.0])  # mean 1, population std sqrt((0+1+1+4)/4)
-    std = math.sqrt(6 / 4)
-    adv = _run("reinforce_pp", rewards, torch.tensor([0, 0, 1, 1]), 2)
-    torch.testing.assert_close(adv, torch.tensor([0.0, -1.0, -1.0, 2.0]) / std)
+def _reinforce_pp(rewards, mask, token_rewards=None, gamma=1.0, eps=0.0):
+    return batch_advantages(
+        rewards,
+        token_rewards,
+        mask,
+        estimator="reinforce_pp",
+        group_ids=torch.arange(rewards.numel()) // 2,
+        group_size=2,
+        eps=eps,
+        scale_rewards="none",
+        gamma=gamma,
+    )
+
+
+def test_reinforce_pp_whitens_over_the_batchs_tokens():
+    rewards = torch.tensor([1.0, 0.0, 0.0, 3.0])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 0, 0], [1, 1, 1]]).float()
+    # every token's return is its completion's reward: 1, 1 | 0 | 0 | 3, 3, 3 (7 tokens), so the
+    # mean is 11/7 and the population variance 29/7 - (11/7)^2 = 82/49
+    adv = _reinforce_pp(rewards, mask)
+    expected = (7 * torch.tensor([[1.0, 1.0, 0.0], [0.0, 0, 0], [0.0, 0, 0], [3.0, 3.0, 3.0]]) - 11) / math.sqrt(82)
+    torch.testing.assert_close(adv, expected * mask)
+    assert adv[mask == 0].eq(0).all()
+
+
+def test_reinforce_pp_subtracts_the_kl_still_to_come():
+    # REINFORCE++ eqs. 3-5: r_t = -beta KL_t, plus the outcome reward on the last token; the
+    # return at t is r - beta * (KL_t + ... + KL_end), not r - beta * (the whole sequence's KL)
+    rewards = torch.tensor([1.0, 0.0])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]]).float()
+    kl = torch.tensor([[0.1, 0.2, 0.3], [0.5, 0.0, 0.0]])
+    token_rewards = estimator_token_rewards(
+        "reinforce_pp", rewards, None, mask, kl_in_reward=True, token_advantage="process_supervision"
+    ) - kl  # beta = 1
+    adv = _reinforce_pp(rewards, mask, token_rewards)
+    returns = [1 - 0.6, 1 - 0.5, 1 - 0.3, -0.5]
+    mean = sum(returns) / 4
+    std = math.sqrt(sum((x - mean) ** 2 for x in returns) / 4)
+    expected = torch.tensor([[returns[0], returns[1], returns[2]], [returns[3], mean, mean]]) - mean
+    torch.testing.assert_close(adv, expected / std * mask)
+
+
+def test_reinforce_pp_discounts_the_outcome_from_the_last_token():
+    mask = torch.tensor([[1, 1, 1], [1, 1, 1]]).float()
+    adv = _reinforce_pp(torch.tensor([1.0, 0.0]), mask, gamma=0.5)
+    returns = torch.tensor([[0.25, 0.5, 1.0], [0.0, 0.0, 0.0]])
+    torch.testing.assert_close(adv, (returns - returns.mean()) / returns.std(unbiased=False))
 
 
 def test_reinforce_pp_of_a_constant_batch_is_exactly_zero():
     # 0.1 is not a float32 number: a float32 mean of n copies need not equal it, and the tiny
     # remainder over a tiny nonzero std would be a large advantage (0.03 for some n, before).
-    for n in (3, 6, 100, 504):
-        adv = _run("reinforce_pp", torch.full((n,), 0.1), torch.arange(n) // 3, 3, eps=1e-6)
+    for n in (4, 6, 100, 504):
+        mask = (torch.arange(5) < torch.arange(n).remainder(5).unsqueeze(1) + 1).float()
+        adv = _reinforce_pp(torch.full((n,), 0.1), mask, eps=1e-6)
         assert (adv == 0).all(), n
 
 
@@ -209,3 +258,100 @@ def test_token_level_constant_groups_are_exactly_zero_and_nan_padding_stays_out(
         assert (adv[:4] == 0).all(), (scale, adv[:4])
         assert (adv[4:] * mask[4:]).abs().sum() > 0
         assert (adv[mask == 0] == 0).all()
+
+
+def test_outcome_at_last_token_and_the_default_step_mask():
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1], [0, 0, 0]]).float()
+    placed = outcome_at_last_token(torch.tensor([2.0, 0.0, 5.0]), mask)
+    torch.testing.assert_close(placed, torch.tensor([[0.0, 2.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]))
+    rewards = torch.tensor([[0.5, 0.0, 9.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    # non-zero rewards on valid tokens, and every last token (a final step may score 0); never padding
+    assert default_step_mask(rewards, mask).tolist() == [[True, True, False], [False, False, True], [False] * 3]
+
+
+LENGTHS = torch.tensor([4, 2, 2, 3])
+LENGTH_MASK = (torch.arange(4) < LENGTHS.unsqueeze(1)).float()  # [4, 4]
+
+
+def test_process_supervision_of_an_outcome_reward_is_outcome_grpo_whatever_the_lengths():
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0])
+    token_rewards = outcome_at_last_token(rewards, LENGTH_MASK)
+    ids = torch.zeros(4, dtype=torch.long)
+    adv = process_supervision_advantages(
+        token_rewards, LENGTH_MASK, step_mask=None, group_ids=ids, gamma=1.0, eps=0.0, scale_rewards="group"
+    )
+    torch.testing.assert_close(adv, torch.tensor([1.0, -1.0, -1.0, 1.0]).unsqueeze(1) * LENGTH_MASK)
+    # The other form normalizes over tokens, where long completions weigh more: not +-1.
+    returns_first = token_level_advantages(token_rewards, LENGTH_MASK, group_ids=ids, gamma=1.0, eps=0.0)
+    assert not torch.allclose(returns_first, adv)
+    # 11 tokens, 7 of them with return 1: mean 7/11, variance 28/121
+    torch.testing.assert_close(returns_first[:, 0], torch.tensor([4.0, -7.0, -7.0, 4.0]) / math.sqrt(28))
+
+
+def test_process_supervision_normalizes_steps_then_sums_those_that_follow():
+    # group of two: row 0 has steps ending at t=1 (reward 1.0) and t=3 (0.2); row 1 one at t=2 (0.5)
+    token_rewards = torch.tensor([[0.0, 1.0, 0.0, 0.2], [0.0, 0.0, 0.5, 7.0]])  # 7.0 is padding
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]]).float()
+    steps = torch.tensor([[0, 1, 0, 1], [0, 0, 1, 0]])
+    mean = (1.0 + 0.2 + 0.5) / 3
+    std = math.sqrt(((1.0 - mean) ** 2 + (0.2 - mean) ** 2 + (0.5 - mean) ** 2) / 3)
+    a, b, c = ((x - mean) / std for x in (1.0, 0.2, 0.5))
+    ids = torch.tensor([0, 0])
+    for step_mask in (steps, None):  # here the default finds the same steps
+        adv = process_supervision_advantages(
+            token_rewards, mask, step_mask=step_mask, group_ids=ids, gamma=1.0, eps=0.0, scale_rewards="group"
+        )
+        torch.testing.assert_close(adv, torch.tensor([[a + b, a + b, b, b], [c, c, c, 0.0]]))
+    discounted = process_supervision_advantages(
+        token_rewards, mask, step_mask=steps, group_ids=ids, gamma=0.5, eps=0.0, scale_rewards="group"
+    )
+    torch.testing.assert_close(
+        discounted, torch.tensor([[0.5 * a + 0.125 * b, a + 0.25 * b, 0.5 * b, b], [0.25 * c, 0.5 * c, c, 0.0]])
+    )
+    unscaled = process_supervision_advantages(
+        token_rewards, mask, step_mask=steps, group_ids=ids, gamma=1.0, eps=0.0, scale_rewards="none"
+    )
+    torch.testing.assert_close(unscaled, adv * std)
+
+
+def test_process_supervision_batch_scale_and_constant_groups():
+    # group 0 steps: 1, 0 (centred +-0.5); group 1 steps: 0.3, 0.3 (constant: exactly 0)
+    token_rewards = torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 0.3], [0.3, 0.0]])
+    mask = torch.tensor([[1, 1], [1, 1], [1, 1], [1, 0]]).float()
+    steps = torch.tensor([[1, 0], [0, 1], [0, 1], [1, 0]])
+    ids = torch.tensor([0, 0, 1, 1])
+    for scale in ("group", "batch", "none"):
+        adv = process_supervision_advantages(
+            token_rewards, mask, step_mask=steps, group_ids=ids, gamma=1.0, eps=0.0, scale_rewards=scale
+        )
+        assert (adv[2:] == 0).all(), scale
+    # batch: the std of all four centred steps (0.5, -0.5, 0, 0) is sqrt(1/8)
+    batch = process_supervision_advantages(
+        token_rewards, mask, step_mask=steps, group_ids=ids, gamma=1.0, eps=0.0, scale_rewards="batch"
+    )
+    torch.testing.assert_close(batch[:2], torch.tensor([[0.5, 0.0], [-0.5, -0.5]]) * math.sqrt(8))
+
+
+def test_token_advantage_form_is_chosen_by_name_and_kl_costs_need_normalized_returns():
+    token_rewards = torch.tensor([[0.0, 1.0], [0.0, 0.0]])
+    mask = torch.ones(2, 2)
+    common = dict(estimator="grpo", group_ids=torch.tensor([0, 0]), group_size=2, eps=0.0, scale_rewards="none")
+    process = batch_advantages(torch.zeros(2), token_rewards, mask, gamma=1.0, **common)
+    returns = batch_advantages(
+        torch.zeros(2), token_rewards, mask, gamma=1.0, token_advantage="normalized_returns", **common
+    )
+    torch.testing.assert_close(process, torch.tensor([[0.5, 0.5], [-0.5, -0.5]]))
+    torch.testing.assert_close(returns, torch.tensor([[0.5, 0.5], [-0.5, -0.5]]))
+    # they differ once the steps sit at different places
+    token_rewards = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    process = batch_advantages(torch.zeros(2), token_rewards, mask, gamma=1.0, **common)
+    returns = batch_advantages(
+        torch.zeros(2), token_rewards, mask, gamma=1.0, token_advantage="normalized_returns", **common
+    )
+    # steps: 1 at row 0's t=0, and 0 at each last token: mean 1/3, centred 2/3, -1/3, -1/3
+    torch.testing.assert_close(process, torch.tensor([[1.0, -1.0], [-1.0, -1.0]]) / 3)
+    torch.testing.assert_close(returns, torch.tensor([[0.75, -0.25], [-0.25, -0.25]]))
+    with pytest.raises(ValueError, match="token_advantage=normalized_returns"):
+        estimator_token_rewards(
+            "grpo", torch.zeros(2), token_rewards, mask, kl_in_reward=True, token_advantage="process_supervision"
+        )

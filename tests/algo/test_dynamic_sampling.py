@@ -95,17 +95,37 @@ def test_non_finite_counts_of_every_round_are_kept():
     assert used == 2 and scores.non_finite == {"f": 3}
 
 
+def test_filter_groups_by_decides_which_reward_must_vary():
+    """DAPO keeps 0 < #correct < G, judged before length shaping: a group all correct whose shaped
+    rewards differ (one completion ran into the overlong buffer) is dropped by `correct` and
+    `reward`, kept by `shaped_reward`."""
+    from dataclasses import replace
+
+    rollout, scores = _scored([[1.0, 0.75], [1.0, 0.0]], "a", 2, 2)  # shaped totals
+    correct = torch.tensor([1.0, 1.0, 1.0, 0.0])
+    scores = replace(scores, per_function={"correct": correct}, unshaped=correct.clone())
+    kept = {}
+    for by in ("shaped_reward", "reward", "correct"):
+        picked, _, _, kept[by] = dynamic_sample(
+            lambda i: (rollout, scores), num_groups=2, group_size=G, max_rounds=1, filter_groups_by=by
+        )
+        assert picked.prompts[:2] == (["a0", "a0"] if by == "shaped_reward" else ["a1", "a1"])
+    assert kept == {"shaped_reward": 1.0, "reward": 0.5, "correct": 0.5}
+
+
 def test_overlong_penalty_by_hand():
     # max 10, buffer 4: no penalty up to 6, then -(L - 6) / 4 * factor, -factor at 10
     lengths = torch.tensor([3, 6, 7, 8, 10])
     torch.testing.assert_close(overlong_penalty(lengths, 10, 4, 0.5), torch.tensor([0.0, 0.0, -0.125, -0.25, -0.5]))
 
 
-def test_dynamic_sampling_end_to_end(compose_config, random_arith_dir, tmp_path):
+@pytest.mark.parametrize("filter_groups_by", ["shaped_reward", "correct"])
+def test_dynamic_sampling_end_to_end(compose_config, random_arith_dir, tmp_path, filter_groups_by):
     cfg = compose_config(
         f"model.name_or_path={random_arith_dir}",
         "algorithm.group_size=4",
         "algorithm.filter_zero_std_groups=true",
+        f"algorithm.filter_groups_by={filter_groups_by}",
         "algorithm.max_generation_rounds=4",
         "reward.functions.correct.fn=tests.signals.constant_for_even_first_digit",
         "generation.max_new_tokens=6",

@@ -309,6 +309,21 @@ def test_cispo_keeps_gradient_through_clipped_weights():
     assert stats["clip_frac"].item() == 1.0 and set(stats) == set(loss.stat_names)
 
 
+def test_cispo_preset_bounds_leave_small_weights_and_cap_large_ones():
+    """algorithm=cispo: clip_range_low 1.0 (no lower bound: the paper's), clip_range_high 4.0 (a cap
+    of 5). Weights 0.1 and 3 pass as they are, 7 becomes 5; A = -1 on every token, token-mean."""
+    loss = CISPOLoss(clip_low=1.0, clip_high=4.0)
+    old = torch.zeros(1, 3)
+    logp = torch.tensor([[LOG(0.1), LOG(3.0), LOG(7.0)]], requires_grad=True)
+    token_mean = LOSS_AGGREGATIONS["token-mean"]
+    value, stats = loss(logp, old, torch.tensor([[-1.0]]), torch.ones(1, 3), lambda v, m: token_mean(v, m, 3))
+    value.backward()
+    weights = torch.tensor([[0.1, 3.0, 5.0]])
+    assert value.item() == pytest.approx((weights * logp.detach()).sum().item() / 3)
+    torch.testing.assert_close(logp.grad, weights / 3)
+    assert stats["clip_frac"].item() == pytest.approx(1 / 3)
+
+
 AGG_VALUES = torch.tensor([[1.0, 3.0, 7.0], [4.0, 0.0, 0.0]])
 AGG_MASK = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
 

@@ -227,6 +227,14 @@ def token_rewards(batch):
     batch["token_rewards"] = rewards
 
 
+def token_rewards_with_steps(batch):
+    """Process rewards at marked step ends, one of them 0 (the default mask would not find it)."""
+    token_rewards(batch)
+    steps = batch["token_rewards"] != 0
+    steps[:, 1] = batch["completion_mask"][:, 1].bool()
+    batch["token_reward_mask"] = steps
+
+
 def given_ref_logprobs(batch):
     batch["ref_logprobs"] = torch.where(batch["completion_mask"].bool(), batch["logprobs"] - 0.3, 0.0)
 
@@ -235,6 +243,23 @@ EXTRAS = {
     # The reference's other branches, each on the whole batch.
     "token_rewards": ("grpo", ["algorithm.gamma=0.9"], token_rewards),
     "dr_grpo_token_rewards": ("dr_grpo", [], token_rewards),
+    "token_reward_mask": ("grpo", [], token_rewards_with_steps),
+    "normalized_returns_kl_in_reward": (
+        "grpo",
+        ["algorithm.token_advantage=normalized_returns", "algorithm.kl_in_reward=true", "algorithm.kl_estimator=k1"],
+        token_rewards,
+    ),
+    "reinforce_pp_kl_to_go": (
+        "grpo",
+        [
+            "algorithm.adv_estimator=reinforce_pp",
+            "algorithm.kl_in_reward=true",
+            "algorithm.beta=0.05",
+            "algorithm.kl_estimator=k1",
+            "algorithm.gamma=0.95",
+        ],
+        given_ref_logprobs,
+    ),
     "cispo": ("grpo", ["algorithm.policy_loss=cispo"], None),
     "dual_clip": ("grpo", ["algorithm.clip_ratio_c=1.3"], None),  # bites at ratio 1.49 with A < 0
     "mask_truncated": ("dapo", ["algorithm.mask_truncated_completions=true"], None),

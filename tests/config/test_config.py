@@ -242,6 +242,10 @@ def test_run_labels_pass_with_any_logger(compose_config):
         ("algorithm.max_generation_rounds=5", "only applies with algorithm.filter_zero_std_groups"),
         ("algorithm.overlong_penalty_factor=2", "has no effect without algorithm.overlong_buffer_frac"),
         ("algorithm.gamma=0", "algorithm.gamma must be in (0, 1]"),
+        ("algorithm.token_advantage=returns", "algorithm.token_advantage='returns' is unknown"),
+        ("algorithm.filter_groups_by=correct", "only applies with algorithm.filter_zero_std_groups=true"),
+        ("algorithm=dapo algorithm.filter_groups_by=accuracy", "is neither shaped_reward nor reward nor a reward"),
+        ("algorithm=dapo reward.functions.correct.weight=1 +reward.functions.reward.fn=x.y", "names both a total"),
     ],
 )
 def test_variant_options_are_checked(overrides, message):
@@ -250,15 +254,28 @@ def test_variant_options_are_checked(overrides, message):
         to_train_config(cfg)
 
 
-@pytest.mark.parametrize("preset", ["grpo", "dr_grpo", "dapo", "gspo", "rloo", "arithmetic"])
+@pytest.mark.parametrize("preset", ["grpo", "dr_grpo", "dapo", "gspo", "rloo", "cispo", "arithmetic"])
 def test_every_preset_validates(preset):
     to_train_config(load_config(["output_dir=/tmp/unused", "model.name_or_path=unused", f"algorithm={preset}"]))
 
 
-@pytest.mark.parametrize("preset", ["dr_grpo", "dapo", "gspo", "rloo"])
+@pytest.mark.parametrize("preset", ["dr_grpo", "dapo", "gspo", "rloo", "cispo"])
 def test_presets_of_papers_without_an_entropy_bonus_have_none(preset):
     cfg = to_train_config(load_config(["output_dir=/tmp/unused", "model.name_or_path=unused", f"algorithm={preset}"]))
     assert cfg.algorithm.entropy_coef == 0.0
+
+
+def test_dapo_filters_on_accuracy_and_cispo_has_the_papers_bounds():
+    """DAPO keeps 0 < #correct < G, judged before the overlong penalty; CISPO sets no lower bound
+    on the importance weight (1 - clip_range_low = 0) and caps it above."""
+
+    def preset(name):
+        return to_train_config(load_config(["output_dir=/tmp/unused", "model.name_or_path=unused", f"algorithm={name}"]))
+
+    assert preset("dapo").algorithm.filter_groups_by == "reward"
+    cispo = preset("cispo").algorithm
+    assert (cispo.policy_loss, cispo.clip_range_low, cispo.clip_range_high) == ("cispo", 1.0, 4.0)
+    assert (cispo.loss_agg, cispo.beta) == ("token-mean", 0.0)
 
 
 # -- each group checks its own fields; validate_config adds registry names and cross-group checks --

@@ -120,15 +120,44 @@ def test_what_other_tools_leave_on_padding_reaches_no_reward_or_advantage(arith_
     dirty = dict(clean)
     for key, value in (("logprobs", -torch.inf), ("ref_logprobs", -torch.inf), ("token_rewards", torch.nan)):
         dirty[key] = clean[key].masked_fill(padding, value)
-    alg = GRPOConfig(beta=0.04, kl_in_reward=True, kl_estimator="k1", gamma=0.9)
-    results = []
-    for batch in (clean, dirty):
-        experience = external_experience(batch, 4)
-        update, kl_means = prepare_update(experience, alg, score=None, kl_estimator=get_kl_estimator("k1"))
-        assert torch.isfinite(experience.rewards).all() and torch.isfinite(update.advantages).all()
-        results.append((experience.rewards, update.advantages, kl_means["actor/grpo_kl"]))
-    for got, want in zip(results[1], results[0]):
-        torch.testing.assert_close(got, want)
+    for estimator in ("grpo", "reinforce_pp"):
+        alg = GRPOConfig(
+            beta=0.04,
+            kl_in_reward=True,
+            kl_estimator="k1",
+            gamma=0.9,
+            adv_estimator=estimator,
+            token_advantage="normalized_returns",
+        )
+        results = []
+        for batch in (clean, dirty):
+            experience = external_experience(batch, 4)
+            update, kl_means = prepare_update(experience, alg, score=None, kl_estimator=get_kl_estimator("k1"))
+            assert torch.isfinite(experience.rewards).all() and torch.isfinite(update.advantages).all()
+            results.append((experience.rewards, update.advantages, kl_means["actor/grpo_kl"]))
+        for got, want in zip(results[1], results[0]):
+            torch.testing.assert_close(got, want)
+
+
+def test_token_reward_mask_marks_the_steps_and_is_checked(arith_policy):
+    """A step that scores 0 in the middle of a completion counts only where token_reward_mask says so."""
+    from grpo_lightning.algo.update_batch import prepare_update
+    from grpo_lightning.data.external import external_experience
+
+    (batch,) = _external_batches(arith_policy, 4, with_ref=False, token_rewards=True)
+    alg = GRPOConfig(beta=0.0)
+    unmarked = prepare_update(external_experience(batch, 4), alg, score=None, kl_estimator=None)[0]
+    steps = batch["token_rewards"] != 0
+    steps[:, 0] = True  # a zero-reward step at each first token: one more step per completion
+    marked = prepare_update(
+        external_experience(dict(batch, token_reward_mask=steps), 4), alg, score=None, kl_estimator=None
+    )[0]
+    assert not torch.allclose(marked.advantages, unmarked.advantages)
+    with pytest.raises(ValueError, match="token_reward_mask has shape"):
+        external_experience(dict(batch, token_reward_mask=steps[:, :1]), 4)
+    without = {k: v for k, v in batch.items() if k != "token_rewards"}
+    with pytest.raises(ValueError, match="token_reward_mask marks where they sit"):
+        external_experience(dict(without, rewards=torch.zeros(len(steps)), token_reward_mask=steps), 4)
 
 
 def test_external_batch_missing_keys_is_a_clear_error():

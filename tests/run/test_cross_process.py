@@ -1,6 +1,6 @@
 """What processes must agree on, checked with two real processes (gloo on CPU).
 
-Batch statistics (scale_rewards=batch, REINFORCE++, token-level batch scale, the token count
+Batch statistics (scale_rewards=batch, REINFORCE++, both token-level forms' batch scale, the token count
 of a token-mean loss) come out as in one process holding the whole batch; and with lockstep
 (sharded weights) the decoding loop makes the same number of forward calls on every process
 even when one process's rows all end at the first token.
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from grpo_lightning.algo.advantages import compute_advantages, token_level_advantages
+from grpo_lightning.algo.advantages import batch_advantages, compute_advantages, token_level_advantages
 
 REWARDS = torch.tensor([1.0, 0.0, 0.5, 0.5, 3.0, 1.0, 0.0, 2.0])  # [8], 4 groups of 2
 TOKEN_REWARDS = torch.arange(24, dtype=torch.float).view(8, 3) % 5  # [8, 3]
@@ -36,7 +36,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from grpo_lightning.algo.advantages import compute_advantages, token_level_advantages
+from grpo_lightning.algo.advantages import batch_advantages, compute_advantages, token_level_advantages
 from grpo_lightning.distributed import mean_over_processes
 from grpo_lightning.policy.generation.loop import sample_with_kv_cache
 
@@ -48,8 +48,10 @@ rows = slice(4 * rank, 4 * rank + 4)  # two whole groups per process
 rewards, group_ids = data["rewards"][rows], torch.arange(2).repeat_interleave(2)
 result = {
     "batch": compute_advantages("grpo", rewards, group_ids=group_ids, group_size=2, eps=1e-6, scale_rewards="batch"),
-    "reinforce_pp": compute_advantages("reinforce_pp", rewards, group_ids=group_ids, group_size=2, eps=1e-6,
-                                       scale_rewards="none"),
+    "reinforce_pp": batch_advantages(rewards, None, data["mask"][rows], estimator="reinforce_pp", group_ids=group_ids,
+                                     group_size=2, eps=1e-6, scale_rewards="none", gamma=1.0),
+    "process_batch": batch_advantages(rewards, data["token_rewards"][rows], data["mask"][rows], estimator="grpo",
+                                      group_ids=group_ids, group_size=2, eps=1e-6, scale_rewards="batch", gamma=1.0),
     "token_batch": token_level_advantages(data["token_rewards"][rows], data["mask"][rows], group_ids=group_ids,
                                           gamma=1.0, eps=1e-6, scale_rewards="batch"),
 }
@@ -129,8 +131,13 @@ def test_two_processes_agree_with_one_holding_the_whole_batch(tmp_path):
     group_ids = torch.arange(4).repeat_interleave(2)
     whole = dict(group_ids=group_ids, group_size=2, eps=1e-6)
     torch.testing.assert_close(joined("batch"), compute_advantages("grpo", REWARDS, scale_rewards="batch", **whole))
+    common = dict(whole, scale_rewards="none", gamma=1.0)
     torch.testing.assert_close(
-        joined("reinforce_pp"), compute_advantages("reinforce_pp", REWARDS, scale_rewards="none", **whole)
+        joined("reinforce_pp"), batch_advantages(REWARDS, None, TOKEN_MASK, estimator="reinforce_pp", **common)
+    )
+    torch.testing.assert_close(
+        joined("process_batch"),
+        batch_advantages(REWARDS, TOKEN_REWARDS, TOKEN_MASK, estimator="grpo", **dict(common, scale_rewards="batch")),
     )
     torch.testing.assert_close(
         joined("token_batch"),
@@ -139,7 +146,9 @@ def test_two_processes_agree_with_one_holding_the_whole_batch(tmp_path):
         ),
     )
     # One process's own statistics would differ (the test could not pass by accident):
-    own = compute_advantages("reinforce_pp", REWARDS[:4], scale_rewards="none", **dict(whole, group_ids=group_ids[:4]))
+    own = batch_advantages(
+        REWARDS[:4], None, TOKEN_MASK[:4], estimator="reinforce_pp", **dict(common, group_ids=group_ids[:4])
+    )
     assert not torch.allclose(own, ranks[0]["reinforce_pp"])
 
     # The token-mean gradient is that of all 15 tokens, not the mean of two per-process means.

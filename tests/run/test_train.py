@@ -72,6 +72,32 @@ def test_beta_zero_logs_no_kl_and_builds_no_reference(compose_config, random_ari
     assert "actor/entropy" in header
 
 
+def test_reinforce_pp_with_kl_to_go_trains_on_generated_rollouts(compose_config, random_arith_dir, tmp_path):
+    """Per-token advantages from generated rollouts: gamma applies (no warning that it does not),
+    the KL still to come is paid in the reward, and the logged advantages are per token."""
+    import warnings
+
+    cfg = compose_config(
+        f"model.name_or_path={random_arith_dir}",
+        "algorithm.adv_estimator=reinforce_pp",
+        "algorithm.beta=0.05",
+        "algorithm.kl_in_reward=true",
+        "algorithm.kl_estimator=k1",
+        "algorithm.gamma=0.9",
+        "reward.functions.correct.fn=tests.signals.alternating",  # spread in every batch, whatever is sampled
+        "validate_before_training=false",
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="algorithm.gamma only applies")
+        train(cfg)
+    rows = [row for row in _read_metrics(tmp_path) if row.get("actor/adv_mean")]
+    assert len(rows) == 2
+    for row in rows:
+        assert abs(float(row["actor/adv_mean"])) < 1e-5  # whitened over the batch's tokens
+        assert float(row["actor/adv_std"]) == pytest.approx(1.0, abs=1e-4)
+        assert float(row["actor/grpo_kl"]) == float(row["actor/grpo_kl"])  # logged, not NaN
+
+
 def test_gradients_are_freed_after_each_update(compose_config, random_arith_dir, tmp_path, monkeypatch):
     from grpo_lightning.module import GRPOModule
 
@@ -169,7 +195,7 @@ def test_bad_config_exits_with_a_message_not_a_traceback(tmp_path):
 def test_every_algorithm_preset_trains(random_arith_dir, tmp_path):
     result = _grpo_train(
         "-m",
-        "algorithm=grpo,dr_grpo,dapo,gspo,rloo",
+        "algorithm=grpo,dr_grpo,dapo,gspo,cispo,rloo",
         "trainer.max_steps=2",
         f"model.name_or_path={random_arith_dir}",
         f"hydra.sweep.dir={tmp_path}/sweep",
@@ -183,8 +209,8 @@ def test_every_algorithm_preset_trains(random_arith_dir, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = sorted((tmp_path / "sweep").glob("*/metrics.csv"), key=lambda p: int(p.parent.name))
-    assert len(jobs) == 5
-    for job, preset in zip(jobs, ["grpo", "dr_grpo", "dapo", "gspo", "rloo"]):
+    assert len(jobs) == 6
+    for job, preset in zip(jobs, ["grpo", "dr_grpo", "dapo", "gspo", "cispo", "rloo"]):
         rows = _read_metrics(job.parent)
         assert len(_column(rows, "actor/policy_loss")) == 2, preset
         if preset == "dapo":
