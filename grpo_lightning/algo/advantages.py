@@ -427,7 +427,12 @@ KL_IN_PROCESS_REWARDS = (
 
 
 def estimator_token_rewards(
-    estimator: str, rewards: Tensor, token_rewards: Optional[Tensor], mask: Tensor, *, kl_in_reward: bool,
+    estimator: str,
+    rewards: Tensor,
+    token_rewards: Optional[Tensor],
+    mask: Tensor,
+    *,
+    kl_in_reward: bool,
     token_advantage: str,
 ) -> Optional[Tensor]:
     """The token rewards [N, T] ``estimator`` works on, before any KL cost: the batch's own, or for

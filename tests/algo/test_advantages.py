@@ -172,9 +172,12 @@ def test_reinforce_pp_subtracts_the_kl_still_to_come():
     rewards = torch.tensor([1.0, 0.0])
     mask = torch.tensor([[1, 1, 1], [1, 0, 0]]).float()
     kl = torch.tensor([[0.1, 0.2, 0.3], [0.5, 0.0, 0.0]])
-    token_rewards = estimator_token_rewards(
-        "reinforce_pp", rewards, None, mask, kl_in_reward=True, token_advantage="process_supervision"
-    ) - kl  # beta = 1
+    token_rewards = (
+        estimator_token_rewards(
+            "reinforce_pp", rewards, None, mask, kl_in_reward=True, token_advantage="process_supervision"
+        )
+        - kl
+    )  # beta = 1
     adv = _reinforce_pp(rewards, mask, token_rewards)
     returns = [1 - 0.6, 1 - 0.5, 1 - 0.3, -0.5]
     mean = sum(returns) / 4

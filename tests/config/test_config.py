@@ -270,7 +270,9 @@ def test_dapo_filters_on_accuracy_and_cispo_has_the_papers_bounds():
     on the importance weight (1 - clip_range_low = 0) and caps it above."""
 
     def preset(name):
-        return to_train_config(load_config(["output_dir=/tmp/unused", "model.name_or_path=unused", f"algorithm={name}"]))
+        return to_train_config(
+            load_config(["output_dir=/tmp/unused", "model.name_or_path=unused", f"algorithm={name}"])
+        )
 
     assert preset("dapo").algorithm.filter_groups_by == "reward"
     cispo = preset("cispo").algorithm
