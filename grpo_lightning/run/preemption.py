@@ -1,5 +1,6 @@
-"""Pre-emption: a signal (SIGTERM, SIGUSR1, submitit's SIGUSR2) saves last.ckpt at the end of
-the step (or of its validation) and stops; SLURM jobs are requeued."""
+"""Pre-emption: a signal (SIGTERM, SIGUSR1, submitit's SIGUSR2, Ctrl-C) saves last.ckpt at the end
+of the step (or of its validation) and stops; SLURM jobs are requeued. A second Ctrl-C stops at
+once, without a checkpoint (the previous one, if any, stays)."""
 
 from __future__ import annotations
 
@@ -19,10 +20,10 @@ from grpo_lightning.run.checkpoints import LastCheckpoint, validates_after_this_
 
 
 def preemption_signals() -> list[signal.Signals]:
-    """SIGTERM always; SIGUSR1 too under SLURM (``#SBATCH --signal=USR1@90`` sends it ahead of
-    the time limit); in a job submitted by submitit (hydra/launcher=slurm), its pre-emption
-    signal as well (SIGUSR2 unless SUBMITIT_PREEMPT_SIGNAL says otherwise)."""
-    signals = [signal.SIGTERM]
+    """SIGTERM and SIGINT (Ctrl-C) always; SIGUSR1 too under SLURM (``#SBATCH --signal=USR1@90``
+    sends it ahead of the time limit); in a job submitted by submitit (hydra/launcher=slurm), its
+    pre-emption signal as well (SIGUSR2 unless SUBMITIT_PREEMPT_SIGNAL says otherwise)."""
+    signals = [signal.SIGTERM, signal.SIGINT]
     if "SLURM_JOB_ID" in os.environ and hasattr(signal, "SIGUSR1"):
         signals.append(signal.SIGUSR1)
     submitit = submitit_signal()
@@ -42,6 +43,9 @@ def submitit_signal() -> Optional[signal.Signals]:
 PREEMPTED = threading.Event()
 """Set once a run of this process has stopped for a pre-emption signal: a sweep must not start
 its next job (grpo_lightning.run.train.main), the machine is going away."""
+INTERRUPTED = threading.Event()
+"""Set with PREEMPTED when the signal was Ctrl-C (SIGINT): the command then exits with 130, as an
+interrupted command does, not 0 as a pre-empted job that its scheduler requeues."""
 
 
 class PreemptionCallback(Callback):
@@ -62,6 +66,9 @@ class PreemptionCallback(Callback):
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.received = signum
+        if signum == signal.SIGINT:  # a second Ctrl-C interrupts at once, as it would anywhere else
+            signal.signal(signal.SIGINT, self._previous.get(signal.SIGINT, signal.default_int_handler))
+            print("\nCtrl-C: stopping after this step with a checkpoint (Ctrl-C again: at once)", flush=True)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         for signum in preemption_signals():
@@ -101,6 +108,8 @@ class PreemptionCallback(Callback):
         self.checkpoint.save(trainer)
         self.preempted_at = trainer.global_step
         PREEMPTED.set()
+        if self.received == signal.SIGINT:
+            INTERRUPTED.set()
         trainer.should_stop = True
         if self.received is not None and self.received == submitit_signal():
             submitits_handler = self._previous.get(self.received)

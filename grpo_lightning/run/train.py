@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import sys
 import time
 import warnings
@@ -52,7 +53,7 @@ from grpo_lightning.run.checkpoints import (
 )
 from grpo_lightning.run.loggers import LoggerIdCallback, build_logger, finish_logger, log_run_config, read_resume_info
 from grpo_lightning.run.plots import plot_reward_curve
-from grpo_lightning.run.preemption import PREEMPTED, PreemptionCallback
+from grpo_lightning.run.preemption import INTERRUPTED, PREEMPTED, PreemptionCallback
 from grpo_lightning.run.progress import progress_callbacks
 from grpo_lightning.run.resume import RESUME_FIXED_SETTINGS, RNGStateCallback, RunSettingsCallback
 from grpo_lightning.run.run_dir import (
@@ -251,8 +252,9 @@ def _train(cfg: TrainConfig, dict_cfg: DictConfig) -> dict[str, float]:
         if preemption is not None and preemption.preempted_at is not None:
             _record_final_validation(cfg, trainer, module)  # pre-empted in the last step's validation
             if trainer.is_global_zero:
+                stopped = "interrupted" if preemption.received == signal.SIGINT else "pre-empted"
                 print(
-                    f"\npre-empted after {preemption.preempted_at // optimizer_steps_per_batch(cfg)} steps: "
+                    f"\n{stopped} after {preemption.preempted_at // optimizer_steps_per_batch(cfg)} steps: "
                     f"{checkpoint_dir(cfg.output_dir)}/last.ckpt written; continue with ckpt_path=last "
                     f"output_dir={cfg.output_dir}",
                     flush=True,
@@ -378,6 +380,10 @@ def main(cfg: DictConfig) -> Optional[float]:
         if sweep:
             claim_output_dir(cfg.output_dir, str(Path(hydra_cfg.sweep.dir).resolve()), hydra_cfg.job.num)
         metrics = train(cfg)
+        if INTERRUPTED.is_set():
+            if sweep:
+                print("interrupted: the sweep stops here; jobs done so far keep their outputs", flush=True)
+            sys.exit(130)
         if PREEMPTED.is_set():
             if sweep:  # the machine is going away: no further job of this sweep may start
                 print("pre-empted: the sweep stops here; jobs done so far keep their outputs", flush=True)
@@ -389,6 +395,13 @@ def main(cfg: DictConfig) -> Optional[float]:
         if sweep:
             raise  # Hydra records this job as failed and runs the sweep's other jobs
         sys.exit(2)
+    except KeyboardInterrupt:  # before training started, or a second Ctrl-C: no new checkpoint
+        print(
+            f"\ninterrupted: {cfg.output_dir} keeps the checkpoints written so far; the same command with "
+            "ckpt_path=last continues from the last one (or starts again where there is none)",
+            file=sys.stderr,
+        )
+        sys.exit(130)
 
 
 if __name__ == "__main__":

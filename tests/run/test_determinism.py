@@ -3,7 +3,8 @@
 They run at the same time, so the threads of each are scheduled differently from run to run:
 a kernel that sums in the order its threads finish (index_put_ with accumulate=True on a CPU,
 which the tied-embedding gradient used) shows up within a few steps. The default task's policy
-ties its embedding to the output head, so that path is exercised."""
+ties its embedding to the output head; the second case unties them, so the input embedding's own
+backward (a scatter-add over token ids) and the output head's are exercised apart."""
 
 from __future__ import annotations
 
@@ -22,8 +23,25 @@ def _metrics(run_dir: Path) -> list[dict[str, str]]:
         return [{k: v for k, v in row.items() if not k.startswith("perf/")} for row in csv.DictReader(handle)]
 
 
+def _untied_model(directory: Path) -> list[str]:
+    """The default task's policy with its own output head, as a model directory."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from grpo_lightning.data.tasks.arithmetic import build_tokenizer, model_config
+
+    config = model_config()
+    config.tie_word_embeddings = False
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(directory)
+    build_tokenizer().save_pretrained(directory)
+    return [f"model.name_or_path={directory}", "data=arithmetic"]
+
+
 @pytest.mark.slow
-def test_two_identical_runs_with_the_default_threads_are_bitwise_equal(tmp_path):
+@pytest.mark.parametrize("embedding", ["tied", "untied"])
+def test_two_identical_runs_with_the_default_threads_are_bitwise_equal(tmp_path, embedding):
+    model = _untied_model(tmp_path / "untied_model") if embedding == "untied" else []
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     env.update(WANDB_MODE="offline", HF_HUB_OFFLINE="1")
     runs = [
@@ -36,6 +54,7 @@ def test_two_identical_runs_with_the_default_threads_are_bitwise_equal(tmp_path)
                 "trainer.max_steps=24",
                 "trainer.enable_progress_bar=false",
                 "checkpoint.enabled=false",
+                *model,
             ],
             cwd=tmp_path,
             env=env,

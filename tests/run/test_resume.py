@@ -168,6 +168,12 @@ def _rows(run_dir: Path) -> dict[int, dict[str, str]]:
     return {int(row["step"]): {k: v for k, v in row.items() if not k.startswith("perf/")} for row in rows}
 
 
+def _training_steps(run_dir: Path) -> list[int]:
+    """The step of every training row of metrics.csv, in file order: a step logged twice shows twice."""
+    with open(run_dir / "metrics.csv") as handle:
+        return [int(row["step"]) for row in csv.DictReader(handle) if row.get("actor/loss")]
+
+
 RESUME_SETTINGS = [
     "reward.functions.correct.fn=resume_rewards.ones",
     "algorithm.group_size=4",
@@ -451,7 +457,81 @@ def test_a_run_killed_before_its_first_checkpoint_starts_again_with_the_same_com
     stdout, stderr = relaunched.communicate(timeout=300)
     assert relaunched.returncode == 0, stderr[-3000:]
     assert "stopped before its first checkpoint; starting it again from step 0" in stdout
-    assert sorted(_rows(tmp_path / "run")) == [1, 2, 3]
+    assert _training_steps(tmp_path / "run") == [1, 2, 3]
+
+
+def test_ctrl_c_stops_after_the_step_with_a_checkpoint_and_the_same_command_continues(
+    random_arith_dir, reward_module, tmp_path
+):
+    """Ctrl-C (SIGINT) before the first scheduled checkpoint: the step finishes, last.ckpt is written,
+    the command exits 130 with one line and no traceback; relaunched with ckpt_path=last it finishes
+    and metrics.csv has every step once."""
+    args = [
+        f"model.name_or_path={random_arith_dir}",
+        f"output_dir={tmp_path}/run",
+        *RESUME_SETTINGS,
+        "validate_before_training=false",
+        "trainer.enable_progress_bar=false",
+        "data.batch_size=4",
+        "trainer.limit_val_batches=1",
+        "data.val_batch_size=8",
+        "trainer.val_every_n_steps=1000",
+        "checkpoint.every_n_steps=1000",
+        "trainer.log_every_n_steps=1",
+        "ckpt_path=last",
+    ]
+    process = _grpo_train(*args, "trainer.max_steps=400", cwd=tmp_path, extra_path=reward_module)
+    _wait_for(tmp_path / "run" / "metrics.csv", process)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr and "interrupted after " in stdout
+    stopped_at = int(stdout.split("interrupted after ")[1].split()[0])
+    assert 0 < stopped_at < 400 and (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+    relaunched = _grpo_train(*args, f"trainer.max_steps={stopped_at + 2}", cwd=tmp_path, extra_path=reward_module)
+    stdout, stderr = relaunched.communicate(timeout=300)
+    assert relaunched.returncode == 0, stderr[-3000:]
+    assert _training_steps(tmp_path / "run") == list(range(1, stopped_at + 3))
+
+
+@pytest.mark.slow
+def test_a_slurm_kill_after_the_grace_period_loses_nothing_saved_and_the_requeue_finishes(
+    random_arith_dir, reward_module, tmp_path
+):
+    """SLURM at the time limit: SIGTERM, then SIGKILL when KillWait runs out, here before the step
+    ends (a step longer than the grace period). The requeued command (ckpt_path=last) continues from
+    the last checkpoint written, and metrics.csv has every step once: the rows logged after that
+    checkpoint by the killed run are dropped and logged again."""
+    args = [
+        f"model.name_or_path={random_arith_dir}",
+        f"output_dir={tmp_path}/run",
+        *RESUME_SETTINGS,
+        "validate_before_training=false",
+        "trainer.enable_progress_bar=false",
+        "data.batch_size=4",
+        "trainer.limit_val_batches=1",
+        "data.val_batch_size=8",
+        "trainer.val_every_n_steps=1000",
+        "checkpoint.every_n_steps=2",
+        "trainer.log_every_n_steps=1",
+        "ckpt_path=last",
+    ]
+    process = _grpo_train(*args, "trainer.max_steps=400", cwd=tmp_path, extra_path=reward_module)
+    _wait_for(tmp_path / "run" / "checkpoints" / "last.ckpt", process)
+    deadline = time.monotonic() + 300
+    while max(_training_steps(tmp_path / "run"), default=0) < 3:  # a step logged after the checkpoint
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    process.kill()
+    process.communicate(timeout=60)
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] // 4
+    logged = _training_steps(tmp_path / "run")
+    assert max(logged) > saved  # the killed run had logged past its last checkpoint
+    relaunched = _grpo_train(*args, f"trainer.max_steps={max(logged) + 1}", cwd=tmp_path, extra_path=reward_module)
+    stdout, stderr = relaunched.communicate(timeout=300)
+    assert relaunched.returncode == 0, stderr[-3000:]
+    assert _training_steps(tmp_path / "run") == list(range(1, max(logged) + 2))
 
 
 def test_a_resume_with_another_validation_cadence_labels_every_step_once(compose_config, random_arith_dir, tmp_path):
