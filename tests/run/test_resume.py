@@ -158,7 +158,7 @@ def test_grpo_train_on_a_full_disk_ends_with_one_line_and_resumes(random_arith_d
     resumed = _grpo_train(*args, cwd=tmp_path, extra_path=reward_module)
     _, stderr = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, stderr[-3000:]
-    assert sorted(_rows(tmp_path / "run")) == [1, 2, 3]
+    assert _training_steps(tmp_path / "run") == [1, 2, 3]
 
 
 def _rows(run_dir: Path) -> dict[int, dict[str, str]]:
@@ -251,7 +251,7 @@ def test_lora_with_frozen_weights_left_out_checkpoints_the_adapters_only(
     saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     assert saved and all("lora_" in key for key in saved), sorted(saved)[:5]
     train(compose_config(*common, "trainer.max_steps=3", "ckpt_path=last"))
-    assert sorted(_rows(tmp_path)) == [1, 2, 3]
+    assert _training_steps(tmp_path) == [1, 2, 3]
 
 
 def test_a_checkpoint_without_optimizer_moments_resumes_with_fresh_ones(
@@ -269,7 +269,7 @@ def test_a_checkpoint_without_optimizer_moments_resumes_with_fresh_ones(
     assert optimizer["state"] == {} and optimizer["param_groups"][0]["lr"] == pytest.approx(1e-3)
     with pytest.warns(UserWarning, match="optimizer's moments start from zero"):
         train(compose_config(*common, "trainer.max_steps=3", "ckpt_path=last"))
-    assert sorted(_rows(tmp_path)) == [1, 2, 3]
+    assert _training_steps(tmp_path) == [1, 2, 3]
 
 
 def test_trimmed_checkpoints_are_refused_where_the_strategy_writes_its_own(compose_config):
@@ -587,7 +587,7 @@ def test_a_resume_may_change_beta(betas, compose_config, random_arith_dir, tmp_p
     common = [f"model.name_or_path={random_arith_dir}", "validate_before_training=false", f"output_dir={tmp_path}"]
     train(compose_config(*common, "trainer.max_steps=1", f"algorithm.beta={betas[0]}"))
     train(compose_config(*common, "trainer.max_steps=2", f"algorithm.beta={betas[1]}", "ckpt_path=last"))
-    assert sorted(_rows(tmp_path)) == [1, 2]
+    assert _training_steps(tmp_path) == [1, 2]
     assert bool(_rows(tmp_path)[2].get("actor/grpo_kl")) == (betas[1] > 0)
 
 
@@ -663,7 +663,7 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes_from_it(random_arith_dir
     stdout, stderr = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, stderr[-3000:]
     assert f"GRPO finished: {stopped_at + 2} steps" in stdout
-    assert sorted(_rows(tmp_path / "run")) == list(range(1, stopped_at + 3))  # one row per step, none twice
+    assert _training_steps(tmp_path / "run") == list(range(1, stopped_at + 3))  # one row per step, none twice
 
 
 @pytest.mark.slow
@@ -950,7 +950,7 @@ def test_a_signal_during_validation_stops_the_run_there_and_it_resumes_bitwise(
         _SIGNAL_IN_VALIDATION["armed"] = False
         PREEMPTED.clear()
     assert torch.load(tmp_path / "part" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 2
-    assert sorted(_rows(tmp_path / "part")) == [1, 2]  # stopped after step 2's validation
+    assert _training_steps(tmp_path / "part") == [1, 2]  # stopped after step 2's validation
     train(compose_config(*common, f"output_dir={tmp_path}/part", "ckpt_path=last"))
     full, resumed = _rows(tmp_path / "full"), _rows(tmp_path / "part")
     assert sorted(resumed) == list(range(1, max_steps + 1)) and all(
