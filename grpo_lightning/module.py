@@ -1,6 +1,6 @@
 """GRPOModule: one GRPO training step per batch of prompts, as a LightningModule.
 
-    generate G completions per prompt (eval mode, no grad)     policy.rollout.generate_rollout
+    generate G completions per prompt (eval mode, no grad)     policy.rollout (policy/base.py)
       -> score them with the reward functions                  rewards.WeightedReward
          (or DAPO dynamic sampling: rounds until the groups      algo.dynamic_sampling
           carry signal; or a batch with completions already:   data.external)
@@ -58,8 +58,7 @@ from grpo_lightning.data.datamodule import refill_stream
 from grpo_lightning.data.external import external_experience, is_external
 from grpo_lightning.distributed import mean_over_processes, shards_weights
 from grpo_lightning.optim import build_optimizer
-from grpo_lightning.policy.base import Policy, SamplingParams
-from grpo_lightning.policy.rollout import generate_rollout
+from grpo_lightning.policy.base import GenerativePolicy, SamplingParams
 from grpo_lightning.rewards import WeightedReward
 from grpo_lightning.types import Experience, Rollout, RolloutSample, TokenBatch, UpdateBatch, experience_from_rollout
 
@@ -77,11 +76,12 @@ was never written (a run killed in between)."""
 
 
 class GRPOModule(L.LightningModule):
-    """Group Relative Policy Optimization of a :class:`~grpo_lightning.policy.base.Policy`."""
+    """Group Relative Policy Optimization of a :class:`~grpo_lightning.policy.base.GenerativePolicy`:
+    a language model (:class:`~grpo_lightning.policy.base.Policy`) or a policy of any other action space."""
 
     def __init__(
         self,
-        policy: Policy,
+        policy: GenerativePolicy,
         reward: WeightedReward,
         *,
         algorithm: Optional[GRPOConfig] = None,
@@ -213,7 +213,7 @@ class GRPOModule(L.LightningModule):
 
     def _rollout(self, batch: dict[str, list[Any]], group_size: int, sampling: SamplingParams) -> Rollout:
         columns = {key: values for key, values in batch.items() if key != self.prompt_key}
-        return generate_rollout(self.policy, batch[self.prompt_key], columns, group_size, sampling)
+        return self.policy.rollout(batch[self.prompt_key], columns, group_size, sampling)
 
     @torch.no_grad()
     def _prepare_update(self, experience: Experience) -> UpdateBatch:

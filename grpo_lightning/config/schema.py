@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 from omegaconf import MISSING
 
@@ -415,11 +415,21 @@ class LoRAConfig:
 
 @dataclass
 class ModelConfig:
-    """The policy: a causal LM loaded with ``AutoModelForCausalLM.from_pretrained``."""
+    """The policy: a causal LM loaded with ``AutoModelForCausalLM.from_pretrained``, or any
+    generative policy that ``builder`` builds (the fields below ``builder_kwargs`` are the causal
+    LM's and must stay at their defaults then)."""
 
-    name_or_path: str = MISSING
+    name_or_path: Optional[str] = MISSING
     """Hugging Face hub id or local directory. ``${asset:NAME}`` resolves to a checkpoint shipped
-    inside this package (the embedded default)."""
+    inside this package (the embedded default). With ``builder``: passed to it (a checkpoint
+    directory; null for a new policy where the builder can make one)."""
+    builder: Optional[str] = None
+    """Import path of a function ``builder(name_or_path, **builder_kwargs)`` returning a policy of
+    any action space (grpo_lightning.policy.base.GenerativePolicy): e.g.
+    grpo_lightning.policy.gaussian.build_gaussian_policy (continuous actions) or
+    grpo_lightning.policy.diffusion.build_diffusion_policy (images). None: a causal LM."""
+    builder_kwargs: Dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments for ``builder``."""
     gguf_file: Optional[str] = None
     """A GGUF file (llama.cpp's format) inside ``name_or_path``, a local directory or hub repo, to
     load the weights and tokenizer from. The weights are dequantized to ``model.dtype`` when
@@ -474,6 +484,25 @@ class ModelConfig:
         """Check this group's own fields, model.lora included. length_buckets under a sharded
         trainer.strategy is checked in grpo_lightning/config/validation.py."""
         _require_finite(self, "model.")
+        if self.builder is None:
+            _require(
+                self.name_or_path is not None,
+                "model.name_or_path is null: give a Hugging Face hub id or a local directory (or model.builder "
+                "for a policy that is not a causal LM)",
+            )
+            _require(not self.builder_kwargs, "model.builder_kwargs has no effect without model.builder; remove it")
+        else:
+            language_only = [
+                f.name
+                for f in dataclasses.fields(self)
+                if f.name not in ("name_or_path", "builder", "builder_kwargs")
+                and getattr(self, f.name) != getattr(ModelConfig(), f.name)
+            ]
+            _require(
+                not language_only,
+                f"model.{', model.'.join(language_only)} only apply to causal LMs, not to the policy "
+                f"model.builder={self.builder} builds; leave them at their defaults",
+            )
         _require(self.dtype in DTYPES, f"model.dtype={self.dtype!r} is unknown; choose one of {DTYPES}")
         _require(
             self.gguf_file is None or self.gguf_file.endswith(".gguf"),

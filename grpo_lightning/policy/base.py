@@ -1,13 +1,24 @@
 """The policy contract: what the training step needs from any generative policy.
 
-The training step only needs four things from a policy, so the math never depends on where
-the policy comes from:
+:class:`GenerativePolicy` is the contract for any action space (tokens, continuous actions,
+denoising steps): the training step needs two things from it, so the math never depends on what
+the policy generates:
+
+* ``rollout(prompts, columns, group_size, sampling)``: G actions per observation, in a
+  :class:`~grpo_lightning.types.Rollout` whose ``tokens`` hold the observations
+  (``prompt_ids``), the actions (``completion_ids``, any shape with the batch first) and the mask
+  of the elements that carry a log-probability (``completion_mask`` [B, T]: tokens, denoising
+  steps, or one element per sample), and whose ``completions`` are what the rewards judge;
+* ``logprobs_and_entropy(batch, ...)``: log-probs [B, T] (and entropy) of those elements under the
+  policy or under its frozen reference.
+
+:class:`Policy` is its language-model form: prompts are texts, actions tokens, and the rollout is
+built from four token-level methods:
 
 * ``encode_prompts(texts)``: left-padded prompt ids and mask;
 * ``sample(prompt_ids, prompt_mask, sampling)``: completion ids (no grad, eval mode);
 * ``decode(completion_ids, completion_mask)``: completion texts;
-* ``logprobs_and_entropy(batch, ...)``: log-probs (and entropy) of completion tokens, under the
-  policy or under its frozen reference.
+* ``logprobs_and_entropy(batch, ...)``: as above, per completion token.
 
 ``logprobs_and_entropy`` used to be called ``token_scores``; the old name keeps working both ways: a
 policy that defines ``token_scores`` serves ``logprobs_and_entropy``, and every policy answers
@@ -18,14 +29,16 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Iterator, Optional
+from pathlib import Path
+from typing import Any, Iterator, Optional
 
+import torch
 from torch import Tensor, nn
 
 from grpo_lightning.config import GenerationConfig
 from grpo_lightning.distributed import AllAgree
 from grpo_lightning.policy.generation.vllm import VLLMEngineArgs
-from grpo_lightning.types import TokenBatch
+from grpo_lightning.types import Rollout, TokenBatch
 
 
 @dataclass(frozen=True)
@@ -50,14 +63,84 @@ class SamplingParams:
         return cls(gen.max_new_tokens, gen.temperature, gen.top_p, gen.top_k, do_sample, gen.backend, engine)
 
 
-class Policy(nn.Module, ABC):
-    """What GRPOModule needs from a generative policy."""
+class GenerativePolicy(nn.Module, ABC):
+    """What GRPOModule needs from a generative policy of any action space."""
 
-    eos_token_ids: list[int]
     lockstep: Optional[AllAgree] = None
     """Set (by ``GRPOModule.setup``) when the weights are sharded across processes: each
     forward call is then a collective, so sampling and scoring must make the same calls on
     every process, whatever their data (grpo_lightning.distributed)."""
+    max_completion_tokens: Optional[int] = None
+    """generation.max_new_tokens, set by GRPOModule: the longest completion (language models)."""
+
+    @abstractmethod
+    def rollout(
+        self, prompts: list[Any], columns: dict[str, list[Any]], group_size: int, sampling: SamplingParams
+    ) -> Rollout:
+        """``group_size`` actions for each prompt (observation), sampled without grad; row i
+        belongs to prompt i // group_size, and ``columns`` are repeated alike."""
+
+    @abstractmethod
+    def logprobs_and_entropy(
+        self,
+        batch: TokenBatch,
+        *,
+        temperature: float,
+        with_entropy: bool,
+        reference: bool = False,
+        entropy_grad: bool = True,
+    ) -> tuple[Tensor, Optional[Tensor]]:
+        """Log-probs [B, T] (and entropy [B, T] or None) of the batch's actions, one per element
+        of ``completion_mask``, under the policy (with grad) or its frozen reference.
+
+        ``entropy_grad=False``: the entropy is only logged, so it may be computed without grad."""
+
+    @abstractmethod
+    def enable_reference(self) -> None:
+        """Freeze a copy of the current weights as the KL reference."""
+
+    @abstractmethod
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        """The parameters the optimizer updates."""
+
+    @abstractmethod
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Export the trained policy (``policy/`` of a run) so that it loads again."""
+
+    def weights_updated(self) -> None:
+        """Called after each optimizer step: a sampler with its own copy of the weights re-syncs."""
+
+    def sample_images(self, count: int, seed: int = 0) -> Optional[Tensor]:
+        """``count`` samples as images [count, H, W] in [-1, 1], drawn with a generator of their
+        own, for the run's before/after grids (samples_before.png, samples_after.png); None for a
+        policy whose samples are not images."""
+        return None
+
+
+def completion_mask_from_eos(completion_ids: Tensor, eos_token_ids: list[int]) -> tuple[Tensor, Tensor]:
+    """Mask [B, T] of tokens up to and including the first EOS, and whether each row lacks one.
+
+    Padding after EOS may itself be the EOS id (many tokenizers pad with EOS), so the mask is
+    built from the first EOS position, not from comparing with the pad id.
+    """
+    is_eos = torch.isin(completion_ids, torch.tensor(eos_token_ids, device=completion_ids.device))
+    has_eos = is_eos.any(dim=1)  # [B]
+    length = completion_ids.size(1)
+    first_eos = torch.where(has_eos, is_eos.int().argmax(dim=1), length - 1)  # [B]
+    positions = torch.arange(length, device=completion_ids.device)
+    mask = (positions.unsqueeze(0) <= first_eos.unsqueeze(1)).long()  # [B, T]
+    return mask, ~has_eos
+
+
+def repeat_each(values: list[Any], times: int) -> list[Any]:
+    """[a, b] -> [a, a, b, b] for times=2: each prompt's value for each of its completions."""
+    return [value for value in values for _ in range(times)]
+
+
+class Policy(GenerativePolicy):
+    """A language model as a generative policy: prompts are texts, actions are tokens."""
+
+    eos_token_ids: list[int]
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -68,6 +151,24 @@ class Policy(nn.Module, ABC):
             cls.token_scores = own["logprobs_and_entropy"]
         elif "token_scores" in own and "logprobs_and_entropy" not in own:
             cls.logprobs_and_entropy = own["token_scores"]
+
+    def rollout(
+        self, prompts: list[str], columns: dict[str, list[Any]], group_size: int, sampling: SamplingParams
+    ) -> Rollout:
+        """Each prompt tokenized once and repeated G times, all N*G rows sampled in one call."""
+        prompt_ids, prompt_mask = self.encode_prompts(prompts)  # [N, P]
+        prompt_ids = prompt_ids.repeat_interleave(group_size, dim=0)  # [N*G, P]
+        prompt_mask = prompt_mask.repeat_interleave(group_size, dim=0)
+        completion_ids = self.sample(prompt_ids, prompt_mask, sampling)  # [N*G, T]
+        completion_mask, truncated = completion_mask_from_eos(completion_ids, self.eos_token_ids)
+        return Rollout(
+            tokens=TokenBatch(prompt_ids, prompt_mask, completion_ids, completion_mask),
+            prompts=repeat_each(prompts, group_size),
+            completions=self.decode(completion_ids, completion_mask),
+            columns={name: repeat_each(values, group_size) for name, values in columns.items()},
+            group_ids=torch.arange(len(prompts), device=prompt_ids.device).repeat_interleave(group_size),
+            truncated=truncated,
+        )
 
     @abstractmethod
     def encode_prompts(self, texts: list[str]) -> tuple[Tensor, Tensor]:
@@ -80,28 +181,3 @@ class Policy(nn.Module, ABC):
     @abstractmethod
     def decode(self, completion_ids: Tensor, completion_mask: Tensor) -> list[str]:
         """Completion texts, special tokens removed."""
-
-    @abstractmethod
-    def logprobs_and_entropy(
-        self,
-        batch: "TokenBatch",
-        *,
-        temperature: float,
-        with_entropy: bool,
-        reference: bool = False,
-        entropy_grad: bool = True,
-    ) -> tuple[Tensor, Optional[Tensor]]:
-        """Log-probs [B, T] (and entropy [B, T] or None) of the batch's completion tokens.
-
-        ``entropy_grad=False``: the entropy is only logged, so it may be computed without grad."""
-
-    @abstractmethod
-    def enable_reference(self) -> None:
-        """Freeze a copy of the current weights as the KL reference."""
-
-    @abstractmethod
-    def trainable_parameters(self) -> Iterator[nn.Parameter]:
-        """The parameters the optimizer updates."""
-
-    def weights_updated(self) -> None:
-        """Called after each optimizer step: a sampler with its own copy of the weights re-syncs."""

@@ -40,6 +40,7 @@ from grpo_lightning.config import ConfigError, TrainConfig, register_configs, to
 from grpo_lightning.data.datamodule import PromptDataModule
 from grpo_lightning.data.formatting import PromptFormatter
 from grpo_lightning.module import GRPOModule
+from grpo_lightning.policy.build import build_policy
 from grpo_lightning.policy.causal_lm import CausalLMPolicy
 from grpo_lightning.rewards import RewardError, WeightedReward
 from grpo_lightning.run.checkpoints import (
@@ -51,6 +52,7 @@ from grpo_lightning.run.checkpoints import (
     recorded_final_validation,
     resolve_ckpt_path,
 )
+from grpo_lightning.run.images import save_sample_grid
 from grpo_lightning.run.loggers import LoggerIdCallback, build_logger, finish_logger, log_run_config, read_resume_info
 from grpo_lightning.run.plots import plot_reward_curve
 from grpo_lightning.run.preemption import INTERRUPTED, PREEMPTED, PreemptionCallback
@@ -215,10 +217,13 @@ def _train(cfg: TrainConfig, dict_cfg: DictConfig) -> dict[str, float]:
     started = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True)
     reward = WeightedReward.from_config(cfg.reward)  # before the model: its errors come sooner
-    policy = CausalLMPolicy.from_config(cfg.model)
-    formatter = PromptFormatter.from_config(cfg.data, policy.tokenizer)
-    policy.add_special_tokens = formatter.add_special_tokens
-    data = PromptDataModule.from_config(cfg.data, seed=cfg.seed, prepare=formatter.prepare)
+    policy = build_policy(cfg.model)
+    prepare = None
+    if isinstance(policy, CausalLMPolicy):  # text prompts, formatted for its tokenizer
+        formatter = PromptFormatter.from_config(cfg.data, policy.tokenizer)
+        policy.add_special_tokens = formatter.add_special_tokens
+        prepare = formatter.prepare
+    data = PromptDataModule.from_config(cfg.data, seed=cfg.seed, prepare=prepare)
     module = GRPOModule(
         policy,
         reward,
@@ -241,6 +246,8 @@ def _train(cfg: TrainConfig, dict_cfg: DictConfig) -> dict[str, float]:
     try:
         log_run_config(trainer.loggers, OmegaConf.to_container(dict_cfg, resolve=True))
         first_val = None
+        if ckpt_path is None and trainer.is_global_zero:
+            save_sample_grid(policy, Path(cfg.output_dir) / "samples_before.png", "before training", trainer.loggers)
         if cfg.validate_before_training and ckpt_path is None:
             trainer.validate(module, datamodule=data, verbose=False)
             first_val = _val_reward(trainer)
@@ -281,6 +288,8 @@ def _train(cfg: TrainConfig, dict_cfg: DictConfig) -> dict[str, float]:
     run_dir = Path(cfg.output_dir)
     if trainer.is_global_zero:
         policy.save_pretrained(run_dir / "policy")
+        steps_done = trainer.global_step // optimizer_steps_per_batch(cfg)
+        save_sample_grid(policy, run_dir / "samples_after.png", f"after {steps_done} steps", [])
         if (run_dir / "metrics.csv").is_file():
             plot_reward_curve(run_dir)
         _print_summary(

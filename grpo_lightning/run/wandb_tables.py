@@ -5,6 +5,8 @@ step's prompts, completions, rewards and advantages, detached) in ``module.last_
 callback turns it into a ``wandb.Table`` every ``logger.log_completions_every`` steps, on rank 0.
 Each logged table is a new object under the key ``completions``, so W&B keeps one version per
 step (``media/table/completions_<step>_*.table.json``) instead of overwriting the last one.
+Completions and prompts that are not text become cells W&B can show: an image tensor [H, W]
+(a diffusion policy's sample) a ``wandb.Image``, anything else (continuous actions) its text.
 """
 
 from __future__ import annotations
@@ -49,10 +51,24 @@ class CompletionsTable(L.Callback):
 
         logger.experiment.log(
             {
-                "completions": wandb.Table(columns=sample.columns(), data=sample.rows()),
+                "completions": wandb.Table(
+                    columns=sample.columns(), data=[list(map(_cell, row)) for row in sample.rows()]
+                ),
                 "histograms/reward": wandb.Histogram(sample.total.float().cpu().numpy()),
                 "histograms/response_length": wandb.Histogram(sample.lengths.float().cpu().numpy()),
                 # The x-axis every metric is logged against (training steps so far).
                 "trainer/global_step": pl_module.steps_trained,
             }
         )
+
+
+def _cell(value: Any) -> Any:
+    """A table cell W&B can serialize: numbers and text as they are, images as images."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    import torch
+    import wandb
+
+    if isinstance(value, torch.Tensor) and value.dim() == 2:  # an image in [-1, 1]
+        return wandb.Image(((1 - value.detach().float().cpu().clamp(-1, 1)) * 127.5).byte().numpy())
+    return str(value)
