@@ -20,6 +20,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from grpo_lightning.algo.advantages import constant_groups
+from grpo_lightning.algo.correction import CORRECTION_METRICS
 from grpo_lightning.types import Experience, RewardScores
 
 
@@ -82,6 +83,7 @@ def train_metric_names(loss_stats: list[str], reward_names: list[str], alg: Any,
     reward += ["reward/overlong_penalty"] if overlong else []
     reward += ["sampling/rounds", "sampling/kept_group_frac"] if dynamic_sampling else []
     reward += [f"reward/{n}/non_finite" for n in reward_names] if non_finite_counted else []
+    reward += list(CORRECTION_METRICS) if alg.rollout_correction is not None else []
     return (
         actor + reward + ["response_length/mean", "response_length/clip_ratio", "perf/step_time_s", "perf/tokens_per_s"]
     )

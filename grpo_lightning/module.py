@@ -68,6 +68,11 @@ GAMMA_UNUSED = (
     "per-token estimators (reinforce_pp); generated rollouts have outcome rewards only"
 )
 
+NOTHING_TO_CORRECT = (
+    "algorithm.rollout_correction={} has nothing to correct in this batch: it carries no sampler "
+    "log-probs (rollouts generated here are sampled by the trainer's own model, whose log-probs are "
+    "the trainer's); it applies to batches that carry them (external rollouts' logprobs)"
+)
 
 LAST_VALIDATION_KEY = "last_validation"
 """The checkpoint's record of the validation after the step it was written at, if there was one:
@@ -109,6 +114,7 @@ class GRPOModule(L.LightningModule):
         )
         self._refill: Optional[Any] = None  # iterator over more prompts for dynamic sampling
         self._warned_gamma = False
+        self._warned_correction = False
         if alg.beta > 0:
             policy.enable_reference()
         policy.max_completion_tokens = gen.max_new_tokens
@@ -218,8 +224,12 @@ class GRPOModule(L.LightningModule):
     @torch.no_grad()
     def _prepare_update(self, experience: Experience) -> UpdateBatch:
         """Old and reference log-probs (computed once per batch, only when used), then advantages."""
-        update, kl_means = prepare_update(experience, self.algorithm, self._score_in_chunks, self.kl_estimator)
-        self.train_means.update(kl_means, weight=experience.rewards.numel())
+        alg = self.algorithm
+        if alg.rollout_correction is not None and experience.sampling_logprobs is None and not self._warned_correction:
+            warnings.warn(NOTHING_TO_CORRECT.format(alg.rollout_correction), stacklevel=2)
+            self._warned_correction = True
+        update, logged = prepare_update(experience, alg, self._score_in_chunks, self.kl_estimator)
+        self.train_means.update(logged, weight=experience.rewards.numel())
         return update
 
     def _score_in_chunks(self, tokens: TokenBatch, reference: bool) -> Tensor:

@@ -10,6 +10,12 @@ Per completion token t of sequence i, with ratio r = pi(o_t) / pi_old(o_t) and a
             with dual-clip: for A < 0 the loss is capped at -c A            [Ye et al. 2020]
   ``gspo``  the same with the sequence ratio s_i = exp(mean_t log r_{i,t})     [GSPO]
   ``cispo`` -sg(clip(r, 1 - eps_low, 1 + eps_high)) A log pi                         [CISPO]
+  ``sapo``  -(4 / tau) sigmoid(tau (r - 1)) A, tau = tau_pos (A > 0) or tau_neg        [SAPO]
+  ``gmpo``  -A exp(mean_t sgn(A) min(sgn(A) log r_t, sgn(A) clip(log r_t, -eps_low, eps_high)))
+            per sequence: the geometric mean of the token ratios                [GMPO]
+  ``clip_cov``  PPO's clip, plus no gradient for a random fraction of the tokens whose
+            covariance (A - mean A)(log pi - mean log pi) lies in [lb, ub]  [Cov]
+  ``kl_cov``    -r A, plus coef |log r| on the top fraction of tokens by that covariance [Cov]
 * aggregations (``algorithm.loss_agg``, registry :data:`LOSS_AGGREGATIONS`)
 * KL estimators k1 / k2 / k3 (``algorithm.kl_estimator``, :mod:`grpo_lightning.algo.kl`)
 
@@ -22,6 +28,9 @@ References:
   [DAPO] Yu et al. 2025, arXiv:2503.14476.       [GSPO] Zheng et al. 2025, arXiv:2507.18071.
   [CISPO] MiniMax 2025, arXiv:2506.13585.        [Dual-clip] Ye et al. 2020, arXiv:1912.09729.
   [Dr. GRPO] Liu et al. 2025, arXiv:2503.20783.
+  [SAPO] Qwen team 2025, Soft Adaptive Policy Optimization, arXiv:2511.20347.
+  [GMPO] Geometric-Mean Policy Optimization 2025, arXiv:2507.20673.
+  [Cov]  Cui et al. 2025, The Entropy Mechanism of RL for Reasoning LMs, arXiv:2505.22617.
 
 Departures from the GRPO paper: the entropy bonus is ours (0 recovers the paper); log-probs are
 those of the temperature-scaled sampling distribution (top-k / top-p truncation is not
@@ -51,6 +60,11 @@ __all__ = [
     "ClippedSurrogate",
     "GSPOLoss",
     "CISPOLoss",
+    "SAPOLoss",
+    "GMPOLoss",
+    "ClipCovLoss",
+    "KLCovLoss",
+    "token_covariance",
     "build_policy_loss",
     "LOSS_AGGREGATIONS",
     "LossAggregation",
@@ -284,6 +298,155 @@ class CISPOLoss:
         loss = aggregate(per_token, mask)
         return loss, {"policy_loss": loss, "clip_frac": masked_mean(clipped.to(mask.dtype), mask)} | _ratio_stats(
             log_ratio.detach(), ratio, mask
+        )
+
+
+@register_policy_loss("sapo")
+class SAPOLoss:
+    """SAPO: a smooth gate instead of the hard clip, -(4 / tau) sigmoid(tau (r - 1)) A per token.
+
+    The gate's slope is 1 at r = 1 (the gradient of PPO there) and fades as r leaves 1, faster
+    for negative advantages (tau_neg > tau_pos); no token's gradient is cut to 0 at a boundary.
+    ``clip_frac`` is not defined (nothing is clipped): reported is ``gate_mean``, the mean slope
+    4 sigmoid (1 - sigmoid) of the gate (1 on policy)."""
+
+    stat_names = ("policy_loss", "gate_mean", "approx_kl", "ratio_mean")
+
+    def __init__(self, temperature_pos: float = 1.0, temperature_neg: float = 1.05):
+        self.temperature_pos, self.temperature_neg = temperature_pos, temperature_neg
+
+    @classmethod
+    def from_config(cls, alg) -> "SAPOLoss":
+        return cls(alg.sapo_temperature_pos, alg.sapo_temperature_neg)
+
+    def __call__(
+        self, logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, aggregate: Aggregate
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        log_ratio = logprobs - old_logprobs  # [B, T]
+        ratio = torch.exp(log_ratio)
+        tau = torch.where(advantages > 0, self.temperature_pos, self.temperature_neg)  # [B, 1] or [B, T]
+        gate = torch.sigmoid(tau * (ratio - 1.0))  # [B, T]
+        per_token = -(4.0 / tau) * gate * advantages
+        loss = aggregate(per_token, mask)
+        slope = (4.0 * gate * (1.0 - gate)).detach()
+        return loss, {"policy_loss": loss, "gate_mean": masked_mean(slope, mask)} | _ratio_stats(log_ratio, ratio, mask)
+
+
+@register_policy_loss("gmpo")
+class GMPOLoss:
+    """GMPO: the geometric mean of the token ratios, each clipped in log space to [-low, high]
+    on the side the advantage pushes, times the sequence advantage: -A_i exp(mean_t l_{i,t}).
+
+    The value of the loss is per sequence (spread over its tokens, so ``seq-mean-token-mean`` takes
+    the mean over sequences, as the paper's objective). ``clip_frac`` is the fraction of tokens
+    whose log ratio was clipped; ``ratio_mean`` the mean sequence ratio."""
+
+    stat_names = ("policy_loss", "clip_frac", "approx_kl", "ratio_mean")
+
+    def __init__(self, clip_low: float = 0.4, clip_high: float = 0.4):
+        self.clip_low, self.clip_high = clip_low, clip_high
+
+    @classmethod
+    def from_config(cls, alg) -> "GMPOLoss":
+        return cls(*_clip_bounds(alg))
+
+    def __call__(
+        self, logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, aggregate: Aggregate
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        log_ratio = logprobs - old_logprobs  # [B, T]
+        lengths = mask.sum(dim=1).clamp(min=1)  # [B]
+        seq_adv = (advantages.expand_as(log_ratio) * mask).sum(dim=1) / lengths  # [B]
+        sign = torch.where(seq_adv >= 0, 1.0, -1.0).unsqueeze(1)  # [B, 1]
+        clipped = log_ratio.clamp(-self.clip_low, self.clip_high)
+        kept = sign * torch.minimum(sign * log_ratio, sign * clipped)  # [B, T]
+        seq_ratio = torch.exp((kept * mask).sum(dim=1) / lengths)  # [B]
+        per_token = (-seq_adv * seq_ratio).unsqueeze(1).expand_as(log_ratio)
+        loss = aggregate(per_token, mask)
+        scored = scored_rows(mask)
+        return loss, {
+            "policy_loss": loss,
+            "clip_frac": masked_mean((kept != log_ratio).to(mask.dtype), mask),
+            "approx_kl": masked_mean(torch.exp(log_ratio) - 1.0 - log_ratio, mask),
+            "ratio_mean": masked_mean(seq_ratio.detach(), scored),
+        }
+
+
+def token_covariance(logprobs: Tensor, advantages: Tensor, mask: Tensor) -> Tensor:
+    """(A_t - mean A)(log pi_t - mean log pi) per token, means over the valid tokens [Cov].
+    [B, T] (advantages [B, 1] or [B, T]) -> [B, T], no grad, -inf on padding."""
+    advantages = advantages.expand_as(logprobs).detach()
+    logprobs = logprobs.detach()
+    cov = (advantages - masked_mean(advantages, mask)) * (logprobs - masked_mean(logprobs, mask))
+    return cov.masked_fill(mask <= 0, float("-inf"))
+
+
+@register_policy_loss("clip_cov")
+class ClipCovLoss:
+    """Clip-Cov: PPO's clipped surrogate; then, of the tokens the clip left alone whose covariance
+    lies in (lb, ub), a random max(1, int(ratio * valid tokens)) get no gradient at all (their
+    loss is multiplied by 0). Draws from torch's global generator. ``clip_frac`` counts both."""
+
+    stat_names = ("policy_loss", "clip_frac", "approx_kl", "ratio_mean")
+
+    def __init__(self, clip_low=0.2, clip_high=0.2, ratio=2e-4, lower=1.0, upper=5.0):
+        self.clip_low, self.clip_high = clip_low, clip_high
+        self.ratio, self.lower, self.upper = ratio, lower, upper
+
+    @classmethod
+    def from_config(cls, alg) -> "ClipCovLoss":
+        return cls(*_clip_bounds(alg), alg.clip_cov_ratio, alg.clip_cov_lb, alg.clip_cov_ub)
+
+    def __call__(
+        self, logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, aggregate: Aggregate
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        log_ratio = logprobs - old_logprobs
+        ratio = torch.exp(log_ratio)
+        unclipped, clipped_value = (
+            ratio * advantages,
+            ratio.clamp(1.0 - self.clip_low, 1.0 + self.clip_high) * advantages,
+        )
+        by_clip = (clipped_value < unclipped).detach()  # PPO's min takes the clipped term
+        cov = token_covariance(logprobs, advantages, mask).masked_fill(by_clip, float("-inf"))
+        candidates = ((cov > self.lower) & (cov < self.upper)).nonzero()  # [n, 2]
+        count = min(max(int(self.ratio * mask.sum().item()), 1), candidates.size(0))
+        chosen = candidates[torch.randperm(candidates.size(0), device=candidates.device)[:count]]
+        keep = torch.ones_like(mask)
+        keep[chosen[:, 0], chosen[:, 1]] = 0.0
+        per_token = -torch.minimum(unclipped, clipped_value) * keep
+        loss = aggregate(per_token, mask)
+        return loss, {"policy_loss": loss, "clip_frac": masked_mean((by_clip | (keep == 0)).to(mask.dtype), mask)} | (
+            _ratio_stats(log_ratio, ratio, mask)
+        )
+
+
+@register_policy_loss("kl_cov")
+class KLCovLoss:
+    """KL-Cov: -r A on every token (no clip), plus coef |log r| on the max(1, int(ratio * valid
+    tokens)) tokens of highest covariance. ``clip_frac`` is the fraction of tokens penalized."""
+
+    stat_names = ("policy_loss", "clip_frac", "approx_kl", "ratio_mean")
+
+    def __init__(self, ratio: float = 2e-3, coef: float = 1.0):
+        self.ratio, self.coef = ratio, coef
+
+    @classmethod
+    def from_config(cls, alg) -> "KLCovLoss":
+        return cls(alg.kl_cov_ratio, alg.kl_cov_coef)
+
+    def __call__(
+        self, logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, aggregate: Aggregate
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        log_ratio = logprobs - old_logprobs
+        ratio = torch.exp(log_ratio)
+        cov = token_covariance(logprobs, advantages, mask).view(-1)
+        count = min(max(int(self.ratio * mask.sum().item()), 1), int(mask.sum().item()))
+        penalized = torch.zeros_like(cov)
+        penalized[cov.topk(count).indices] = 1.0
+        penalized = penalized.view_as(mask)
+        per_token = -ratio * advantages + self.coef * log_ratio.abs() * penalized
+        loss = aggregate(per_token, mask)
+        return loss, {"policy_loss": loss, "clip_frac": masked_mean(penalized, mask)} | _ratio_stats(
+            log_ratio, ratio, mask
         )
 
 

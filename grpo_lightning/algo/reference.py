@@ -27,6 +27,8 @@ For a prompt q with G completions o_i, rewards r_i and ratios rho_{i,t} = pi(o_{
   [CISPO]   MiniMax 2025, arXiv:2506.13585: -sg(clip(rho)) A log pi, every token keeps a gradient.
   [RLOO]    Ahmadian et al. 2024, arXiv:2402.14740: the mean of the other G-1 rewards as the baseline;
             kl_in_reward makes the KL a cost in the reward, r_i - beta sum_t KL_{i,t} ([GRPO] eq. 2).
+  [Rollout correction] algo/correction.py: with rollout_correction and the sampler's log-probs, the
+            old log-probs are the trainer's and each token's advantage is weighted by the correction.
   [R++]     Hu 2025, REINFORCE++, arXiv:2501.03262: A_t = r - beta sum_{k>=t} KL_k (the KL still to
             come), whitened over every completion token of the batch (adv_estimator=reinforce_pp).
 
@@ -54,6 +56,7 @@ from grpo_lightning.algo.advantages import (
     get_adv_estimator,
     outcome_at_last_token,
 )
+from grpo_lightning.algo.correction import ROLLOUT_CORRECTIONS
 from grpo_lightning.algo.kl import get_kl_estimator
 from grpo_lightning.algo.losses import build_policy_loss, get_loss_aggregation
 
@@ -103,7 +106,10 @@ def reference_step(
         return completion_scores(net, *(t[rows] for t in tensors), temperature)
 
     old, ref = batch.get("logprobs"), batch.get("ref_logprobs") if alg.beta > 0 else None  # [B, T] or None
+    sampler = old if alg.rollout_correction is not None else None  # the sampling engine's log-probs
     with torch.no_grad():  # both before the first step: the policy that sampled, and the initial one
+        if sampler is not None:  # the ratio compares the trainer with itself; the correction bridges
+            old = scores(model, all_rows)[0]
         if old is None and (alg.num_iterations > 1 or mini < num_rows or alg.kl_in_reward):
             old = scores(model, all_rows)[0]
         if ref is None and alg.beta > 0:
@@ -142,6 +148,9 @@ def reference_step(
             eps=alg.adv_eps,
             scale_rewards=scale,
         )  # [B, T]
+    if sampler is not None:  # [Rollout correction] a weight per token: algo/correction.py
+        sampler = torch.where(mask > 0, sampler.float(), 0.0)
+        advantages = advantages * ROLLOUT_CORRECTIONS[alg.rollout_correction](old, sampler, advantages, mask, alg)
     if alg.mask_truncated_completions and batch.get("truncated") is not None:
         mask = mask * ~batch["truncated"].bool().unsqueeze(1)  # after the advantages: their groups stay whole
 

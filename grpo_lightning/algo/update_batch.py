@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from grpo_lightning.algo.advantages import batch_advantages, estimator_token_rewards, resolve_scale_rewards
+from grpo_lightning.algo.correction import correct_advantages
 from grpo_lightning.algo.kl import KLEstimator, kl_penalized_rewards
 from grpo_lightning.types import Experience, TokenBatch, UpdateBatch
 
@@ -37,20 +38,26 @@ def needs_old_logprobs(alg: Any, num_rows: int) -> bool:
 def prepare_update(
     experience: Experience, alg: Any, score: Score, kl_estimator: KLEstimator
 ) -> tuple[UpdateBatch, dict[str, Tensor]]:
-    """The update batch, and the KL means to log when KL is in the reward ({} otherwise).
+    """The update batch, and the means to log: the KL's when KL is in the reward, the rollout
+    correction's when there is one ({} otherwise).
 
     ``alg`` has GRPOConfig's fields (config/schema.py). Log-probs the experience carries (rollouts
     from elsewhere) are used as given; the others are computed with ``score`` only when needed.
+    With ``rollout_correction`` and the sampler's log-probs, the old log-probs are the trainer's own
+    (the PPO ratio compares like with like) and the correction weighs each token's advantage by how
+    the two differ (algo/correction.py).
     """
     tokens = experience.tokens
-    old = experience.sampling_logprobs
+    sampler = experience.sampling_logprobs
+    correcting = alg.rollout_correction is not None and sampler is not None
+    old = score(tokens, False) if correcting else sampler
     if old is None and needs_old_logprobs(alg, tokens.prompt_ids.size(0)):
         old = score(tokens, False)
     ref = experience.ref_logprobs if alg.beta > 0 else None  # beta = 0: no KL, given or not
     if ref is None and alg.beta > 0:
         ref = score(tokens, True)
     mask = tokens.completion_mask.float()  # [B, T]
-    rewards, kl_means = experience.rewards, {}
+    rewards, logged = experience.rewards, {}
     token_rewards = estimator_token_rewards(
         alg.adv_estimator,
         rewards,
@@ -64,7 +71,7 @@ def prepare_update(
         kl = torch.where(mask > 0, kl_estimator(old, ref), 0.0)  # [B, T]
         rewards, token_rewards = kl_penalized_rewards(rewards, token_rewards, kl, mask, alg.beta)
         mean_kl = kl.sum() / mask.sum().clamp(min=1)
-        kl_means = {"actor/grpo_kl": mean_kl, "actor/kl_penalty": alg.beta * mean_kl}
+        logged = {"actor/grpo_kl": mean_kl, "actor/kl_penalty": alg.beta * mean_kl}
         ref = None  # in the reward, not in the loss
     advantages = batch_advantages(
         rewards,
@@ -79,10 +86,13 @@ def prepare_update(
         token_advantage=alg.token_advantage,
         step_mask=experience.token_reward_mask,
     )  # [B] or [B, T]
+    if correcting:
+        advantages, correction_means = correct_advantages(alg.rollout_correction, old, sampler, advantages, mask, alg)
+        logged |= correction_means
     if alg.mask_truncated_completions and experience.truncated is not None:
         tokens = replace(tokens, completion_mask=tokens.completion_mask * ~experience.truncated.unsqueeze(1))
     update = UpdateBatch(**vars(tokens), advantages=advantages, old_logprobs=old, ref_logprobs=ref)
-    return update, kl_means
+    return update, logged
 
 
 def mini_batches(

@@ -168,6 +168,42 @@ class GRPOConfig:
     """Largest overlong penalty (at max_new_tokens). Only with overlong_buffer_frac."""
     mask_truncated_completions: bool = False
     """Exclude completions cut at max_new_tokens (no EOS) from the loss [DAPO overlong filtering]."""
+    sapo_temperature_pos: float = 1.0
+    """SAPO's gate temperature for tokens with A > 0 (policy_loss=sapo; Qwen team 2025,
+    arXiv:2511.20347, and TRL's default)."""
+    sapo_temperature_neg: float = 1.05
+    """SAPO's gate temperature for tokens with A <= 0, above tau_pos so that negative tokens'
+    gradients fade sooner (policy_loss=sapo)."""
+    clip_cov_ratio: float = 2e-4
+    """Clip-Cov: the fraction of valid tokens whose gradient is cut (policy_loss=clip_cov; Cui et al.
+    2025, arXiv:2505.22617, and verl's default)."""
+    clip_cov_lb: float = 1.0
+    """Clip-Cov: only tokens whose covariance exceeds this are candidates (policy_loss=clip_cov)."""
+    clip_cov_ub: float = 5.0
+    """Clip-Cov: ... and is below this (policy_loss=clip_cov)."""
+    kl_cov_ratio: float = 2e-3
+    """KL-Cov: the fraction of valid tokens, those of highest covariance, that get the |log r|
+    penalty (policy_loss=kl_cov; Cui et al. 2025 use 2e-3 for 7B models)."""
+    kl_cov_coef: float = 1.0
+    """KL-Cov: weight of the |log r| penalty (policy_loss=kl_cov)."""
+    rollout_correction: Optional[str] = None
+    """Correct for the gap between the policy that sampled a batch and the trainer's (another
+    engine, a stale policy, external rollouts): ``tis`` (truncated importance sampling, each token's
+    policy-gradient term weighted by min(pi_train / pi_sample, rollout_is_cap); Yao et al. 2025,
+    "Your efficient RL framework secretly brings you off-policy RL training"), ``icepop`` (weighted by
+    pi_train / pi_sample where it lies in [rollout_mask_low, rollout_mask_high], by 0 elsewhere; Ling
+    team 2025, arXiv:2510.18855), ``seq_mask`` (sequences with A < 0 whose mean sampler-to-trainer KL exceeds
+    rollout_seq_kl_threshold get no policy gradient; DeepSeek-V3.2, arXiv:2512.02556). Needs
+    batches that carry the sampler's log-probs. Registry: grpo_lightning/algo/correction.py."""
+    rollout_is_cap: float = 2.0
+    """TIS: the largest importance weight (rollout_correction=tis)."""
+    rollout_mask_low: float = 0.5
+    """IcePop: tokens with pi_train / pi_sample below this are masked (rollout_correction=icepop)."""
+    rollout_mask_high: float = 5.0
+    """IcePop: ... or above this (rollout_correction=icepop; the paper's 0.5 and 5)."""
+    rollout_seq_kl_threshold: Optional[float] = None
+    """Sequence masking's KL threshold delta (rollout_correction=seq_mask; required there, as the
+    paper publishes none)."""
     max_consecutive_skips: int = 3
     """An update whose loss or gradient norm is NaN/inf is skipped and counted in
     actor/skipped_updates; this many skips in a row are tolerated, one more stops the run
@@ -256,6 +292,42 @@ class GRPOConfig:
                 self.overlong_penalty_factor >= 0,
                 f"algorithm.overlong_penalty_factor must be >= 0 (got {self.overlong_penalty_factor})",
             )
+        unused = {
+            "sapo_temperature_pos": (self.policy_loss == "sapo", 1.0),
+            "sapo_temperature_neg": (self.policy_loss == "sapo", 1.05),
+            "clip_cov_ratio": (self.policy_loss == "clip_cov", 2e-4),
+            "clip_cov_lb": (self.policy_loss == "clip_cov", 1.0),
+            "clip_cov_ub": (self.policy_loss == "clip_cov", 5.0),
+            "kl_cov_ratio": (self.policy_loss == "kl_cov", 2e-3),
+            "kl_cov_coef": (self.policy_loss == "kl_cov", 1.0),
+            "rollout_is_cap": (self.rollout_correction == "tis", 2.0),
+            "rollout_mask_low": (self.rollout_correction == "icepop", 0.5),
+            "rollout_mask_high": (self.rollout_correction == "icepop", 5.0),
+            "rollout_seq_kl_threshold": (self.rollout_correction == "seq_mask", None),
+        }
+        for name, (applies, default) in unused.items():
+            _require(
+                applies or getattr(self, name) == default,
+                f"algorithm.{name}={getattr(self, name)} has no effect with algorithm.policy_loss={self.policy_loss} "
+                f"and algorithm.rollout_correction={self.rollout_correction}; remove it, or choose the option "
+                "it belongs to",
+            )
+        for name in ("sapo_temperature_pos", "sapo_temperature_neg", "rollout_is_cap", "kl_cov_coef"):
+            _require(getattr(self, name) > 0, f"algorithm.{name} must be > 0 (got {getattr(self, name)})")
+        for name in ("clip_cov_ratio", "kl_cov_ratio"):
+            _require(0 < getattr(self, name) <= 1, f"algorithm.{name} must be in (0, 1] (got {getattr(self, name)})")
+        _require(self.clip_cov_lb < self.clip_cov_ub, "algorithm.clip_cov_lb must be below algorithm.clip_cov_ub")
+        _require(
+            0 <= self.rollout_mask_low < 1 < self.rollout_mask_high,
+            f"algorithm.rollout_mask_low and rollout_mask_high must satisfy 0 <= low < 1 < high "
+            f"(got {self.rollout_mask_low}, {self.rollout_mask_high})",
+        )
+        _require(
+            self.rollout_correction != "seq_mask"
+            or (self.rollout_seq_kl_threshold is not None and self.rollout_seq_kl_threshold >= 0),
+            "algorithm.rollout_correction=seq_mask needs algorithm.rollout_seq_kl_threshold >= 0 (the KL, per token, "
+            "above which a negative-advantage sequence is masked; the paper publishes no value)",
+        )
         _require(
             self.max_consecutive_skips >= 0,
             f"algorithm.max_consecutive_skips must be >= 0 (got {self.max_consecutive_skips})",

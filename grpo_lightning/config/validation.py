@@ -21,6 +21,7 @@ import importlib.util
 import sys
 
 from grpo_lightning.algo.advantages import ADV_ESTIMATORS, SCALE_REWARDS, SELF_SCALED, TOKEN_ADVANTAGES
+from grpo_lightning.algo.correction import ROLLOUT_CORRECTIONS
 from grpo_lightning.algo.dynamic_sampling import FILTER_GROUPS_TOTALS
 from grpo_lightning.algo.kl import KL_ESTIMATORS
 from grpo_lightning.algo.losses import LOSS_AGGREGATIONS, POLICY_LOSSES
@@ -74,6 +75,11 @@ def validate_registry_names(alg: GRPOConfig) -> None:
     _require(
         alg.kl_estimator in KL_ESTIMATORS,
         f"algorithm.kl_estimator={alg.kl_estimator!r} is unknown; choose one of {sorted(KL_ESTIMATORS)}",
+    )
+    _require(
+        alg.rollout_correction is None or alg.rollout_correction in ROLLOUT_CORRECTIONS,
+        f"algorithm.rollout_correction={alg.rollout_correction!r} is unknown; choose one of "
+        f"{sorted(ROLLOUT_CORRECTIONS)} or null",
     )
     _require(
         alg.token_advantage in TOKEN_ADVANTAGES,

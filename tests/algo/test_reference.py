@@ -235,6 +235,18 @@ def token_rewards_with_steps(batch):
     batch["token_reward_mask"] = steps
 
 
+def sampled_elsewhere(batch):
+    """Log-probs from another engine: the trainer's, moved by up to +-0.7 per token (weights 0.5..2)."""
+    offsets = torch.linspace(-0.7, 0.7, batch["logprobs"].numel()).view_as(batch["logprobs"])
+    batch["logprobs"] = torch.where(batch["completion_mask"].bool(), batch["logprobs"] + offsets, 0.0)
+
+
+def off_the_kinks(batch):
+    """Old log-probs moved by 0.013: no log ratio sits exactly at 0 (where |log r| of KL-Cov has no
+    derivative) or at GMPO's clip bound 0.4, where a rounding difference would pick another branch."""
+    batch["logprobs"] = torch.where(batch["completion_mask"].bool(), batch["logprobs"] + 0.013, 0.0)
+
+
 def given_ref_logprobs(batch):
     batch["ref_logprobs"] = torch.where(batch["completion_mask"].bool(), batch["logprobs"] - 0.3, 0.0)
 
@@ -261,6 +273,17 @@ EXTRAS = {
         given_ref_logprobs,
     ),
     "cispo": ("grpo", ["algorithm.policy_loss=cispo"], None),
+    "sapo": ("grpo", ["algorithm.policy_loss=sapo"], None),
+    "gmpo": ("grpo", ["algorithm.policy_loss=gmpo", "algorithm.clip_range=0.4"], off_the_kinks),
+    "clip_cov": ("grpo", ["algorithm.policy_loss=clip_cov", "algorithm.clip_cov_ratio=0.05"], None),
+    "kl_cov": ("grpo", ["algorithm.policy_loss=kl_cov", "algorithm.kl_cov_ratio=0.05"], off_the_kinks),
+    "tis": ("grpo", ["algorithm.rollout_correction=tis", "algorithm.rollout_is_cap=1.5"], sampled_elsewhere),
+    "icepop": ("grpo", ["algorithm.rollout_correction=icepop", "algorithm.rollout_mask_high=1.8"], sampled_elsewhere),
+    "seq_mask": (
+        "grpo",
+        ["algorithm.rollout_correction=seq_mask", "algorithm.rollout_seq_kl_threshold=0.0"],
+        sampled_elsewhere,
+    ),
     "dual_clip": ("grpo", ["algorithm.clip_ratio_c=1.3"], None),  # bites at ratio 1.49 with A < 0
     "mask_truncated": ("dapo", ["algorithm.mask_truncated_completions=true"], None),
     "batch_std_given_ref_k2": (

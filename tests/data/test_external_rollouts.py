@@ -1,5 +1,7 @@
 """Rollouts from elsewhere: a batch that carries completions, log-probs and rewards skips generation."""
 
+import math
+
 import lightning as L
 import pytest
 import torch
@@ -202,3 +204,16 @@ def test_gradient_and_statistics_do_not_depend_on_the_micro_batch_split(arith_po
     assert metrics[None].keys() == metrics[2].keys()
     for name, value in metrics[None].items():
         assert metrics[2][name] == pytest.approx(value, rel=1e-5, abs=1e-7), name
+
+
+def test_rollout_correction_logs_the_gap_between_sampler_and_trainer(arith_policy, tmp_path):
+    """External log-probs a little off the trainer's: TIS caps the weights, and the gap, the weights
+    and the effective sample size are logged."""
+    (batch,) = _external_batches(arith_policy, 4, with_ref=False)
+    valid = batch["completion_mask"].bool()
+    batch["logprobs"] = torch.where(valid, batch["logprobs"] - 0.5 * (torch.arange(valid.size(1)) % 2), 0.0)
+    metrics = _fit(arith_policy, [batch], tmp_path, beta=0.0, rollout_correction="tis", rollout_is_cap=1.2)
+    assert metrics["rollout/logprob_gap"].item() > 0.1
+    assert metrics["rollout/is_ratio_max"].item() == pytest.approx(math.exp(0.5), rel=1e-4)
+    assert 0 < metrics["rollout/corrected_frac"].item() < 1 and 0 < metrics["rollout/ess"].item() < 1
+

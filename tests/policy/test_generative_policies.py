@@ -111,9 +111,13 @@ def test_diffusion_step_log_probs_by_hand():
     logprobs, entropy = policy.logprobs_and_entropy(batch, temperature=1.0, with_entropy=True)
     betas = cosine_betas(2).tolist()
     expected = []
-    for x_t, x_prev, beta in ((trajectory[0, 0], trajectory[0, 1], betas[1]), (trajectory[0, 1], trajectory[0, 2], betas[0])):
-        mean = x_t / math.sqrt(1 - beta)
-        expected.append(sum(-((p - m) ** 2) / (2 * beta) - 0.5 * math.log(beta) - HALF_LOG_2PI for p, m in zip(x_prev.tolist(), mean.tolist())))
+    steps = ((trajectory[0, 0], trajectory[0, 1], betas[1]), (trajectory[0, 1], trajectory[0, 2], betas[0]))
+    for x_t, x_prev, beta in steps:
+        mean = (x_t / math.sqrt(1 - beta)).tolist()
+        terms = [
+            -((p - m) ** 2) / (2 * beta) - 0.5 * math.log(beta) - HALF_LOG_2PI for p, m in zip(x_prev.tolist(), mean)
+        ]
+        expected.append(sum(terms))
     torch.testing.assert_close(logprobs, torch.tensor([expected]))
     expected_entropy = [2 * (0.5 * math.log(b) + 0.5 * math.log(2 * math.pi * math.e)) for b in (betas[1], betas[0])]
     torch.testing.assert_close(entropy, torch.tensor([expected_entropy]))
