@@ -216,4 +216,3 @@ def test_rollout_correction_logs_the_gap_between_sampler_and_trainer(arith_polic
     assert metrics["rollout/logprob_gap"].item() > 0.1
     assert metrics["rollout/is_ratio_max"].item() == pytest.approx(math.exp(0.5), rel=1e-4)
     assert 0 < metrics["rollout/corrected_frac"].item() < 1 and 0 < metrics["rollout/ess"].item() < 1
-

@@ -180,4 +180,6 @@ def test_the_diffusion_run_sends_its_sample_grids_to_wandb(tmp_path):
 def test_a_rollout_correction_with_nothing_to_correct_says_so(tmp_path):
     """Rollouts sampled here carry no sampler log-probs: the correction would change nothing."""
     with pytest.warns(UserWarning, match="rollout_correction=tis has nothing to correct"):
-        train(_config(tmp_path, "experiment=gaussian_bandit", "trainer.max_steps=2", "algorithm.rollout_correction=tis"))
+        train(
+            _config(tmp_path, "experiment=gaussian_bandit", "trainer.max_steps=2", "algorithm.rollout_correction=tis")
+        )
