@@ -78,6 +78,7 @@ def train_metric_names(loss_stats: list[str], reward_names: list[str], alg: Any,
     kl, overlong, dynamic_sampling = alg.beta > 0, alg.overlong_buffer_frac is not None, alg.filter_zero_std_groups
     actor = [f"actor/{name}" for name in loss_stats] + ["actor/entropy"]
     actor += ["actor/grpo_kl", "actor/kl_penalty"] if kl else []
+    actor += ["actor/entropy_coef"] if alg.target_entropy is not None else []
     actor += ["actor/loss", "actor/adv_mean", "actor/adv_std", "actor/grad_norm", "actor/lr", "actor/skipped_updates"]
     reward = ["reward/mean", "reward/std", "reward/frac_zero_std"] + [f"reward/{n}/mean" for n in reward_names]
     reward += ["reward/overlong_penalty"] if overlong else []

@@ -40,6 +40,7 @@ from torch import Tensor
 from grpo_lightning import metrics, slim_checkpoint
 from grpo_lightning.algo.advantages import PER_TOKEN, get_adv_estimator
 from grpo_lightning.algo.dynamic_sampling import dynamic_sample
+from grpo_lightning.algo.entropy_control import next_entropy_coef
 from grpo_lightning.algo.kl import get_kl_estimator
 from grpo_lightning.algo.losses import build_policy_loss, get_loss_aggregation, policy_objective
 from grpo_lightning.algo.numerics import SkipGuard
@@ -74,6 +75,10 @@ NOTHING_TO_CORRECT = (
     "the trainer's); it applies to batches that carry them (external rollouts' logprobs)"
 )
 
+ENTROPY_COEF_KEY = "entropy_coef"
+"""The checkpoint's entropy-bonus weight, which adaptive entropy control (algorithm.target_entropy)
+changes from step to step."""
+
 LAST_VALIDATION_KEY = "last_validation"
 """The checkpoint's record of the validation after the step it was written at, if there was one:
 continuing a finished run does not validate again even where checkpoints/final_validation.json
@@ -107,14 +112,16 @@ class GRPOModule(L.LightningModule):
         self.policy_loss = build_policy_loss(alg.policy_loss, alg)
         self.loss_aggregation = get_loss_aggregation(alg.loss_agg)
         self.kl_estimator = get_kl_estimator(alg.kl_estimator)
-        # (logprobs, old_logprobs, advantages, mask, *, ref_logprobs, entropy) -> (loss, stats)
-        terms = dict(aggregation=self.loss_aggregation, kl_estimator=self.kl_estimator, entropy_coef=alg.entropy_coef)
+        # (logprobs, old_logprobs, advantages, mask, *, ref_logprobs, entropy, entropy_coef) -> (loss, stats)
+        terms = dict(aggregation=self.loss_aggregation, kl_estimator=self.kl_estimator)
         self.objective = functools.partial(
             policy_objective, self.policy_loss, max_length=gen.max_new_tokens, beta=alg.beta, **terms
         )
         self._refill: Optional[Any] = None  # iterator over more prompts for dynamic sampling
         self._warned_gamma = False
         self._warned_correction = False
+        # The entropy bonus's weight: fixed, or steered toward algorithm.target_entropy each step.
+        self.entropy_coef = alg.entropy_coef
         if alg.beta > 0:
             policy.enable_reference()
         policy.max_completion_tokens = gen.max_new_tokens
@@ -170,7 +177,15 @@ class GRPOModule(L.LightningModule):
         elapsed = time.perf_counter() - started
         tokens_per_s = experience.lengths.sum().item() / elapsed
         self.train_means.update({"perf/step_time_s": elapsed, "perf/tokens_per_s": tokens_per_s})
-        self._log_step_metrics(self.train_means.compute())
+        if self.algorithm.target_entropy is not None:
+            self.train_means.update({"actor/entropy_coef": self.entropy_coef})  # the weight this step used
+        means = self.train_means.compute()  # the same on every process
+        self._log_step_metrics(means)
+        if self.algorithm.target_entropy is not None and "actor/entropy" in means:
+            alg = self.algorithm
+            self.entropy_coef = next_entropy_coef(
+                self.entropy_coef, float(means["actor/entropy"]), alg.target_entropy, alg.entropy_coef_step
+            )
 
     def _log_step_metrics(self, metrics: dict[str, Tensor]) -> None:
         """``self.log_dict(metrics, on_step=True, on_epoch=False)``, for a fraction of its cost
@@ -288,11 +303,16 @@ class GRPOModule(L.LightningModule):
         alg = self.algorithm
         # With no entropy bonus the entropy is only logged: computed without grad.
         logprobs, entropy = self.policy.logprobs_and_entropy(
-            part, temperature=self.generation.temperature, with_entropy=True, entropy_grad=alg.entropy_coef != 0
+            part,
+            temperature=self.generation.temperature,
+            with_entropy=True,
+            entropy_grad=self.entropy_coef != 0 or alg.target_entropy is not None,
         )  # [b, T] each
         old = part.old_logprobs if part.old_logprobs is not None else logprobs.detach()
         mask, ref = part.completion_mask, part.ref_logprobs
-        return self.objective(logprobs, old, part.advantages, mask, ref_logprobs=ref, entropy=entropy)
+        return self.objective(
+            logprobs, old, part.advantages, mask, ref_logprobs=ref, entropy=entropy, entropy_coef=self.entropy_coef
+        )
 
     # -- validation ------------------------------------------------------------------------
 
@@ -321,6 +341,7 @@ class GRPOModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["skip_guard"] = self.skip_guard.state_dict()
         checkpoint[STEPS_TRAINED_KEY] = self.steps_trained
+        checkpoint[ENTROPY_COEF_KEY] = self.entropy_coef
         if self.validated_at_step is not None:  # a run killed right after this save keeps it
             checkpoint[LAST_VALIDATION_KEY] = {"global_step": self.validated_at_step, "metrics": self.last_val_metrics}
         if not self.checkpoint_contents.save_frozen_weights:
@@ -336,6 +357,7 @@ class GRPOModule(L.LightningModule):
             self.skip_guard.load_state_dict(checkpoint["skip_guard"])
         self.resumed_at_step = checkpoint["global_step"]
         self.steps_trained = steps_trained_in_checkpoint(checkpoint)
+        self.entropy_coef = checkpoint.get(ENTROPY_COEF_KEY, self.algorithm.entropy_coef)
         validation = checkpoint.get(LAST_VALIDATION_KEY)
         if validation is not None and validation["global_step"] == checkpoint["global_step"]:
             self.validated_at_step, self.last_val_metrics = validation["global_step"], dict(validation["metrics"])

@@ -64,6 +64,7 @@ class RewardScores:
     applicable: dict[str, Tensor]  # name -> [B] bool, False where the function returned None
     non_finite: dict[str, int] = field(default_factory=dict)  # name -> NaN/inf values scored 0
     unshaped: Optional[Tensor] = None  # [B] total before reward shaping (overlong penalty); None: unshaped
+    weights: dict[str, float] = field(default_factory=dict)  # name -> weight in the total
 
 
 @dataclass

@@ -87,22 +87,25 @@ SELF_SCALED: set[str] = set()
 """Estimators that fix their own scale (``algorithm.scale_rewards`` does not apply to them)."""
 PER_TOKEN: set[str] = set()
 """Estimators that take token rewards [N, T] and return token advantages [N, T]."""
+PER_REWARD: set[str] = set()
+"""Estimators that take each reward function's scores [K, N] and weights [K] (GDPO)."""
 SCALE_REWARDS = ("group", "batch", "none")
 
 
 def register_adv_estimator(
-    name: str, *, scale_rewards: bool = True, per_token: bool = False
+    name: str, *, scale_rewards: bool = True, per_token: bool = False, per_reward: bool = False
 ) -> Callable[[AdvantageEstimator], AdvantageEstimator]:
     """Decorator: make an estimator selectable as ``algorithm.adv_estimator=<name>``.
 
     ``scale_rewards=True`` (default): the estimator divides by the group std when called with
     ``normalize_by_std=True`` and only centres otherwise, so ``algorithm.scale_rewards``
     (group / batch / none) applies to it. ``False``: the estimator fixes its own scale.
-    ``per_token=True``: the estimator has the token-reward signature (module docstring); it
-    must fix its own scale.
+    ``per_token=True``: the estimator has the token-reward signature (module docstring);
+    ``per_reward=True``: it takes each reward function's scores, ``fn(parts [K, N], weights [K], *,
+    group_ids, group_size, eps)``. Either must fix its own scale.
     """
-    if per_token and scale_rewards:
-        raise ValueError(f"estimator {name!r}: a per-token estimator fixes its own scale; pass scale_rewards=False")
+    if (per_token or per_reward) and scale_rewards:
+        raise ValueError(f"estimator {name!r}: a per-token or per-reward estimator fixes its own scale")
 
     def decorate(fn: AdvantageEstimator) -> AdvantageEstimator:
         ADV_ESTIMATORS.register(name)(fn)
@@ -110,6 +113,8 @@ def register_adv_estimator(
             SELF_SCALED.add(name)
         if per_token:
             PER_TOKEN.add(name)
+        if per_reward:
+            PER_REWARD.add(name)
         return fn
 
     return decorate
@@ -201,8 +206,8 @@ def compute_advantages(
     """Run a registered outcome estimator with ``scale_rewards`` applied as that estimator allows.
     [N] -> [N]. Per-token estimators go through :func:`batch_advantages`."""
     estimator = get_adv_estimator(estimator_name)
-    if estimator_name in PER_TOKEN:
-        raise ValueError(f"adv_estimator={estimator_name} works on token rewards; call batch_advantages")
+    if estimator_name in PER_TOKEN or estimator_name in PER_REWARD:
+        raise ValueError(f"adv_estimator={estimator_name} needs token or per-function rewards; call batch_advantages")
     if estimator_name in SELF_SCALED:
         return estimator(rewards, group_ids=group_ids, group_size=group_size, eps=eps, normalize_by_std=False)
     advantages = estimator(
@@ -248,6 +253,22 @@ def reinforce_pp(
     returns = discounted_returns(torch.where(valid, token_rewards, 0.0), mask.to(token_rewards.dtype), gamma)
     mean, std = global_mean_std(returns, mask)
     centred = torch.where(valid, returns - mean, 0.0)  # [N, T]
+    return torch.where(std > 0, centred / (std + eps), centred)
+
+
+@register_adv_estimator("gdpo", scale_rewards=False, per_reward=True)
+def gdpo(parts: Tensor, weights: Tensor, *, group_ids: Tensor, group_size: int, eps: float) -> Tensor:
+    """GDPO: each reward function's scores normalized within the group on their own, summed with
+    the functions' weights, then whitened over the batch of every process:
+    A = (S - mean_batch S) / (std_batch S + eps), S_i = sum_k w_k (r_{k,i} - mean_g r_k) / (std_g r_k + eps)
+    [GDPO, Liu et al. 2026, arXiv:2601.05242]. A function constant within a group adds 0 there.
+    parts [K, N], weights [K] -> [N]"""
+    normalized = torch.stack(
+        [grpo(part, group_ids=group_ids, group_size=group_size, eps=eps, normalize_by_std=True) for part in parts]
+    )  # [K, N]
+    summed = (weights.to(normalized.dtype).unsqueeze(1) * normalized).sum(dim=0)  # [N]
+    mean, std = global_mean_std(summed)
+    centred = summed - mean
     return torch.where(std > 0, centred / (std + eps), centred)
 
 
@@ -469,11 +490,20 @@ def batch_advantages(
     gamma: float,
     token_advantage: str = "process_supervision",
     step_mask: Optional[Tensor] = None,
+    reward_parts: Optional[tuple[Tensor, Tensor]] = None,
 ) -> Tensor:
     """The advantages of one batch: [B] from outcome rewards [B] by an outcome ``estimator``;
     [B, T] by a per-token estimator, or from token-level rewards [B, T] (when given) by the
     ``token_advantage`` form, scaled as the estimator does. ``token_rewards`` are
-    :func:`estimator_token_rewards`' (KL cost included under ``kl_in_reward``)."""
+    :func:`estimator_token_rewards`' (KL cost included under ``kl_in_reward``); ``reward_parts`` each
+    reward function's scores [K, B] and weights [K], for a per-reward estimator."""
+    if estimator in PER_REWARD:
+        if reward_parts is None:
+            raise ValueError(
+                f"algorithm.adv_estimator={estimator} needs each reward function's scores; this batch has only "
+                "their total (rollouts from elsewhere): use adv_estimator=grpo for it"
+            )
+        return get_adv_estimator(estimator)(*reward_parts, group_ids=group_ids, group_size=group_size, eps=eps)  # [B]
     if estimator in PER_TOKEN:
         if token_rewards is None:
             token_rewards = outcome_at_last_token(rewards, mask)

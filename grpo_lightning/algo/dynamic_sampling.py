@@ -85,6 +85,7 @@ def _select_groups(
         {k: v[rows] for k, v in scores.per_function.items()},
         {k: v[rows] for k, v in scores.applicable.items()},
         unshaped=None if scores.unshaped is None else scores.unshaped[rows],
+        weights=scores.weights,
     )
     return picked, picked_scores
 
@@ -108,6 +109,7 @@ def concat(parts: list[tuple[Rollout, RewardScores]], group_size: int) -> tuple[
         {k: torch.cat([s.per_function[k] for s in scores]) for k in scores[0].per_function},
         {k: torch.cat([s.applicable[k] for s in scores]) for k in scores[0].applicable},
         unshaped=None if scores[0].unshaped is None else torch.cat([s.unshaped for s in scores]),
+        weights=scores[0].weights,
     )
     return rollout, total
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
@@ -33,6 +33,17 @@ def needs_old_logprobs(alg: Any, num_rows: int) -> bool:
     True
     """
     return alg.num_iterations > 1 or (alg.mini_batch_size or num_rows) < num_rows or alg.kl_in_reward
+
+
+def reward_parts(experience: Experience) -> Optional[tuple[Tensor, Tensor]]:
+    """Each reward function's scores [K, B] and weights [K], where the experience was scored here."""
+    scores = experience.scores
+    if scores is None or not scores.per_function:
+        return None
+    names = list(scores.per_function)
+    parts = torch.stack([scores.per_function[name].float() for name in names])  # [K, B]
+    weights = torch.tensor([scores.weights.get(name, 1.0) for name in names], device=parts.device)
+    return parts, weights
 
 
 def prepare_update(
@@ -85,6 +96,7 @@ def prepare_update(
         gamma=alg.gamma,
         token_advantage=alg.token_advantage,
         step_mask=experience.token_reward_mask,
+        reward_parts=reward_parts(experience),
     )  # [B] or [B, T]
     if correcting:
         advantages, correction_means = correct_advantages(alg.rollout_correction, old, sampler, advantages, mask, alg)

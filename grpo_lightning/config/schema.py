@@ -168,6 +168,12 @@ class GRPOConfig:
     """Largest overlong penalty (at max_new_tokens). Only with overlong_buffer_frac."""
     mask_truncated_completions: bool = False
     """Exclude completions cut at max_new_tokens (no EOS) from the loss [DAPO overlong filtering]."""
+    target_entropy: Optional[float] = None
+    """Adaptive entropy control: after each step the entropy bonus's weight moves by
+    entropy_coef_step toward keeping the mean token entropy at this target (nats), from
+    entropy_coef as the start (Skywork-OR1, He et al. 2025, arXiv:2505.22312). None: a fixed weight."""
+    entropy_coef_step: float = 0.005
+    """Adaptive entropy control's step per training step (target_entropy; Skywork-OR1's 0.005)."""
     sapo_temperature_pos: float = 1.0
     """SAPO's gate temperature for tokens with A > 0 (policy_loss=sapo; Qwen team 2025,
     arXiv:2511.20347, and TRL's default)."""
@@ -293,6 +299,7 @@ class GRPOConfig:
                 f"algorithm.overlong_penalty_factor must be >= 0 (got {self.overlong_penalty_factor})",
             )
         unused = {
+            "entropy_coef_step": (self.target_entropy is not None, 0.005),
             "sapo_temperature_pos": (self.policy_loss == "sapo", 1.0),
             "sapo_temperature_neg": (self.policy_loss == "sapo", 1.05),
             "clip_cov_ratio": (self.policy_loss == "clip_cov", 2e-4),
@@ -312,7 +319,17 @@ class GRPOConfig:
                 f"and algorithm.rollout_correction={self.rollout_correction}; remove it, or choose the option "
                 "it belongs to",
             )
-        for name in ("sapo_temperature_pos", "sapo_temperature_neg", "rollout_is_cap", "kl_cov_coef"):
+        _require(
+            self.target_entropy is None or self.target_entropy >= 0,
+            f"algorithm.target_entropy must be >= 0 nats or null (got {self.target_entropy})",
+        )
+        for name in (
+            "sapo_temperature_pos",
+            "sapo_temperature_neg",
+            "rollout_is_cap",
+            "kl_cov_coef",
+            "entropy_coef_step",
+        ):
             _require(getattr(self, name) > 0, f"algorithm.{name} must be > 0 (got {getattr(self, name)})")
         for name in ("clip_cov_ratio", "kl_cov_ratio"):
             _require(0 < getattr(self, name) <= 1, f"algorithm.{name} must be in (0, 1] (got {getattr(self, name)})")

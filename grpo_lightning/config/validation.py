@@ -20,7 +20,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 
-from grpo_lightning.algo.advantages import ADV_ESTIMATORS, SCALE_REWARDS, SELF_SCALED, TOKEN_ADVANTAGES
+from grpo_lightning.algo.advantages import ADV_ESTIMATORS, PER_REWARD, SCALE_REWARDS, SELF_SCALED, TOKEN_ADVANTAGES
 from grpo_lightning.algo.correction import ROLLOUT_CORRECTIONS
 from grpo_lightning.algo.dynamic_sampling import FILTER_GROUPS_TOTALS
 from grpo_lightning.algo.kl import KL_ESTIMATORS
@@ -89,6 +89,14 @@ def validate_registry_names(alg: GRPOConfig) -> None:
         alg.scale_rewards is None or alg.scale_rewards in SCALE_REWARDS,
         f"algorithm.scale_rewards={alg.scale_rewards!r} is unknown; choose one of {list(SCALE_REWARDS)} or null",
     )
+    if alg.adv_estimator in PER_REWARD:
+        _require(
+            alg.overlong_buffer_frac is None and not alg.kl_in_reward,
+            f"algorithm.adv_estimator={alg.adv_estimator} normalizes each reward function on its own, and the "
+            "overlong penalty (overlong_buffer_frac) and the KL in the reward (kl_in_reward) are not reward "
+            "functions; use the length_penalty reward function (grpo_lightning.rewards.length) or keep the KL in "
+            "the loss",
+        )
     if alg.adv_estimator in SELF_SCALED:
         _require(
             alg.scale_rewards is None,

@@ -113,7 +113,8 @@ class WeightedReward:
             scores = torch.tensor([0.0 if v is None else float(v) for v in values], dtype=torch.float32)
             total += weight * scores
             per_function[name], applicable[name] = scores.to(device), mask.to(device)
-        return RewardScores(total.to(device), per_function, applicable, non_finite)
+        weights = {name: weight for name, (_, weight) in self.functions.items()}
+        return RewardScores(total.to(device), per_function, applicable, non_finite, weights=weights)
 
     @staticmethod
     def _call_one(

@@ -358,3 +358,37 @@ def test_token_advantage_form_is_chosen_by_name_and_kl_costs_need_normalized_ret
         estimator_token_rewards(
             "grpo", torch.zeros(2), token_rewards, mask, kl_in_reward=True, token_advantage="process_supervision"
         )
+
+
+def test_gdpo_normalizes_each_reward_in_its_group_before_summing():
+    """Rewards of different scales: a 0/1 one and a 0/10 one. GRPO on their sum lets the large one
+    dominate; GDPO keeps the small one's signal (rows 0 and 1 differ only by it)."""
+    from grpo_lightning.algo.advantages import gdpo
+
+    small, large = torch.tensor([1.0, 0.0, 1.0, 0.0]), torch.tensor([0.0, 0.0, 10.0, 10.0])
+    ids = torch.zeros(4, dtype=torch.long)
+    adv = gdpo(torch.stack([small, large]), torch.tensor([1.0, 1.0]), group_ids=ids, group_size=4, eps=0.0)
+    # each normalized in the group: (1, -1, 1, -1) and (-1, -1, 1, 1); summed (0, -2, 2, 0); std sqrt(2)
+    torch.testing.assert_close(adv, torch.tensor([0.0, -1.0, 1.0, 0.0]) * math.sqrt(2))
+    summed = _run("grpo", small + large, ids, 4)
+    assert summed[0] != summed[1] and abs(summed[0] - summed[1]) < abs(adv[0] - adv[1])
+    # weights scale each normalized reward; a function constant within its group adds 0 there
+    weighted = gdpo(
+        torch.stack([small, torch.full((4,), 3.0)]), torch.tensor([2.0, 5.0]), group_ids=ids, group_size=4, eps=0.0
+    )
+    torch.testing.assert_close(weighted, torch.tensor([1.0, -1.0, 1.0, -1.0]))
+
+
+def test_gdpo_needs_each_functions_scores():
+    with pytest.raises(ValueError, match="needs each reward function's scores"):
+        batch_advantages(
+            torch.zeros(4),
+            None,
+            torch.ones(4, 1),
+            estimator="gdpo",
+            group_ids=torch.zeros(4, dtype=torch.long),
+            group_size=4,
+            eps=0.0,
+            scale_rewards="none",
+            gamma=1.0,
+        )

@@ -126,3 +126,11 @@ def test_kl_cov_penalizes_the_tokens_of_highest_covariance():
     assert loss.item() == pytest.approx(expected) and stats["clip_frac"].item() == 0.25
     (grad,) = torch.autograd.grad(loss, logp)
     torch.testing.assert_close(grad, torch.tensor([[(-math.exp(0.1) * 3 + 2.0) / 4, 0.25, 0.25, 0.25]]))
+
+
+def test_adaptive_entropy_control_by_hand():
+    from grpo_lightning.algo.entropy_control import next_entropy_coef
+
+    assert next_entropy_coef(0.01, entropy=0.1, target=0.2, step=0.005) == pytest.approx(0.015)  # below: up
+    assert next_entropy_coef(0.01, entropy=0.3, target=0.2, step=0.005) == pytest.approx(0.005)  # above: down
+    assert next_entropy_coef(0.002, entropy=0.2, target=0.2, step=0.005) == 0.0  # at the target: down, not below 0

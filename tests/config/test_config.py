@@ -244,6 +244,8 @@ def test_run_labels_pass_with_any_logger(compose_config):
         ("algorithm.gamma=0", "algorithm.gamma must be in (0, 1]"),
         ("algorithm.token_advantage=returns", "algorithm.token_advantage='returns' is unknown"),
         ("algorithm.rollout_correction=nope", "algorithm.rollout_correction='nope' is unknown"),
+        ("algorithm=dapo algorithm.adv_estimator=gdpo", "the overlong penalty"),
+        ("algorithm.target_entropy=-1", "algorithm.target_entropy must be >= 0"),
         ("algorithm.rollout_is_cap=3", "algorithm.rollout_is_cap=3.0 has no effect"),
         ("algorithm.rollout_correction=seq_mask", "needs algorithm.rollout_seq_kl_threshold"),
         ("algorithm.sapo_temperature_neg=2", "algorithm.sapo_temperature_neg=2.0 has no effect"),

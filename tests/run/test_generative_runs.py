@@ -59,9 +59,13 @@ def test_the_diffusion_model_learns_to_draw_threes_and_saves_its_samples(tmp_pat
     assert not torch.equal(exported.sample_images(4, seed=0), before.sample_images(4, seed=0))
 
 
-@pytest.mark.parametrize("experiment", ["gaussian_bandit", "digits_diffusion"])
+@pytest.mark.parametrize(
+    "experiment",
+    ["gaussian_bandit", "digits_diffusion", "gaussian_bandit algorithm.target_entropy=1.0 algorithm.entropy_coef=0.02"],
+)
 def test_a_resumed_run_matches_an_uninterrupted_one_bitwise(tmp_path, experiment):
     common = [f"experiment={experiment}", "trainer.val_every_n_steps=2", "checkpoint.every_n_steps=2"]
+    common = common[0].split() + common[1:]
     train(_config(tmp_path / "whole", *common, "trainer.max_steps=4"))
     train(_config(tmp_path / "part", *common, "trainer.max_steps=2"))
     train(_config(tmp_path / "part", *common, "trainer.max_steps=4", "ckpt_path=last"))
@@ -183,3 +187,21 @@ def test_a_rollout_correction_with_nothing_to_correct_says_so(tmp_path):
         train(
             _config(tmp_path, "experiment=gaussian_bandit", "trainer.max_steps=2", "algorithm.rollout_correction=tis")
         )
+
+
+def test_adaptive_entropy_control_steps_the_bonus_toward_the_target(tmp_path):
+    """Skywork-OR1's rule: with the entropy below the target every step (a Gaussian of two dimensions
+    starts at 2.84 nats), the weight rises by the step each time, from entropy_coef."""
+    train(
+        _config(
+            tmp_path,
+            "experiment=gaussian_bandit",
+            "trainer.max_steps=4",
+            "algorithm.target_entropy=10.0",
+            "algorithm.entropy_coef=0.01",
+            "algorithm.entropy_coef_step=0.02",
+        )
+    )
+    rows = _training_rows(tmp_path)
+    assert all(float(row["actor/entropy"]) < 10 for row in rows)
+    assert [round(float(row["actor/entropy_coef"]), 6) for row in rows] == [0.01, 0.03, 0.05, 0.07]

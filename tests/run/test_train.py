@@ -98,6 +98,25 @@ def test_reinforce_pp_with_kl_to_go_trains_on_generated_rollouts(compose_config,
         assert float(row["actor/grpo_kl"]) == float(row["actor/grpo_kl"])  # logged, not NaN
 
 
+def test_gdpo_trains_on_generated_rollouts_with_two_reward_functions(compose_config, random_arith_dir, tmp_path):
+    """Each function's scores reach the estimator: the advantages are whitened over the batch (mean 0,
+    std 1), and each function is logged as before."""
+    cfg = compose_config(
+        f"model.name_or_path={random_arith_dir}",
+        "algorithm.adv_estimator=gdpo",
+        "reward.functions.correct.fn=tests.signals.alternating",
+        "+reward.functions.again.fn=tests.signals.alternating",
+        "+reward.functions.again.weight=0.5",
+        "validate_before_training=false",
+    )
+    train(cfg)
+    rows = [row for row in _read_metrics(tmp_path) if row.get("actor/adv_mean")]
+    assert len(rows) == 2
+    for row in rows:
+        assert abs(float(row["actor/adv_mean"])) < 1e-5 and float(row["actor/adv_std"]) == pytest.approx(1.0, abs=1e-4)
+        assert row["reward/again/mean"] != ""
+
+
 def test_gradients_are_freed_after_each_update(compose_config, random_arith_dir, tmp_path, monkeypatch):
     from grpo_lightning.module import GRPOModule
 
