@@ -113,7 +113,11 @@ class GRPOModule(L.LightningModule):
         self.loss_aggregation = get_loss_aggregation(alg.loss_agg)
         self.kl_estimator = get_kl_estimator(alg.kl_estimator)
         # (logprobs, old_logprobs, advantages, mask, *, ref_logprobs, entropy, entropy_coef) -> (loss, stats)
-        terms = dict(aggregation=self.loss_aggregation, kl_estimator=self.kl_estimator)
+        terms = dict(
+            aggregation=self.loss_aggregation,
+            kl_estimator=self.kl_estimator,
+            top_entropy_fraction=alg.top_entropy_quantile,
+        )
         self.objective = functools.partial(
             policy_objective, self.policy_loss, max_length=gen.max_new_tokens, beta=alg.beta, **terms
         )

@@ -31,6 +31,7 @@ References:
   [SAPO] Qwen team 2025, Soft Adaptive Policy Optimization, arXiv:2511.20347.
   [GMPO] Geometric-Mean Policy Optimization 2025, arXiv:2507.20673.
   [Cov]  Cui et al. 2025, The Entropy Mechanism of RL for Reasoning LMs, arXiv:2505.22617.
+  [80/20] Wang et al. 2025, Beyond the 80/20 Rule: high-entropy minority tokens, arXiv:2506.01939.
 
 Departures from the GRPO paper: the entropy bonus is ours (0 recovers the paper); log-probs are
 those of the temperature-scaled sampling distribution (top-k / top-p truncation is not
@@ -458,6 +459,20 @@ def build_policy_loss(name: str, alg) -> PolicyLoss:
 # -- the whole objective ---------------------------------------------------------------------
 
 
+def top_entropy_tokens(entropy: Tensor, mask: Tensor, fraction: float) -> Tensor:
+    """1 on the ``fraction`` of valid tokens with the highest entropy (those at or above the
+    (1 - fraction) quantile of the valid tokens' entropies), 0 elsewhere [80/20].  [B, T] -> [B, T]
+
+    >>> top_entropy_tokens(torch.tensor([[0.1, 2.0, 0.5, 9.0]]), torch.tensor([[1.0, 1.0, 1.0, 0.0]]), 0.34)
+    tensor([[0., 1., 0., 0.]])
+    """
+    valid = mask > 0
+    if not valid.any():
+        return torch.zeros_like(mask)
+    threshold = torch.quantile(entropy.detach()[valid].float(), 1.0 - fraction)
+    return ((entropy.detach() >= threshold) & valid).to(mask.dtype)
+
+
 def policy_objective(
     policy_loss: PolicyLoss,
     logprobs: Tensor,
@@ -472,6 +487,7 @@ def policy_objective(
     beta: float = 0.0,
     entropy: Optional[Tensor] = None,
     entropy_coef: float = 0.0,
+    top_entropy_fraction: Optional[float] = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """policy loss + beta * KL - entropy_coef * entropy, all aggregated the same way.
 
@@ -480,6 +496,8 @@ def policy_objective(
         max_length: the constant of ``seq-mean-token-sum-norm`` (default: T).
         ref_logprobs: [B, T] under the frozen reference; None skips the KL term.
         entropy: [B, T]; None skips it. With entropy_coef = 0 it is only reported.
+        top_entropy_fraction: only this fraction of the tokens, those of highest entropy in the
+            batch given, get the policy-gradient term (:func:`top_entropy_tokens`); None: all.
     Returns:
         (loss, stats): the policy loss's stats, plus grpo_kl / kl_penalty / entropy when given.
     """
@@ -503,6 +521,10 @@ def policy_objective(
     def aggregate(values: Tensor, m: Tensor) -> Tensor:
         return aggregation(values, m, length)
 
+    if top_entropy_fraction is not None:
+        if entropy is None:
+            raise ValueError("top_entropy_fraction needs the tokens' entropy")
+        advantages = advantages * top_entropy_tokens(entropy, mask, top_entropy_fraction)  # [B, T]
     loss, stats = policy_loss(logprobs, old_logprobs, advantages, mask, aggregate)
     # The loss terms are aggregated as the loss is; grpo_kl and entropy are reported as token
     # means whatever the aggregation (a token sum would scale them with the length).

@@ -29,6 +29,8 @@ For a prompt q with G completions o_i, rewards r_i and ratios rho_{i,t} = pi(o_{
             kl_in_reward makes the KL a cost in the reward, r_i - beta sum_t KL_{i,t} ([GRPO] eq. 2).
   [Rollout correction] algo/correction.py: with rollout_correction and the sampler's log-probs, the
             old log-probs are the trainer's and each token's advantage is weighted by the correction.
+  [80/20]   Wang et al. 2025, arXiv:2506.01939: with top_entropy_quantile, only that fraction of the
+            tokens, those of highest entropy in the mini-batch, keep their policy-gradient term.
   [R++]     Hu 2025, REINFORCE++, arXiv:2501.03262: A_t = r - beta sum_{k>=t} KL_k (the KL still to
             come), whitened over every completion token of the batch (adv_estimator=reinforce_pp).
 
@@ -58,7 +60,7 @@ from grpo_lightning.algo.advantages import (
 )
 from grpo_lightning.algo.correction import ROLLOUT_CORRECTIONS
 from grpo_lightning.algo.kl import get_kl_estimator
-from grpo_lightning.algo.losses import build_policy_loss, get_loss_aggregation
+from grpo_lightning.algo.losses import build_policy_loss, get_loss_aggregation, top_entropy_tokens
 
 
 def completion_scores(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature: float):
@@ -173,7 +175,10 @@ def reference_step(
             # Padding gets the current log-probs: ratio 1 and KL 0 there, never an inf * 0 = NaN.
             current = logp.detach()
             old_rows = current if old is None else torch.where(m > 0, old[rows], current)
-            loss, _ = policy_loss(logp, old_rows, advantages[rows], m, aggregate)
+            adv_rows = advantages[rows]
+            if alg.top_entropy_quantile is not None:  # [80/20] the policy gradient of the forking tokens only
+                adv_rows = adv_rows * top_entropy_tokens(entropy, m, alg.top_entropy_quantile)
+            loss, _ = policy_loss(logp, old_rows, adv_rows, m, aggregate)
             if ref is not None:
                 loss = loss + alg.beta * aggregate(kl_estimator(logp, torch.where(m > 0, ref[rows], current)), m)
             loss = loss - alg.entropy_coef * aggregate(entropy, m)

@@ -168,6 +168,11 @@ class GRPOConfig:
     """Largest overlong penalty (at max_new_tokens). Only with overlong_buffer_frac."""
     mask_truncated_completions: bool = False
     """Exclude completions cut at max_new_tokens (no EOS) from the loss [DAPO overlong filtering]."""
+    top_entropy_quantile: Optional[float] = None
+    """Train only the highest-entropy ("forking") tokens: the policy-gradient term of each
+    micro-batch keeps this fraction of its valid tokens, those of highest entropy, and drops the
+    rest (the KL and entropy terms keep every token). Wang et al. 2025, arXiv:2506.01939, keep
+    0.2. None: every token."""
     target_entropy: Optional[float] = None
     """Adaptive entropy control: after each step the entropy bonus's weight moves by
     entropy_coef_step toward keeping the mean token entropy at this target (nats), from
@@ -319,6 +324,11 @@ class GRPOConfig:
                 f"and algorithm.rollout_correction={self.rollout_correction}; remove it, or choose the option "
                 "it belongs to",
             )
+        _require(
+            self.top_entropy_quantile is None or 0 < self.top_entropy_quantile <= 1,
+            f"algorithm.top_entropy_quantile must be in (0, 1] or null (got {self.top_entropy_quantile}); "
+            "the paper keeps 0.2",
+        )
         _require(
             self.target_entropy is None or self.target_entropy >= 0,
             f"algorithm.target_entropy must be >= 0 nats or null (got {self.target_entropy})",

@@ -274,6 +274,7 @@ EXTRAS = {
     ),
     "cispo": ("grpo", ["algorithm.policy_loss=cispo"], None),
     "sapo": ("grpo", ["algorithm.policy_loss=sapo"], None),
+    "top_entropy": ("grpo", ["algorithm.top_entropy_quantile=0.2"], None),
     "gmpo": ("grpo", ["algorithm.policy_loss=gmpo", "algorithm.clip_range=0.4"], off_the_kinks),
     "clip_cov": ("grpo", ["algorithm.policy_loss=clip_cov", "algorithm.clip_cov_ratio=0.05"], None),
     "kl_cov": ("grpo", ["algorithm.policy_loss=kl_cov", "algorithm.kl_cov_ratio=0.05"], off_the_kinks),

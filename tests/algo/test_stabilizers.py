@@ -134,3 +134,24 @@ def test_adaptive_entropy_control_by_hand():
     assert next_entropy_coef(0.01, entropy=0.1, target=0.2, step=0.005) == pytest.approx(0.015)  # below: up
     assert next_entropy_coef(0.01, entropy=0.3, target=0.2, step=0.005) == pytest.approx(0.005)  # above: down
     assert next_entropy_coef(0.002, entropy=0.2, target=0.2, step=0.005) == 0.0  # at the target: down, not below 0
+
+
+def test_only_the_highest_entropy_tokens_keep_their_policy_gradient():
+    from grpo_lightning.algo.losses import ClippedSurrogate, policy_objective
+
+    entropy = torch.tensor([[0.1, 2.0, 0.5, 3.0, 9.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0]])  # the 9.0 is padding
+    logp = torch.zeros(1, 5, requires_grad=True)
+    loss, _ = policy_objective(
+        ClippedSurrogate(),
+        logp,
+        torch.zeros(1, 5),
+        torch.tensor([1.0]),
+        mask,
+        aggregation=LOSS_AGGREGATIONS["token-mean"],
+        entropy=entropy,
+        top_entropy_fraction=0.5,
+    )
+    (grad,) = torch.autograd.grad(loss, logp)
+    # the top half of the four valid tokens: entropies 3.0 and 2.0; -A / 4 each (token mean over 4)
+    torch.testing.assert_close(grad, torch.tensor([[0.0, -0.25, 0.0, -0.25, 0.0]]))
