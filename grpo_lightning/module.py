@@ -174,6 +174,9 @@ class GRPOModule(L.LightningModule):
             experience = self._generate_experience(batch)
         update = self._prepare_update(experience)
         self._update_policy(update)
+        every = self.algorithm.ref_update_every
+        if every is not None and self.steps_trained % every == 0:  # TR-DPO: the reference follows the policy
+            self.policy.refresh_reference(self.algorithm.ref_update_mix)
         for values, weight in metrics.experience_means(experience, update.advantages):
             self.train_means.update(values, weight=weight)
         if experience.scores is not None:

@@ -168,6 +168,13 @@ class GRPOConfig:
     """Largest overlong penalty (at max_new_tokens). Only with overlong_buffer_frac."""
     mask_truncated_completions: bool = False
     """Exclude completions cut at max_new_tokens (no EOS) from the loss [DAPO overlong filtering]."""
+    ref_update_every: Optional[int] = None
+    """Refresh the KL reference every this many training steps instead of freezing the initial
+    policy for the whole run: reference <- ref_update_mix * policy + (1 - ref_update_mix) *
+    reference (TR-DPO's hard (mix 1) and soft updates, Gorbatovski et al. 2024, arXiv:2404.09656;
+    GRPO's Algorithm 1 resets it per outer iteration). Needs beta > 0. None: frozen."""
+    ref_update_mix: float = 1.0
+    """The weight of the current policy in each refresh (ref_update_every); 1 copies it."""
     top_entropy_quantile: Optional[float] = None
     """Train only the highest-entropy ("forking") tokens: the policy-gradient term of each
     micro-batch keeps this fraction of its valid tokens, those of highest entropy, and drops the
@@ -305,6 +312,7 @@ class GRPOConfig:
             )
         unused = {
             "entropy_coef_step": (self.target_entropy is not None, 0.005),
+            "ref_update_mix": (self.ref_update_every is not None, 1.0),
             "sapo_temperature_pos": (self.policy_loss == "sapo", 1.0),
             "sapo_temperature_neg": (self.policy_loss == "sapo", 1.05),
             "clip_cov_ratio": (self.policy_loss == "clip_cov", 2e-4),
@@ -324,6 +332,14 @@ class GRPOConfig:
                 f"and algorithm.rollout_correction={self.rollout_correction}; remove it, or choose the option "
                 "it belongs to",
             )
+        _require(
+            self.ref_update_every is None or (self.ref_update_every >= 1 and self.beta > 0),
+            f"algorithm.ref_update_every={self.ref_update_every} refreshes the KL reference: it must be >= 1 and "
+            f"needs algorithm.beta > 0 (got beta={self.beta})",
+        )
+        _require(
+            0 < self.ref_update_mix <= 1, f"algorithm.ref_update_mix must be in (0, 1] (got {self.ref_update_mix})"
+        )
         _require(
             self.top_entropy_quantile is None or 0 < self.top_entropy_quantile <= 1,
             f"algorithm.top_entropy_quantile must be in (0, 1] or null (got {self.top_entropy_quantile}); "

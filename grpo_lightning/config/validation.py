@@ -165,6 +165,17 @@ def validate_across_groups(cfg: TrainConfig) -> None:
         f"algorithm.filter_groups_by={alg.filter_groups_by!r} names both a total and a reward function of that "
         "name; rename the function under reward.functions",
     )
+    if alg.ref_update_every is not None:
+        _require(
+            cfg.model.lora.r == 0,
+            "algorithm.ref_update_every with LoRA (model.lora.r > 0): the reference is the base model itself, "
+            "which a refresh would overwrite; train without LoRA, or keep the reference frozen",
+        )
+        _require(
+            cfg.checkpoint.save_frozen_weights,
+            "algorithm.ref_update_every with checkpoint.save_frozen_weights=false: a resume would rebuild the "
+            "reference as the initial policy, not the refreshed one; keep save_frozen_weights=true",
+        )
     _require(
         gen.val_pass_reward is None or gen.val_pass_reward in cfg.reward.functions,
         f"generation.val_pass_reward={gen.val_pass_reward!r} is not among reward.functions "

@@ -110,6 +110,18 @@ class GenerativePolicy(nn.Module, ABC):
     def weights_updated(self) -> None:
         """Called after each optimizer step: a sampler with its own copy of the weights re-syncs."""
 
+    def reference_pairs(self) -> Iterator[tuple[Tensor, Tensor]]:
+        """(reference tensor, current tensor) for every weight of the frozen reference, for
+        :meth:`refresh_reference`."""
+        raise NotImplementedError(f"{type(self).__name__} cannot refresh its reference policy")
+
+    @torch.no_grad()
+    def refresh_reference(self, mix: float) -> None:
+        """reference <- mix * current + (1 - mix) * reference, weight by weight (mix 1: a copy).
+        algorithm.ref_update_every calls it (TR-DPO's soft and hard updates)."""
+        for reference, current in self.reference_pairs():
+            reference.lerp_(current.to(reference.dtype), mix)
+
     def sample_images(self, count: int, seed: int = 0) -> Optional[Tensor]:
         """``count`` samples as images [count, H, W] in [-1, 1], drawn with a generator of their
         own, for the run's before/after grids (samples_before.png, samples_after.png); None for a

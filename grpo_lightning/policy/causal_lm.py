@@ -414,6 +414,16 @@ class CausalLMPolicy(Policy):
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         return (p for p in self.model.parameters() if p.requires_grad)
 
+    def reference_pairs(self) -> Iterator[tuple[Tensor, Tensor]]:
+        """The frozen copy's weights with the model's (both list tied weights once, in one order).
+        With LoRA the reference is the base model itself, which a refresh would have to change."""
+        if self.reference_model is None:
+            raise RuntimeError(
+                "no reference copy to refresh: with LoRA the reference is the base model itself; "
+                "without, enable_reference() makes one (algorithm.beta > 0 does)"
+            )
+        return zip(self.reference_model.parameters(), self.model.parameters())
+
     def train(self, mode: bool = True) -> "CausalLMPolicy":
         # Lightning switches every submodule to train mode; the reference must stay frozen.
         super().train(mode)

@@ -199,6 +199,11 @@ class DiffusionPolicy(GenerativePolicy):
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         return self.denoiser.parameters()
 
+    def reference_pairs(self) -> Iterator[tuple[Tensor, Tensor]]:
+        if self.reference is None:
+            raise RuntimeError("no reference policy: call enable_reference() first (algorithm.beta > 0 does)")
+        return zip(self.reference.parameters(), self.denoiser.parameters())
+
     @torch.no_grad()
     def sample_images(self, count: int, seed: int = 0) -> Tensor:
         """``count`` samples [count, *image_shape] in [-1, 1], drawn with a generator of their own

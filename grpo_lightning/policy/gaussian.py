@@ -152,6 +152,12 @@ class GaussianPolicy(GenerativePolicy):
         yield from self.mean.parameters()
         yield self.log_std
 
+    def reference_pairs(self) -> Iterator[tuple[Tensor, Tensor]]:
+        if self.reference is None:
+            raise RuntimeError("no reference policy: call enable_reference() first (algorithm.beta > 0 does)")
+        yield from zip(self.reference["mean"].parameters(), self.mean.parameters())
+        yield self.reference["log_std"].value, self.log_std
+
 
 class _Frozen(nn.Module):
     """A tensor kept as a buffer, so the reference's log_std is in the state dict but never trained."""

@@ -394,3 +394,21 @@ def test_a_policy_written_against_the_old_scoring_name_still_serves_both_names(a
     assert OldStylePolicy.calls == 1
     torch.testing.assert_close(through_new_name, expected)
     torch.testing.assert_close(through_old_name, expected)
+
+
+def test_the_reference_copy_refreshes_toward_the_model(random_arith_dir):
+    """refresh_reference(mix): reference <- mix * model + (1 - mix) * reference, tied weights once."""
+    from grpo_lightning.config import ModelConfig
+    from grpo_lightning.policy.causal_lm import CausalLMPolicy
+
+    policy = CausalLMPolicy.from_config(ModelConfig(name_or_path=str(random_arith_dir)))
+    policy.enable_reference()
+    with torch.no_grad():
+        for parameter in policy.model.parameters():
+            parameter.add_(1.0)
+    start = [reference.clone() for reference, _ in policy.reference_pairs()]
+    policy.refresh_reference(0.25)
+    for (reference, current), before in zip(policy.reference_pairs(), start):
+        torch.testing.assert_close(reference, 0.25 * current + 0.75 * before)
+    policy.refresh_reference(1.0)
+    assert all(torch.equal(reference, current) for reference, current in policy.reference_pairs())

@@ -205,3 +205,51 @@ def test_adaptive_entropy_control_steps_the_bonus_toward_the_target(tmp_path):
     rows = _training_rows(tmp_path)
     assert all(float(row["actor/entropy"]) < 10 for row in rows)
     assert [round(float(row["actor/entropy_coef"]), 6) for row in rows] == [0.01, 0.03, 0.05, 0.07]
+
+
+@pytest.mark.parametrize("mix", [1.0, 0.5])
+def test_the_reference_follows_the_policy_every_n_steps(tmp_path, mix):
+    """TR-DPO's update after step 2 of 2: the reference becomes mix * policy + (1 - mix) * initial."""
+    import lightning as L
+
+    from grpo_lightning import GRPOConfig, GRPOModule
+    from grpo_lightning.data.datamodule import PromptDataModule
+    from grpo_lightning.data.tasks.bandit import load_observations, negative_squared_distance
+    from grpo_lightning.policy.gaussian import GaussianPolicy
+    from grpo_lightning.rewards import WeightedReward
+
+    torch.manual_seed(0)
+    policy = GaussianPolicy(observation_dim=2, action_dim=2, hidden_size=8)
+    initial = [p.detach().clone() for p in policy.trainable_parameters()]
+    algorithm = GRPOConfig(group_size=4, beta=0.01, entropy_coef=0.0, ref_update_every=2, ref_update_mix=mix)
+    module = GRPOModule(policy, WeightedReward({"distance": (negative_squared_distance, 1.0)}), algorithm=algorithm)
+    rows = load_observations(num_train=16, num_val=4)
+    data = PromptDataModule(*rows, batch_size=4, val_batch_size=4)
+    L.Trainer(
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+    ).fit(module, datamodule=data)
+    for (reference, current), start in zip(policy.reference_pairs(), initial):
+        assert not torch.equal(current, start)  # the policy moved
+        torch.testing.assert_close(reference, mix * current.detach() + (1 - mix) * start)
+
+
+def test_reference_refresh_options_are_checked(tmp_path):
+    from grpo_lightning.config import ConfigError, to_train_config
+
+    def load(*overrides):
+        return to_train_config(load_config([f"output_dir={tmp_path}", *overrides]))
+
+    with pytest.raises(ConfigError, match="needs algorithm.beta > 0"):
+        load("algorithm.ref_update_every=10")
+    with pytest.raises(ConfigError, match="with LoRA"):
+        load("algorithm.ref_update_every=10", "algorithm.beta=0.01", "model.lora.r=4")
+    with pytest.raises(ConfigError, match="save_frozen_weights=false"):
+        load("algorithm.ref_update_every=10", "algorithm.beta=0.01", "checkpoint.save_frozen_weights=false")
+    with pytest.raises(ConfigError, match="ref_update_mix=0.5 has no effect"):
+        load("algorithm.ref_update_mix=0.5")
