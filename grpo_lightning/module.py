@@ -71,8 +71,8 @@ GAMMA_UNUSED = (
 
 NOTHING_TO_CORRECT = (
     "algorithm.rollout_correction={} has nothing to correct in this batch: it carries no sampler "
-    "log-probs (rollouts generated here are sampled by the trainer's own model, whose log-probs are "
-    "the trainer's); it applies to batches that carry them (external rollouts' logprobs)"
+    "log-probs (the lean generation loop keeps them; generate and this policy's sampler do not); it "
+    "applies to rollouts that carry them (generation.backend=loop, external rollouts' logprobs)"
 )
 
 ENTROPY_COEF_KEY = "entropy_coef"
@@ -134,7 +134,10 @@ class GRPOModule(L.LightningModule):
         self.val_k = gen.val_num_samples  # completions per validation prompt
         self.val_pass_metric = f"val/pass@{self.val_k}" if self.val_k > 1 or gen.val_pass_reward else None
         self.val_means = metrics.StageMeans(metrics.val_metric_names(reward.names, self.val_pass_metric))
-        self.train_sampling = SamplingParams.from_config(gen)
+        # The sampler's own log-probs are kept where a rollout correction will compare them with the trainer's.
+        self.train_sampling = replace(
+            SamplingParams.from_config(gen), record_logprobs=alg.rollout_correction is not None
+        )
         self.val_sampling = SamplingParams.from_config(gen, do_sample=gen.val_do_sample)
         self.validated_at_step: Optional[int] = None  # Lightning global_step of the last validation
         self.last_val_metrics: dict[str, float] = {}  # its results

@@ -49,6 +49,7 @@ class Rollout:
     columns: dict[str, list[Any]]  # each [B], the dataset's other columns, repeated like prompts
     group_ids: Tensor  # [B] index of the prompt within the batch
     truncated: Tensor  # [B] bool: hit max_new_tokens before EOS
+    sampling_logprobs: Optional[Tensor] = None  # [B, T] the sampler's own, where it kept them
 
     @property
     def lengths(self) -> Tensor:
@@ -95,6 +96,7 @@ def experience_from_rollout(rollout: Rollout, scores: RewardScores, group_size: 
         group_size=group_size,
         truncated=rollout.truncated,
         scores=scores,
+        sampling_logprobs=rollout.sampling_logprobs,
         prompts=rollout.prompts,
         completions=rollout.completions,
     )

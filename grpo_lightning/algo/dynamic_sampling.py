@@ -79,6 +79,7 @@ def _select_groups(
         columns={k: [v[i] for i in index] for k, v in rollout.columns.items()},
         group_ids=rollout.group_ids[rows],
         truncated=rollout.truncated[rows],
+        sampling_logprobs=None if rollout.sampling_logprobs is None else rollout.sampling_logprobs[rows],
     )
     picked_scores = RewardScores(
         scores.total[rows],
@@ -103,6 +104,14 @@ def concat(parts: list[tuple[Rollout, RewardScores]], group_size: int) -> tuple[
         columns={k: sum((r.columns[k] for r in rollouts), []) for k in rollouts[0].columns},
         group_ids=torch.arange(rows // group_size, device=tokens.prompt_ids.device).repeat_interleave(group_size),
         truncated=torch.cat([r.truncated for r in rollouts]),
+        sampling_logprobs=None
+        if rollouts[0].sampling_logprobs is None
+        else torch.cat(
+            [
+                F.pad(r.sampling_logprobs, (0, tokens.completion_ids.size(1) - r.sampling_logprobs.size(1)))
+                for r in rollouts
+            ]
+        ),
     )
     total = RewardScores(
         torch.cat([s.total for s in scores]),

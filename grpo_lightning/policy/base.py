@@ -55,6 +55,9 @@ class SamplingParams:
     "auto": the loop for the model types it supports, else generate; "vllm": a colocated vLLM
     engine (grpo_lightning.policy.generation.vllm), built at the first call with ``vllm_engine``."""
     vllm_engine: VLLMEngineArgs = field(default_factory=VLLMEngineArgs)
+    record_logprobs: bool = False
+    """Keep the sampler's log-probs of the drawn tokens (rollout correction compares them with the
+    trainer's); policies and backends that cannot leave them out (Rollout.sampling_logprobs None)."""
 
     @classmethod
     def from_config(cls, gen: GenerationConfig, do_sample: bool = True) -> SamplingParams:
@@ -171,7 +174,7 @@ class Policy(GenerativePolicy):
         prompt_ids, prompt_mask = self.encode_prompts(prompts)  # [N, P]
         prompt_ids = prompt_ids.repeat_interleave(group_size, dim=0)  # [N*G, P]
         prompt_mask = prompt_mask.repeat_interleave(group_size, dim=0)
-        completion_ids = self.sample(prompt_ids, prompt_mask, sampling)  # [N*G, T]
+        completion_ids, sampling_logprobs = self.sample_with_logprobs(prompt_ids, prompt_mask, sampling)  # [N*G, T]
         completion_mask, truncated = completion_mask_from_eos(completion_ids, self.eos_token_ids)
         return Rollout(
             tokens=TokenBatch(prompt_ids, prompt_mask, completion_ids, completion_mask),
@@ -180,7 +183,15 @@ class Policy(GenerativePolicy):
             columns={name: repeat_each(values, group_size) for name, values in columns.items()},
             group_ids=torch.arange(len(prompts), device=prompt_ids.device).repeat_interleave(group_size),
             truncated=truncated,
+            sampling_logprobs=sampling_logprobs,
         )
+
+    def sample_with_logprobs(
+        self, prompt_ids: Tensor, prompt_mask: Tensor, sampling: SamplingParams
+    ) -> tuple[Tensor, Optional[Tensor]]:
+        """Completion ids [B, T] and, where ``sampling.record_logprobs`` and the backend can, the
+        sampler's log-probs [B, T] of them; None otherwise."""
+        return self.sample(prompt_ids, prompt_mask, sampling), None
 
     @abstractmethod
     def encode_prompts(self, texts: list[str]) -> tuple[Tensor, Tensor]:

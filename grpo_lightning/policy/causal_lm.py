@@ -214,6 +214,43 @@ class CausalLMPolicy(Policy):
         return encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
 
     @torch.no_grad()
+    def sample_with_logprobs(
+        self, prompt_ids: Tensor, prompt_mask: Tensor, sampling: SamplingParams
+    ) -> tuple[Tensor, Optional[Tensor]]:
+        """The lean loop keeps the log-probs it drew from (``sampling.record_logprobs``); generate and
+        vLLM give none here."""
+        backend = sampling.backend
+        if backend == "auto":
+            backend = "loop" if supports_generation_loop(self.model) else "hf"
+        if not sampling.record_logprobs or backend != "loop":
+            return self.sample(prompt_ids, prompt_mask, sampling), None
+        kept: list[Tensor] = []
+        ids = self._sample_with_loop(prompt_ids, prompt_mask, sampling, kept)
+        return ids, kept[0]
+
+    def _sample_with_loop(
+        self, prompt_ids: Tensor, prompt_mask: Tensor, sampling: SamplingParams, logprobs_out: Optional[list] = None
+    ) -> Tensor:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return sample_with_kv_cache(
+                self.model,
+                prompt_ids,
+                prompt_mask,
+                max_new_tokens=sampling.max_new_tokens,
+                eos_token_ids=self.eos_token_ids,
+                pad_token_id=self.tokenizer.pad_token_id,
+                do_sample=sampling.do_sample,
+                temperature=sampling.temperature,
+                top_k=sampling.top_k,
+                top_p=sampling.top_p,
+                lockstep=self.lockstep,
+                logprobs_out=logprobs_out,
+            )
+        finally:
+            self.model.train(was_training)
+
     def sample(self, prompt_ids: Tensor, prompt_mask: Tensor, sampling: SamplingParams) -> Tensor:
         from transformers import GenerationConfig
 
@@ -222,25 +259,10 @@ class CausalLMPolicy(Policy):
             backend = "loop" if supports_generation_loop(self.model) else "hf"
         if backend == "vllm":
             return self._sample_with_vllm(prompt_ids, prompt_mask, sampling)
+        if backend == "loop":
+            return self._sample_with_loop(prompt_ids, prompt_mask, sampling)
         was_training = self.model.training
         self.model.eval()
-        if backend == "loop":
-            try:
-                return sample_with_kv_cache(
-                    self.model,
-                    prompt_ids,
-                    prompt_mask,
-                    max_new_tokens=sampling.max_new_tokens,
-                    eos_token_ids=self.eos_token_ids,
-                    pad_token_id=self.tokenizer.pad_token_id,
-                    do_sample=sampling.do_sample,
-                    temperature=sampling.temperature,
-                    top_k=sampling.top_k,
-                    top_p=sampling.top_p,
-                    lockstep=self.lockstep,
-                )
-            finally:
-                self.model.train(was_training)
         # A full GenerationConfig, so no default hidden in the checkpoint (e.g. top_k=50) applies.
         generation = GenerationConfig(
             max_new_tokens=sampling.max_new_tokens,

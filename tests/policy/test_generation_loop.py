@@ -249,3 +249,25 @@ def test_unknown_generation_backend_is_refused_at_load(compose_config, random_ar
     assert to_train_config(compose_config(f"model.name_or_path={random_arith_dir}")).generation.backend == "auto"
     with pytest.raises(ConfigError, match=r"generation.backend='sglang' is unknown; choose one of .*'vllm'"):
         to_train_config(compose_config(f"model.name_or_path={random_arith_dir}", "generation.backend=sglang"))
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_the_loop_keeps_the_log_probs_it_drew_from(arith_policy, temperature):
+    """record_logprobs: the decoding pass's log-probs of the drawn tokens are the trainer's (to float
+    rounding: KV-cache decoding and a full pass sum in other orders), 0 after a row's EOS."""
+    from grpo_lightning.policy.base import completion_mask_from_eos
+    from grpo_lightning.types import TokenBatch
+
+    torch.manual_seed(0)
+    prompt_ids, prompt_mask = arith_policy.encode_prompts(["12+34=", "7+5="] * 4)
+    sampling = SamplingParams(max_new_tokens=6, temperature=temperature, backend="loop", record_logprobs=True)
+    ids, kept = arith_policy.sample_with_logprobs(prompt_ids, prompt_mask, sampling)
+    mask, _ = completion_mask_from_eos(ids, arith_policy.eos_token_ids)
+    trainer, _ = arith_policy.logprobs_and_entropy(
+        TokenBatch(prompt_ids, prompt_mask, ids, mask), temperature=temperature, with_entropy=False
+    )
+    valid = mask.bool()
+    torch.testing.assert_close(kept[valid], trainer.detach()[valid], atol=1e-4, rtol=1e-4)
+    assert (kept[~valid] == 0).all()
+    plain, none = arith_policy.sample_with_logprobs(prompt_ids, prompt_mask, SamplingParams(max_new_tokens=6))
+    assert none is None and plain.shape[0] == 8

@@ -253,3 +253,24 @@ def test_reference_refresh_options_are_checked(tmp_path):
         load("algorithm.ref_update_every=10", "algorithm.beta=0.01", "checkpoint.save_frozen_weights=false")
     with pytest.raises(ConfigError, match="ref_update_mix=0.5 has no effect"):
         load("algorithm.ref_update_mix=0.5")
+
+
+def test_rollouts_sampled_by_the_loop_carry_their_log_probs_to_the_correction(tmp_path, random_arith_dir):
+    """generation.backend=loop keeps the sampler's log-probs: on a CPU in float32 they are the trainer's
+    to rounding, so TIS changes nothing and the logged gap is tiny; the metrics are there."""
+    train(
+        _config(
+            tmp_path,
+            f"model.name_or_path={random_arith_dir}",
+            "trainer.max_steps=2",
+            "validate_before_training=false",
+            "algorithm.rollout_correction=tis",
+            "reward.functions.correct.fn=tests.signals.alternating",
+        )
+    )
+    rows = _training_rows(tmp_path)
+    assert len(rows) == 2
+    for row in rows:
+        assert 0 <= float(row["rollout/logprob_gap"]) < 1e-4
+        assert float(row["rollout/ess"]) == pytest.approx(1.0, abs=1e-4)
+        assert float(row["rollout/corrected_frac"]) == 0.0

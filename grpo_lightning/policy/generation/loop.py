@@ -128,12 +128,17 @@ def sample_with_kv_cache(
     top_k: int = 0,
     top_p: float = 1.0,
     lockstep: Optional[AllAgree] = None,
+    logprobs_out: Optional[list[Tensor]] = None,
 ) -> Tensor:
     """Completion ids [B, T] (T <= max_new_tokens) for left-padded prompts [B, P].
 
     Rows that have produced an EOS are filled with ``pad_token_id`` afterwards; decoding stops
     as soon as every row has one, or, with ``lockstep``, as soon as every row of every process
     has one (each process makes the same number of forward calls, as sharded weights need).
+    With ``logprobs_out`` (an empty list), the sampler's log-probs [B, T] of the drawn tokens are
+    appended to it: log softmax(logits / temperature), the distribution the trainer scores (top-k /
+    top-p not reflected), as this decoding pass computed them (the rollout correction compares
+    them with the trainer's).
     """
     from transformers import DynamicCache
 
@@ -144,7 +149,7 @@ def sample_with_kv_cache(
     cache = DynamicCache(config=model.config)
     cache_keyword = kv_cache_keyword(model)
     finished = torch.zeros(prompt_ids.size(0), dtype=torch.bool, device=device)  # [B]
-    columns = []
+    columns, log_columns = [], []
     logits = _prefill(model, prompt_ids, attention_mask, position_ids, cache, cache_keyword)  # [B, V]
     while True:
         logits = logits.float()  # [B, V]
@@ -156,6 +161,10 @@ def sample_with_kv_cache(
         finite_or_done = finite_rows | finished  # [B]: finished rows are padding
         tokens = tokens.masked_fill(finished, pad_token_id)
         columns.append(tokens)
+        if logprobs_out is not None:
+            scaled = logits / temperature if temperature != 1.0 else logits
+            sampled = scaled.gather(1, tokens.unsqueeze(1)).squeeze(1) - scaled.logsumexp(dim=-1)  # [B]
+            log_columns.append(sampled.masked_fill(finished, 0.0))  # rows already ended: padding
         finished |= torch.isin(tokens, eos)
         # one host sync per token, for both questions
         all_finished, all_finite = torch.stack([finished.all(), finite_or_done.all()]).tolist()
@@ -178,6 +187,8 @@ def sample_with_kv_cache(
             use_cache=True,
             logits_to_keep=1,
         ).logits[:, -1]
+    if logprobs_out is not None:
+        logprobs_out.append(torch.stack(log_columns, dim=1))  # [B, T]
     return torch.stack(columns, dim=1)  # [B, T]
 
 
