@@ -71,7 +71,9 @@ LOSS_TERMS = ("actor/loss", "actor/policy_loss", "actor/kl_penalty")
 statistics are token means, weighted by token counts across micro-batches."""
 
 
-def train_metric_names(loss_stats: list[str], reward_names: list[str], alg: Any, non_finite_counted: bool) -> list[str]:
+def train_metric_names(
+    loss_stats: list[str], reward_names: list[str], alg: Any, non_finite_counted: bool, max_staleness: int = 0
+) -> list[str]:
     """Every metric a training step logs, declared up front (a StageMeans has fixed slots): the policy
     loss's ``loss_stats``, the reward functions', and what the algorithm settings ``alg`` (GRPOConfig's
     fields) switch on."""
@@ -85,6 +87,7 @@ def train_metric_names(loss_stats: list[str], reward_names: list[str], alg: Any,
     reward += ["sampling/rounds", "sampling/kept_group_frac"] if dynamic_sampling else []
     reward += [f"reward/{n}/non_finite" for n in reward_names] if non_finite_counted else []
     reward += list(CORRECTION_METRICS) if alg.rollout_correction is not None else []
+    reward += ["rollout/staleness"] if max_staleness > 0 else []
     return (
         actor + reward + ["response_length/mean", "response_length/clip_ratio", "perf/step_time_s", "perf/tokens_per_s"]
     )

@@ -57,9 +57,11 @@ from grpo_lightning.compat import (
 from grpo_lightning.config import CheckpointConfig, ConfigError, GenerationConfig, GRPOConfig, OptimConfig
 from grpo_lightning.data.datamodule import refill_stream
 from grpo_lightning.data.external import external_experience, is_external
-from grpo_lightning.distributed import mean_over_processes, shards_weights
+from grpo_lightning.distributed import mean_over_processes, per_process, shards_weights
+from grpo_lightning.distributed import rank as process_rank
 from grpo_lightning.optim import build_optimizer
-from grpo_lightning.policy.base import GenerativePolicy, SamplingParams
+from grpo_lightning.policy.async_rollouts import AsyncRollouts
+from grpo_lightning.policy.base import GenerativePolicy, Policy, SamplingParams
 from grpo_lightning.rewards import WeightedReward
 from grpo_lightning.types import Experience, Rollout, RolloutSample, TokenBatch, UpdateBatch, experience_from_rollout
 
@@ -74,6 +76,10 @@ NOTHING_TO_CORRECT = (
     "log-probs (the lean generation loop keeps them; generate and this policy's sampler do not); it "
     "applies to rollouts that carry them (generation.backend=loop, external rollouts' logprobs)"
 )
+
+ASYNC_ROLLOUTS_KEY = "async_rollouts"
+"""The checkpoint's rollouts in flight under generation.max_staleness > 0, per process: a resumed run
+trains on them (the weights that sampled them are gone)."""
 
 ENTROPY_COEF_KEY = "entropy_coef"
 """The checkpoint's entropy-bonus weight, which adaptive entropy control (algorithm.target_entropy)
@@ -124,12 +130,16 @@ class GRPOModule(L.LightningModule):
         self._refill: Optional[Any] = None  # iterator over more prompts for dynamic sampling
         self._warned_gamma = False
         self._warned_correction = False
+        self.async_rollouts: Optional[AsyncRollouts] = None  # generation.max_staleness > 0, while fitting
+        self._async_state: Optional[dict[int, dict[str, Any]]] = None  # rollouts in flight, from a checkpoint
         # The entropy bonus's weight: fixed, or steered toward algorithm.target_entropy each step.
         self.entropy_coef = alg.entropy_coef
         if alg.beta > 0:
             policy.enable_reference()
         policy.max_completion_tokens = gen.max_new_tokens
-        names = metrics.train_metric_names(self.policy_loss.stat_names, reward.names, alg, reward.non_finite == "zero")
+        names = metrics.train_metric_names(
+            self.policy_loss.stat_names, reward.names, alg, reward.non_finite == "zero", gen.max_staleness
+        )
         self.train_means = metrics.StageMeans(names)
         self.val_k = gen.val_num_samples  # completions per validation prompt
         self.val_pass_metric = f"val/pass@{self.val_k}" if self.val_k > 1 or gen.val_pass_reward else None
@@ -154,6 +164,8 @@ class GRPOModule(L.LightningModule):
         decided from the running strategy, so it holds however the Trainer was built."""
         strategy = self.trainer.strategy
         self.policy.lockstep = None
+        if stage == "fit" and self.generation.max_staleness > 0 and self.async_rollouts is None:
+            self.async_rollouts = self._start_async_rollouts()
         if self.trainer.world_size > 1 and shards_weights(strategy):
             if self.generation.backend == "vllm":
                 raise ConfigError(
@@ -164,6 +176,43 @@ class GRPOModule(L.LightningModule):
 
     def teardown(self, stage: str) -> None:
         self.policy.lockstep = None  # the policy used after fit (one process sampling) must not vote
+        if stage == "fit" and self.async_rollouts is not None:
+            self.async_rollouts.close()
+            self.async_rollouts = None
+
+    def _start_async_rollouts(self) -> AsyncRollouts:
+        if not isinstance(self.policy, Policy):
+            raise ConfigError("generation.max_staleness > 0 needs a language-model policy (the lean loop samples it)")
+        pipeline = AsyncRollouts(
+            self.policy, self.generation.max_staleness, seed=torch.initial_seed(), process=self.trainer.global_rank
+        )
+        if self._async_state is not None:
+            pipeline.load_state(self._async_state)
+            self._async_state = None
+        return pipeline
+
+    def _async_rollout(self, batch: dict[str, list[Any]]) -> Rollout:
+        """This step's rollout, generated ahead (policy/async_rollouts.py); then the rollouts of the
+        next max_staleness steps are sent to the sampler, from the weights as they are now."""
+        pipeline, step, group_size = self.async_rollouts, self.steps_trained, self.algorithm.group_size
+        version = step - 1  # training steps whose updates the weights now hold
+        if step not in pipeline.pending:  # the first step, or a resume without rollouts in flight
+            pipeline.submit(step, batch, self.prompt_key, group_size, self.train_sampling, version)
+        rollout, sampled_at = pipeline.take(step, batch[self.prompt_key])
+        if rollout.sampling_logprobs is None:
+            raise ConfigError(
+                "generation.max_staleness > 0 needs the lean generation loop, and generation.backend=auto picked "
+                "transformers' generate for this model type (grpo_lightning.policy.generation.loop.LOOP_MODEL_TYPES)"
+            )
+        datamodule = self.trainer.datamodule
+        # Always max_staleness ahead, past max_steps too: a checkpoint then holds what a longer run
+        # continued from it trains on next (the last steps' extra rollouts are the price).
+        for ahead in range(step + 1, step + self.generation.max_staleness + 1):
+            if ahead not in pipeline.pending:
+                upcoming = datamodule.upcoming_train_batch(ahead - 1)
+                pipeline.submit(ahead, upcoming, self.prompt_key, group_size, self.train_sampling, version)
+        self.train_means.update({"rollout/staleness": float(version - sampled_at)})
+        return rollout
 
     # -- training ---------------------------------------------------------------------------
 
@@ -212,7 +261,10 @@ class GRPOModule(L.LightningModule):
 
         def draw(round_index: int):
             prompts = batch if round_index == 0 else self._more_prompts(batch)
-            rollout = self._rollout(prompts, alg.group_size, self.train_sampling)
+            if self.async_rollouts is not None:
+                rollout = self._async_rollout(prompts)
+            else:
+                rollout = self._rollout(prompts, alg.group_size, self.train_sampling)
             scores = self.reward(rollout.prompts, rollout.completions, rollout.columns, device=self.device)
             if alg.overlong_buffer_frac is not None:
                 max_length = self.generation.max_new_tokens
@@ -352,6 +404,8 @@ class GRPOModule(L.LightningModule):
         checkpoint["skip_guard"] = self.skip_guard.state_dict()
         checkpoint[STEPS_TRAINED_KEY] = self.steps_trained
         checkpoint[ENTROPY_COEF_KEY] = self.entropy_coef
+        if self.async_rollouts is not None:  # every process's rollouts in flight (a collective)
+            checkpoint[ASYNC_ROLLOUTS_KEY] = per_process(self.async_rollouts.state())
         if self.validated_at_step is not None:  # a run killed right after this save keeps it
             checkpoint[LAST_VALIDATION_KEY] = {"global_step": self.validated_at_step, "metrics": self.last_val_metrics}
         if not self.checkpoint_contents.save_frozen_weights:
@@ -368,6 +422,13 @@ class GRPOModule(L.LightningModule):
         self.resumed_at_step = checkpoint["global_step"]
         self.steps_trained = steps_trained_in_checkpoint(checkpoint)
         self.entropy_coef = checkpoint.get(ENTROPY_COEF_KEY, self.algorithm.entropy_coef)
+        in_flight = checkpoint.get(ASYNC_ROLLOUTS_KEY)
+        if in_flight is not None and self.generation.max_staleness > 0:
+            mine = in_flight[process_rank()] if process_rank() < len(in_flight) else {}
+            if self.async_rollouts is not None:
+                self.async_rollouts.load_state(mine)
+            else:
+                self._async_state = mine
         validation = checkpoint.get(LAST_VALIDATION_KEY)
         if validation is not None and validation["global_step"] == checkpoint["global_step"]:
             self.validated_at_step, self.last_val_metrics = validation["global_step"], dict(validation["metrics"])

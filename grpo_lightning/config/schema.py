@@ -393,6 +393,13 @@ class GenerationConfig:
     """Keep the k most likely tokens; 0 disables it."""
     val_do_sample: bool = False
     """Validation samples with the settings above when true; greedy decoding when false."""
+    max_staleness: int = 0
+    """Asynchronous rollouts: generation runs ahead of training by at most this many steps, on a
+    thread of its own sampling from weight snapshots (grpo_lightning/policy/async_rollouts.py); the
+    rollout a step trains on was sampled by a policy at most this many optimizer-step batches old,
+    and its log-probs are the PPO ratio's old ones. 0: sample, then train, as GRPO does. Overlap
+    of generation and training is the throughput gain (benchmarks/RESULTS.md). Lean loop only;
+    not with dynamic sampling or sharded weights."""
     val_num_samples: int = 1
     """Completions per validation prompt (k). With k > 1 (which needs val_do_sample=true)
     val/reward/* average all k and ``val/pass@<k>`` is logged: the fraction of prompts with at
@@ -423,6 +430,12 @@ class GenerationConfig:
         prompt length, and whether val_pass_reward names a reward function, are checked in
         grpo_lightning/config/validation.py."""
         _require(self.max_new_tokens >= 1, f"generation.max_new_tokens must be >= 1 (got {self.max_new_tokens})")
+        _require(self.max_staleness >= 0, f"generation.max_staleness must be >= 0 (got {self.max_staleness})")
+        _require(
+            self.max_staleness == 0 or self.backend in ("auto", "loop"),
+            f"generation.max_staleness={self.max_staleness} needs the lean generation loop, which samples from "
+            f"its own generator on a thread; generation.backend={self.backend} cannot: use backend=loop (or auto)",
+        )
         _require(
             self.temperature > 0,
             f"generation.temperature must be > 0 for sampling (got "

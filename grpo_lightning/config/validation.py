@@ -165,6 +165,18 @@ def validate_across_groups(cfg: TrainConfig) -> None:
         f"algorithm.filter_groups_by={alg.filter_groups_by!r} names both a total and a reward function of that "
         "name; rename the function under reward.functions",
     )
+    if gen.max_staleness > 0:
+        _require(
+            not alg.filter_zero_std_groups,
+            "generation.max_staleness > 0 with algorithm.filter_zero_std_groups=true: dynamic sampling decides "
+            "how many rounds a step draws from its rewards, which asynchronous rollouts cannot know ahead; "
+            "use one of them",
+        )
+        _require(
+            not shards_weights_by_name(trainer.strategy) and cfg.model.builder is None,
+            f"generation.max_staleness > 0 needs a causal LM with whole weights on each process (a snapshot per "
+            f"step in flight); not trainer.strategy={trainer.strategy} or model.builder",
+        )
     if alg.ref_update_every is not None:
         _require(
             cfg.model.lora.r == 0,

@@ -156,6 +156,14 @@ class PromptDataModule(L.LightningDataModule):
             self._resume_at = None
         return self._loader(self.train_rows, self.batch_size, self.train_sampler)
 
+    def upcoming_train_batch(self, steps_done: int) -> dict[str, list[Any]]:
+        """The batch that training step ``steps_done + 1`` of a run begun at epoch 0 gets (one batch
+        per step, whole epochs of batches_per_epoch), collated as the loader will give it: what
+        asynchronous rollouts generate ahead from. Needs train_dataloader() to have run."""
+        per_epoch = self.train_sampler.batches_per_epoch
+        indices = self.train_sampler.batch_indices(steps_done // per_epoch, steps_done % per_epoch)
+        return collate_rows([self.train_rows[i] for i in indices])
+
     def refill_dataloader(self) -> DataLoader:
         """More training prompts for dynamic sampling (algorithm.filter_zero_std_groups): the
         training rows in shuffled orders of their own (a seed stream apart from the main one),

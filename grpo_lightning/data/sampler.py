@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Iterator
 
 import torch
+from torch import Tensor
 from torch.utils.data import Sampler
 
 
@@ -52,14 +53,23 @@ class ResumableSampler(Sampler[int]):
     def resume_at(self, epoch: int, batches_done: int) -> None:
         self.epoch, self.start_batch = epoch, batches_done
 
-    def __iter__(self) -> Iterator[int]:
+    def _order(self, epoch: int) -> Tensor:
+        """This process's row indices for epoch ``epoch``, in order."""
         if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            generator = torch.Generator().manual_seed(self.seed + epoch)
             order = torch.randperm(self.num_rows, generator=generator)
         else:
             order = torch.arange(self.num_rows)
         if self.drop_last:
             order = order[: len(self) * self.world_size]
-        mine = order[self.rank :: self.world_size]
+        return order[self.rank :: self.world_size]
+
+    def batch_indices(self, epoch: int, batch: int) -> list[int]:
+        """The rows of batch ``batch`` of epoch ``epoch`` for this process, as iteration yields them
+        (asynchronous rollouts look ahead with it)."""
+        return self._order(epoch)[batch * self.batch_size : (batch + 1) * self.batch_size].tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        mine = self._order(self.epoch)
         start, self.start_batch = self.start_batch * self.batch_size, 0  # the skip applies once
         return iter(mine[start:].tolist())

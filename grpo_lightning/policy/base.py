@@ -55,6 +55,9 @@ class SamplingParams:
     "auto": the loop for the model types it supports, else generate; "vllm": a colocated vLLM
     engine (grpo_lightning.policy.generation.vllm), built at the first call with ``vllm_engine``."""
     vllm_engine: VLLMEngineArgs = field(default_factory=VLLMEngineArgs)
+    seed: Optional[int] = None
+    """Draw from a generator of this seed instead of torch's global one (asynchronous rollouts:
+    the sampler thread's draws must not depend on, nor disturb, the training thread's)."""
     record_logprobs: bool = False
     """Keep the sampler's log-probs of the drawn tokens (rollout correction compares them with the
     trainer's); policies and backends that cannot leave them out (Rollout.sampling_logprobs None)."""

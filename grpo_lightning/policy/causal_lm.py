@@ -247,6 +247,9 @@ class CausalLMPolicy(Policy):
                 top_p=sampling.top_p,
                 lockstep=self.lockstep,
                 logprobs_out=logprobs_out,
+                generator=None
+                if sampling.seed is None
+                else torch.Generator(device=prompt_ids.device).manual_seed(sampling.seed),
             )
         finally:
             self.model.train(was_training)

@@ -166,3 +166,22 @@ def test_an_instruct_tokenizer_used_without_its_chat_template_is_warned_about(ca
         PromptFormatter(_chat_tokenizer())
     (record,) = caplog.records
     assert "has a chat template, but data.apply_chat_template=false" in record.getMessage()
+
+
+def test_the_batch_of_any_future_step_is_the_one_the_loader_will_give():
+    """Asynchronous rollouts generate ahead from upcoming_train_batch: across an epoch boundary it
+    must be the loader's own batch, for every process."""
+    from grpo_lightning.data.datamodule import PromptDataModule
+
+    rows = [{"prompt": f"{i}+1=", "answer": str(i + 1)} for i in range(20)]
+    for world, rank in ((1, 0), (2, 1)):
+        datamodule = PromptDataModule(rows, rows[:4], batch_size=3, val_batch_size=4, seed=5)
+        datamodule._rank_and_world = lambda world=world, rank=rank: (rank, world)
+        loaded = []
+        for epoch in range(3):
+            loader = datamodule.train_dataloader()
+            datamodule.train_sampler.set_epoch(epoch)
+            loaded += list(loader)
+        per_epoch = datamodule.train_sampler.batches_per_epoch
+        assert len(loaded) == 3 * per_epoch
+        assert [datamodule.upcoming_train_batch(step) for step in range(len(loaded))] == loaded

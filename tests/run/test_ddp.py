@@ -36,9 +36,15 @@ NEEDS_TWO_GPUS = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "trainer", ["ddp_cpu", pytest.param("ddp", marks=NEEDS_TWO_GPUS), pytest.param("fsdp", marks=NEEDS_TWO_GPUS)]
+    "trainer, extra",
+    [
+        ("ddp_cpu", []),
+        ("ddp_cpu", ["generation.max_staleness=1"]),  # each process's sampler thread, rollouts in the checkpoint
+        pytest.param("ddp", [], marks=NEEDS_TWO_GPUS),
+        pytest.param("fsdp", [], marks=NEEDS_TWO_GPUS),
+    ],
 )
-def test_two_processes_agree_on_parameters(trainer, random_arith_dir, tmp_path):
+def test_two_processes_agree_on_parameters(trainer, extra, random_arith_dir, tmp_path):
     script = tmp_path / "ddp_run.py"
     script.write_text(SCRIPT)
     devices = ["trainer.devices=2"] if trainer != "ddp_cpu" else []
@@ -60,6 +66,7 @@ def test_two_processes_agree_on_parameters(trainer, random_arith_dir, tmp_path):
         "algorithm.beta=0.04",
         "algorithm.entropy_coef=0.01",
         "reward.functions.correct.fn=tests.signals.alternating",
+        *extra,
     ]
     env = dict(
         os.environ,
@@ -88,6 +95,8 @@ def test_two_processes_agree_on_parameters(trainer, random_arith_dir, tmp_path):
     with open(tmp_path / "run" / "metrics.csv") as handle:
         steps = [row for row in csv.DictReader(handle) if row.get("reward/frac_zero_std")]
     assert [float(row["reward/frac_zero_std"]) for row in steps] == [0.0, 0.0]  # every group had a signal
+    if extra:
+        assert [float(row["rollout/staleness"]) for row in steps] == [0.0, 1.0]
     assert (tmp_path / "run" / "policy" / "model.safetensors").is_file()  # exported once, by rank 0
 
 

@@ -274,3 +274,52 @@ def test_rollouts_sampled_by_the_loop_carry_their_log_probs_to_the_correction(tm
         assert 0 <= float(row["rollout/logprob_gap"]) < 1e-4
         assert float(row["rollout/ess"]) == pytest.approx(1.0, abs=1e-4)
         assert float(row["rollout/corrected_frac"]) == 0.0
+
+
+ASYNC = [
+    "trainer.val_every_n_steps=2",
+    "checkpoint.every_n_steps=2",
+    "validate_before_training=false",
+    "reward.functions.correct.fn=tests.signals.alternating",
+]
+
+
+@pytest.mark.parametrize("staleness", [1, 2])
+def test_asynchronous_rollouts_train_stale_by_at_most_max_staleness_and_resume_exactly(
+    tmp_path, random_arith_dir, staleness
+):
+    """Generation runs ahead on a thread: step t trains on a rollout sampled min(t - 1, k) optimizer
+    steps ago. Stopped after step 2 with rollouts in flight, the resumed run equals the whole one,
+    metrics and weights, with torch's default threads."""
+    common = [f"model.name_or_path={random_arith_dir}", f"generation.max_staleness={staleness}", *ASYNC]
+    train(_config(tmp_path / "whole", *common, "trainer.max_steps=5"))
+    train(_config(tmp_path / "part", *common, "trainer.max_steps=2"))
+    saved = torch.load(tmp_path / "part" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert sorted(saved["async_rollouts"][0]) == list(range(3, 3 + staleness))  # in flight at the stop
+    train(_config(tmp_path / "part", *common, "trainer.max_steps=5", "ckpt_path=last"))
+
+    def table(run):
+        with open(tmp_path / run / "metrics.csv") as handle:
+            return [{k: v for k, v in row.items() if not k.startswith("perf/")} for row in csv.DictReader(handle)]
+
+    assert table("whole") == table("part")
+    rows = _training_rows(tmp_path / "whole")
+    assert [float(row["rollout/staleness"]) for row in rows] == [min(step, staleness) for step in range(5)]
+    from safetensors.torch import load_file
+
+    whole, part = (load_file(tmp_path / run / "policy" / "model.safetensors") for run in ("whole", "part"))
+    assert all(torch.equal(whole[k], part[k]) for k in whole)
+
+
+def test_asynchronous_rollouts_are_refused_where_they_cannot_run(tmp_path):
+    from grpo_lightning.config import ConfigError, to_train_config
+
+    def load(*overrides):
+        return to_train_config(load_config([f"output_dir={tmp_path}", "generation.max_staleness=1", *overrides]))
+
+    with pytest.raises(ConfigError, match="needs the lean generation loop"):
+        load("generation.backend=hf")
+    with pytest.raises(ConfigError, match="dynamic sampling decides"):
+        load("algorithm=dapo")
+    with pytest.raises(ConfigError, match="needs a causal LM with whole weights"):
+        load("experiment=gaussian_bandit")

@@ -71,7 +71,7 @@ ACCELERATOR_DRAW_CHUNK_BYTES = 2**30
 """1 GiB on GPUs: one piece for most batches (kernel launches, not memory, are their cost)."""
 
 
-def draw_tokens(scores: Tensor) -> Tensor:
+def draw_tokens(scores: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
     """One token per row of ``scores`` [B, V] (filtered logits), drawn from ``softmax(scores)``.
 
     Inverse-CDF sampling (:func:`inverse_cdf`) in float64 (float32 on MPS, which has none): a
@@ -81,7 +81,7 @@ def draw_tokens(scores: Tensor) -> Tensor:
     variates are drawn for all rows first, so the tokens do not depend on the block size.
     """
     dtype = widest_float(scores.device)
-    uniform = torch.rand(scores.size(0), dtype=dtype, device=scores.device)  # [B] in [0, 1)
+    uniform = torch.rand(scores.size(0), dtype=dtype, device=scores.device, generator=generator)  # [B] in [0, 1)
     budget = DRAW_CHUNK_BYTES.get(scores.device.type, ACCELERATOR_DRAW_CHUNK_BYTES)
     rows_per_block = max(1, budget // (scores.size(-1) * dtype.itemsize))
     tokens = []
@@ -129,6 +129,7 @@ def sample_with_kv_cache(
     top_p: float = 1.0,
     lockstep: Optional[AllAgree] = None,
     logprobs_out: Optional[list[Tensor]] = None,
+    generator: Optional[torch.Generator] = None,
 ) -> Tensor:
     """Completion ids [B, T] (T <= max_new_tokens) for left-padded prompts [B, P].
 
@@ -138,7 +139,8 @@ def sample_with_kv_cache(
     With ``logprobs_out`` (an empty list), the sampler's log-probs [B, T] of the drawn tokens are
     appended to it: log softmax(logits / temperature), the distribution the trainer scores (top-k /
     top-p not reflected), as this decoding pass computed them (the rollout correction compares
-    them with the trainer's).
+    them with the trainer's). ``generator``: the draws' random numbers come from it instead of
+    torch's global generator (a sampler thread must not share that with training).
     """
     from transformers import DynamicCache
 
@@ -155,7 +157,7 @@ def sample_with_kv_cache(
         logits = logits.float()  # [B, V]
         finite_rows = logits.amax(dim=-1).isfinite()  # [B]: NaN and +inf show here
         if do_sample:
-            tokens = draw_tokens(filter_logits(logits, temperature, top_k, top_p))  # [B]
+            tokens = draw_tokens(filter_logits(logits, temperature, top_k, top_p), generator)  # [B]
         else:
             tokens = logits.argmax(dim=-1)  # [B]
         finite_or_done = finite_rows | finished  # [B]: finished rows are padding
