@@ -184,7 +184,11 @@ class GRPOModule(L.LightningModule):
         if not isinstance(self.policy, Policy):
             raise ConfigError("generation.max_staleness > 0 needs a language-model policy (the lean loop samples it)")
         pipeline = AsyncRollouts(
-            self.policy, self.generation.max_staleness, seed=torch.initial_seed(), process=self.trainer.global_rank
+            self.policy,
+            self.generation.max_staleness,
+            seed=torch.initial_seed(),
+            process=self.trainer.global_rank,
+            threads=self.generation.sampler_threads,
         )
         if self._async_state is not None:
             pipeline.load_state(self._async_state)
@@ -204,7 +208,12 @@ class GRPOModule(L.LightningModule):
                 "generation.max_staleness > 0 needs the lean generation loop, and generation.backend=auto picked "
                 "transformers' generate for this model type (grpo_lightning.policy.generation.loop.LOOP_MODEL_TYPES)"
             )
-        datamodule = self.trainer.datamodule
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if not hasattr(datamodule, "upcoming_train_batch"):
+            raise ConfigError(
+                "generation.max_staleness > 0 generates ahead from the prompts of future steps, which only a "
+                "PromptDataModule knows (trainer.fit(module, datamodule=PromptDataModule(...)))"
+            )
         # Always max_staleness ahead, past max_steps too: a checkpoint then holds what a longer run
         # continued from it trains on next (the last steps' extra rollouts are the price).
         for ahead in range(step + 1, step + self.generation.max_staleness + 1):

@@ -400,6 +400,9 @@ class GenerationConfig:
     and its log-probs are the PPO ratio's old ones. 0: sample, then train, as GRPO does. Overlap
     of generation and training is the throughput gain (benchmarks/RESULTS.md). Lean loop only;
     not with dynamic sampling or sharded weights."""
+    sampler_threads: Optional[int] = None
+    """torch threads of the asynchronous sampler (max_staleness > 0), set on its own thread: on a
+    CPU, 1 leaves the other cores to training. None: torch's default, as the trainer."""
     val_num_samples: int = 1
     """Completions per validation prompt (k). With k > 1 (which needs val_do_sample=true)
     val/reward/* average all k and ``val/pass@<k>`` is logged: the fraction of prompts with at
@@ -431,6 +434,11 @@ class GenerationConfig:
         grpo_lightning/config/validation.py."""
         _require(self.max_new_tokens >= 1, f"generation.max_new_tokens must be >= 1 (got {self.max_new_tokens})")
         _require(self.max_staleness >= 0, f"generation.max_staleness must be >= 0 (got {self.max_staleness})")
+        _require(
+            self.sampler_threads is None or (self.max_staleness > 0 and self.sampler_threads >= 1),
+            f"generation.sampler_threads={self.sampler_threads} applies to the asynchronous sampler: it must be "
+            ">= 1 and needs generation.max_staleness > 0",
+        )
         _require(
             self.max_staleness == 0 or self.backend in ("auto", "loop"),
             f"generation.max_staleness={self.max_staleness} needs the lean generation loop, which samples from "

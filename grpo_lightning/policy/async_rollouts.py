@@ -28,7 +28,7 @@ from __future__ import annotations
 import copy
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import fields, replace
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -55,13 +55,15 @@ def sampler_copy(policy: Policy) -> Policy:
 class AsyncRollouts:
     """Rollouts of future steps, generated on a thread from weight snapshots (module docstring)."""
 
-    def __init__(self, policy: Policy, max_staleness: int, seed: int, process: int = 0):
+    def __init__(self, policy: Policy, max_staleness: int, seed: int, process: int = 0, threads: Optional[int] = None):
         if max_staleness < 1:
             raise ValueError(f"max_staleness must be >= 1 for asynchronous rollouts (got {max_staleness})")
         self.policy, self.max_staleness = policy, max_staleness
         self.seed, self.process = seed, process
         self.snapshots = [sampler_copy(policy) for _ in range(max_staleness)]
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grpo-sampler")
+        # torch's thread count is per thread: the sampler may take fewer cores than the trainer.
+        initializer = None if threads is None else (lambda: torch.set_num_threads(threads))
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grpo-sampler", initializer=initializer)
         self.pending: dict[int, tuple[Future, int, list[Any]]] = {}  # step -> (rollout, version, prompts)
 
     def _seed(self, step: int) -> int:

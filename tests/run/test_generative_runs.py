@@ -323,3 +323,5 @@ def test_asynchronous_rollouts_are_refused_where_they_cannot_run(tmp_path):
         load("algorithm=dapo")
     with pytest.raises(ConfigError, match="needs a causal LM with whole weights"):
         load("experiment=gaussian_bandit")
+    with pytest.raises(ConfigError, match="generation.sampler_threads=0 applies to the asynchronous sampler"):
+        load("generation.sampler_threads=0")
