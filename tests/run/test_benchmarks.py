@@ -305,3 +305,34 @@ def test_gpu_check_without_a_gpu_says_so_and_runs_nothing(tmp_path):
 def test_gpu_check_help_lists_the_options():
     done = _gpu_check("--help")
     assert done.returncode == 0 and "--dry-run" in done.stdout and "bf16 training steps" in done.stdout
+
+
+@pytest.mark.slow
+def test_bench_async_runs_each_setting_and_prints_its_table():
+    """The asynchronous-rollouts benchmark as RESULTS.md runs it, shortened: one row per setting."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_async.py"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "--steps",
+            "3",
+            "--warmup",
+            "1",
+            "--staleness",
+            "0",
+            "1",
+            "--sampler-threads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [row.split("|")[1:3] for row in rows] == [[" 0 ", " - "], [" 1 ", " 1 "]]
