@@ -189,6 +189,7 @@ class GRPOModule(L.LightningModule):
             seed=torch.initial_seed(),
             process=self.trainer.global_rank,
             threads=self.generation.sampler_threads,
+            device=self.generation.sampler_device,
         )
         if self._async_state is not None:
             pipeline.load_state(self._async_state)
@@ -202,7 +203,7 @@ class GRPOModule(L.LightningModule):
         version = step - 1  # training steps whose updates the weights now hold
         if step not in pipeline.pending:  # the first step, or a resume without rollouts in flight
             pipeline.submit(step, batch, self.prompt_key, group_size, self.train_sampling, version)
-        rollout, sampled_at = pipeline.take(step, batch[self.prompt_key])
+        rollout, sampled_at = pipeline.take(step, batch[self.prompt_key], self.device)
         if rollout.sampling_logprobs is None:
             raise ConfigError(
                 "generation.max_staleness > 0 needs the lean generation loop, and generation.backend=auto picked "

@@ -403,6 +403,9 @@ class GenerationConfig:
     sampler_threads: Optional[int] = None
     """torch threads of the asynchronous sampler (max_staleness > 0), set on its own thread: on a
     CPU, 1 leaves the other cores to training. None: torch's default, as the trainer."""
+    sampler_device: Optional[str] = None
+    """Where the asynchronous sampler's weight snapshots live and sample (max_staleness > 0), e.g.
+    ``cuda:1`` to generate on a second GPU while the first trains; None: the trainer's device."""
     val_num_samples: int = 1
     """Completions per validation prompt (k). With k > 1 (which needs val_do_sample=true)
     val/reward/* average all k and ``val/pass@<k>`` is logged: the fraction of prompts with at
@@ -434,6 +437,10 @@ class GenerationConfig:
         grpo_lightning/config/validation.py."""
         _require(self.max_new_tokens >= 1, f"generation.max_new_tokens must be >= 1 (got {self.max_new_tokens})")
         _require(self.max_staleness >= 0, f"generation.max_staleness must be >= 0 (got {self.max_staleness})")
+        _require(
+            self.sampler_device is None or self.max_staleness > 0,
+            "generation.sampler_device applies to the asynchronous sampler; it needs generation.max_staleness > 0",
+        )
         _require(
             self.sampler_threads is None or (self.max_staleness > 0 and self.sampler_threads >= 1),
             f"generation.sampler_threads={self.sampler_threads} applies to the asynchronous sampler: it must be "

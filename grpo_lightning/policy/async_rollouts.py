@@ -39,8 +39,9 @@ SEED_STRIDE = 1_000_003
 """Seeds of the sampler's generators: seed * stride**2 + process * stride + step, distinct per step."""
 
 
-def sampler_copy(policy: Policy) -> Policy:
-    """A copy of the policy to sample with: its weights, no reference model, no gradients."""
+def sampler_copy(policy: Policy, device: Optional[str] = None) -> Policy:
+    """A copy of the policy to sample with: its weights (on ``device``, else where they are), no
+    reference model, no gradients."""
     reference = getattr(policy, "reference_model", None)
     policy.reference_model = None
     try:
@@ -49,18 +50,37 @@ def sampler_copy(policy: Policy) -> Policy:
         policy.reference_model = reference
     copied.requires_grad_(False)
     copied.lockstep = None
-    return copied
+    return copied if device is None else copied.to(device)
+
+
+def rollout_to(rollout: Rollout, device: torch.device) -> Rollout:
+    """The rollout with its tensors on ``device`` (the trainer's, for a sampler elsewhere)."""
+    tokens = TokenBatch(*(getattr(rollout.tokens, f.name).to(device) for f in fields(rollout.tokens)))
+    moved = {
+        f.name: getattr(rollout, f.name).to(device)
+        for f in fields(rollout)
+        if isinstance(getattr(rollout, f.name), torch.Tensor)
+    }
+    return replace(rollout, tokens=tokens, **moved)
 
 
 class AsyncRollouts:
     """Rollouts of future steps, generated on a thread from weight snapshots (module docstring)."""
 
-    def __init__(self, policy: Policy, max_staleness: int, seed: int, process: int = 0, threads: Optional[int] = None):
+    def __init__(
+        self,
+        policy: Policy,
+        max_staleness: int,
+        seed: int,
+        process: int = 0,
+        threads: Optional[int] = None,
+        device: Optional[str] = None,
+    ):
         if max_staleness < 1:
             raise ValueError(f"max_staleness must be >= 1 for asynchronous rollouts (got {max_staleness})")
         self.policy, self.max_staleness = policy, max_staleness
         self.seed, self.process = seed, process
-        self.snapshots = [sampler_copy(policy) for _ in range(max_staleness)]
+        self.snapshots = [sampler_copy(policy, device) for _ in range(max_staleness)]
         # torch's thread count is per thread: the sampler may take fewer cores than the trainer.
         initializer = None if threads is None else (lambda: torch.set_num_threads(threads))
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grpo-sampler", initializer=initializer)
@@ -85,23 +105,23 @@ class AsyncRollouts:
         targets = dict(snapshot.named_parameters())
         for name, source in self.policy.named_parameters():
             if name in targets:  # the reference model's weights are not in a snapshot
-                targets[name].copy_(source)
+                targets[name].copy_(source, non_blocking=False)
         columns = {key: values for key, values in batch.items() if key != prompt_key}
         sampling = replace(sampling, seed=self._seed(step), record_logprobs=True)
         prompts = batch[prompt_key]
         future = self.executor.submit(snapshot.rollout, prompts, columns, group_size, sampling)
         self.pending[step] = (future, version, list(prompts))
 
-    def take(self, step: int, prompts: list[Any]) -> tuple[Rollout, int]:
-        """Step ``step``'s rollout and the version that sampled it; the prompts must be the ones it
-        was generated for (the batch Lightning gave the step)."""
+    def take(self, step: int, prompts: list[Any], device: torch.device) -> tuple[Rollout, int]:
+        """Step ``step``'s rollout, on the trainer's ``device``, and the version that sampled it; the
+        prompts must be the ones it was generated for (the batch Lightning gave the step)."""
         future, version, expected = self.pending.pop(step)
         if list(prompts) != expected:
             raise RuntimeError(
                 f"asynchronous rollouts: step {step}'s prompts are not those generated ahead for it; the "
                 "datamodule's order changed under the sampler (report this as a bug)"
             )
-        return future.result(), version
+        return rollout_to(future.result(), device), version
 
     def state(self) -> dict[int, dict[str, Any]]:
         """The rollouts in flight, waited for, as plain tensors and lists (for a checkpoint)."""

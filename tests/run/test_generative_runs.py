@@ -325,3 +325,25 @@ def test_asynchronous_rollouts_are_refused_where_they_cannot_run(tmp_path):
         load("experiment=gaussian_bandit")
     with pytest.raises(ConfigError, match="generation.sampler_threads=0 applies to the asynchronous sampler"):
         load("generation.sampler_threads=0")
+
+
+def test_asynchronous_rollouts_feed_the_rollout_correction_and_may_sample_elsewhere(tmp_path, random_arith_dir):
+    """A stale sampler's log-probs are the correction's sampler side: from step 2 on the trainer has
+    moved one step since, so the logged gap is no longer 0. The sampler's device is a setting
+    (the trainer's here: a CPU)."""
+    train(
+        _config(
+            tmp_path,
+            f"model.name_or_path={random_arith_dir}",
+            "generation.max_staleness=1",
+            "generation.sampler_device=cpu",
+            "algorithm.rollout_correction=tis",
+            "trainer.max_steps=3",
+            *ASYNC,
+        )
+    )
+    rows = _training_rows(tmp_path)
+    assert [float(row["rollout/staleness"]) for row in rows] == [0.0, 1.0, 1.0]
+    gaps = [float(row["rollout/logprob_gap"]) for row in rows]
+    assert gaps[0] < 1e-4 < min(gaps[1:])  # on policy at step 1, one step stale after
+    assert all(0 < float(row["rollout/ess"]) <= 1 + 1e-6 for row in rows)
