@@ -177,8 +177,8 @@ class GRPOConfig:
     """The weight of the current policy in each refresh (ref_update_every); 1 copies it."""
     top_entropy_quantile: Optional[float] = None
     """Train only the highest-entropy ("forking") tokens: the policy-gradient term of each
-    micro-batch keeps this fraction of its valid tokens, those of highest entropy, and drops the
-    rest (the KL and entropy terms keep every token). Wang et al. 2025, arXiv:2506.01939, keep
+    mini-batch keeps this fraction of its valid tokens, those of highest entropy, and drops the
+    rest (the KL and entropy terms keep every token); no micro-batches. Wang et al. 2025, arXiv:2506.01939, keep
     0.2. None: every token."""
     target_entropy: Optional[float] = None
     """Adaptive entropy control: after each step the entropy bonus's weight moves by
@@ -332,6 +332,20 @@ class GRPOConfig:
                 f"and algorithm.rollout_correction={self.rollout_correction}; remove it, or choose the option "
                 "it belongs to",
             )
+        selects = [
+            name
+            for name, on in (
+                (f"policy_loss={self.policy_loss}", self.policy_loss in ("clip_cov", "kl_cov")),
+                ("top_entropy_quantile", self.top_entropy_quantile is not None),
+            )
+            if on
+        ]
+        _require(
+            not selects or self.micro_batch_size is None,
+            f"algorithm.{' and '.join(selects)} select tokens over the whole mini-batch, and micro-batches would "
+            f"select within each part (another result); set algorithm.micro_batch_size=null "
+            f"(got {self.micro_batch_size})",
+        )
         _require(
             self.ref_update_every is None or (self.ref_update_every >= 1 and self.beta > 0),
             f"algorithm.ref_update_every={self.ref_update_every} refreshes the KL reference: it must be >= 1 and "

@@ -246,6 +246,7 @@ def test_run_labels_pass_with_any_logger(compose_config):
         ("algorithm.rollout_correction=nope", "algorithm.rollout_correction='nope' is unknown"),
         ("algorithm=dapo algorithm.adv_estimator=gdpo", "the overlong penalty"),
         ("algorithm.target_entropy=-1", "algorithm.target_entropy must be >= 0"),
+        ("algorithm=kl_cov algorithm.micro_batch_size=2", "select tokens over the whole mini-batch"),
         ("algorithm.rollout_is_cap=3", "algorithm.rollout_is_cap=3.0 has no effect"),
         ("algorithm.rollout_correction=seq_mask", "needs algorithm.rollout_seq_kl_threshold"),
         ("algorithm.sapo_temperature_neg=2", "algorithm.sapo_temperature_neg=2.0 has no effect"),
@@ -262,12 +263,17 @@ def test_variant_options_are_checked(overrides, message):
         to_train_config(cfg)
 
 
-@pytest.mark.parametrize("preset", ["grpo", "dr_grpo", "dapo", "gspo", "rloo", "cispo", "arithmetic"])
+@pytest.mark.parametrize(
+    "preset",
+    ["grpo", "dr_grpo", "dapo", "gspo", "rloo", "cispo", "sapo", "gmpo", "gdpo", "clip_cov", "kl_cov", "arithmetic"],
+)
 def test_every_preset_validates(preset):
     to_train_config(load_config(["output_dir=/tmp/unused", "model.name_or_path=unused", f"algorithm={preset}"]))
 
 
-@pytest.mark.parametrize("preset", ["dr_grpo", "dapo", "gspo", "rloo", "cispo"])
+@pytest.mark.parametrize(
+    "preset", ["dr_grpo", "dapo", "gspo", "rloo", "cispo", "sapo", "gmpo", "gdpo", "clip_cov", "kl_cov"]
+)
 def test_presets_of_papers_without_an_entropy_bonus_have_none(preset):
     cfg = to_train_config(load_config(["output_dir=/tmp/unused", "model.name_or_path=unused", f"algorithm={preset}"]))
     assert cfg.algorithm.entropy_coef == 0.0

@@ -214,7 +214,7 @@ def test_bad_config_exits_with_a_message_not_a_traceback(tmp_path):
 def test_every_algorithm_preset_trains(random_arith_dir, tmp_path):
     result = _grpo_train(
         "-m",
-        "algorithm=grpo,dr_grpo,dapo,gspo,cispo,rloo",
+        "algorithm=grpo,dr_grpo,dapo,gspo,cispo,rloo,sapo,gmpo,gdpo,clip_cov,kl_cov",
         "trainer.max_steps=2",
         f"model.name_or_path={random_arith_dir}",
         f"hydra.sweep.dir={tmp_path}/sweep",
@@ -228,8 +228,9 @@ def test_every_algorithm_preset_trains(random_arith_dir, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = sorted((tmp_path / "sweep").glob("*/metrics.csv"), key=lambda p: int(p.parent.name))
-    assert len(jobs) == 6
-    for job, preset in zip(jobs, ["grpo", "dr_grpo", "dapo", "gspo", "cispo", "rloo"]):
+    presets = ["grpo", "dr_grpo", "dapo", "gspo", "cispo", "rloo", "sapo", "gmpo", "gdpo", "clip_cov", "kl_cov"]
+    assert len(jobs) == len(presets)
+    for job, preset in zip(jobs, presets):
         rows = _read_metrics(job.parent)
         assert len(_column(rows, "actor/policy_loss")) == 2, preset
         if preset == "dapo":
