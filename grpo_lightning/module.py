@@ -164,8 +164,6 @@ class GRPOModule(L.LightningModule):
         decided from the running strategy, so it holds however the Trainer was built."""
         strategy = self.trainer.strategy
         self.policy.lockstep = None
-        if stage == "fit" and self.generation.max_staleness > 0 and self.async_rollouts is None:
-            self.async_rollouts = self._start_async_rollouts()
         if self.trainer.world_size > 1 and shards_weights(strategy):
             if self.generation.backend == "vllm":
                 raise ConfigError(
@@ -180,7 +178,18 @@ class GRPOModule(L.LightningModule):
             self.async_rollouts.close()
             self.async_rollouts = None
 
+    def on_fit_start(self) -> None:
+        # Here, not in setup: the strategy has moved the weights to their device by now, and a
+        # checkpoint's rollouts in flight have been read.
+        if self.generation.max_staleness > 0 and self.async_rollouts is None:
+            self.async_rollouts = self._start_async_rollouts()
+
     def _start_async_rollouts(self) -> AsyncRollouts:
+        if self.algorithm.filter_zero_std_groups:
+            raise ConfigError(
+                "generation.max_staleness > 0 with algorithm.filter_zero_std_groups=true: dynamic sampling decides "
+                "how many rounds a step draws from its rewards, which asynchronous rollouts cannot know ahead"
+            )
         if not isinstance(self.policy, Policy):
             raise ConfigError("generation.max_staleness > 0 needs a language-model policy (the lean loop samples it)")
         pipeline = AsyncRollouts(
@@ -189,7 +198,7 @@ class GRPOModule(L.LightningModule):
             seed=torch.initial_seed(),
             process=self.trainer.global_rank,
             threads=self.generation.sampler_threads,
-            device=self.generation.sampler_device,
+            device=self.generation.sampler_device or str(self.device),
         )
         if self._async_state is not None:
             pipeline.load_state(self._async_state)

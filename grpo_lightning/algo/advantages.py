@@ -102,7 +102,8 @@ def register_adv_estimator(
     (group / batch / none) applies to it. ``False``: the estimator fixes its own scale.
     ``per_token=True``: the estimator has the token-reward signature (module docstring);
     ``per_reward=True``: it takes each reward function's scores, ``fn(parts [K, N], weights [K], *,
-    group_ids, group_size, eps)``. Either must fix its own scale.
+    group_ids, group_size, eps, applicable)`` (``applicable`` [K, N]: False where a function returned
+    None). Either must fix its own scale.
     """
     if (per_token or per_reward) and scale_rewards:
         raise ValueError(f"estimator {name!r}: a per-token or per-reward estimator fixes its own scale")
@@ -256,15 +257,40 @@ def reinforce_pp(
     return torch.where(std > 0, centred / (std + eps), centred)
 
 
+def _normalize_where_applicable(values: Tensor, applicable: Tensor, group_ids: Tensor, eps: float) -> Tensor:
+    """(r - mean) / (std + eps) within each group over the completions a function applied to (its
+    value not None), 0 for the others and in groups whose applicable values are all equal.  [N] -> [N]"""
+    index, num_groups = _group_index(group_ids)
+    weight = applicable.to(values.dtype)
+    zeros = values.new_zeros(num_groups)
+    count = zeros.index_add(0, index, weight).clamp(min=1)  # [K]
+    mean = zeros.index_add(0, index, values * weight) / count  # [K]
+    centred = (values - mean[index]) * weight  # [N]
+    std = (zeros.index_add(0, index, centred.square()) / count).sqrt()[index]  # [N]
+    constant = _constant_in_group(values.unsqueeze(1), applicable.unsqueeze(1), index, num_groups)[index]
+    return torch.where(constant | (std == 0), torch.zeros_like(centred), centred / (std + eps))
+
+
 @register_adv_estimator("gdpo", scale_rewards=False, per_reward=True)
-def gdpo(parts: Tensor, weights: Tensor, *, group_ids: Tensor, group_size: int, eps: float) -> Tensor:
+def gdpo(
+    parts: Tensor,
+    weights: Tensor,
+    *,
+    group_ids: Tensor,
+    group_size: int,
+    eps: float,
+    applicable: Optional[Tensor] = None,
+) -> Tensor:
     """GDPO: each reward function's scores normalized within the group on their own, summed with
     the functions' weights, then whitened over the batch of every process:
     A = (S - mean_batch S) / (std_batch S + eps), S_i = sum_k w_k (r_{k,i} - mean_g r_k) / (std_g r_k + eps)
-    [GDPO, Liu et al. 2026, arXiv:2601.05242]. A function constant within a group adds 0 there.
-    parts [K, N], weights [K] -> [N]"""
+    [GDPO, Liu et al. 2026, arXiv:2601.05242]. A function constant within a group adds 0 there; where
+    a function did not apply (``applicable`` [K, N] False: it returned None) it adds 0 and stays out
+    of its group's mean and std. parts [K, N], weights [K] -> [N]"""
+    if applicable is None:
+        applicable = torch.ones_like(parts, dtype=torch.bool)
     normalized = torch.stack(
-        [grpo(part, group_ids=group_ids, group_size=group_size, eps=eps, normalize_by_std=True) for part in parts]
+        [_normalize_where_applicable(part, ok, group_ids, eps) for part, ok in zip(parts, applicable)]
     )  # [K, N]
     summed = (weights.to(normalized.dtype).unsqueeze(1) * normalized).sum(dim=0)  # [N]
     mean, std = global_mean_std(summed)
@@ -490,13 +516,14 @@ def batch_advantages(
     gamma: float,
     token_advantage: str = "process_supervision",
     step_mask: Optional[Tensor] = None,
-    reward_parts: Optional[tuple[Tensor, Tensor]] = None,
+    reward_parts: Optional[tuple[Tensor, Tensor, Tensor]] = None,
 ) -> Tensor:
     """The advantages of one batch: [B] from outcome rewards [B] by an outcome ``estimator``;
     [B, T] by a per-token estimator, or from token-level rewards [B, T] (when given) by the
     ``token_advantage`` form, scaled as the estimator does. ``token_rewards`` are
     :func:`estimator_token_rewards`' (KL cost included under ``kl_in_reward``); ``reward_parts`` each
-    reward function's scores [K, B] and weights [K], for a per-reward estimator."""
+    reward function's scores [K, B], weights [K] and where each applied [K, B], for a per-reward
+    estimator."""
     if estimator in PER_REWARD:
         if reward_parts is None:
             raise ValueError(

@@ -64,6 +64,11 @@ def masked_importance_sampling(
     return torch.where(inside, weights, 0.0)
 
 
+REWEIGHTING = {"tis", "icepop"}
+"""Corrections whose weight is the importance weight w, changed where they cap or mask it; the
+others weigh 1 where they do not act (what ``rollout/corrected_frac`` compares against)."""
+
+
 @register_rollout_correction("seq_mask")
 def off_policy_sequence_mask(
     trainer_logprobs: Tensor, sampler_logprobs: Tensor, advantages: Tensor, mask: Tensor, alg: Any
@@ -76,13 +81,13 @@ def off_policy_sequence_mask(
 
 
 def correction_stats(
-    trainer_logprobs: Tensor, sampler_logprobs: Tensor, weights: Tensor, mask: Tensor
+    trainer_logprobs: Tensor, sampler_logprobs: Tensor, weights: Tensor, mask: Tensor, reweights: bool = True
 ) -> dict[str, Tensor]:
     """What the gap and the correction look like, over the batch's valid tokens:
     ``rollout/logprob_gap`` mean |log p - log q|, ``rollout/is_ratio_mean`` and ``_max`` of w = p / q,
-    ``rollout/corrected_frac`` the share of tokens whose weight the correction changed (capped or
-    masked), ``rollout/ess`` the effective sample size of the weights, (sum w)^2 / (n sum w^2), 1 when
-    all are equal."""
+    ``rollout/corrected_frac`` the share of tokens the correction acted on (capped or masked: their
+    weight differs from w, or with ``reweights=False`` from 1), ``rollout/ess`` the effective sample
+    size of the weights, (sum w)^2 / (n sum w^2), 1 when all are equal."""
     valid = mask > 0
     raw = importance_weights(trainer_logprobs, sampler_logprobs, mask)[valid]
     applied = weights[valid]
@@ -91,7 +96,7 @@ def correction_stats(
         "rollout/logprob_gap": (trainer_logprobs - sampler_logprobs)[valid].abs().sum() / count,
         "rollout/is_ratio_mean": raw.sum() / count,
         "rollout/is_ratio_max": raw.max() if raw.numel() else raw.new_tensor(1.0),
-        "rollout/corrected_frac": (applied != raw).float().sum() / count,
+        "rollout/corrected_frac": (applied != (raw if reweights else torch.ones_like(raw))).float().sum() / count,
         "rollout/ess": applied.sum().square() / (count * applied.square().sum()).clamp(min=1e-12),
     }
 
@@ -112,4 +117,5 @@ def correct_advantages(
     statistics."""
     advantages = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages  # [B, 1] or [B, T]
     weights = ROLLOUT_CORRECTIONS.lookup(name)(trainer_logprobs, sampler_logprobs, advantages, mask, alg)  # [B, T]
-    return advantages * weights, correction_stats(trainer_logprobs, sampler_logprobs, weights, mask)
+    stats = correction_stats(trainer_logprobs, sampler_logprobs, weights, mask, reweights=name in REWEIGHTING)
+    return advantages * weights, stats

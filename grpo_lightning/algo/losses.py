@@ -460,16 +460,18 @@ def build_policy_loss(name: str, alg) -> PolicyLoss:
 
 
 def top_entropy_tokens(entropy: Tensor, mask: Tensor, fraction: float) -> Tensor:
-    """1 on the ``fraction`` of valid tokens with the highest entropy (those at or above the
-    (1 - fraction) quantile of the valid tokens' entropies), 0 elsewhere [80/20].  [B, T] -> [B, T]
+    """1 on the max(1, round(fraction * n)) of the n valid tokens with the highest entropy (ties at
+    the threshold kept), 0 elsewhere [80/20].  [B, T] -> [B, T]
 
     >>> top_entropy_tokens(torch.tensor([[0.1, 2.0, 0.5, 9.0]]), torch.tensor([[1.0, 1.0, 1.0, 0.0]]), 0.34)
     tensor([[0., 1., 0., 0.]])
     """
     valid = mask > 0
-    if not valid.any():
+    values = entropy.detach()[valid]
+    if values.numel() == 0:
         return torch.zeros_like(mask)
-    threshold = torch.quantile(entropy.detach()[valid].float(), 1.0 - fraction)
+    keep = max(1, round(fraction * values.numel()))
+    threshold = values.topk(keep).values.min()
     return ((entropy.detach() >= threshold) & valid).to(mask.dtype)
 
 

@@ -35,15 +35,17 @@ def needs_old_logprobs(alg: Any, num_rows: int) -> bool:
     return alg.num_iterations > 1 or (alg.mini_batch_size or num_rows) < num_rows or alg.kl_in_reward
 
 
-def reward_parts(experience: Experience) -> Optional[tuple[Tensor, Tensor]]:
-    """Each reward function's scores [K, B] and weights [K], where the experience was scored here."""
+def reward_parts(experience: Experience) -> Optional[tuple[Tensor, Tensor, Tensor]]:
+    """Each reward function's scores [K, B], weights [K] and where it applied [K, B], where the
+    experience was scored here."""
     scores = experience.scores
     if scores is None or not scores.per_function:
         return None
     names = list(scores.per_function)
     parts = torch.stack([scores.per_function[name].float() for name in names])  # [K, B]
     weights = torch.tensor([scores.weights.get(name, 1.0) for name in names], device=parts.device)
-    return parts, weights
+    applicable = torch.stack([scores.applicable[name].bool() for name in names])  # [K, B]
+    return parts, weights, applicable
 
 
 def prepare_update(

@@ -165,6 +165,18 @@ def validate_across_groups(cfg: TrainConfig) -> None:
         f"algorithm.filter_groups_by={alg.filter_groups_by!r} names both a total and a reward function of that "
         "name; rename the function under reward.functions",
     )
+    one_pass = alg.num_iterations == 1 and mini == rollout_size and gen.max_staleness == 0
+    _require(
+        alg.policy_loss != "kl_cov" or not one_pass,
+        "algorithm.policy_loss=kl_cov penalizes |log ratio|, which is 0 with one pass over one mini-batch "
+        "(the ratio is 1): set algorithm.num_iterations=2 or a smaller algorithm.mini_batch_size, as the kl_cov "
+        "preset does",
+    )
+    _require(
+        alg.top_entropy_quantile is None or alg.policy_loss != "gmpo",
+        "algorithm.top_entropy_quantile with policy_loss=gmpo: GMPO's geometric mean couples every token of a "
+        "sequence, so dropping tokens' advantages would not drop their gradient; use one of them",
+    )
     if gen.max_staleness > 0:
         _require(
             not alg.filter_zero_std_groups,

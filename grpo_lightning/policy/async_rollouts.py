@@ -87,7 +87,8 @@ class AsyncRollouts:
         self.pending: dict[int, tuple[Future, int, list[Any]]] = {}  # step -> (rollout, version, prompts)
 
     def _seed(self, step: int) -> int:
-        return (self.seed * SEED_STRIDE + self.process) * SEED_STRIDE + step
+        """Distinct per (seed, process, step), and within the 63 bits a torch generator takes."""
+        return ((self.seed * SEED_STRIDE + self.process) * SEED_STRIDE + step) % (2**63 - 1)
 
     @torch.no_grad()
     def submit(
@@ -142,9 +143,14 @@ class AsyncRollouts:
 
 
 def rollout_to_dict(rollout: Rollout) -> dict[str, Any]:
-    """A rollout as built-in types and tensors: a checkpoint pickles nothing of ours."""
-    out = {f.name: getattr(rollout, f.name) for f in fields(rollout) if f.name != "tokens"}
-    out["tokens"] = {f.name: getattr(rollout.tokens, f.name) for f in fields(rollout.tokens)}
+    """A rollout as built-in types and CPU tensors (gathered across processes, pickled into a
+    checkpoint): nothing of ours, nothing on a GPU."""
+
+    def plain(value: Any) -> Any:
+        return value.cpu() if isinstance(value, torch.Tensor) else value
+
+    out = {f.name: plain(getattr(rollout, f.name)) for f in fields(rollout) if f.name != "tokens"}
+    out["tokens"] = {f.name: plain(getattr(rollout.tokens, f.name)) for f in fields(rollout.tokens)}
     return out
 
 

@@ -379,6 +379,19 @@ def test_gdpo_normalizes_each_reward_in_its_group_before_summing():
     torch.testing.assert_close(weighted, torch.tensor([1.0, -1.0, 1.0, -1.0]))
 
 
+def test_gdpo_leaves_out_the_completions_a_function_did_not_apply_to():
+    from grpo_lightning.algo.advantages import gdpo
+
+    ids = torch.zeros(4, dtype=torch.long)
+    scores = torch.tensor([1.0, 0.0, 0.0, 5.0])  # the 5.0 did not apply (stored as 0 would pull the mean)
+    applicable = torch.tensor([[True, True, True, False]])
+    adv = gdpo(scores.unsqueeze(0), torch.tensor([1.0]), group_ids=ids, group_size=4, eps=0.0, applicable=applicable)
+    # over the three applicable: mean 1/3, std sqrt(2)/3 -> (sqrt2, -1/sqrt2, -1/sqrt2), and 0 for the last;
+    # then whitened over the batch (mean 0, population std sqrt(3/4)... of (sqrt2, -1/sqrt2, -1/sqrt2, 0))
+    summed = torch.tensor([math.sqrt(2), -1 / math.sqrt(2), -1 / math.sqrt(2), 0.0])
+    torch.testing.assert_close(adv, (summed - summed.mean()) / summed.std(unbiased=False))
+
+
 def test_gdpo_needs_each_functions_scores():
     with pytest.raises(ValueError, match="needs each reward function's scores"):
         batch_advantages(

@@ -286,7 +286,11 @@ EXTRAS = {
     "top_entropy": ("grpo", ["algorithm.top_entropy_quantile=0.2"], None),
     "gmpo": ("grpo", ["algorithm.policy_loss=gmpo", "algorithm.clip_range=0.4"], None),
     "clip_cov": ("grpo", ["algorithm.policy_loss=clip_cov", "algorithm.clip_cov_ratio=0.05"], None),
-    "kl_cov": ("grpo", ["algorithm.policy_loss=kl_cov", "algorithm.kl_cov_ratio=0.05"], None),
+    "kl_cov": (
+        "grpo",
+        ["algorithm.policy_loss=kl_cov", "algorithm.kl_cov_ratio=0.05", "algorithm.num_iterations=2"],
+        None,
+    ),
     "tis": ("grpo", ["algorithm.rollout_correction=tis", "algorithm.rollout_is_cap=1.5"], sampled_elsewhere),
     "icepop": ("grpo", ["algorithm.rollout_correction=icepop", "algorithm.rollout_mask_high=1.8"], sampled_elsewhere),
     "seq_mask": (

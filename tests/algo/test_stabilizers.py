@@ -155,3 +155,12 @@ def test_only_the_highest_entropy_tokens_keep_their_policy_gradient():
     (grad,) = torch.autograd.grad(loss, logp)
     # the top half of the four valid tokens: entropies 3.0 and 2.0; -A / 4 each (token mean over 4)
     torch.testing.assert_close(grad, torch.tensor([[0.0, -0.25, 0.0, -0.25, 0.0]]))
+
+
+def test_sequence_masking_reports_only_the_tokens_it_masked():
+    trainer = torch.tensor([[-0.5, -0.5], [-0.01, -0.01]])
+    advantages, stats = correct_advantages(
+        "seq_mask", trainer, torch.zeros(2, 2), torch.tensor([-1.0, -1.0]), torch.ones(2, 2), ALG
+    )
+    torch.testing.assert_close(advantages, torch.tensor([[0.0, 0.0], [-1.0, -1.0]]))
+    assert stats["rollout/corrected_frac"].item() == pytest.approx(0.5)  # row 0's two tokens, not every w != 1

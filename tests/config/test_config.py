@@ -247,6 +247,8 @@ def test_run_labels_pass_with_any_logger(compose_config):
         ("algorithm=dapo algorithm.adv_estimator=gdpo", "the overlong penalty"),
         ("algorithm.target_entropy=-1", "algorithm.target_entropy must be >= 0"),
         ("algorithm=kl_cov algorithm.micro_batch_size=2", "select tokens over the whole mini-batch"),
+        ("algorithm.policy_loss=kl_cov", "which is 0 with one pass over one mini-batch"),
+        ("algorithm=gmpo algorithm.top_entropy_quantile=0.2", "GMPO's geometric mean couples every token"),
         ("algorithm.rollout_is_cap=3", "algorithm.rollout_is_cap=3.0 has no effect"),
         ("algorithm.rollout_correction=seq_mask", "needs algorithm.rollout_seq_kl_threshold"),
         ("algorithm.sapo_temperature_neg=2", "algorithm.sapo_temperature_neg=2.0 has no effect"),

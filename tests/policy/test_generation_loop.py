@@ -20,7 +20,9 @@ from grpo_lightning.policy.generation.loop import (
 def multinomial_draw(monkeypatch):
     """The loop drawing as generate does, so that the same seed gives the same tokens."""
     monkeypatch.setattr(
-        generation_loop, "draw_tokens", lambda scores: torch.multinomial(scores.softmax(dim=-1), 1).squeeze(1)
+        generation_loop,
+        "draw_tokens",
+        lambda scores, generator=None: torch.multinomial(scores.softmax(dim=-1), 1, generator=generator).squeeze(1),
     )
 
 

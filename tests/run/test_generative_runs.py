@@ -347,3 +347,19 @@ def test_asynchronous_rollouts_feed_the_rollout_correction_and_may_sample_elsewh
     gaps = [float(row["rollout/logprob_gap"]) for row in rows]
     assert gaps[0] < 1e-4 < min(gaps[1:])  # on policy at step 1, one step stale after
     assert all(0 < float(row["rollout/ess"]) <= 1 + 1e-6 for row in rows)
+
+
+def test_the_samplers_seeds_fit_a_generator_whatever_the_runs_seed(arith_policy):
+    """Any seed the config allows (and torch's own 64-bit initial seed) gives every step a distinct
+    generator seed that torch.Generator takes."""
+    from grpo_lightning.policy.async_rollouts import AsyncRollouts
+
+    for seed in (0, 20_000_000, 2**32 - 1, 2**64 - 1):
+        pipeline = AsyncRollouts(arith_policy, 1, seed=seed, process=1)
+        try:
+            seeds = [pipeline._seed(step) for step in range(1, 4)]
+            assert len(set(seeds)) == 3
+            for value in seeds:
+                torch.Generator().manual_seed(value)
+        finally:
+            pipeline.close()
