@@ -1,10 +1,13 @@
 """GRPOModule: one GRPO training step per batch of prompts, as a LightningModule.
 
     generate G completions per prompt (eval mode, no grad)     policy.rollout (policy/base.py)
+      (or take the ones a sampler thread generated ahead:      policy.async_rollouts,
+       generation.max_staleness > 0)
       -> score them with the reward functions                  rewards.WeightedReward
          (or DAPO dynamic sampling: rounds until the groups      algo.dynamic_sampling
           carry signal; or a batch with completions already:   data.external)
       -> old / reference log-probs (only when needed)          policy.logprobs_and_entropy
+         and the rollout correction where the sampler's differ  algo.correction
       -> reward shaping (overlong, KL in reward), advantages   algo.shaping, algo.kl, algo.advantages
       -> num_iterations x mini-batches: policy loss, backward   algo.losses (algorithm.policy_loss)
          (micro-batches accumulate), clip, optimizer step
