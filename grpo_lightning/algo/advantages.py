@@ -530,7 +530,10 @@ def batch_advantages(
                 f"algorithm.adv_estimator={estimator} needs each reward function's scores; this batch has only "
                 "their total (rollouts from elsewhere): use adv_estimator=grpo for it"
             )
-        return get_adv_estimator(estimator)(*reward_parts, group_ids=group_ids, group_size=group_size, eps=eps)  # [B]
+        parts, weights, applicable = reward_parts
+        return get_adv_estimator(estimator)(
+            parts, weights, group_ids=group_ids, group_size=group_size, eps=eps, applicable=applicable
+        )  # [B]
     if estimator in PER_TOKEN:
         if token_rewards is None:
             token_rewards = outcome_at_last_token(rewards, mask)
