@@ -10,7 +10,12 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
-from grpo_lightning.algo.advantages import batch_advantages, estimator_token_rewards, resolve_scale_rewards
+from grpo_lightning.algo.advantages import (
+    PER_REWARD,
+    batch_advantages,
+    estimator_token_rewards,
+    resolve_scale_rewards,
+)
 from grpo_lightning.algo.correction import correct_advantages
 from grpo_lightning.algo.kl import KLEstimator, kl_penalized_rewards
 from grpo_lightning.types import Experience, TokenBatch, UpdateBatch
@@ -98,7 +103,7 @@ def prepare_update(
         gamma=alg.gamma,
         token_advantage=alg.token_advantage,
         step_mask=experience.token_reward_mask,
-        reward_parts=reward_parts(experience),
+        reward_parts=reward_parts(experience) if alg.adv_estimator in PER_REWARD else None,
     )  # [B] or [B, T]
     if correcting:
         advantages, correction_means = correct_advantages(alg.rollout_correction, old, sampler, advantages, mask, alg)

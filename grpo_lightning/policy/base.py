@@ -155,6 +155,30 @@ def repeat_each(values: list[Any], times: int) -> list[Any]:
     return [value for value in values for _ in range(times)]
 
 
+def grouped_rollout(
+    tokens: TokenBatch,
+    prompts: list[Any],
+    columns: dict[str, list[Any]],
+    group_size: int,
+    completions: list[Any],
+    truncated: Optional[Tensor] = None,
+    sampling_logprobs: Optional[Tensor] = None,
+) -> Rollout:
+    """A Rollout of ``group_size`` consecutive rows per prompt: the prompts, columns and group ids
+    repeated alike; ``truncated`` None means no row was cut."""
+    device = tokens.completion_mask.device
+    rows = len(prompts) * group_size
+    return Rollout(
+        tokens=tokens,
+        prompts=repeat_each(prompts, group_size),
+        completions=completions,
+        columns={name: repeat_each(values, group_size) for name, values in columns.items()},
+        group_ids=torch.arange(len(prompts), device=device).repeat_interleave(group_size),
+        truncated=torch.zeros(rows, dtype=torch.bool, device=device) if truncated is None else truncated,
+        sampling_logprobs=sampling_logprobs,
+    )
+
+
 class Policy(GenerativePolicy):
     """A language model as a generative policy: prompts are texts, actions are tokens."""
 
@@ -179,15 +203,9 @@ class Policy(GenerativePolicy):
         prompt_mask = prompt_mask.repeat_interleave(group_size, dim=0)
         completion_ids, sampling_logprobs = self.sample_with_logprobs(prompt_ids, prompt_mask, sampling)  # [N*G, T]
         completion_mask, truncated = completion_mask_from_eos(completion_ids, self.eos_token_ids)
-        return Rollout(
-            tokens=TokenBatch(prompt_ids, prompt_mask, completion_ids, completion_mask),
-            prompts=repeat_each(prompts, group_size),
-            completions=self.decode(completion_ids, completion_mask),
-            columns={name: repeat_each(values, group_size) for name, values in columns.items()},
-            group_ids=torch.arange(len(prompts), device=prompt_ids.device).repeat_interleave(group_size),
-            truncated=truncated,
-            sampling_logprobs=sampling_logprobs,
-        )
+        tokens = TokenBatch(prompt_ids, prompt_mask, completion_ids, completion_mask)
+        completions = self.decode(completion_ids, completion_mask)
+        return grouped_rollout(tokens, prompts, columns, group_size, completions, truncated, sampling_logprobs)
 
     def sample_with_logprobs(
         self, prompt_ids: Tensor, prompt_mask: Tensor, sampling: SamplingParams

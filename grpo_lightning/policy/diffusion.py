@@ -38,7 +38,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from grpo_lightning.config import ConfigError
-from grpo_lightning.policy.base import GenerativePolicy, SamplingParams, repeat_each
+from grpo_lightning.policy.base import GenerativePolicy, SamplingParams, grouped_rollout
 from grpo_lightning.types import Rollout, TokenBatch
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
@@ -154,19 +154,13 @@ class DiffusionPolicy(GenerativePolicy):
         rows = len(prompts) * group_size
         trajectories = self.sample_trajectories(rows, sampling)  # [B, K + 1, D]
         device = trajectories.device
-        return Rollout(
-            tokens=TokenBatch(
-                torch.zeros(rows, 1, dtype=torch.long, device=device),  # unconditional: no observation
-                torch.ones(rows, 1, dtype=torch.long, device=device),
-                trajectories,
-                torch.ones(rows, self.num_steps, dtype=torch.long, device=device),  # one element per step
-            ),
-            prompts=repeat_each(prompts, group_size),
-            completions=list(self.images(trajectories)),
-            columns={name: repeat_each(values, group_size) for name, values in columns.items()},
-            group_ids=torch.arange(len(prompts), device=device).repeat_interleave(group_size),
-            truncated=torch.zeros(rows, dtype=torch.bool, device=device),
+        tokens = TokenBatch(
+            torch.zeros(rows, 1, dtype=torch.long, device=device),  # unconditional: no observation
+            torch.ones(rows, 1, dtype=torch.long, device=device),
+            trajectories,
+            torch.ones(rows, self.num_steps, dtype=torch.long, device=device),  # one element per step
         )
+        return grouped_rollout(tokens, prompts, columns, group_size, list(self.images(trajectories)))
 
     def logprobs_and_entropy(
         self,

@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from grpo_lightning.config import ConfigError
-from grpo_lightning.policy.base import GenerativePolicy, SamplingParams, repeat_each
+from grpo_lightning.policy.base import GenerativePolicy, SamplingParams, grouped_rollout
 from grpo_lightning.types import Rollout, TokenBatch
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
@@ -114,16 +114,9 @@ class GaussianPolicy(GenerativePolicy):
         observations = self._observations(prompts).repeat_interleave(group_size, dim=0)  # [N*G, D_obs]
         mean, std = self.distribution(observations)
         actions = mean + std * sampling.temperature * torch.randn_like(mean) if sampling.do_sample else mean
-        rows = observations.size(0)
-        ones = torch.ones(rows, 1, dtype=torch.long, device=observations.device)
-        return Rollout(
-            tokens=TokenBatch(observations, ones, actions, ones),  # one element per action
-            prompts=repeat_each(prompts, group_size),
-            completions=actions.tolist(),
-            columns={name: repeat_each(values, group_size) for name, values in columns.items()},
-            group_ids=torch.arange(len(prompts), device=observations.device).repeat_interleave(group_size),
-            truncated=torch.zeros(rows, dtype=torch.bool, device=observations.device),
-        )
+        ones = torch.ones(observations.size(0), 1, dtype=torch.long, device=observations.device)
+        tokens = TokenBatch(observations, ones, actions, ones)  # one element per action
+        return grouped_rollout(tokens, prompts, columns, group_size, actions.tolist())
 
     def logprobs_and_entropy(
         self,

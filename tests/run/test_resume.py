@@ -168,6 +168,25 @@ def _rows(run_dir: Path) -> dict[int, dict[str, str]]:
     return {int(row["step"]): {k: v for k, v in row.items() if not k.startswith("perf/")} for row in rows}
 
 
+def _requeue_args(model_dir: Path, tmp_path: Path, checkpoint_every: int) -> list[str]:
+    """The command a requeued job repeats (ckpt_path=last): a step logged every step, a checkpoint
+    every ``checkpoint_every`` steps, no validation in between."""
+    return [
+        f"model.name_or_path={model_dir}",
+        f"output_dir={tmp_path}/run",
+        *RESUME_SETTINGS,
+        "validate_before_training=false",
+        "trainer.enable_progress_bar=false",
+        "data.batch_size=4",
+        "trainer.limit_val_batches=1",
+        "data.val_batch_size=8",
+        "trainer.val_every_n_steps=1000",
+        f"checkpoint.every_n_steps={checkpoint_every}",
+        "trainer.log_every_n_steps=1",
+        "ckpt_path=last",
+    ]
+
+
 def _training_steps(run_dir: Path) -> list[int]:
     """The step of every training row of metrics.csv, in file order: a step logged twice shows twice."""
     with open(run_dir / "metrics.csv") as handle:
@@ -434,20 +453,7 @@ def test_a_run_killed_before_its_first_checkpoint_starts_again_with_the_same_com
 ):
     """kill -9 in the steps before checkpoint.every_n_steps: relaunching the same command with
     ckpt_path=last (what a requeue does) starts the run again, and metrics.csv has each step once."""
-    args = [
-        f"model.name_or_path={random_arith_dir}",
-        f"output_dir={tmp_path}/run",
-        *RESUME_SETTINGS,
-        "validate_before_training=false",
-        "trainer.enable_progress_bar=false",
-        "data.batch_size=4",
-        "trainer.limit_val_batches=1",
-        "data.val_batch_size=8",
-        "trainer.val_every_n_steps=1000",
-        "checkpoint.every_n_steps=1000",
-        "trainer.log_every_n_steps=1",
-        "ckpt_path=last",
-    ]
+    args = _requeue_args(random_arith_dir, tmp_path, checkpoint_every=1000)
     process = _grpo_train(*args, "trainer.max_steps=400", cwd=tmp_path, extra_path=reward_module)
     _wait_for(tmp_path / "run" / "metrics.csv", process)  # a step is logged, nothing saved yet
     process.kill()
@@ -466,20 +472,7 @@ def test_ctrl_c_stops_after_the_step_with_a_checkpoint_and_the_same_command_cont
     """Ctrl-C (SIGINT) before the first scheduled checkpoint: the step finishes, last.ckpt is written,
     the command exits 130 with one line and no traceback; relaunched with ckpt_path=last it finishes
     and metrics.csv has every step once."""
-    args = [
-        f"model.name_or_path={random_arith_dir}",
-        f"output_dir={tmp_path}/run",
-        *RESUME_SETTINGS,
-        "validate_before_training=false",
-        "trainer.enable_progress_bar=false",
-        "data.batch_size=4",
-        "trainer.limit_val_batches=1",
-        "data.val_batch_size=8",
-        "trainer.val_every_n_steps=1000",
-        "checkpoint.every_n_steps=1000",
-        "trainer.log_every_n_steps=1",
-        "ckpt_path=last",
-    ]
+    args = _requeue_args(random_arith_dir, tmp_path, checkpoint_every=1000)
     process = _grpo_train(*args, "trainer.max_steps=400", cwd=tmp_path, extra_path=reward_module)
     _wait_for(tmp_path / "run" / "metrics.csv", process)
     process.send_signal(signal.SIGINT)
@@ -502,20 +495,7 @@ def test_a_slurm_kill_after_the_grace_period_loses_nothing_saved_and_the_requeue
     ends (a step longer than the grace period). The requeued command (ckpt_path=last) continues from
     the last checkpoint written, and metrics.csv has every step once: the rows logged after that
     checkpoint by the killed run are dropped and logged again."""
-    args = [
-        f"model.name_or_path={random_arith_dir}",
-        f"output_dir={tmp_path}/run",
-        *RESUME_SETTINGS,
-        "validate_before_training=false",
-        "trainer.enable_progress_bar=false",
-        "data.batch_size=4",
-        "trainer.limit_val_batches=1",
-        "data.val_batch_size=8",
-        "trainer.val_every_n_steps=1000",
-        "checkpoint.every_n_steps=2",
-        "trainer.log_every_n_steps=1",
-        "ckpt_path=last",
-    ]
+    args = _requeue_args(random_arith_dir, tmp_path, checkpoint_every=2)
     process = _grpo_train(*args, "trainer.max_steps=400", cwd=tmp_path, extra_path=reward_module)
     _wait_for(tmp_path / "run" / "checkpoints" / "last.ckpt", process)
     deadline = time.monotonic() + 300
