@@ -26,7 +26,7 @@ from grpo_lightning.algo.dynamic_sampling import FILTER_GROUPS_TOTALS
 from grpo_lightning.algo.kl import KL_ESTIMATORS
 from grpo_lightning.algo.losses import LOSS_AGGREGATIONS, POLICY_LOSSES
 from grpo_lightning.config.schema import GRPOConfig, _require
-from grpo_lightning.config.train_schema import TrainConfig
+from grpo_lightning.config.train_schema import DataConfig, TrainConfig
 
 INSTALL_HINT = "pip install vllm (on a CUDA machine)"
 
@@ -177,6 +177,17 @@ def validate_across_groups(cfg: TrainConfig) -> None:
         "algorithm.top_entropy_quantile with policy_loss=gmpo: GMPO's geometric mean couples every token of a "
         "sequence, so dropping tokens' advantages would not drop their gradient; use one of them",
     )
+    if cfg.model.builder is not None:
+        text_only = [
+            name
+            for name in ("apply_chat_template", "system_prompt", "max_prompt_length", "overlong_prompts")
+            if getattr(data, name) != getattr(DataConfig(), name)
+        ]
+        _require(
+            not text_only,
+            f"data.{', data.'.join(text_only)} format text prompts for a tokenizer, and model.builder="
+            f"{cfg.model.builder} builds a policy whose prompts are not formatted; leave them at their defaults",
+        )
     if gen.max_staleness > 0:
         _require(
             not alg.filter_zero_std_groups,

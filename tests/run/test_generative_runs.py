@@ -139,6 +139,7 @@ def test_an_artifex_batch_trains_through_the_module_with_its_own_group_size(tmp_
         (["model.name_or_path=null"], "model.name_or_path is null"),
         (["model=gaussian", "model.gradient_checkpointing=true"], "model.gradient_checkpointing only apply to causal"),
         (["+model.builder_kwargs.observation_dim=2"], "model.builder_kwargs has no effect without model.builder"),
+        (["experiment=gaussian_bandit", "data.apply_chat_template=true"], "data.apply_chat_template format text"),
     ],
 )
 def test_policy_builder_options_are_checked_at_load(tmp_path, overrides, message):
