@@ -21,7 +21,11 @@ from torchmetrics import Metric
 
 from grpo_lightning.algo.advantages import constant_groups
 from grpo_lightning.algo.correction import CORRECTION_METRICS
-from grpo_lightning.types import Experience, RewardScores
+from grpo_lightning.distributed import is_distributed, per_process
+from grpo_lightning.policy.agent.episodes import ENDINGS
+from grpo_lightning.policy.agent.tools import TOOL_ERROR_KINDS
+from grpo_lightning.rewards.composite import RewardError
+from grpo_lightning.types import Episode, Experience, RewardScores
 
 
 class StageMeans(Metric):
@@ -91,6 +95,56 @@ def train_metric_names(
     return (
         actor + reward + ["response_length/mean", "response_length/clip_ratio", "perf/step_time_s", "perf/tokens_per_s"]
     )
+
+
+AGENT_METRICS = (
+    ["agent/turns", "agent/tool_calls", "agent/sampled_tokens", "agent/inserted_tokens", "agent/ended_by_limit"]
+    + [f"agent/tool_errors/{kind}" for kind in TOOL_ERROR_KINDS]
+    + [f"agent/ended_by/{why}" for why in ENDINGS]
+)
+"""Declared with an agent (policy/agent): per episode, means over a step's episodes; tool errors are
+counts per episode by kind, ended_by/<why> the fraction of episodes that ended so."""
+
+
+def agent_means(episodes: list[Episode]) -> dict[str, Tensor]:
+    """A batch of episodes' statistics, one value per episode for each name (means over episodes)."""
+
+    def per_episode(values: list[float]) -> Tensor:
+        return torch.tensor(values, dtype=torch.float32)
+
+    means = {
+        "agent/turns": per_episode([e.turns for e in episodes]),
+        "agent/tool_calls": per_episode([e.tool_calls for e in episodes]),
+        "agent/sampled_tokens": per_episode([e.sampled_tokens for e in episodes]),
+        "agent/inserted_tokens": per_episode([e.inserted_tokens for e in episodes]),
+        "agent/ended_by_limit": per_episode([e.ended_by not in ("answer", "environment") for e in episodes]),
+    }
+    means |= {
+        f"agent/tool_errors/{kind}": per_episode([e.tool_errors.get(kind, 0) for e in episodes])
+        for kind in TOOL_ERROR_KINDS
+    }
+    means |= {f"agent/ended_by/{why}": per_episode([e.ended_by == why for e in episodes]) for why in ENDINGS}
+    return means
+
+
+def logged_metric_means(logged: list[dict[str, float]], declared: set[str]) -> dict[str, Tensor]:
+    """The means of what reward functions logged with ``log_metric`` in one step (each call's
+    values already averaged), over the step's calls and every process (TRL averages per logging
+    step across processes). A name that is one of our own metrics is refused."""
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for process_logs in per_process(logged) if is_distributed() else [logged]:
+        for call in process_logs:
+            for name, value in call.items():
+                sums[name] = sums.get(name, 0.0) + float(value)
+                counts[name] = counts.get(name, 0) + 1
+    clash = sorted(set(sums) & declared)
+    if clash:
+        raise RewardError(
+            f"a reward function logged {clash} with log_metric, which are names of our own metrics; log under "
+            "another name"
+        )
+    return {name: torch.tensor(sums[name] / counts[name]) for name in sorted(sums)}
 
 
 def experience_means(experience: Experience, advantages: Tensor) -> list[tuple[dict[str, Tensor], float]]:

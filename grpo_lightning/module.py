@@ -63,10 +63,19 @@ from grpo_lightning.data.external import external_experience, is_external
 from grpo_lightning.distributed import mean_over_processes, per_process, shards_weights
 from grpo_lightning.distributed import rank as process_rank
 from grpo_lightning.optim import build_optimizer
+from grpo_lightning.policy.agent import Agent
 from grpo_lightning.policy.async_rollouts import AsyncRollouts
 from grpo_lightning.policy.base import GenerativePolicy, Policy, SamplingParams
-from grpo_lightning.rewards import WeightedReward
-from grpo_lightning.types import Experience, Rollout, RolloutSample, TokenBatch, UpdateBatch, experience_from_rollout
+from grpo_lightning.rewards import RewardScores, WeightedReward
+from grpo_lightning.types import (
+    Experience,
+    Rollout,
+    RolloutSample,
+    TokenBatch,
+    TrainingProgress,
+    UpdateBatch,
+    experience_from_rollout,
+)
 
 DEFAULT_MAX_GENERATION_ROUNDS = 3
 GAMMA_UNUSED = (
@@ -108,12 +117,20 @@ class GRPOModule(L.LightningModule):
         optim: Optional[OptimConfig] = None,
         checkpoint: Optional[CheckpointConfig] = None,
         prompt_key: str = "prompt",
+        agent: Optional[Agent] = None,
     ):
         super().__init__()
         self.automatic_optimization = False  # several optimizer steps per batch (PPO-style)
         self.policy, self.reward, self.prompt_key = policy, reward, prompt_key
         alg = self.algorithm = algorithm or GRPOConfig()
         gen = self.generation = generation or GenerationConfig()
+        # Multi-turn episodes with tools / an environment (policy/agent), or None: one completion per row.
+        self.agent = agent
+        if agent is not None:
+            agent.limits.check_generation(gen)
+            agent.check_policy(policy)
+            reward.add_functions(agent.reward_functions())
+        self.max_training_steps: Optional[int] = None  # trainer.max_steps in training steps (grpo-train sets it)
         self.optim = optim or OptimConfig()
         self.checkpoint_contents = checkpoint or CheckpointConfig()
         self._frozen_fingerprint: Optional[tuple[list[str], Tensor]] = None  # the frozen weights never change
@@ -127,8 +144,12 @@ class GRPOModule(L.LightningModule):
             kl_estimator=self.kl_estimator,
             top_entropy_fraction=alg.top_entropy_quantile,
         )
+        # The most tokens one completion can carry a loss on (Dr. GRPO's constant normalizer).
+        self.max_completion_length = (
+            agent.max_sampled_tokens(gen.max_new_tokens) if agent is not None else gen.max_new_tokens
+        )
         self.objective = functools.partial(
-            policy_objective, self.policy_loss, max_length=gen.max_new_tokens, beta=alg.beta, **terms
+            policy_objective, self.policy_loss, max_length=self.max_completion_length, beta=alg.beta, **terms
         )
         self._refill: Optional[Any] = None  # iterator over more prompts for dynamic sampling
         self._warned_gamma = False
@@ -139,10 +160,12 @@ class GRPOModule(L.LightningModule):
         self.entropy_coef = alg.entropy_coef
         if alg.beta > 0:
             policy.enable_reference()
-        policy.max_completion_tokens = gen.max_new_tokens
+        # An agent's completions also hold tool results: their width is known per batch only.
+        policy.max_completion_tokens = gen.max_new_tokens if agent is None else None
         names = metrics.train_metric_names(
             self.policy_loss.stat_names, reward.names, alg, reward.non_finite == "zero", gen.max_staleness
         )
+        names += metrics.AGENT_METRICS if agent is not None else []
         self.train_means = metrics.StageMeans(names)
         self.val_k = gen.val_num_samples  # completions per validation prompt
         self.val_pass_metric = f"val/pass@{self.val_k}" if self.val_k > 1 or gen.val_pass_reward else None
@@ -157,6 +180,7 @@ class GRPOModule(L.LightningModule):
         self.resumed_at_step: Optional[int] = None  # the global_step of the checkpoint resumed from
         self.last_rollout: Optional[RolloutSample] = None  # for callbacks (W&B completions table)
         self.skip_guard = SkipGuard(alg.max_consecutive_skips)
+        self.logged_by_rewards: list[dict[str, float]] = []  # what reward functions logged this step (log_metric)
         # Training steps begun: the step every logged row carries (step k's metrics and the
         # validation after it at k, the one before training at 0). Lightning's own logging step
         # is one behind inside fit and can slip by one on a resume; this one is in the checkpoint.
@@ -177,6 +201,8 @@ class GRPOModule(L.LightningModule):
 
     def teardown(self, stage: str) -> None:
         self.policy.lockstep = None  # the policy used after fit (one process sampling) must not vote
+        if self.agent is not None:
+            self.agent.close()
         if stage == "fit" and self.async_rollouts is not None:
             self.async_rollouts.close()
             self.async_rollouts = None
@@ -242,6 +268,7 @@ class GRPOModule(L.LightningModule):
         started = time.perf_counter()
         self.steps_trained += 1
         self.train_means.reset()
+        self.logged_by_rewards = []
         if is_external(batch):
             experience = external_experience(batch, self.algorithm.group_size)
         else:
@@ -261,6 +288,7 @@ class GRPOModule(L.LightningModule):
         if self.algorithm.target_entropy is not None:
             self.train_means.update({"actor/entropy_coef": self.entropy_coef})  # the weight this step used
         means = self.train_means.compute()  # the same on every process
+        means |= metrics.logged_metric_means(self.logged_by_rewards, set(means))
         self._log_step_metrics(means)
         if self.algorithm.target_entropy is not None and "actor/entropy" in means:
             alg = self.algorithm
@@ -287,11 +315,12 @@ class GRPOModule(L.LightningModule):
                 rollout = self._async_rollout(prompts)
             else:
                 rollout = self._rollout(prompts, alg.group_size, self.train_sampling)
-            scores = self.reward(rollout.prompts, rollout.completions, rollout.columns, device=self.device)
+            scores = self._score(rollout)
             if alg.overlong_buffer_frac is not None:
-                max_length = self.generation.max_new_tokens
-                buffer = overlong_buffer(max_length, alg.overlong_buffer_frac)
-                penalty = overlong_penalty(rollout.lengths, max_length, buffer, alg.overlong_penalty_factor)  # [B]
+                buffer = overlong_buffer(self.max_completion_length, alg.overlong_buffer_frac)
+                penalty = overlong_penalty(
+                    rollout.lengths, self.max_completion_length, buffer, alg.overlong_penalty_factor
+                )  # [B]
                 scores = replace(scores, total=scores.total + penalty, unshaped=scores.total)
                 self.train_means.update({"reward/overlong_penalty": penalty.mean()}, weight=penalty.numel())
             return rollout, scores
@@ -317,8 +346,43 @@ class GRPOModule(L.LightningModule):
         return batch if self._refill is None else next(self._refill)
 
     def _rollout(self, batch: dict[str, list[Any]], group_size: int, sampling: SamplingParams) -> Rollout:
+        if self.agent is not None:
+            rollout = self.agent.rollout(self.policy, batch, self.prompt_key, group_size, sampling)
+            self.train_means.update(metrics.agent_means(rollout.episodes), weight=len(rollout.episodes))
+            return rollout
         columns = {key: values for key, values in batch.items() if key != self.prompt_key}
         return self.policy.rollout(batch[self.prompt_key], columns, group_size, sampling)
+
+    def _score(self, rollout: Rollout) -> RewardScores:
+        """The reward functions on a rollout, called as TRL calls them (rewards/__init__.py): with the
+        completions' token ids, the training progress and, for agents, each episode's conversation and
+        environment; what they log with log_metric is logged with the step."""
+        tokens = rollout.tokens
+        present = tokens.completion_present.bool().cpu()
+        completion_ids = [ids[keep].tolist() for ids, keep in zip(tokens.completion_ids.cpu(), present)]
+        context: dict[str, Any] = {"trainer_state": self.progress()}
+        if rollout.episodes is not None:
+            context["conversations"] = [episode.messages for episode in rollout.episodes]
+            context["environments"] = [episode.environment for episode in rollout.episodes]
+        scores = self.reward(
+            rollout.prompts,
+            rollout.completions,
+            rollout.columns,
+            device=self.device,
+            completion_ids=completion_ids,
+            context=context,
+        )
+        self.logged_by_rewards.append(scores.logged_metrics)
+        return scores
+
+    def progress(self) -> TrainingProgress:
+        """Where training stands, for reward functions (TRL's ``trainer_state``)."""
+        max_steps = self.max_training_steps
+        return TrainingProgress(
+            global_step=max(self.steps_trained - 1, 0),
+            max_steps=max_steps if max_steps is not None else -1,
+            epoch=self.current_epoch if has_trainer(self) else 0,
+        )
 
     @torch.no_grad()
     def _prepare_update(self, experience: Experience) -> UpdateBatch:
@@ -402,7 +466,7 @@ class GRPOModule(L.LightningModule):
 
     def validation_step(self, batch: dict[str, list[Any]], batch_idx: int) -> None:
         rollout = self._rollout(batch, self.val_k, self.val_sampling)
-        scores = self.reward(rollout.prompts, rollout.completions, rollout.columns, device=self.device)
+        scores = self._score(rollout)
         if self.val_pass_metric is not None:
             gen = self.generation
             judged = scores.total if gen.val_pass_reward is None else scores.per_function[gen.val_pass_reward]

@@ -7,6 +7,7 @@ rows per prompt), P prompt tokens, T completion tokens.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Optional
 
@@ -20,7 +21,16 @@ class TokenBatch:
     prompt_ids: Tensor  # [B, P] left-padded
     prompt_mask: Tensor  # [B, P]
     completion_ids: Tensor  # [B, T] right-padded
-    completion_mask: Tensor  # [B, T] 1 on completion tokens up to and including EOS
+    completion_mask: Tensor  # [B, T] 1 on the tokens the policy sampled, up to and including EOS
+    # [B, T] 1 on every token of the sequence: sampled, or inserted between an agent's turns (tool
+    # results, observations, the chat template's glue), which the model reads but is not trained on;
+    # None: the same as completion_mask (single-turn).
+    completion_attention_mask: Optional[Tensor] = None
+
+    @property
+    def completion_present(self) -> Tensor:
+        """[B, T] the mask the model attends with: every token in the sequence."""
+        return self.completion_mask if self.completion_attention_mask is None else self.completion_attention_mask
 
     def rows(self, index: Tensor) -> "TokenBatch":
         """The rows ``index`` of every tensor field."""
@@ -39,6 +49,47 @@ class UpdateBatch(TokenBatch):
     ref_logprobs: Optional[Tensor] = None  # [B, T]; None: no KL term
 
 
+@dataclass(frozen=True)
+class TrainingProgress:
+    """Where training stands, as reward functions receive it (``trainer_state``, after TRL's
+    TrainerState: the same attribute names)."""
+
+    global_step: int  # training steps completed
+    max_steps: int  # training steps the run makes; -1 where unknown
+    epoch: int  # passes over the prompts begun
+
+
+@dataclass
+class Episode:
+    """One agent episode (policy/agent): the whole conversation and what happened in it."""
+
+    messages: list[dict[str, Any]]  # the prompt's messages, then each assistant turn, tool result, ...
+    turns: int = 0  # assistant turns sampled
+    tool_calls: int = 0  # calls the model asked for (run or refused)
+    tool_errors: dict[str, int] = field(default_factory=dict)  # kind -> count (policy/agent/tools.py)
+    ended_by: str = "answer"  # why it stopped: an answer without a tool call, the environment, or a limit
+    sampled_tokens: int = 0  # tokens the policy sampled (trained on)
+    inserted_tokens: int = 0  # tokens put between its turns (not trained on)
+    environment: Any = None  # the episode's environment instance, if any
+
+    @property
+    def final_answer(self) -> str:
+        """The content of the last assistant turn."""
+        return next((m.get("content") or "" for m in reversed(self.messages) if m["role"] == "assistant"), "")
+
+    def transcript(self) -> str:
+        """The conversation as text, one block per message, tool calls and results shown."""
+        blocks = []
+        for message in self.messages:
+            text = message.get("content") or ""
+            for call in message.get("tool_calls") or []:
+                function = call.get("function", call)
+                text += f"\n-> {function['name']}({json.dumps(function.get('arguments', {}))})"
+            name = f" {message['name']}" if message["role"] == "tool" and message.get("name") else ""
+            blocks.append(f"[{message['role']}{name}] {text.strip()}")
+        return "\n".join(blocks)
+
+
 @dataclass
 class Rollout:
     """Sampled completions with the text and columns the reward functions see."""
@@ -50,6 +101,7 @@ class Rollout:
     group_ids: Tensor  # [B] index of the prompt within the batch
     truncated: Tensor  # [B] bool: hit max_new_tokens before EOS
     sampling_logprobs: Optional[Tensor] = None  # [B, T] the sampler's own, where it kept them
+    episodes: Optional[list[Episode]] = None  # [B] agent rollouts: each row's conversation
 
     @property
     def lengths(self) -> Tensor:
@@ -66,6 +118,9 @@ class RewardScores:
     non_finite: dict[str, int] = field(default_factory=dict)  # name -> NaN/inf values scored 0
     unshaped: Optional[Tensor] = None  # [B] total before reward shaping (overlong penalty); None: unshaped
     weights: dict[str, float] = field(default_factory=dict)  # name -> weight in the total
+    # What the functions logged in this call (TRL's log_metric / log_extra keyword arguments):
+    logged_metrics: dict[str, float] = field(default_factory=dict)  # metric -> mean of the values logged
+    extra_columns: dict[str, list[Any]] = field(default_factory=dict)  # column -> [B] values for the completions table
 
 
 @dataclass
@@ -82,6 +137,7 @@ class Experience:
     ref_logprobs: Optional[Tensor] = None  # [B, T], or None: compute when beta > 0
     prompts: Optional[list[str]] = None  # [B] texts (generated rollouts only)
     completions: Optional[list[str]] = None  # [B]
+    episodes: Optional[list[Episode]] = None  # [B] agent rollouts' conversations
 
     @property
     def lengths(self) -> Tensor:
@@ -99,6 +155,7 @@ def experience_from_rollout(rollout: Rollout, scores: RewardScores, group_size: 
         sampling_logprobs=rollout.sampling_logprobs,
         prompts=rollout.prompts,
         completions=rollout.completions,
+        episodes=rollout.episodes,
     )
 
 
@@ -121,11 +178,23 @@ class RolloutSample:
     total: Tensor  # [B] weighted sum
     advantages: Tensor  # [B]; a completion's token mean where advantages are per token
     lengths: Tensor  # [B] completion tokens
+    # More columns, [B] each: an agent's conversations and their course, and what reward functions
+    # added with log_extra.
+    extra: dict[str, list[Any]] = field(default_factory=dict)
 
     @classmethod
     def from_experience(cls, experience: Experience, advantages: Tensor) -> RolloutSample:
         """The sample of generated, scored ``experience`` (its ``scores`` are set)."""
         scores = experience.scores
+        extra: dict[str, list[Any]] = {}
+        if experience.episodes is not None:
+            episodes = experience.episodes
+            extra = {
+                "conversation": [episode.transcript() for episode in episodes],
+                "turns": [episode.turns for episode in episodes],
+                "tool_calls": [episode.tool_calls for episode in episodes],
+                "ended_by": [episode.ended_by for episode in episodes],
+            }
         return cls(
             experience.prompts,
             experience.completions,
@@ -134,10 +203,12 @@ class RolloutSample:
             experience.rewards,
             per_completion_advantages(advantages, experience.tokens.completion_mask),
             experience.lengths,
+            extra | scores.extra_columns,
         )
 
     def columns(self) -> list[str]:
-        return ["prompt", "completion", *(f"reward/{name}" for name in self.rewards), "reward", "advantage", "length"]
+        rewards = (f"reward/{name}" for name in self.rewards)
+        return ["prompt", "completion", *rewards, "reward", "advantage", "length", *self.extra]
 
     def rows(self) -> list[list[Any]]:
         """Table rows; a reward that did not apply to a completion is None, not 0."""
@@ -152,5 +223,6 @@ class RolloutSample:
             self.total.tolist(),
             self.advantages.tolist(),
             self.lengths.tolist(),
+            *self.extra.values(),
         ]
         return [list(row) for row in zip(*columns)]

@@ -58,11 +58,13 @@ def _pad_tokens(parts: list[TokenBatch]) -> TokenBatch:
     def right(x: Tensor) -> Tensor:
         return F.pad(x, (0, completion_len - x.size(1)))
 
+    multi_turn = any(p.completion_attention_mask is not None for p in parts)
     return TokenBatch(
         torch.cat([left(p.prompt_ids) for p in parts]),
         torch.cat([left(p.prompt_mask) for p in parts]),
         torch.cat([right(p.completion_ids) for p in parts]),
         torch.cat([right(p.completion_mask) for p in parts]),
+        completion_attention_mask=torch.cat([right(p.completion_present) for p in parts]) if multi_turn else None,
     )
 
 
@@ -80,6 +82,7 @@ def _select_groups(
         group_ids=rollout.group_ids[rows],
         truncated=rollout.truncated[rows],
         sampling_logprobs=None if rollout.sampling_logprobs is None else rollout.sampling_logprobs[rows],
+        episodes=None if rollout.episodes is None else [rollout.episodes[i] for i in index],
     )
     picked_scores = RewardScores(
         scores.total[rows],
@@ -87,6 +90,7 @@ def _select_groups(
         {k: v[rows] for k, v in scores.applicable.items()},
         unshaped=None if scores.unshaped is None else scores.unshaped[rows],
         weights=scores.weights,
+        extra_columns={k: [v[i] for i in index] for k, v in scores.extra_columns.items()},
     )
     return picked, picked_scores
 
@@ -112,6 +116,7 @@ def concat(parts: list[tuple[Rollout, RewardScores]], group_size: int) -> tuple[
                 for r in rollouts
             ]
         ),
+        episodes=None if rollouts[0].episodes is None else sum((r.episodes for r in rollouts), []),
     )
     total = RewardScores(
         torch.cat([s.total for s in scores]),
@@ -119,6 +124,11 @@ def concat(parts: list[tuple[Rollout, RewardScores]], group_size: int) -> tuple[
         {k: torch.cat([s.applicable[k] for s in scores]) for k in scores[0].applicable},
         unshaped=None if scores[0].unshaped is None else torch.cat([s.unshaped for s in scores]),
         weights=scores[0].weights,
+        # A column a function logged in some rounds only is None in the others' rows.
+        extra_columns={
+            k: sum((s.extra_columns.get(k, [None] * s.total.numel()) for s in scores), [])
+            for k in dict.fromkeys(k for s in scores for k in s.extra_columns)
+        },
     )
     return rollout, total
 

@@ -94,8 +94,9 @@ def reference_step(
     reference when beta > 0 and the batch has no ref_logprobs. ``max_length``: generation.max_new_tokens
     (default T). Returns the advantages and what the module logs as actor/loss and actor/grad_norm."""
     prompt_ids, prompt_mask = batch["prompt_ids"], batch["prompt_mask"]  # [B, P]
-    completion_ids, attended = batch["completion_ids"], batch["completion_mask"]  # [B, T]
-    mask = attended.float()  # [B, T]
+    completion_ids = batch["completion_ids"]  # [B, T]
+    mask = batch["completion_mask"].float()  # [B, T] the sampled tokens: the loss's
+    attended = batch.get("completion_attention_mask", batch["completion_mask"])  # [B, T] multi-turn: tool results too
     num_rows, device = completion_ids.size(0), completion_ids.device
     all_rows = torch.arange(num_rows, device=device)
     group_size = int(batch.get("group_size", alg.group_size))

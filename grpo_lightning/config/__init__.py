@@ -9,6 +9,7 @@ that only the algorithm registries know and the constraints between groups, and
 from grpo_lightning.config.loading import asset_path, import_object, register_configs, to_train_config
 from grpo_lightning.config.schema import (
     DEFAULT_LENGTH_BUCKETS,
+    AgentConfig,
     ConfigError,
     GenerationConfig,
     GRPOConfig,
@@ -34,6 +35,7 @@ from grpo_lightning.config.validation import (
 )
 
 __all__ = [
+    "AgentConfig",
     "CheckpointConfig",
     "ConfigError",
     "DEFAULT_LENGTH_BUCKETS",

@@ -499,6 +499,76 @@ class GenerationConfig:
         )
 
 
+TOOL_CALL_FORMATS = ("auto", "qwen", "llama3", "mistral")
+
+
+@dataclass
+class AgentConfig:
+    """Multi-turn episodes with tools and environments (grpo_lightning/policy/agent). Off until
+    ``tools`` or ``environment`` is set; each completion is then a conversation: assistant turn,
+    tool results, assistant turn, ... until the model answers without a tool call, the environment
+    ends the episode, or a limit below is reached (each counted in agent/ended_by/<why>)."""
+
+    tools: List[str] = field(default_factory=list)
+    """Import paths of tool functions (``module.function``): type hints and a Google-style docstring
+    on each, TRL's ``tools=`` contract; the chat template renders their schemas into the prompt."""
+    environment: Optional[str] = None
+    """Import path of an environment class or factory (TRL's ``environment_factory``): built with
+    no arguments once per episode, ``reset(**row)`` gives the first observation, its public methods
+    are tools, and an optional ``get_reward()`` adds the environment's reward
+    (grpo_lightning/policy/agent/environments.py)."""
+    max_turns: int = 4
+    """Assistant turns per episode."""
+    max_tool_calls: int = 8
+    """Tool calls per episode; calls past it are not run and the episode ends."""
+    max_tokens_per_turn: Optional[int] = None
+    """Tokens sampled per assistant turn; None: generation.max_new_tokens. A turn cut here ends the
+    episode (a half-written turn cannot be continued) and counts as truncated."""
+    max_total_tokens: Optional[int] = None
+    """Tokens after the prompt, sampled and inserted (tool results, observations), per episode; the
+    episode ends before a turn or a tool result would pass it. None: only max_turns bounds it."""
+    tool_timeout_s: float = 10.0
+    """Seconds one tool call may run (from when it starts); past it the model reads a timeout error."""
+    tool_workers: int = 8
+    """Threads that run the tool calls of a batch of episodes concurrently."""
+    tool_call_format: str = "auto"
+    """How the model writes tool calls: qwen (``<tool_call>`` JSON, Qwen2.5/3 and Hermes), llama3
+    (a JSON object as the turn, Llama 3.1+), mistral (``[TOOL_CALLS]``), or auto: read from the
+    chat template (grpo_lightning/policy/agent/tool_calls.py)."""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.tools) or self.environment is not None
+
+    def check_generation(self, gen: "GenerationConfig") -> None:
+        """Refuse the generation settings episodes cannot run with."""
+        _require(
+            gen.backend != "vllm",
+            "agent.tools / agent.environment with generation.backend=vllm: multi-turn episodes sample each turn "
+            "with the local backends only (the vLLM engine is not wired to them yet); use generation.backend=auto",
+        )
+        _require(
+            gen.max_staleness == 0,
+            "agent.tools / agent.environment with generation.max_staleness > 0: asynchronous rollouts sample "
+            "single-turn completions only; set generation.max_staleness=0",
+        )
+
+    def validate(self) -> None:
+        for name in ("max_turns", "max_tool_calls", "tool_workers"):
+            _require(getattr(self, name) >= 1, f"agent.{name} must be >= 1 (got {getattr(self, name)})")
+        for name in ("max_tokens_per_turn", "max_total_tokens"):
+            value = getattr(self, name)
+            _require(value is None or value >= 1, f"agent.{name} must be >= 1 or null (got {value})")
+        _require(
+            math.isfinite(self.tool_timeout_s) and self.tool_timeout_s > 0,
+            f"agent.tool_timeout_s must be > 0 seconds (got {self.tool_timeout_s})",
+        )
+        _require(
+            self.tool_call_format in TOOL_CALL_FORMATS,
+            f"agent.tool_call_format={self.tool_call_format!r} is unknown; choose one of {TOOL_CALL_FORMATS}",
+        )
+
+
 @dataclass
 class OptimConfig:
     """AdamW and its learning-rate schedule (stepped once per optimizer step)."""

@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional
 from omegaconf import MISSING
 
 from grpo_lightning.config.schema import (
+    AgentConfig,
     ConfigError,
     GenerationConfig,
     GRPOConfig,
@@ -170,12 +171,9 @@ class RewardConfig:
     def validate(self) -> None:
         """Check this group's fields (all of them its own); each entry of functions must already be
         a RewardFunctionConfig (to_train_config makes it one). Whether generation.val_pass_reward
-        names one of them is checked in grpo_lightning/config/validation.py."""
+        names one of them, and that there is a reward at all (an agent's environment may bring its
+        own), are checked in grpo_lightning/config/validation.py."""
         _require_finite(self, "reward.")
-        _require(
-            len(self.functions) > 0,
-            "reward.functions is empty; add at least one reward function (see conf/reward/arithmetic.yaml)",
-        )
         _require(
             self.timeout_s is None or self.timeout_s > 0,
             f"reward.timeout_s must be > 0 or null (no limit) (got {self.timeout_s})",
@@ -340,6 +338,7 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
     seed: int = 0
     """Seeds python, numpy and torch (Lightning's seed_everything), the prompt order and the
     validation split; the same seed gives the same run on CPU."""
@@ -369,6 +368,7 @@ class TrainConfig:
             self.trainer,
             self.checkpoint,
             self.logger,
+            self.agent,
         ):
             group.validate()
         _require(0 <= self.seed < 2**32, f"seed must be in [0, 2**32) (got {self.seed})")

@@ -134,6 +134,23 @@ def validate_across_groups(cfg: TrainConfig) -> None:
         micro >= 1 and mini % micro == 0,
         f"algorithm.micro_batch_size={alg.micro_batch_size} must divide the mini-batch ({mini})",
     )
+    _require(
+        len(cfg.reward.functions) > 0 or cfg.agent.environment is not None,
+        "reward.functions is empty; add at least one reward function (see conf/reward/arithmetic.yaml), or "
+        "set agent.environment to an environment whose get_reward() gives the reward",
+    )
+    if cfg.agent.enabled:
+        cfg.agent.check_generation(gen)
+        _require(
+            cfg.model.builder is None,
+            "agent.tools / agent.environment need a language-model policy (model.name_or_path): multi-turn "
+            "episodes are conversations rendered by its chat template; model.builder builds another kind",
+        )
+        _require(
+            data.apply_chat_template,
+            "agent.tools / agent.environment render each prompt with the tokenizer's chat template (with the "
+            "tools' schemas, after the environment's first observation); set data.apply_chat_template=true",
+        )
     if gen.backend == "vllm":
         _validate_vllm(cfg)
     buckets = cfg.model.length_buckets

@@ -9,7 +9,10 @@ form), so the module skips generation and scoring for it.
 An external batch is a dict of tensors (the DataLoader's output)::
 
     prompt_ids      [B, P] left-padded        prompt_mask      [B, P]
-    completion_ids  [B, T] right-padded       completion_mask  [B, T]
+    completion_ids  [B, T] right-padded       completion_mask  [B, T] 1 on the tokens the policy sampled
+    completion_attention_mask [B, T] optional: 1 on every token of the sequence, where tokens the policy
+                    did not sample (tool results, observations of a multi-turn episode) sit between
+                    its turns; they are attended to and carry no loss. Without it, completion_mask.
     logprobs        [B, T] log-probs of the completion tokens under the sampling policy
     rewards         [B]    outcome rewards    and/or  token_rewards [B, T] process rewards
     token_reward_mask [B, T] optional: 1 on the tokens where a step (of token_rewards) ends;
@@ -112,7 +115,14 @@ def external_experience(batch: dict[str, Any], default_group_size: int) -> Exper
         raise ValueError(f"an external rollout batch needs {missing}; see grpo_lightning.data.external")
     completion_ids = batch["completion_ids"]
     rows, length = completion_ids.shape
-    for key in ("completion_mask", "logprobs", "ref_logprobs", "token_rewards", "token_reward_mask"):
+    for key in (
+        "completion_mask",
+        "completion_attention_mask",
+        "logprobs",
+        "ref_logprobs",
+        "token_rewards",
+        "token_reward_mask",
+    ):
         if key in batch and tuple(batch[key].shape) != (rows, length):
             raise ValueError(f"external batch: {key} has shape {tuple(batch[key].shape)}, expected {(rows, length)}")
     group_size = _group_size(batch, rows, default_group_size)
@@ -130,7 +140,13 @@ def external_experience(batch: dict[str, Any], default_group_size: int) -> Exper
         raise ValueError(f"external batch: rewards has shape {tuple(rewards.shape)}, expected {(rows,)}")
     truncated = batch.get("truncated")
     return Experience(
-        tokens=TokenBatch(batch["prompt_ids"], batch["prompt_mask"], completion_ids, mask),
+        tokens=TokenBatch(
+            batch["prompt_ids"],
+            batch["prompt_mask"],
+            completion_ids,
+            mask,
+            completion_attention_mask=batch.get("completion_attention_mask"),
+        ),
         rewards=rewards,
         group_ids=torch.arange(rows // group_size, device=completion_ids.device).repeat_interleave(group_size),
         group_size=group_size,

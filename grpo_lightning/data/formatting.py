@@ -31,6 +31,8 @@ class PromptFormatter:
         system_prompt: Optional[str] = None,
         max_length: Optional[int] = None,
         overlong: str = "drop",
+        tools: Optional[list[dict[str, Any]]] = None,
+        keep_prompts: bool = False,
     ):
         if apply_chat_template and not getattr(tokenizer, "chat_template", None):
             raise ConfigError(
@@ -54,9 +56,15 @@ class PromptFormatter:
         self.system_prompt = system_prompt
         self.max_length = max_length
         self.overlong = overlong
+        self.tools = tools  # schemas the chat template renders into each prompt (agents)
+        # Agents render each prompt themselves, after the environment's first observation: the rows
+        # keep their prompts as they are, only checked and filtered by length here.
+        self.keep_prompts = keep_prompts
 
     @classmethod
-    def from_config(cls, cfg: DataConfig, tokenizer) -> "PromptFormatter":
+    def from_config(
+        cls, cfg: DataConfig, tokenizer, tools: Optional[list[dict[str, Any]]] = None, keep_prompts: bool = False
+    ) -> "PromptFormatter":
         return cls(
             tokenizer,
             prompt_key=cfg.prompt_key,
@@ -64,6 +72,8 @@ class PromptFormatter:
             system_prompt=cfg.system_prompt,
             max_length=cfg.max_prompt_length,
             overlong=cfg.overlong_prompts,
+            tools=tools,
+            keep_prompts=keep_prompts,
         )
 
     @property
@@ -91,13 +101,15 @@ class PromptFormatter:
             messages = [{"role": "user", "content": prompt}]
         if self.system_prompt is not None and messages[0].get("role") != "system":
             messages.insert(0, {"role": "system", "content": self.system_prompt})
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.tokenizer.apply_chat_template(
+            messages, tools=self.tools, tokenize=False, add_generation_prompt=True
+        )
 
     def prepare(self, rows: list[Row], split: str) -> list[Row]:
         """Rows whose prompt column is the formatted text, within the length limit."""
         texts = [self.format(row[self.prompt_key]) for row in rows]
         if self.max_length is None:
-            return [row | {self.prompt_key: text} for row, text in zip(rows, texts)]
+            return rows if self.keep_prompts else [row | {self.prompt_key: text} for row, text in zip(rows, texts)]
         ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         budget = self.max_length - (self.tokenizer.num_special_tokens_to_add() if self.add_special_tokens else 0)
         kept, changed = [], 0
@@ -106,9 +118,14 @@ class PromptFormatter:
                 changed += 1
                 if self.overlong == "drop":
                     continue
+                if self.keep_prompts:
+                    raise ConfigError(
+                        "data.overlong_prompts=truncate cannot cut an agent's prompts (they are rendered per "
+                        "episode); use data.overlong_prompts=drop or raise data.max_prompt_length"
+                    )
                 # Keep the end: that is where the question and the generation prompt are.
                 text = self.tokenizer.decode(token_ids[-budget:] if budget > 0 else [])
-            kept.append(row | {self.prompt_key: text})
+            kept.append(row if self.keep_prompts else row | {self.prompt_key: text})
         if changed:
             action = "dropped" if self.overlong == "drop" else "truncated (kept the last tokens)"
             log.warning(

@@ -55,7 +55,9 @@ def sampler_copy(policy: Policy, device: Optional[str] = None) -> Policy:
 
 def rollout_to(rollout: Rollout, device: torch.device) -> Rollout:
     """The rollout with its tensors on ``device`` (the trainer's, for a sampler elsewhere)."""
-    tokens = TokenBatch(*(getattr(rollout.tokens, f.name).to(device) for f in fields(rollout.tokens)))
+    tokens = TokenBatch(
+        *(None if (t := getattr(rollout.tokens, f.name)) is None else t.to(device) for f in fields(rollout.tokens))
+    )
     moved = {
         f.name: getattr(rollout, f.name).to(device)
         for f in fields(rollout)

@@ -389,7 +389,9 @@ class CausalLMPolicy(Policy):
             return [completion_logprobs(model, *block, **options) for block in blocks]
 
         def score(model: nn.Module) -> tuple[Tensor, Optional[Tensor]]:
-            tensors = (batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask)
+            # The model attends to every token in the sequence, tool results included; the loss
+            # applies completion_mask to the log-probs afterwards.
+            tensors = (batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_present)
             buckets = self._length_buckets(batch)
             if buckets is None:
                 return score_blocks(model, [tensors])[0]
@@ -421,7 +423,7 @@ class CausalLMPolicy(Policy):
         shared = distinct_prompts(batch.prompt_ids, batch.prompt_mask) if self.share_prompts else None
         return length_buckets(
             batch.prompt_mask,
-            batch.completion_mask,
+            batch.completion_present,
             self.length_buckets,
             prompt_of_row=shared[2] if shared is not None else None,
         )

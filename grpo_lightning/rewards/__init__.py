@@ -1,10 +1,38 @@
 """Rewards: the reward-function contract and the weighted composition of several functions.
 
-A reward function is any callable ``fn(prompts, completions, **columns) -> list[float | None]``
-(the TRL contract, so TRL reward functions work unchanged): ``prompts`` and ``completions`` are
-lists of strings of equal length, and every other dataset column arrives as a keyword list
-aligned with them. ``None`` means "not applicable": that value is left out of the function's
-logged mean and counts as 0 in the weighted total.
+A reward function returns one float per completion, or ``None`` for "not applicable": that value
+is left out of the function's logged mean and counts as 0 in the weighted total. It is called
+as TRL 1.16's GRPOTrainer calls it, with keyword arguments only::
+
+    fn(prompts=prompts, completions=completions, **columns, completion_ids=..., trainer_state=...,
+       log_extra=..., log_metric=..., environments=..., conversations=...)
+
+* ``prompts`` and ``completions`` [B] are strings, or chat message lists (TRL's conversational
+  format: a prompt is a list of ``{"role", "content"}`` messages, a completion the messages the
+  model added; :func:`~grpo_lightning.rewards.messages.completion_text` reads its last assistant
+  message, as the built-in functions do).
+* Every dataset column arrives as a keyword list [B] aligned with them, to every function.
+* The rest goes only to functions that accept it (a parameter of that name, or ``**kwargs``),
+  so a function without ``**kwargs`` is offered nothing it did not ask for:
+  ``completion_ids`` [B] the sampled token ids, where the caller gives them;
+  ``log_extra(column, values)`` adds a column (one value per completion) to the completions
+  table and ``log_metric(name, value)`` a scalar metric for the step (both come back in
+  :class:`~grpo_lightning.types.RewardScores`, ``extra_columns`` and ``logged_metrics``, the
+  latter averaged over the call); and whatever the caller puts in ``context``
+  (``trainer_state``; a multi-turn rollout's ``environments`` and ``conversations`` [B]).
+* A required parameter the call cannot fill (e.g. TRL's ``solution`` without that column) is a
+  :class:`RewardError` naming it.
+* ``async def`` functions (or objects with an async ``__call__``) are awaited together with
+  ``asyncio.gather`` after the others, each under ``reward.timeout_s``, on a private event loop
+  in a thread of its own, so calling from a thread that runs a loop (Jupyter) works.
+
+Where we depart from TRL: none intended, except that functions written for our earlier
+positional contract, ``fn(prompts, completions, **columns)``, keep working. A function that has
+no ``completions`` parameter it can take by keyword, yet takes two positional arguments
+(``def f(p, c, **kw)``), is still called ``fn(prompts, completions, **columns, **extras)``,
+extras as above. Which call a function gets is decided once, from its signature, when
+:class:`WeightedReward` is built; one without a readable signature (a builtin) gets the
+positional call with the columns only.
 
 Built in: :func:`~grpo_lightning.rewards.math.math_answer` (final answer vs. reference),
 :func:`~grpo_lightning.rewards.format.format_reward` (a regex layout),

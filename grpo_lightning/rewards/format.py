@@ -6,6 +6,8 @@ import functools
 import re
 from typing import Any
 
+from grpo_lightning.rewards.messages import Conversation, completion_text
+
 THINK_ANSWER = r"<think>.*?</think>\s*<answer>.*?</answer>"
 """The R1-style layout: reasoning in <think> tags, then the final answer in <answer> tags."""
 
@@ -16,11 +18,12 @@ def _compile(pattern: str) -> re.Pattern:
 
 
 def format_reward(
-    prompts: list[str], completions: list[str], *, pattern: str = THINK_ANSWER, **columns: Any
+    prompts: list[Conversation], completions: list[Conversation], *, pattern: str = THINK_ANSWER, **columns: Any
 ) -> list[float]:
     """1.0 where the whole completion (surrounding whitespace aside) matches ``pattern``, else 0.0.
 
-    ``pattern`` is a Python regular expression; ``.`` also matches newlines.
+    ``pattern`` is a Python regular expression; ``.`` also matches newlines. A message-list
+    completion is read from its last assistant message.
 
     >>> format_reward(["q"] * 3, ["<think>2+2</think> <answer>4</answer>", "<answer>4</answer>",
     ...                           "<think>x</think><answer>4</answer> and more"])
@@ -29,4 +32,4 @@ def format_reward(
     [1.0]
     """
     regex = _compile(pattern)
-    return [float(regex.fullmatch(completion.strip()) is not None) for completion in completions]
+    return [float(regex.fullmatch(completion_text(completion).strip()) is not None) for completion in completions]

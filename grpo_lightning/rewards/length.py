@@ -7,13 +7,16 @@ With ``L`` the completion length, ``L_max = max_length`` and ``L_cache = cache_l
     -1                                if L > L_max
 
 Length counts tokens of ``tokenizer`` (a name or directory; use ``${model.name_or_path}`` in a
-config) when given, else characters.
+config) when given, else characters. A message-list completion is measured by its last assistant
+message.
 """
 
 from __future__ import annotations
 
 import functools
 from typing import Any, Optional
+
+from grpo_lightning.rewards.messages import Conversation, completion_text
 
 
 @functools.lru_cache(maxsize=4)
@@ -38,8 +41,8 @@ def overlong_penalty(length: int, max_length: int, cache_length: int) -> float:
 
 
 def length_penalty(
-    prompts: list[str],
-    completions: list[str],
+    prompts: list[Conversation],
+    completions: list[Conversation],
     *,
     max_length: int,
     cache_length: int,
@@ -52,10 +55,11 @@ def length_penalty(
     [0.0, -0.75, -1.0]
     """
     check_lengths(max_length=max_length, cache_length=cache_length)
+    texts = [completion_text(completion) for completion in completions]
     if tokenizer is None:
-        lengths = [len(completion) for completion in completions]
+        lengths = [len(text) for text in texts]
     else:
-        encoded = _load_tokenizer(tokenizer)(completions, add_special_tokens=False)["input_ids"]
+        encoded = _load_tokenizer(tokenizer)(texts, add_special_tokens=False)["input_ids"]
         lengths = [len(ids) for ids in encoded]
     return [overlong_penalty(length, max_length, cache_length) for length in lengths]
 

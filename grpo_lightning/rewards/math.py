@@ -12,6 +12,8 @@ import re
 from fractions import Fraction
 from typing import Any, Optional
 
+from grpo_lightning.rewards.messages import Conversation, completion_text
+
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _FRAC = re.compile(r"\\[dt]?frac\{([^{}]*)\}\{([^{}]*)\}")
@@ -118,17 +120,23 @@ def answers_match(completion: str, reference: str, rel_tol: float = 1e-6) -> boo
 
 
 def math_answer(
-    prompts: list[str], completions: list[str], answer: list[Any], *, rel_tol: float = 1e-6, **columns: Any
+    prompts: list[Conversation],
+    completions: list[Conversation],
+    answer: list[Any],
+    *,
+    rel_tol: float = 1e-6,
+    **columns: Any,
 ) -> list[Optional[float]]:
     """1.0 where the completion's final answer equals the reference ``answer``, else 0.0.
 
-    Rows without a reference (``None``) are not applicable (None).
+    Rows without a reference (``None``) are not applicable (None). A message-list completion is
+    read from its last assistant message.
 
     >>> math_answer(["q"] * 4, ["So 3 + 4 = 7. #### 7", r"\\boxed{7}", "It is 8", "no idea"],
     ...             answer=["#### 7"] * 4)
     [1.0, 1.0, 0.0, 0.0]
     """
     return [
-        None if reference is None else float(answers_match(completion, str(reference), rel_tol))
+        None if reference is None else float(answers_match(completion_text(completion), str(reference), rel_tol))
         for completion, reference in zip(completions, answer, strict=True)
     ]

@@ -40,6 +40,7 @@ from grpo_lightning.config import ConfigError, TrainConfig, register_configs, to
 from grpo_lightning.data.datamodule import PromptDataModule
 from grpo_lightning.data.formatting import PromptFormatter
 from grpo_lightning.module import GRPOModule
+from grpo_lightning.policy.agent import Agent
 from grpo_lightning.policy.build import build_policy
 from grpo_lightning.policy.causal_lm import CausalLMPolicy
 from grpo_lightning.rewards import RewardError, WeightedReward
@@ -216,11 +217,14 @@ def _train(cfg: TrainConfig, dict_cfg: DictConfig) -> dict[str, float]:
     quiet_library_noise()
     started = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True)
-    reward = WeightedReward.from_config(cfg.reward)  # before the model: its errors come sooner
+    agent = Agent.from_config(cfg.agent, system_prompt=cfg.data.system_prompt)
+    added = agent.reward_functions() if agent is not None else {}
+    reward = WeightedReward.from_config(cfg.reward, added)  # before the model: its errors come sooner
     policy = build_policy(cfg.model)
     prepare = None
     if isinstance(policy, CausalLMPolicy):  # text prompts, formatted for its tokenizer
-        formatter = PromptFormatter.from_config(cfg.data, policy.tokenizer)
+        tools = agent.schemas if agent is not None else None
+        formatter = PromptFormatter.from_config(cfg.data, policy.tokenizer, tools=tools, keep_prompts=agent is not None)
         policy.add_special_tokens = formatter.add_special_tokens
         prepare = formatter.prepare
     data = PromptDataModule.from_config(cfg.data, seed=cfg.seed, prepare=prepare)
@@ -232,7 +236,9 @@ def _train(cfg: TrainConfig, dict_cfg: DictConfig) -> dict[str, float]:
         optim=cfg.optim,
         checkpoint=cfg.checkpoint,
         prompt_key=cfg.data.prompt_key,
+        agent=agent,
     )
+    module.max_training_steps = cfg.trainer.max_steps
     check_optimized_metric(cfg.optimized_metric, module.train_means.names + module.val_means.names)
     try:
         trainer = build_trainer(cfg, resume_step)

@@ -314,6 +314,34 @@ def test_module_step_equals_the_reference_in_other_branches(random_arith_dir, tm
     assert_same_step(*both_steps(random_arith_dir, tmp_path, preset, VARIANTS["whole"] + overrides, edit))
 
 
+def multi_turn(batch):
+    """An agent's episodes: tokens 2 and 3 of every completion longer than 4 are a tool result the
+    policy read but did not sample (attended to, no loss, no sampler log-prob)."""
+    present = batch["completion_mask"]
+    inserted = torch.zeros_like(present)
+    inserted[:, 2:4] = (present.sum(dim=1, keepdim=True) > 4).long()
+    batch["completion_attention_mask"] = present
+    batch["completion_mask"] = present * (1 - inserted)
+    batch["logprobs"] = torch.where(batch["completion_mask"].bool(), batch["logprobs"], 0.0)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_module_step_equals_the_reference_on_multi_turn_episodes(random_arith_dir, tmp_path, variant):
+    module_model, metrics, reference_model, result, initial = both_steps(
+        random_arith_dir, tmp_path, "grpo", VARIANTS[variant] + ["algorithm.beta=0.04"], multi_turn
+    )
+    assert_same_step(module_model, metrics, reference_model, result, initial)
+
+
+def test_the_multi_turn_batch_has_inserted_tokens_mid_sequence(random_arith_dir):
+    """Without inserted tokens before sampled ones, the multi-turn case would test nothing."""
+    batch = external_batch(CausalLMPolicy.from_config(ModelConfig(name_or_path=str(random_arith_dir))))
+    multi_turn(batch)
+    inserted = batch["completion_attention_mask"] - batch["completion_mask"]  # [B, T]
+    assert inserted.sum() > 0
+    assert (batch["completion_mask"][:, 4:].sum(dim=1)[inserted.sum(dim=1) > 0] > 0).all()
+
+
 def infinite_padding(batch):
     batch["logprobs"] = batch["logprobs"].masked_fill(~batch["completion_mask"].bool(), float("-inf"))
 

@@ -185,6 +185,32 @@ def test_bad_values_name_the_field(compose_config, override, message):
         _validate(cfg)
 
 
+TOOL = "agent.tools=[grpo_lightning.data.tasks.tool_arithmetic.multiply]"
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ((TOOL, "agent.max_turns=0"), "agent.max_turns must be >= 1 (got 0)"),
+        ((TOOL, "agent.max_tool_calls=0"), "agent.max_tool_calls must be >= 1 (got 0)"),
+        ((TOOL, "agent.max_tokens_per_turn=0"), "agent.max_tokens_per_turn must be >= 1 or null (got 0)"),
+        ((TOOL, "agent.max_total_tokens=0"), "agent.max_total_tokens must be >= 1 or null (got 0)"),
+        ((TOOL, "agent.tool_timeout_s=0"), "agent.tool_timeout_s must be > 0 seconds (got 0.0)"),
+        ((TOOL, "agent.tool_workers=0"), "agent.tool_workers must be >= 1 (got 0)"),
+        ((TOOL, "agent.tool_call_format=xml"), "agent.tool_call_format='xml' is unknown"),
+        ((TOOL,), "set data.apply_chat_template=true"),
+        ((TOOL, "data.apply_chat_template=true", "generation.backend=vllm"), "with generation.backend=vllm"),
+        ((TOOL, "data.apply_chat_template=true", "generation.max_staleness=1"), "generation.max_staleness > 0"),
+        ((TOOL, "data.apply_chat_template=true", "model=gaussian"), "model.builder builds another kind"),
+        (("reward=environment",), "reward.functions is empty"),
+    ],
+)
+def test_bad_agent_settings_name_the_field(compose_config, overrides, message):
+    cfg = compose_config(*overrides)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        _validate(cfg)
+
+
 def test_a_reward_function_can_be_added_from_the_command_line(compose_config):
     from grpo_lightning.config import RewardFunctionConfig, to_train_config
     from grpo_lightning.rewards import WeightedReward
@@ -381,7 +407,7 @@ def test_every_schema_has_a_validate_method():
     missing = [
         cls.__name__ for cls in classes if "validate" not in vars(cls) and cls.__name__ != "RewardFunctionConfig"
     ]
-    assert len(classes) == 12 and missing == []
+    assert len(classes) == 13 and missing == []
 
 
 @pytest.mark.parametrize(
@@ -410,8 +436,10 @@ def test_groups_without_a_default_choice_ask_for_it():
 
     with pytest.raises(ConfigError, match="set exactly one of data.builder and data.path"):
         DataConfig().validate()
+    empty_reward = _valid_train_config()
+    empty_reward.reward = RewardConfig()
     with pytest.raises(ConfigError, match="reward.functions is empty"):
-        RewardConfig().validate()
+        validate_config(empty_reward)
     with pytest.raises(ConfigError, match="set exactly one of data.builder and data.path"):
         TrainConfig().validate()
     DataConfig(path="prompts.jsonl").validate()
