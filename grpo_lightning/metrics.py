@@ -39,9 +39,10 @@ class StageMeans(Metric):
     sums: Tensor
     weights: Tensor
 
-    def __init__(self, names: list[str]):
+    def __init__(self, names: list[str], prefix: str = ""):
         super().__init__()
         self.names = list(names)
+        self.prefix = prefix  # of the stage's own names (validation: "val/")
         self._slot = {name: slot for slot, name in enumerate(self.names)}
         self.add_state("sums", default=torch.zeros(len(self.names)), dist_reduce_fx="sum")
         self.add_state("weights", default=torch.zeros(len(self.names)), dist_reduce_fx="sum")
@@ -106,8 +107,9 @@ AGENT_METRICS = (
 counts per episode by kind, ended_by/<why> the fraction of episodes that ended so."""
 
 
-def agent_means(episodes: list[Episode]) -> dict[str, Tensor]:
-    """A batch of episodes' statistics, one value per episode for each name (means over episodes)."""
+def agent_means(episodes: list[Episode], prefix: str = "") -> dict[str, Tensor]:
+    """A batch of episodes' statistics, one value per episode for each name (means over episodes),
+    each name after ``prefix`` (validation's ``val/``)."""
 
     def per_episode(values: list[float]) -> Tensor:
         return torch.tensor(values, dtype=torch.float32)
@@ -124,7 +126,7 @@ def agent_means(episodes: list[Episode]) -> dict[str, Tensor]:
         for kind in TOOL_ERROR_KINDS
     }
     means |= {f"agent/ended_by/{why}": per_episode([e.ended_by == why for e in episodes]) for why in ENDINGS}
-    return means
+    return {prefix + name: values for name, values in means.items()}
 
 
 def logged_metric_means(logged: list[dict[str, float]], declared: set[str]) -> dict[str, Tensor]:

@@ -60,6 +60,7 @@ from grpo_lightning.compat import (
 from grpo_lightning.config import CheckpointConfig, ConfigError, GenerationConfig, GRPOConfig, OptimConfig
 from grpo_lightning.data.datamodule import refill_stream
 from grpo_lightning.data.external import external_experience, is_external
+from grpo_lightning.data.formatting import CHAT_MESSAGES_COLUMN
 from grpo_lightning.distributed import mean_over_processes, per_process, shards_weights
 from grpo_lightning.distributed import rank as process_rank
 from grpo_lightning.optim import build_optimizer
@@ -169,7 +170,9 @@ class GRPOModule(L.LightningModule):
         self.train_means = metrics.StageMeans(names)
         self.val_k = gen.val_num_samples  # completions per validation prompt
         self.val_pass_metric = f"val/pass@{self.val_k}" if self.val_k > 1 or gen.val_pass_reward else None
-        self.val_means = metrics.StageMeans(metrics.val_metric_names(reward.names, self.val_pass_metric))
+        val_names = metrics.val_metric_names(reward.names, self.val_pass_metric)
+        val_names += [f"val/{name}" for name in metrics.AGENT_METRICS] if agent is not None else []
+        self.val_means = metrics.StageMeans(val_names, prefix="val/")
         # The sampler's own log-probs are kept where a rollout correction will compare them with the trainer's.
         self.train_sampling = replace(
             SamplingParams.from_config(gen), record_logprobs=alg.rollout_correction is not None
@@ -348,7 +351,8 @@ class GRPOModule(L.LightningModule):
     def _rollout(self, batch: dict[str, list[Any]], group_size: int, sampling: SamplingParams) -> Rollout:
         if self.agent is not None:
             rollout = self.agent.rollout(self.policy, batch, self.prompt_key, group_size, sampling)
-            self.train_means.update(metrics.agent_means(rollout.episodes), weight=len(rollout.episodes))
+            means = self.val_means if has_trainer(self) and self.trainer.validating else self.train_means
+            means.update(metrics.agent_means(rollout.episodes, prefix=means.prefix), weight=len(rollout.episodes))
             return rollout
         columns = {key: values for key, values in batch.items() if key != self.prompt_key}
         return self.policy.rollout(batch[self.prompt_key], columns, group_size, sampling)
@@ -358,16 +362,27 @@ class GRPOModule(L.LightningModule):
         completions' token ids, the training progress and, for agents, each episode's conversation and
         environment; what they log with log_metric is logged with the step."""
         tokens = rollout.tokens
-        present = tokens.completion_present.bool().cpu()
-        completion_ids = [ids[keep].tolist() for ids, keep in zip(tokens.completion_ids.cpu(), present)]
+        completion_ids = None  # token ids: a language model's actions only
+        if isinstance(self.policy, Policy):
+            present = tokens.completion_present.bool().cpu()
+            completion_ids = [ids[keep].tolist() for ids, keep in zip(tokens.completion_ids.cpu(), present)]
         context: dict[str, Any] = {"trainer_state": self.progress()}
         if rollout.episodes is not None:
             context["conversations"] = [episode.messages for episode in rollout.episodes]
             context["environments"] = [episode.environment for episode in rollout.episodes]
+        prompts, completions, columns = rollout.prompts, rollout.completions, rollout.columns
+        chat = columns.get(CHAT_MESSAGES_COLUMN)
+        if chat is not None:  # a conversational dataset: messages in, messages out (TRL's form)
+            columns = {key: values for key, values in columns.items() if key != CHAT_MESSAGES_COLUMN}
+            prompts = [p if messages is None else messages for p, messages in zip(prompts, chat)]
+            completions = [
+                c if messages is None else [{"role": "assistant", "content": c}]
+                for c, messages in zip(completions, chat)
+            ]
         scores = self.reward(
-            rollout.prompts,
-            rollout.completions,
-            rollout.columns,
+            prompts,
+            completions,
+            columns,
             device=self.device,
             completion_ids=completion_ids,
             context=context,

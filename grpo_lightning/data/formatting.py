@@ -18,6 +18,11 @@ log = logging.getLogger(__name__)
 Row = dict[str, Any]
 Prompt = str | list[dict[str, str]]
 
+CHAT_MESSAGES_COLUMN = "_chat_messages"
+"""Where a row whose prompt is a list of chat messages keeps that list (None in the other rows of
+such a dataset) once its prompt column holds the rendered text: reward functions receive the
+messages, as TRL passes a conversational dataset's prompts (GRPOModule._score)."""
+
 
 class PromptFormatter:
     """Formats prompts for one tokenizer and enforces the prompt-length limit."""
@@ -108,6 +113,8 @@ class PromptFormatter:
     def prepare(self, rows: list[Row], split: str) -> list[Row]:
         """Rows whose prompt column is the formatted text, within the length limit."""
         texts = [self.format(row[self.prompt_key]) for row in rows]
+        if not self.keep_prompts and any(not isinstance(row[self.prompt_key], str) for row in rows):
+            rows = [row | {CHAT_MESSAGES_COLUMN: _messages_or_none(row[self.prompt_key])} for row in rows]
         if self.max_length is None:
             return rows if self.keep_prompts else [row | {self.prompt_key: text} for row, text in zip(rows, texts)]
         ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
@@ -142,3 +149,7 @@ class PromptFormatter:
                 f"{self.max_length}; raise it or set data.overlong_prompts=truncate"
             )
         return kept
+
+
+def _messages_or_none(prompt: Prompt) -> Optional[list[dict[str, str]]]:
+    return None if isinstance(prompt, str) else [dict(message) for message in prompt]

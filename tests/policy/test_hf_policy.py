@@ -412,3 +412,21 @@ def test_the_reference_copy_refreshes_toward_the_model(random_arith_dir):
         torch.testing.assert_close(reference, 0.25 * current + 0.75 * before)
     policy.refresh_reference(1.0)
     assert all(torch.equal(reference, current) for reference, current in policy.reference_pairs())
+
+
+def test_trl_reward_functions_work_unchanged_from_the_command_line(llama_dir, tmp_path):
+    """The issue's command: TRL's think_format_reward reads completion[0]["content"] (TRL calls it with
+    keywords, chat completions as message lists); it used to stop the run with a positional call."""
+    pytest.importorskip("trl")
+    rows = [row | {"question": [{"role": "user", "content": row["question"]}]} for row in math_rows()]
+    run_dir = tmp_path / "run"
+    cfg = _hf_config(
+        llama_dir,
+        write_jsonl(tmp_path / "chat.jsonl", rows),
+        run_dir,
+        "data.apply_chat_template=true",
+        "+reward.functions.think={fn:trl.rewards.think_format_reward,weight:0.5}",
+    )
+    train(cfg)
+    values = [float(row["reward/think/mean"]) for row in _metrics(run_dir) if row.get("reward/think/mean")]
+    assert len(values) == 2 and all(0 <= value <= 1 for value in values)

@@ -201,7 +201,9 @@ def test_a_training_step_marks_the_weights_for_the_next_rollout(fake_vllm, polic
     module.lr_schedulers = lambda: scheduler
     module.manual_backward = lambda loss: loss.backward()
     module._log_step_metrics = lambda metrics: None
-    module._trainer = SimpleNamespace(strategy=SimpleNamespace(reduce_boolean_decision=lambda x: x), global_step=0)
+    module._trainer = SimpleNamespace(
+        strategy=SimpleNamespace(reduce_boolean_decision=lambda x: x), global_step=0, current_epoch=0
+    )
     module.training_step({"prompt": ["12+34=", "5+6="]}, 0)
     assert calls == ["updated", "updated"]  # 4 completions, mini-batches of 2: two optimizer steps
 
