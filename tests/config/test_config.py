@@ -185,7 +185,7 @@ def test_bad_values_name_the_field(compose_config, override, message):
         _validate(cfg)
 
 
-TOOL = "agent.tools=[grpo_lightning.data.tasks.tool_arithmetic.multiply]"
+TOOL = "agent.tools=[tests.policy.test_agent.multiply]"
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,9 @@ format (tools listed in the system turn, a call is the assistant turn's JSON obj
 
 from __future__ import annotations
 
+import functools
 import string
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
@@ -161,32 +162,36 @@ def script_sampler(policy: CausalLMPolicy, script: Script) -> list[list[int]]:
     text (encoded character by character, then the EOS id) or as exact ids (no EOS added). Returns
     the list every sampled turn's ids are appended to. The sampler's log-probs are the model's own
     of those ids (a forward pass), so corrections and log-prob checks still see real numbers."""
-    tokenizer, turns = policy.tokenizer, []
-
-    def sample_with_logprobs(prompt_ids, prompt_mask, sampling):
-        rows = []
-        for ids, mask in zip(prompt_ids.tolist(), prompt_mask.tolist()):
-            context = tokenizer.decode([i for i, m in zip(ids, mask) if m], skip_special_tokens=False)
-            turn = script(context)
-            if isinstance(turn, str):
-                turn = [tokenizer.convert_tokens_to_ids(ch) for ch in turn] + [tokenizer.eos_token_id]
-            turns.append(list(turn))
-            rows.append(turn[: sampling.max_new_tokens])
-        width = max(len(r) for r in rows)
-        completion = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows])
-        logprobs = None
-        if sampling.record_logprobs:
-            mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
-            with torch.no_grad():
-                logits = policy.model(
-                    input_ids=torch.cat([prompt_ids, completion], 1),
-                    attention_mask=torch.cat([prompt_mask, mask], 1),
-                    position_ids=(torch.cat([prompt_mask, mask], 1).cumsum(1) - 1).clamp(min=0),
-                ).logits[:, prompt_ids.size(1) - 1 : -1]
-            logprobs = torch.log_softmax(logits.float() / sampling.temperature, -1).gather(-1, completion[..., None])[
-                ..., 0
-            ]
-        return completion, logprobs
-
-    policy.sample_with_logprobs = sample_with_logprobs
+    turns: list[list[int]] = []
+    policy.sample_with_logprobs = functools.partial(scripted_sample, policy, script=script, turns=turns)
     return turns
+
+
+def scripted_sample(policy, prompt_ids, prompt_mask, sampling, *, script: Script, turns: Optional[list] = None):
+    """``sample_with_logprobs`` of ``policy`` by ``script`` (see script_sampler)."""
+    tokenizer = policy.tokenizer
+    rows = []
+    for ids, mask in zip(prompt_ids.tolist(), prompt_mask.tolist()):
+        context = tokenizer.decode([i for i, m in zip(ids, mask) if m], skip_special_tokens=False)
+        turn = script(context)
+        if isinstance(turn, str):
+            turn = [tokenizer.convert_tokens_to_ids(ch) for ch in turn] + [tokenizer.eos_token_id]
+        if turns is not None:
+            turns.append(list(turn))
+        rows.append(turn[: sampling.max_new_tokens])
+    width = max(len(r) for r in rows)
+    completion = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows])
+    logprobs = None
+    if sampling.record_logprobs:
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+        attention = torch.cat([prompt_mask, mask], 1)
+        with torch.no_grad():
+            logits = policy.model(
+                input_ids=torch.cat([prompt_ids, completion], 1),
+                attention_mask=attention,
+                position_ids=(attention.cumsum(1) - 1).clamp(min=0),
+            ).logits[:, prompt_ids.size(1) - 1 : -1]
+        logprobs = torch.log_softmax(logits.float() / sampling.temperature, -1).gather(-1, completion[..., None])[
+            ..., 0
+        ]
+    return completion, logprobs

@@ -3,6 +3,13 @@
 
 from __future__ import annotations
 
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import lightning as L
 import pytest
 import torch
@@ -13,8 +20,10 @@ from grpo_lightning.algo.losses import POLICY_LOSSES
 from grpo_lightning.config import ConfigError, GenerationConfig, GRPOConfig
 from grpo_lightning.module import GRPOModule
 from grpo_lightning.policy.agent import Agent
+from grpo_lightning.policy.causal_lm import CausalLMPolicy
 from grpo_lightning.rewards import WeightedReward
-from tests.policy.agent_fixtures import chat_tokenizer, script_sampler, tiny_policy
+from grpo_lightning.run.train import train
+from tests.policy.agent_fixtures import chat_tokenizer, script_sampler, scripted_sample, tiny_policy
 from tests.policy.test_agent import Counter, multiply, multiply_script
 
 BATCH = {"prompt": ["What is 12 * 34?", "What is 5 * 6?"], "answer": ["408", "30"]}
@@ -81,6 +90,7 @@ def test_trl_style_tools_and_rewards_train_through_the_module(tmp_path):
     assert sample.extra["turns"] == [2, 2, 2, 2] and sample.extra["ended_by"] == ["answer"] * 4
     assert "[tool multiply] 408" in sample.extra["conversation"][0]
     assert all(name in sample.columns() for name in ("conversation", "first_tool_result"))
+    assert all(len(row) == len(sample.columns()) for row in sample.rows())
     assert any(not torch.equal(p, q) for p, q in zip(policy.trainable_parameters(), before))
 
 
@@ -149,3 +159,107 @@ def test_agents_refuse_what_they_cannot_run():
         GRPOModule(policy, reward, generation=GenerationConfig(backend="vllm"), agent=Agent([multiply]))
     with pytest.raises(ConfigError, match="max_staleness"):
         GRPOModule(policy, reward, generation=GenerationConfig(max_staleness=1), agent=Agent([multiply]))
+
+
+def coin_flip_script(context: str) -> str:
+    """Call multiply (or answer its result), or guess: decided by torch's random stream, which a
+    resumed run must have restored for its episodes to come out the same."""
+    if "<tool_response>" in context and torch.rand(()) < 0.7:
+        return multiply_script(context)
+    if torch.rand(()) < 0.6:
+        return multiply_script(context)
+    return str(int(torch.randint(100, 10000, ())))
+
+
+def agent_run_settings(tmp_path) -> list[str]:
+    """grpo-train settings of an agent run on a tiny random chat model saved under ``tmp_path``, with
+    JSONL questions; the sampler is scripted separately (coin_flip_script)."""
+    model_dir = tmp_path / "model"
+    policy = tiny_policy(chat_tokenizer())
+    policy.model.save_pretrained(model_dir)
+    policy.tokenizer.save_pretrained(model_dir)
+    rows = [{"prompt": f"What is {a} * {a + 3}?", "answer": str(a * (a + 3))} for a in range(11, 27)]
+    data = tmp_path / "questions.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return [
+        "model=hf",
+        f"model.name_or_path={model_dir}",
+        "data=jsonl",
+        f"data.path={data}",
+        "data.apply_chat_template=true",
+        "reward=final_number",
+        "agent.tools=[tests.policy.test_agent.multiply]",
+        "generation.max_new_tokens=96",
+        "algorithm.group_size=4",
+        "algorithm.mini_batch_size=8",
+        "algorithm.beta=0.04",
+        "data.batch_size=4",
+        "trainer.val_every_n_steps=2",
+        "checkpoint.every_n_steps=2",
+        "optim.lr=1e-3",
+    ]
+
+
+def sample_by_coin_flips(self, *args):
+    return scripted_sample(self, *args, script=coin_flip_script)
+
+
+def training_rows(run_dir) -> dict[int, dict[str, str]]:
+    with open(run_dir / "metrics.csv") as handle:
+        logged = [row for row in csv.DictReader(handle) if row.get("actor/loss")]
+    return {int(row["step"]): {k: v for k, v in row.items() if not k.startswith("perf/")} for row in logged}
+
+
+def test_a_resumed_agent_run_matches_the_uninterrupted_one_bitwise(compose_config, tmp_path, monkeypatch):
+    """Through grpo-train's train(), with torch's default threads and tool calls on worker threads."""
+    monkeypatch.setattr(CausalLMPolicy, "sample_with_logprobs", sample_by_coin_flips)
+    common = agent_run_settings(tmp_path)
+    train(compose_config(*common, f"output_dir={tmp_path}/full", "trainer.max_steps=4"))
+    train(compose_config(*common, f"output_dir={tmp_path}/part", "trainer.max_steps=2"))
+    train(compose_config(*common, f"output_dir={tmp_path}/part", "trainer.max_steps=4", "ckpt_path=last"))
+    full, resumed = training_rows(tmp_path / "full"), training_rows(tmp_path / "part")
+    assert all(float(full[step]["actor/grad_norm"]) > 0 for step in (3, 4)), "the test needs real updates"
+    assert all(0 < float(full[step]["agent/inserted_tokens"]) for step in (3, 4)), "the test needs tool results"
+    assert len({full[step]["reward/mean"] for step in (1, 2, 3, 4)}) > 1, "the episodes must depend on the stream"
+    for step in (3, 4):
+        assert resumed[step] == full[step], f"step {step} differs after resume"
+    weights = [
+        torch.load(d / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+        for d in (tmp_path / "full", tmp_path / "part")
+    ]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+SCRIPTED_AGENT_RUN = """
+import sys
+from grpo_lightning.policy.causal_lm import CausalLMPolicy
+from grpo_lightning.run.train import load_config, train
+from tests.run.test_agent_training import sample_by_coin_flips
+
+CausalLMPolicy.sample_with_logprobs = sample_by_coin_flips
+train(load_config(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_train_an_agent(tmp_path):
+    """trainer=ddp_cpu: each process runs its own episodes; the gradients are averaged."""
+    script = tmp_path / "scripted_agent_run.py"
+    script.write_text(SCRIPTED_AGENT_RUN)
+    root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ, WANDB_MODE="offline", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])
+    settings = agent_run_settings(tmp_path) + ["trainer=ddp_cpu", "trainer.max_steps=2", "data.batch_size=2"]
+    settings += ["validate_before_training=false", "trainer.limit_val_batches=0"]  # 16 rows: too few to split
+    done = subprocess.run(
+        [sys.executable, str(script), *settings, f"output_dir={tmp_path}/run", "trainer.enable_progress_bar=false"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = training_rows(tmp_path / "run")
+    assert sorted(rows) == [1, 2]
+    assert all(float(row["agent/turns"]) > 1 and float(row["actor/grad_norm"]) > 0 for row in rows.values())
