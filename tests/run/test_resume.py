@@ -23,6 +23,13 @@ REWARDS_SOURCE = """
 def ones(prompts, completions, **columns):
     return [c.count("1") / max(len(c), 1) for c in completions]
 
+def ones_then_hang_in_step_4(prompts, completions, trainer_state, **columns):
+    # A step longer than any grace period, while the file "hang" exists: the run is killed inside it.
+    import os, time
+    while trainer_state.global_step >= 3 and os.path.exists("hang"):
+        time.sleep(0.1)
+    return ones(prompts, completions)
+
 def ten_prompts(**kwargs):  # 2 batches of 4 per epoch (2 rows dropped): resumes cross epochs
     from grpo_lightning.data.tasks.arithmetic import load_splits
     train, val = load_splits()
@@ -495,7 +502,9 @@ def test_a_slurm_kill_after_the_grace_period_loses_nothing_saved_and_the_requeue
     ends (a step longer than the grace period). The requeued command (ckpt_path=last) continues from
     the last checkpoint written, and metrics.csv has every step once: the rows logged after that
     checkpoint by the killed run are dropped and logged again."""
-    args = _requeue_args(random_arith_dir, tmp_path, checkpoint_every=2)
+    hanging = "reward.functions.correct.fn=resume_rewards.ones_then_hang_in_step_4"
+    args = [*_requeue_args(random_arith_dir, tmp_path, checkpoint_every=2), hanging]
+    (tmp_path / "hang").touch()
     process = _grpo_train(*args, "trainer.max_steps=400", cwd=tmp_path, extra_path=reward_module)
     _wait_for(tmp_path / "run" / "checkpoints" / "last.ckpt", process)
     deadline = time.monotonic() + 300
@@ -505,13 +514,14 @@ def test_a_slurm_kill_after_the_grace_period_loses_nothing_saved_and_the_requeue
     process.send_signal(signal.SIGTERM)
     process.kill()
     process.communicate(timeout=60)
+    (tmp_path / "hang").unlink()
     saved = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] // 4
     logged = _training_steps(tmp_path / "run")
-    assert max(logged) > saved  # the killed run had logged past its last checkpoint
-    relaunched = _grpo_train(*args, f"trainer.max_steps={max(logged) + 1}", cwd=tmp_path, extra_path=reward_module)
+    assert (saved, logged) == (2, [1, 2, 3])  # the killed run had logged past its last checkpoint
+    relaunched = _grpo_train(*args, "trainer.max_steps=5", cwd=tmp_path, extra_path=reward_module)
     stdout, stderr = relaunched.communicate(timeout=300)
     assert relaunched.returncode == 0, stderr[-3000:]
-    assert _training_steps(tmp_path / "run") == list(range(1, max(logged) + 2))
+    assert _training_steps(tmp_path / "run") == [1, 2, 3, 4, 5]
 
 
 def test_a_resume_with_another_validation_cadence_labels_every_step_once(compose_config, random_arith_dir, tmp_path):
