@@ -1,0 +1,121 @@
+"""Guessing game: a stateful multi-turn environment, following TRL's ``environment_factory`` contract.
+
+The policy is told that a number from 1 to 15 is hidden and finds it with the ``guess`` tool,
+which answers ``"higher"``, ``"lower"`` or ``"correct"``. The environment owns the reward
+(:meth:`GuessingGame.get_reward`): the fewer guesses, the more reward, so binary search (at
+most 4 guesses, 3.27 on average, mean reward 0.62) beats a search that guesses any number
+consistent with the feedback so far (8% of its games need more than :data:`MAX_GUESSES`
+guesses; mean reward 0.49)::
+
+    user       I'm thinking of a number from 1 to 15. Find it. You have 6 guesses.
+    assistant  <tool_call>{"name": "guess", "arguments": {"number": 8}}</tool_call>
+    tool       lower
+    assistant  <tool_call>{"name": "guess", "arguments": {"number": 4}}</tool_call>
+    tool       correct
+
+The secret is the rows' ``secret`` column, which TRL passes to :meth:`GuessingGame.reset` with
+the row's other columns. The shipped warm-start policy (``${asset:agent-policy}``, made by
+``scripts/make_agent_policy.py``) was trained on episodes of the consistent random search, so
+it reads the feedback but does not halve the range, which the reward favours (the README records
+how far a run gets).
+"""
+
+from __future__ import annotations
+
+import random
+
+LOWEST, HIGHEST = 1, 15
+"""The range the secret is drawn from, both ends included."""
+
+MAX_GUESSES = 6
+"""Guesses allowed per game; the game ends, unwon, after this many wrong ones."""
+
+PROMPT = f"I'm thinking of a number from {LOWEST} to {HIGHEST}. Find it."
+
+HIGHER, LOWER, CORRECT = "higher", "lower", "correct"
+GAME_OVER = "the game is over"
+"""What :meth:`GuessingGame.guess` answers once the game has ended."""
+
+
+class GuessingGame:
+    """One game of guess-the-number; TRL builds one per episode with ``GuessingGame()``.
+
+    The public method :meth:`guess` is the policy's only tool; :meth:`reset` and
+    :meth:`get_reward` are called by the rollout, and helpers are private so that they are
+    not taken for tools.
+
+    >>> game = GuessingGame()
+    >>> game.reset(secret=4, prompt=PROMPT)
+    ' You have 6 guesses.'
+    >>> game.guess(8), game.guess(2), game.done, game.guess(4), game.done
+    ('lower', 'higher', False, 'correct', True)
+    >>> round(game.get_reward(), 3)
+    0.667
+    """
+
+    def __init__(self, max_guesses: int = MAX_GUESSES):
+        if max_guesses < 1:
+            raise ValueError(f"max_guesses must be >= 1, got {max_guesses}")
+        self.max_guesses = max_guesses
+        self.secret = LOWEST
+        self.guesses: list[int] = []
+        self.found = False
+
+    def reset(self, secret: int, **row: object) -> str:
+        """Start a new game with the row's ``secret``; returns the text appended to the prompt."""
+        # Rows read back from a file may hold the secret as a string.
+        self.secret = int(secret)
+        self.guesses = []
+        self.found = False
+        return f" You have {self.max_guesses} guesses."
+
+    def guess(self, number: int) -> str:
+        """Guess the hidden number.
+
+        Args:
+            number: The guess, a whole number from 1 to 15.
+
+        Returns:
+            "higher" if the hidden number is higher than the guess, "lower" if it is lower,
+            "correct" if it is the guess.
+        """
+        if self.done:
+            return GAME_OVER
+        self.guesses.append(int(number))
+        if self.guesses[-1] == self.secret:
+            self.found = True
+            return CORRECT
+        return HIGHER if self.secret > self.guesses[-1] else LOWER
+
+    @property
+    def done(self) -> bool:
+        """Whether the game has ended: the number was found or no guess is left."""
+        return self.found or len(self.guesses) >= self.max_guesses
+
+    def get_reward(self) -> float:
+        """1 for finding the number at the first guess, ``1/max_guesses`` less for each further
+        guess, 0 if it was not found."""
+        if not self.found:
+            return 0.0
+        return 1.0 - (len(self.guesses) - 1) / self.max_guesses
+
+
+def load_splits(num_train: int = 3000, num_val: int = 30, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """``data.builder``: rows ``{"prompt": PROMPT, "secret": 7}``.
+
+    The model never sees the secret, so every row's prompt is the same and the rows differ only
+    in their secret: the training secrets are drawn uniformly with ``seed``, and the validation
+    secrets run through the range in order (1, 2, ..., 15, 1, ...) so that a validation pass of
+    a multiple of 15 rows measures every secret equally often.
+
+    >>> train, val = load_splits(num_train=4, num_val=16)
+    >>> [row["secret"] for row in val][-3:], len(train)
+    ([14, 15, 1], 4)
+    """
+    if num_train < 1 or num_val < 1:
+        raise ValueError(f"num_train and num_val must be >= 1, got {num_train} and {num_val}")
+    rng = random.Random(seed)
+    train = [{"prompt": PROMPT, "secret": rng.randint(LOWEST, HIGHEST)} for _ in range(num_train)]
+    size = HIGHEST - LOWEST + 1
+    val = [{"prompt": PROMPT, "secret": LOWEST + i % size} for i in range(num_val)]
+    return train, val
