@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ from grpo_lightning.rewards import WeightedReward
 from grpo_lightning.run.train import train
 from tests.policy.agent_fixtures import chat_tokenizer, script_sampler, scripted_sample, tiny_policy
 from tests.policy.test_agent import Counter, multiply, multiply_script
+from tests.processes import child_env
 
 BATCH = {"prompt": ["What is 12 * 34?", "What is 5 * 6?"], "answer": ["408", "30"]}
 
@@ -263,15 +263,12 @@ def test_two_processes_train_an_agent(tmp_path):
     """trainer=ddp_cpu: each process runs its own episodes; the gradients are averaged."""
     script = tmp_path / "scripted_agent_run.py"
     script.write_text(SCRIPTED_AGENT_RUN)
-    root = str(Path(__file__).resolve().parents[2])
-    env = dict(os.environ, WANDB_MODE="offline", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])
     settings = agent_run_settings(tmp_path) + ["trainer=ddp_cpu", "trainer.max_steps=2", "data.batch_size=2"]
     settings += ["validate_before_training=false", "trainer.limit_val_batches=0"]  # 16 rows: too few to split
     done = subprocess.run(
         [sys.executable, str(script), *settings, f"output_dir={tmp_path}/run", "trainer.enable_progress_bar=false"],
         cwd=tmp_path,
-        env=env,
+        env=child_env(one_thread=True),
         capture_output=True,
         text=True,
         timeout=600,

@@ -9,10 +9,11 @@ import csv
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+
+from tests.processes import child_env
 
 SCRIPT = """
 import sys
@@ -68,17 +69,10 @@ def test_two_processes_agree_on_parameters(trainer, extra, random_arith_dir, tmp
         "reward.functions.correct.fn=tests.signals.alternating",
         *extra,
     ]
-    env = dict(
-        os.environ,
-        WANDB_MODE="offline",
-        HF_HUB_OFFLINE="1",
-        OMP_NUM_THREADS="1",
-        PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]),
-    )
     result = subprocess.run(
         [sys.executable, str(script), str(tmp_path), *overrides],
         cwd=tmp_path,
-        env=env,
+        env=child_env(one_thread=True),
         capture_output=True,
         text=True,
         timeout=600,
