@@ -210,12 +210,10 @@ def training_rows(run_dir) -> dict[int, dict[str, str]]:
     return {int(row["step"]): {k: v for k, v in row.items() if not k.startswith("perf/")} for row in logged}
 
 
-def test_a_resumed_agent_run_has_the_same_episodes_and_updates(compose_config, tmp_path, monkeypatch):
+def test_a_resumed_agent_run_matches_the_uninterrupted_one_bitwise(compose_config, tmp_path, monkeypatch):
     """Through grpo-train's train(), with torch's default threads and tool calls on worker threads.
-
-    The episodes (every count and reward) come out exactly the same; the losses and weights equal to
-    float32 rounding, not bitwise: one CI run under load saw KL and loss differ in the 7th digit at
-    the first resumed step (not reproduced locally), where the single-turn resume tests are bitwise."""
+    The tools' schema makes prompts long enough that torch splits the sum of a shared prompt's
+    gradients across threads: policy/scoring/rows.py keeps its order fixed."""
     monkeypatch.setattr(CausalLMPolicy, "sample_with_logprobs", sample_by_coin_flips)
     common = agent_run_settings(tmp_path)
     train(compose_config(*common, f"output_dir={tmp_path}/full", "trainer.max_steps=4"))
@@ -229,22 +227,17 @@ def test_a_resumed_agent_run_has_the_same_episodes_and_updates(compose_config, t
 
 
 def assert_resumed_like_uninterrupted(full_dir: Path, resumed_dir: Path, steps: tuple[int, ...]) -> None:
-    """The resumed run's ``steps`` logged what the uninterrupted run's did: every episode count and
-    reward exactly, the update's floats (actor/*) to float32 rounding; the last weights likewise."""
+    """The resumed run's ``steps`` logged exactly what the uninterrupted run's did, and its last
+    weights are bitwise the same."""
     full, resumed = training_rows(full_dir), training_rows(resumed_dir)
     for step in steps:
-        assert resumed[step].keys() == full[step].keys()
-        for name, value in full[step].items():
-            if name.startswith("actor/"):
-                assert float(resumed[step][name]) == pytest.approx(float(value), rel=1e-5, abs=1e-9), name
-            else:
-                assert resumed[step][name] == value, f"step {step}: {name} differs after resume"
+        assert resumed[step] == full[step], f"step {step} differs after resume"
     weights = [
         torch.load(d / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"] for d in (full_dir, resumed_dir)
     ]
     assert weights[0].keys() == weights[1].keys()
     for name, weight in weights[0].items():
-        torch.testing.assert_close(weights[1][name], weight, rtol=1e-5, atol=1e-7, msg=name)
+        assert torch.equal(weights[1][name], weight), name
 
 
 SCRIPTED_AGENT_RUN = """

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from grpo_lightning.compat import accelerate_hooked, forward_hook_ids, is_compiled, require_grads_hook_ids
+from grpo_lightning.policy.scoring.rows import add_rows
 
 
 class FusedHeadLogprobs(torch.autograd.Function):
@@ -176,24 +177,13 @@ class TiedWeightGradient:
         """A lookup's backward: its rows' gradients [n, H] at ``ids`` [n] added into the buffer;
         the buffer itself once every lookup has added (None before that)."""
         if self._buffer is None:  # the head took no part in this backward pass
-            return _add_rows(rows.new_zeros(self.embedding.weight.shape), ids, rows)
-        _add_rows(self._buffer, ids, rows)
+            return add_rows(rows.new_zeros(self.embedding.weight.shape), ids, rows)
+        add_rows(self._buffer, ids, rows)
         self._pending -= 1
         if self._pending:
             return None
         weight_grad, self._buffer = self._buffer, None  # autograd then holds the only reference and
         return weight_grad  # accumulates it without a copy
-
-
-def _add_rows(weight_grad: Tensor, ids: Tensor, rows: Tensor) -> Tensor:
-    """``weight_grad[ids] += rows``, repeated ids summed in a fixed order, so that two identical
-    runs give identical gradients: on CUDA index_put_ sorts them (and sums bf16 in float32), as
-    embedding_dense_backward does, where index_add_ uses atomics; on a CPU it is the other way
-    round: index_put_ accumulates from several threads at once (unless torch's deterministic mode
-    is on) and index_add_ walks the ids in order."""
-    if weight_grad.device.type == "cpu":
-        return weight_grad.index_add_(0, ids, rows)
-    return weight_grad.index_put_((ids,), rows, accumulate=True)
 
 
 class _TiedLookup(torch.autograd.Function):

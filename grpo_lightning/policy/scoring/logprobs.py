@@ -33,6 +33,7 @@ from torch.utils.checkpoint import checkpoint
 
 from grpo_lightning.compat import kv_cache_keyword
 from grpo_lightning.policy.scoring.fused_head import FusedHeadLogprobs, TiedWeightGradient, fuses_head
+from grpo_lightning.policy.scoring.rows import select_cache_rows, select_rows
 
 LOGIT_CHUNK_BYTES = {"cpu": 4 * 2**20}
 """Float32 logits per chunk when ``model.logprob_chunk_size`` is automatic, by device type, unless a
@@ -209,7 +210,7 @@ def _predicting_outputs(
         **{cache_keyword: cache},
         use_cache=True,
     )[:, -1:]  # [U, 1, X]
-    cache.batch_select_indices(prompt_of_row)  # every row: its prompt's K/V
+    select_cache_rows(cache, prompt_of_row)  # every row: its prompt's K/V
     attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)  # [B, P+T]
     completion_outputs = run(
         num_completion,
@@ -219,7 +220,7 @@ def _predicting_outputs(
         **{cache_keyword: cache},
         use_cache=True,
     )  # [B, T, X]
-    return torch.cat([prompt_last[prompt_of_row], completion_outputs[:, :-1]], dim=1)  # [B, T, X]
+    return torch.cat([select_rows(prompt_last, prompt_of_row), completion_outputs[:, :-1]], dim=1)  # [B, T, X]
 
 
 def completion_logprobs(
