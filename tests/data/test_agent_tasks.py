@@ -131,6 +131,30 @@ def test_guessing_game_feedback_end_and_reward(secret, guesses, feedback, reward
     assert not game.done and game.guesses == []
 
 
+@pytest.mark.parametrize(
+    ("turns", "secret", "guesses", "reward"),
+    [
+        (["call"], 8, [8], 1.0),  # found at the first turn
+        (["malformed", "call"], 8, [8], 1 - 1 / 6),  # a wasted turn costs what a wrong guess does
+        (["call", "malformed", "malformed", "call"], 4, [8, 4], 1 - 3 / 6),
+        (["call", "answer"], 4, [8], -1 / 6),  # not found: the game's 0, less the wasted turn
+    ],
+)
+def test_the_preset_reward_counts_every_turn(turns, secret, guesses, reward):
+    """agent_guessing's reward (the game's plus wasted_turns): 1 - (turns - 1) / 6 when found."""
+    game = GuessingGame()
+    game.reset(secret=secret)
+    for number in guesses:
+        game.guess(number)
+    messages = [{"role": "user", "content": guessing_game.PROMPT}]
+    for turn in turns:
+        messages.append({"role": "assistant", "content": turn})
+        if turn != "answer":
+            messages.append({"role": "tool", "content": "..."})
+    total = game.get_reward() + guessing_game.wasted_turns(conversations=[messages], environments=[game])[0]
+    assert total == pytest.approx(reward)
+
+
 def test_every_number_is_spelled_digit_by_digit(tokenizer):
     assert tokenizer.tokenize("1234567890") == list("1234567890")
     assert tokenizer.unk_token_id not in tokenizer("-9876543210", add_special_tokens=False)["input_ids"]

@@ -100,6 +100,27 @@ class GuessingGame:
         return 1.0 - (len(self.guesses) - 1) / self.max_guesses
 
 
+def wasted_turns(*, conversations: list[list[dict]], environments: list[GuessingGame], **_: object) -> list[float]:
+    """A reward function: ``-1/max_guesses`` for each assistant turn that was not a guess (a malformed
+    or unknown call, bad arguments, an answer without a call).
+
+    The game only sees the calls that reach :meth:`GuessingGame.guess`, so its own reward leaves a
+    wasted turn free: nothing in it pushes against the malformed calls that sampling makes. With
+    this added (``experiment=agent_guessing`` does), a found number earns
+    ``1 - (turns - 1) / max_guesses``: the fewer turns, the more.
+
+    >>> game = GuessingGame()
+    >>> _ = game.reset(secret=3), game.guess(3)
+    >>> turns = [{"role": "user"}, {"role": "assistant"}, {"role": "tool"}, {"role": "assistant"}, {"role": "tool"}]
+    >>> round(wasted_turns(conversations=[turns], environments=[game])[0], 3)
+    -0.167
+    """
+    return [
+        -(sum(message["role"] == "assistant" for message in messages) - len(game.guesses)) / game.max_guesses
+        for messages, game in zip(conversations, environments)
+    ]
+
+
 def load_splits(num_train: int = 3000, num_val: int = 30, seed: int = 0) -> tuple[list[dict], list[dict]]:
     """``data.builder``: rows ``{"prompt": PROMPT, "secret": 7}``.
 
