@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import string
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from transformers import LlamaConfig, PreTrainedTokenizerFast, Qwen2Config
 from grpo_lightning.config import ConfigError, LoRAConfig, ModelConfig
 from grpo_lightning.policy.causal_lm import CausalLMPolicy
 from grpo_lightning.run.train import load_config, train
+from tests.processes import child_env
 from tests.signals import RANDOM_MODEL_SEED
 
 SPECIAL = ("<pad>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>")
@@ -313,9 +313,7 @@ def test_validation_sampling_logs_pass_at_k_in_bfloat16(llama_dir, prompts_file,
 
 @pytest.mark.slow
 def test_cli_subprocess(llama_dir, prompts_file, tmp_path):
-    env = dict(
-        os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]), WANDB_MODE="offline", HF_HUB_OFFLINE="1"
-    )
+    env = child_env()
     args = [
         "model=hf",
         f"model.name_or_path={llama_dir}",

@@ -10,7 +10,6 @@ GRPOModule._update_policy does, under real DDP; the last test checks that the mo
 it that way (with a stand-in for the other process).
 """
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 import torch
 
 from grpo_lightning.algo.advantages import batch_advantages, compute_advantages, token_level_advantages
+from tests.processes import child_env
 
 REWARDS = torch.tensor([1.0, 0.0, 0.5, 0.5, 3.0, 1.0, 0.0, 2.0])  # [8], 4 groups of 2
 TOKEN_REWARDS = torch.arange(24, dtype=torch.float).view(8, 3) % 5  # [8, 3]
@@ -96,11 +96,7 @@ def _run_two_processes(tmp_path: Path) -> list[dict]:
     )
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS="1",
-        PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]),
-    )
+    env = child_env(one_thread=True)
     store = tmp_path / "store"
     workers = [
         subprocess.Popen(

@@ -16,6 +16,7 @@ from grpo_lightning.data.sampler import ResumableSampler
 from grpo_lightning.run.checkpoints import AtomicCheckpointIO
 from grpo_lightning.run.resume import capture_rng_state, restore_rng_state
 from grpo_lightning.run.train import train
+from tests.processes import child_env
 
 # A reward with spread inside groups (so advantages and updates are non-zero even for a random
 # policy): the share of the digit 1 in the completion.
@@ -154,7 +155,7 @@ def test_grpo_train_on_a_full_disk_ends_with_one_line_and_resumes(random_arith_d
         "trainer.max_steps=3",
         "ckpt_path=last",
     ]
-    env = dict(os.environ, WANDB_MODE="offline", HF_HUB_OFFLINE="1")
+    env = child_env()
     done = subprocess.run(
         [sys.executable, str(script), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )
@@ -394,13 +395,7 @@ def test_two_process_resume_matches_uninterrupted(tmp_path):
         "reward.functions.correct.fn=tests.signals.alternating",
         "algorithm.entropy_coef=0.01",
     ]
-    env = dict(
-        os.environ,
-        WANDB_MODE="offline",
-        HF_HUB_OFFLINE="1",
-        OMP_NUM_THREADS="1",
-        PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]),
-    )
+    env = child_env(one_thread=True)
 
     def run(*args):
         done = subprocess.run(

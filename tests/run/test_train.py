@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from grpo_lightning.run.train import train
+from tests.processes import child_env
 
 REQUIRED_METRICS = [
     "actor/policy_loss",
@@ -151,7 +152,7 @@ def test_several_iterations_and_mini_batches_count_training_steps(compose_config
 
 
 def _grpo_train(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, WANDB_MODE="offline", HF_HUB_OFFLINE="1")
+    env = child_env()
     return subprocess.run(
         [sys.executable, "-m", "grpo_lightning.run.train", *args],
         cwd=cwd,

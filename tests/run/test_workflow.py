@@ -1,7 +1,6 @@
 """Experiment workflow: W&B tables, optimized metric and sweeps, progress lines, plots, config groups."""
 
 import json
-import os
 import struct
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from grpo_lightning.run.plots import (
 from grpo_lightning.run.progress import ConsoleLog, step_summary
 from grpo_lightning.run.train import check_optimized_metric, load_config, optimized_value, train
 from grpo_lightning.types import RolloutSample
+from tests.processes import child_env
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -148,7 +148,7 @@ def test_optimized_value_returns_the_metric_and_is_loud_when_missing():
 
 
 def _grpo_train(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, WANDB_MODE="offline", HF_HUB_OFFLINE="1")
+    env = child_env()
     return subprocess.run(
         [sys.executable, "-m", "grpo_lightning.run.train", *args],
         cwd=cwd,
