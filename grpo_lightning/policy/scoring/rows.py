@@ -8,7 +8,8 @@ repeated indices with one of two kernels: ``index_add_`` (the backward of ``inde
 the indices in order and ``index_put_`` adds from several threads at once, so where three or more
 rows share an index the sum's rounding depends on thread timing (it did in our agent runs, whose
 long tool prompts pass the size where torch splits the work). On CUDA it is the other way round:
-``index_put_`` sorts the indices and ``index_add_`` uses atomics. The functions here take the
+``index_put_`` sorts the indices (and sums bf16 in float32, as the embedding's own backward does)
+and ``index_add_`` uses atomics. The functions here take the
 deterministic kernel on each device (torch's deterministic mode is not needed, nor changed).
 """
 
