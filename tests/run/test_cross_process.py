@@ -29,6 +29,8 @@ FEATURES = torch.linspace(-1, 1, 8 * 3 * 2).view(8, 3, 2)  # [8, 3, 2] a token's
 
 WORKER = """
 import datetime
+import gc
+import os
 import sys
 import pytest
 import torch
@@ -85,7 +87,17 @@ tokens = sample_with_kv_cache(model, prompt, torch.ones_like(prompt), max_new_to
                               pad_token_id=0, lockstep=all_agree)
 result["calls"], result["tokens"] = len(calls), tokens
 torch.save(result, f"{out}/rank{rank}.pt")
+
+# DDP's reducer keeps the group and its last gradient all-reduce alive; left to the interpreter's
+# finalization, gloo frees those tensors without the GIL and aborts the process (SIGABRT, "terminate
+# called without an active exception": once in a CI run). Release it first, leave together, and skip
+# finalization: what this worker had to say is on disk.
+del ddp
+gc.collect()
+dist.barrier()
 dist.destroy_process_group()
+sys.stdout.flush()
+os._exit(0)
 """
 
 
