@@ -80,8 +80,8 @@ from grpo_lightning.types import (
 
 DEFAULT_MAX_GENERATION_ROUNDS = 3
 GAMMA_UNUSED = (
-    "algorithm.gamma only applies to token-level rewards (external batches with token_rewards) and "
-    "per-token estimators (reinforce_pp); generated rollouts have outcome rewards only"
+    "algorithm.gamma only applies to token-level rewards (external batches with token_rewards, an agent's "
+    "turn rewards) and per-token estimators (reinforce_pp); these rollouts have outcome rewards only"
 )
 
 NOTHING_TO_CORRECT = (
@@ -308,9 +308,6 @@ class GRPOModule(L.LightningModule):
     def _generate_experience(self, batch: dict[str, list[Any]]) -> Experience:
         """Sample and score; with dynamic sampling, more rounds until the groups carry signal."""
         alg = self.algorithm
-        if alg.gamma != 1.0 and alg.adv_estimator not in PER_TOKEN and not self._warned_gamma:
-            warnings.warn(GAMMA_UNUSED, stacklevel=2)
-            self._warned_gamma = True
 
         def draw(round_index: int):
             prompts = batch if round_index == 0 else self._more_prompts(batch)
@@ -324,12 +321,12 @@ class GRPOModule(L.LightningModule):
                 penalty = overlong_penalty(
                     rollout.lengths, self.max_completion_length, buffer, alg.overlong_penalty_factor
                 )  # [B]
-                scores = replace(scores, total=scores.total + penalty, unshaped=scores.total)
+                scores = scores.with_penalty(penalty)
                 self.train_means.update({"reward/overlong_penalty": penalty.mean()}, weight=penalty.numel())
             return rollout, scores
 
         if not alg.filter_zero_std_groups:
-            return experience_from_rollout(*draw(0), alg.group_size)
+            return self._gamma_checked(experience_from_rollout(*draw(0), alg.group_size))
         rounds_cap = alg.max_generation_rounds or DEFAULT_MAX_GENERATION_ROUNDS
         rollout, scores, rounds, kept = dynamic_sample(
             draw,
@@ -340,7 +337,16 @@ class GRPOModule(L.LightningModule):
             filter_groups_by=alg.filter_groups_by,
         )
         self.train_means.update({"sampling/rounds": rounds, "sampling/kept_group_frac": kept})
-        return experience_from_rollout(rollout, scores, alg.group_size)
+        return self._gamma_checked(experience_from_rollout(rollout, scores, alg.group_size))
+
+    def _gamma_checked(self, experience: Experience) -> Experience:
+        """Warn once where algorithm.gamma is set and this experience has nothing it discounts."""
+        alg = self.algorithm
+        turn_rewards = experience.scores is not None and experience.scores.turn_rewards is not None
+        if alg.gamma != 1.0 and alg.adv_estimator not in PER_TOKEN and not turn_rewards and not self._warned_gamma:
+            warnings.warn(GAMMA_UNUSED, stacklevel=3)
+            self._warned_gamma = True
+        return experience
 
     def _more_prompts(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
         """The next batch of prompts for another dynamic-sampling round (data.datamodule.refill_stream)."""
@@ -386,6 +392,7 @@ class GRPOModule(L.LightningModule):
             device=self.device,
             completion_ids=completion_ids,
             context=context,
+            turns=None if rollout.episodes is None else [episode.turns for episode in rollout.episodes],
         )
         self.logged_by_rewards.append(scores.logged_metrics)
         return scores

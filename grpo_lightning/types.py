@@ -121,6 +121,17 @@ class RewardScores:
     # What the functions logged in this call (TRL's log_metric / log_extra keyword arguments):
     logged_metrics: dict[str, float] = field(default_factory=dict)  # metric -> mean of the values logged
     extra_columns: dict[str, list[Any]] = field(default_factory=dict)  # column -> [B] values for the completions table
+    # Agents' turn rewards (rewards/__init__.py): [B] the weighted reward of each assistant turn, the
+    # episode's other rewards on its last turn, each row summing to its total; None: outcome rewards only.
+    turn_rewards: Optional[list[Optional[list[float]]]] = None
+
+    def with_penalty(self, penalty: Tensor) -> "RewardScores":
+        """These scores with ``penalty`` [B] added to each total (a reward shaping; on the last turn
+        where there are turn rewards), the total before it kept as ``unshaped``."""
+        turns = self.turn_rewards
+        if turns is not None:
+            turns = [None if t is None else [*t[:-1], t[-1] + float(p)] for t, p in zip(turns, penalty.tolist())]
+        return replace(self, total=self.total + penalty, unshaped=self.total, turn_rewards=turns)
 
 
 @dataclass

@@ -525,6 +525,12 @@ def batch_advantages(
     reward function's scores [K, B], weights [K] and where each applied [K, B], for a per-reward
     estimator."""
     if estimator in PER_REWARD:
+        if token_rewards is not None:
+            raise ValueError(
+                f"algorithm.adv_estimator={estimator} normalizes each reward function's episode score; this batch "
+                "carries token-level rewards (an agent's turn rewards, or token_rewards), which it would drop: use "
+                "adv_estimator=grpo, or return one reward per episode"
+            )
         if reward_parts is None:
             raise ValueError(
                 f"algorithm.adv_estimator={estimator} needs each reward function's scores; this batch has only "

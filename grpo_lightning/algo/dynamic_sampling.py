@@ -91,6 +91,7 @@ def _select_groups(
         unshaped=None if scores.unshaped is None else scores.unshaped[rows],
         weights=scores.weights,
         extra_columns={k: [v[i] for i in index] for k, v in scores.extra_columns.items()},
+        turn_rewards=None if scores.turn_rewards is None else [scores.turn_rewards[i] for i in index],
     )
     return picked, picked_scores
 
@@ -129,6 +130,10 @@ def concat(parts: list[tuple[Rollout, RewardScores]], group_size: int) -> tuple[
             k: sum((s.extra_columns.get(k, [None] * s.total.numel()) for s in scores), [])
             for k in dict.fromkeys(k for s in scores for k in s.extra_columns)
         },
+        # A round whose functions all returned episode rewards has outcome rows (None) only.
+        turn_rewards=None
+        if all(s.turn_rewards is None for s in scores)
+        else sum((s.turn_rewards or [None] * s.total.numel() for s in scores), []),
     )
     return rollout, total
 

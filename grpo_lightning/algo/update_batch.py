@@ -18,6 +18,7 @@ from grpo_lightning.algo.advantages import (
 )
 from grpo_lightning.algo.correction import correct_advantages
 from grpo_lightning.algo.kl import KLEstimator, kl_penalized_rewards
+from grpo_lightning.algo.turns import turn_token_rewards
 from grpo_lightning.types import Experience, TokenBatch, UpdateBatch
 
 Score = Callable[[TokenBatch, bool], Tensor]
@@ -53,6 +54,15 @@ def reward_parts(experience: Experience) -> Optional[tuple[Tensor, Tensor, Tenso
     return parts, weights, applicable
 
 
+def experience_token_rewards(experience: Experience) -> tuple[Optional[Tensor], Optional[Tensor]]:
+    """The experience's token rewards [B, T] and where its steps end [B, T]: the batch's own
+    (rollouts from elsewhere), an agent's turn rewards placed on its turns (algo/turns.py), or None."""
+    turn_rewards = experience.scores.turn_rewards if experience.scores is not None else None
+    if experience.token_rewards is not None or turn_rewards is None:
+        return experience.token_rewards, experience.token_reward_mask
+    return turn_token_rewards(turn_rewards, experience.rewards, experience.tokens.completion_mask)
+
+
 def prepare_update(
     experience: Experience, alg: Any, score: Score, kl_estimator: KLEstimator
 ) -> tuple[UpdateBatch, dict[str, Tensor]]:
@@ -76,10 +86,11 @@ def prepare_update(
         ref = score(tokens, True)
     mask = tokens.completion_mask.float()  # [B, T]
     rewards, logged = experience.rewards, {}
+    given_token_rewards, step_mask = experience_token_rewards(experience)
     token_rewards = estimator_token_rewards(
         alg.adv_estimator,
         rewards,
-        experience.token_rewards,
+        given_token_rewards,
         mask,
         kl_in_reward=alg.kl_in_reward,
         token_advantage=alg.token_advantage,
@@ -102,7 +113,7 @@ def prepare_update(
         scale_rewards=resolve_scale_rewards(alg.scale_rewards, alg.normalize_by_std),
         gamma=alg.gamma,
         token_advantage=alg.token_advantage,
-        step_mask=experience.token_reward_mask,
+        step_mask=step_mask,
         reward_parts=reward_parts(experience) if alg.adv_estimator in PER_REWARD else None,
     )  # [B] or [B, T]
     if correcting:

@@ -22,6 +22,12 @@ as TRL 1.16's GRPOTrainer calls it, with keyword arguments only::
   (``trainer_state``; a multi-turn rollout's ``environments`` and ``conversations`` [B]).
 * A required parameter the call cannot fill (e.g. TRL's ``solution`` without that column) is a
   :class:`RewardError` naming it.
+* Turn rewards (ours; TRL has none): for the episodes of an agent (multi-turn rollouts), a function
+  may return, for an episode, a list with one number per assistant turn instead of one number.
+  The episode's reward is their sum (weighted like any other); each turn's reward sits on that
+  turn's last sampled token and the rewards of the other functions on the last turn's, so the
+  group estimators credit each turn with the rewards from it on (``algorithm.token_advantage``;
+  algo/turns.py) rather than with the whole episode's. A list of another length is an error.
 * ``async def`` functions (or objects with an async ``__call__``) are awaited together with
   ``asyncio.gather`` after the others, each under ``reward.timeout_s``, on a private event loop
   in a thread of its own, so calling from a thread that runs a loop (Jupyter) works.

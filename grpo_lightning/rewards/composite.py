@@ -123,10 +123,13 @@ class WeightedReward:
         *,
         completion_ids: Optional[list[list[int]]] = None,
         context: Optional[dict[str, Any]] = None,
+        turns: Optional[list[int]] = None,
     ) -> RewardScores:
         """Score a batch: ``prompts`` [B] and ``completions`` [B] (texts or message lists), every
         dataset column [B]; ``completion_ids`` [B] the sampled token ids; ``context`` further keyword
-        arguments (e.g. ``trainer_state``, or ``environments`` [B] of a multi-turn rollout)."""
+        arguments (e.g. ``trainer_state``, or ``environments`` [B] of a multi-turn rollout); ``turns``
+        [B] the assistant turns of each episode of a multi-turn rollout, where a function may return
+        one reward per turn (the package docstring)."""
         self.to(device)  # learned rewards run where the policy does
         batch = _Batch(prompts, completions, columns, _extras(completions, columns, completion_ids, context))
         logs = _Logs()
@@ -138,17 +141,29 @@ class WeightedReward:
         values |= self._call_async([name for name in self.functions if self._shapes[name].is_async], batch, logs)
         total = torch.zeros(len(completions), dtype=torch.float32)
         per_function, applicable, non_finite = {}, {}, {}
+        turn_parts: list[list[float]] = [[0.0] * n for n in turns] if turns is not None else []  # [B][turns]
+        outcome_parts = [0.0] * len(completions)  # [B] what the functions returned per episode, weighted
+        any_per_turn = False
         for name, (_, weight) in self.functions.items():  # in the configured order, async ones included
-            function_values = self._checked(name, values[name], batch)
+            function_values = self._checked(name, values[name], batch, turns)
             if self.non_finite == "zero":
-                non_finite[name] = sum(v is not None and not math.isfinite(float(v)) for v in function_values)
-                function_values = [0.0 if v is not None and not math.isfinite(float(v)) else v for v in function_values]
+                non_finite[name] = sum(_count_non_finite(v) for v in function_values)
+                function_values = [_zero_non_finite(v) for v in function_values]
+            for row, value in enumerate(function_values):
+                if isinstance(value, list):
+                    any_per_turn = True
+                    turn_parts[row] = [part + weight * turn for part, turn in zip(turn_parts[row], value)]
+                elif value is not None:
+                    outcome_parts[row] += weight * float(value)
             mask = torch.tensor([v is not None for v in function_values])
-            scores = torch.tensor([0.0 if v is None else float(v) for v in function_values], dtype=torch.float32)
+            scores = torch.tensor([_episode_value(v) for v in function_values], dtype=torch.float32)
             total += weight * scores
             per_function[name], applicable[name] = scores.to(device), mask.to(device)
         weights = {name: weight for name, (_, weight) in self.functions.items()}
         logged_metrics, extra_columns = _logged(logs, self.names, len(completions))
+        turn_rewards = None
+        if any_per_turn:  # the episode rewards on the last turn
+            turn_rewards = [[*parts[:-1], parts[-1] + outcome] for parts, outcome in zip(turn_parts, outcome_parts)]
         return RewardScores(
             total.to(device),
             per_function,
@@ -157,6 +172,7 @@ class WeightedReward:
             weights=weights,
             logged_metrics=logged_metrics,
             extra_columns=extra_columns,
+            turn_rewards=turn_rewards,
         )
 
     def _call_sync(self, name: str, fn: RewardFunction, batch: _Batch, logs: _Logs) -> list[Any]:
@@ -224,40 +240,37 @@ class WeightedReward:
                 weakref.finalize(self, self._background.stop)
             return self._background
 
-    def _checked(self, name: str, values: list[Any], batch: _Batch) -> list[Optional[float]]:
-        """The function's values, refused loudly where they cannot be rewards."""
+    def _checked(
+        self, name: str, values: list[Any], batch: _Batch, turns: Optional[list[int]]
+    ) -> list[Optional[float | list[float]]]:
+        """The function's values (a list of per-turn numbers where ``turns`` allows one), refused
+        loudly where they cannot be rewards."""
         prompts, completions = batch.prompts, batch.completions
         if len(values) != len(completions):
             raise RewardError(
                 f"reward function {name!r} returned {len(values)} values for "
                 f"{len(completions)} completions; it must return one per completion"
             )
+        checked: list[Optional[float | list[float]]] = []
         for index, value in enumerate(values):
             if value is None:
-                continue
-            if isinstance(value, (str, bytes)):  # float("1") would take it, and hide a bug
-                raise RewardError(
-                    f"reward function {name!r} returned the string {value!r} for prompt {quoted(prompts[index])}; "
-                    "return a float or None"
-                )
-            try:
-                number = float(value)
-            except (TypeError, ValueError):
-                raise RewardError(
-                    f"reward function {name!r} returned {value!r} ({type(value).__name__}) "
-                    f"for prompt {quoted(prompts[index])}; return a float or None"
-                ) from None
-            if not math.isfinite(number) and self.non_finite != "zero":
-                raise RewardError(
-                    f"reward function {name!r} returned {number} for prompt "
-                    f"{quoted(prompts[index])}; rewards must be finite (or set "
-                    "reward.non_finite=zero to score such completions 0)"
-                )
-            if math.isfinite(number) and abs(number) > FLOAT32_MAX:
-                raise RewardError(
-                    f"reward function {name!r} returned {number} for prompt {quoted(prompts[index])}, beyond "
-                    f"float32's range (+-{FLOAT32_MAX:.3g}) in which rewards are summed; scale it down"
-                )
+                checked.append(None)
+            elif isinstance(value, (list, tuple)):
+                if turns is None:
+                    raise RewardError(
+                        f"reward function {name!r} returned a list for prompt {quoted(prompts[index])}; one "
+                        "reward per turn is for agent episodes only (agent.tools / agent.environment): return a float "
+                        "or None"
+                    )
+                if len(value) != turns[index]:
+                    raise RewardError(
+                        f"reward function {name!r} returned {len(value)} turn rewards for an episode of "
+                        f"{turns[index]} assistant turns (prompt {quoted(prompts[index])}); return one per assistant "
+                        "turn, or one float for the whole episode"
+                    )
+                checked.append([self._number(name, turn, prompts[index]) for turn in value])
+            else:
+                checked.append(self._number(name, value, prompts[index]))
         if values and all(value is None for value in values) and name not in _WARNED_ALL_NONE:
             _WARNED_ALL_NONE.add(name)
             warnings.warn(
@@ -265,7 +278,53 @@ class WeightedReward:
                 "it adds nothing to the reward there; check that it receives the columns it reads",
                 stacklevel=2,
             )
-        return values
+        return checked
+
+    def _number(self, name: str, value: Any, prompt: Conversation) -> float:
+        """One reward as a float, refused loudly where it cannot be one."""
+        if isinstance(value, (str, bytes)):  # float("1") would take it, and hide a bug
+            raise RewardError(
+                f"reward function {name!r} returned the string {value!r} for prompt {quoted(prompt)}; "
+                "return a float or None"
+            )
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise RewardError(
+                f"reward function {name!r} returned {value!r} ({type(value).__name__}) "
+                f"for prompt {quoted(prompt)}; return a float or None"
+            ) from None
+        if not math.isfinite(number) and self.non_finite != "zero":
+            raise RewardError(
+                f"reward function {name!r} returned {number} for prompt "
+                f"{quoted(prompt)}; rewards must be finite (or set "
+                "reward.non_finite=zero to score such completions 0)"
+            )
+        if math.isfinite(number) and abs(number) > FLOAT32_MAX:
+            raise RewardError(
+                f"reward function {name!r} returned {number} for prompt {quoted(prompt)}, beyond "
+                f"float32's range (+-{FLOAT32_MAX:.3g}) in which rewards are summed; scale it down"
+            )
+        return number
+
+
+def _count_non_finite(value: Optional[float | list[float]]) -> int:
+    numbers = value if isinstance(value, list) else [] if value is None else [value]
+    return sum(not math.isfinite(number) for number in numbers)
+
+
+def _zero_non_finite(value: Optional[float | list[float]]) -> Optional[float | list[float]]:
+    """``reward.non_finite=zero``: NaN or inf scored 0 (each turn's on its own)."""
+    if isinstance(value, list):
+        return [number if math.isfinite(number) else 0.0 for number in value]
+    return value if value is None or math.isfinite(value) else 0.0
+
+
+def _episode_value(value: Optional[float | list[float]]) -> float:
+    """A function's reward of one episode: its turns' sum; 0 where not applicable."""
+    if value is None:
+        return 0.0
+    return math.fsum(value) if isinstance(value, list) else value
 
 
 _WARNED_ALL_NONE: set[str] = set()  # once per function and process

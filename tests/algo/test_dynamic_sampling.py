@@ -1,6 +1,7 @@
 """DAPO dynamic sampling, with rewards that make some groups constant; overlong shaping."""
 
 import csv
+from dataclasses import replace
 
 import pytest
 import torch
@@ -58,6 +59,15 @@ def test_constant_groups_are_replaced_by_later_rounds():
     assert rollout.tokens.prompt_ids.shape == (6, 5) and rollout.tokens.completion_ids.shape == (6, 4)
     assert rollout.tokens.prompt_mask[0].tolist() == [0, 0, 1, 1, 1]
     assert rollout.tokens.completion_mask[0].tolist() == [1, 1, 0, 0]
+
+
+def test_turn_rewards_follow_their_episodes_through_the_rounds():
+    first, second = _scored([[1, 1], [0, 1]], "a", 2, 2), _scored([[2, 0], [3, 3]], "b", 2, 2)
+    first = (first[0], replace(first[1], turn_rewards=[[1.0], [0.5, 0.5], [-1.0, 1.0], [1.0]]))
+    rounds = [first, second]  # the second round's functions returned episode rewards only
+    rollout, scores, _, _ = dynamic_sample(lambda i: rounds[i], num_groups=2, group_size=G, max_rounds=2)
+    assert rollout.prompts == ["a1", "a1", "b0", "b0"]
+    assert scores.turn_rewards == [[-1.0, 1.0], [1.0], None, None]
 
 
 def test_short_batch_is_filled_with_dropped_groups_after_the_last_round():

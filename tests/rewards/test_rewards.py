@@ -80,6 +80,32 @@ def test_bad_return_values_fail_loudly(bad, message):
         WeightedReward({"bad": (bad, 1.0)})(["a", "b"], ["x", "y"], {})
 
 
+def test_turn_rewards_of_agent_episodes_add_up_by_turn():
+    per_turn = (lambda p, c, **k: [[0.5, 1.0], None, [math.nan]], 2.0)
+    per_episode = (lambda p, c, **k: [1.0, 3.0, 0.25], 1.0)
+    reward = WeightedReward({"turns": per_turn, "episode": per_episode}, non_finite="zero")
+    scores = reward(["a", "b", "c"], ["x", "y", "z"], {}, turns=[2, 3, 1])
+    # Each turn weighted, the episode's other rewards on its last turn; a row's turns sum to its total.
+    assert scores.turn_rewards == [[1.0, 3.0], [0.0, 0.0, 3.0], [0.25]]
+    assert scores.total.tolist() == [4.0, 3.0, 0.25] and scores.per_function["turns"].tolist() == [1.5, 0.0, 0.0]
+    assert scores.non_finite == {"turns": 1, "episode": 0}
+    episode_only = WeightedReward({"episode": per_episode})
+    assert episode_only(["a", "b", "c"], ["x", "y", "z"], {}, turns=[2, 3, 1]).turn_rewards is None
+
+
+@pytest.mark.parametrize(
+    "turns, message",
+    [
+        (None, "returned a list for prompt 'a'; one reward per turn is for agent episodes only"),
+        ([1], "returned 2 turn rewards for an episode of 1 assistant turns"),
+        ([2], "returned nan for prompt 'a'"),
+    ],
+)
+def test_turn_rewards_that_do_not_fit_fail_loudly(turns, message):
+    with pytest.raises(RewardError, match=message):
+        WeightedReward({"bad": (lambda p, c, **k: [[1.0, math.nan]], 1.0)})(["a"], ["x"], {}, turns=turns)
+
+
 def test_booleans_and_ints_are_numbers():
     scores = WeightedReward({"b": (lambda p, c, **k: [True, 0], 1.0)})(["a", "b"], ["x", "y"], {})
     assert scores.total.tolist() == [1.0, 0.0]

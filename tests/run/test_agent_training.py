@@ -107,6 +107,34 @@ def test_an_environment_that_owns_its_reward(tmp_path):
     assert trainer.callback_metrics["agent/ended_by/environment"].item() == 1
 
 
+def test_turn_rewards_credit_each_turn_with_what_follows_it(tmp_path, monkeypatch):
+    policy = tiny_policy(chat_tokenizer())
+    script_sampler(policy, lambda context: '<tool_call>{"name": "add", "arguments": {"amount": 2}}</tool_call>')
+
+    def first_turn_of_even_rows(conversations, **kwargs):
+        turns = [sum(message["role"] == "assistant" for message in messages) for messages in conversations]
+        return [[float(row % 2 == 0 and turn == 0) for turn in range(count)] for row, count in enumerate(turns)]
+
+    reward = WeightedReward({"first": (first_turn_of_even_rows, 1.0)})
+    algorithm = GRPOConfig(group_size=2, scale_rewards="none", beta=0.0, entropy_coef=0.0)
+    generation = GenerationConfig(max_new_tokens=96)
+    module = GRPOModule(policy, reward, algorithm=algorithm, generation=generation, agent=Agent(environment=Counter))
+    updates = []
+    prepare = GRPOModule._prepare_update
+    monkeypatch.setattr(GRPOModule, "_prepare_update", lambda self, e: updates.append(prepare(self, e)) or updates[-1])
+    trainer = fit(module, {"prompt": ["Count."], "target": [4]}, 1, tmp_path)
+    # Two turns each (2 + 2 = 4 ends it); Counter's own reward, 1, sits on the last turn: turns
+    # [1, 1] and [0, 1], mean 0.75, so row 0's turns are credited 0.25 + 0.25 and 0.25, row 1's
+    # -0.75 + 0.25 and 0.25: the second turn does not answer for the first.
+    assert trainer.callback_metrics["reward/mean"].item() == 1.5
+    update = updates[0]
+    sampled = update.completion_mask.bool()
+    first_turn = sampled & (sampled.long().cumsum(dim=1) <= sampled.sum(dim=1, keepdim=True) // 2)
+    assert update.advantages.shape == sampled.shape
+    expected = torch.where(first_turn, torch.tensor([[0.5], [-0.5]]), torch.tensor([[0.25], [0.25]]))
+    torch.testing.assert_close(update.advantages[sampled], expected[sampled])
+
+
 ESTIMATORS = sorted(name for name in ADV_ESTIMATORS if name not in PER_REWARD)
 
 
