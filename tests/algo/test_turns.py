@@ -28,23 +28,28 @@ def test_turn_rewards_sit_on_turn_ends_and_whole_episode_rewards_on_the_last():
         turn_token_rewards([[0.0, 0.0, 1.0], None], torch.tensor([1.0, 0.0]), MASK)
 
 
+def advantages_of_turns(estimator: str, **options) -> torch.Tensor:
+    """Advantages of MASK's two episodes, turns rewarded [-0.25, 1] and [0.5]."""
+    token_rewards, steps = turn_token_rewards([[-0.25, 1.0], [0.5]], torch.tensor([0.75, 0.5]), MASK)
+    return batch_advantages(
+        torch.tensor([0.75, 0.5]),
+        token_rewards,
+        MASK.float(),
+        estimator=estimator,
+        group_ids=torch.tensor([0, 0]),
+        group_size=2,
+        eps=1e-6,
+        gamma=1.0,
+        step_mask=steps,
+        **options,
+    )
+
+
 def test_each_turn_is_credited_with_the_rewards_from_it_on():
     # Row 0: turns rewarded -0.25 then 1; row 1: one turn rewarded 0.5. Steps {-0.25, 1, 0.5}, mean 0.4167:
     # centred -0.6667, 0.5833 and 0.0833. Row 0's first turn gets -0.6667 + 0.5833 = -0.0833, its
     # second 0.5833 (the first turn's reward is not charged to it); row 1's one turn 0.0833.
-    token_rewards, steps = turn_token_rewards([[-0.25, 1.0], [0.5]], torch.tensor([0.75, 0.5]), MASK)
-    advantages = batch_advantages(
-        torch.tensor([0.75, 0.5]),
-        token_rewards,
-        MASK.float(),
-        estimator="grpo",
-        group_ids=torch.tensor([0, 0]),
-        group_size=2,
-        eps=1e-6,
-        scale_rewards="none",
-        gamma=1.0,
-        step_mask=steps,
-    )  # [2, 6]
+    advantages = advantages_of_turns("grpo", scale_rewards="none")  # [2, 6]
     sampled = MASK.bool()
     expected = torch.tensor([[-1 / 12, -1 / 12, 0, 0, 7 / 12, 0], [1 / 12, 1 / 12, 1 / 12, 0, 0, 0]])
     torch.testing.assert_close(advantages[sampled], expected[sampled])
@@ -71,19 +76,6 @@ def test_a_reward_shaping_penalty_lands_on_the_last_turn():
 
 
 def test_per_reward_estimators_refuse_token_rewards():
-    token_rewards, steps = turn_token_rewards([[-0.25, 1.0], [0.5]], torch.tensor([0.75, 0.5]), MASK)
     parts = (torch.tensor([[0.75, 0.5]]), torch.tensor([1.0]), torch.tensor([[True, True]]))
     with pytest.raises(ValueError, match="adv_estimator=gdpo .* would drop"):
-        batch_advantages(
-            torch.tensor([0.75, 0.5]),
-            token_rewards,
-            MASK.float(),
-            estimator="gdpo",
-            group_ids=torch.tensor([0, 0]),
-            group_size=2,
-            eps=1e-6,
-            scale_rewards="group",
-            gamma=1.0,
-            step_mask=steps,
-            reward_parts=parts,
-        )
+        advantages_of_turns("gdpo", scale_rewards="group", reward_parts=parts)
