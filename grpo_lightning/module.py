@@ -130,7 +130,7 @@ class GRPOModule(L.LightningModule):
         if agent is not None:
             agent.limits.check_generation(gen)
             agent.check_policy(policy)
-            reward.add_functions(agent.reward_functions())
+            reward.add_functions(agent.reward_functions(), weight=agent.limits.environment_reward_weight)
         self.max_training_steps: Optional[int] = None  # trainer.max_steps in training steps (grpo-train sets it)
         self.optim = optim or OptimConfig()
         self.checkpoint_contents = checkpoint or CheckpointConfig()

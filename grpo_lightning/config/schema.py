@@ -517,6 +517,10 @@ class AgentConfig:
     no arguments once per episode, ``reset(**row)`` gives the first observation, its public methods
     are tools, and an optional ``get_reward()`` adds the environment's reward
     (grpo_lightning/policy/agent/environments.py)."""
+    environment_reward_weight: float = 1.0
+    """Weight of the environment's own reward (``get_reward``) in the total. TRL adds it with weight 1;
+    0 keeps it logged (``reward/<Class>/mean``, in validation too) without training on it, for runs
+    whose reward functions reshape it, e.g. into turn rewards (grpo_lightning/rewards)."""
     max_turns: int = 4
     """Assistant turns per episode."""
     max_tool_calls: int = 8
@@ -559,6 +563,10 @@ class AgentConfig:
         for name in ("max_tokens_per_turn", "max_total_tokens"):
             value = getattr(self, name)
             _require(value is None or value >= 1, f"agent.{name} must be >= 1 or null (got {value})")
+        _require(
+            math.isfinite(self.environment_reward_weight),
+            f"agent.environment_reward_weight must be finite (got {self.environment_reward_weight})",
+        )
         _require(
             math.isfinite(self.tool_timeout_s) and self.tool_timeout_s > 0,
             f"agent.tool_timeout_s must be > 0 seconds (got {self.tool_timeout_s})",

@@ -60,12 +60,14 @@ class WeightedReward:
         self._background: Optional[_BackgroundLoop] = None  # started by the first async function's call
 
     @classmethod
-    def from_config(cls, cfg: RewardConfig, added: Optional[dict[str, RewardFunction]] = None) -> "WeightedReward":
+    def from_config(
+        cls, cfg: RewardConfig, added: Optional[dict[str, RewardFunction]] = None, added_weight: float = 1.0
+    ) -> "WeightedReward":
         """A function is bound to its kwargs, checked first by its ``check_kwargs`` attribute where it
         has one; a class (e.g. RewardModel, which loads a model once) is instantiated with them and
-        the instance is the function. ``added``: more functions, weight 1 each (an agent
+        the instance is the function. ``added``: more functions, ``added_weight`` each (an agent
         environment's own reward, policy/agent/environments.py)."""
-        functions = {name: (fn, 1.0) for name, fn in (added or {}).items()}
+        functions = {name: (fn, added_weight) for name, fn in (added or {}).items()}
         for name, spec in cfg.functions.items():
             fn = import_object(spec.fn, f"reward.functions.{name}.fn")
             if not callable(fn):
@@ -92,12 +94,12 @@ class WeightedReward:
             functions[name] = (fn, float(spec.weight))
         return cls(functions, non_finite=cfg.non_finite, timeout_s=cfg.timeout_s)
 
-    def add_functions(self, functions: dict[str, RewardFunction]) -> None:
-        """Add functions of weight 1 that are not here yet (by name): an agent environment's own
+    def add_functions(self, functions: dict[str, RewardFunction], weight: float = 1.0) -> None:
+        """Add functions of ``weight`` that are not here yet (by name): an agent environment's own
         reward, which GRPOModule adds so that it is never left out."""
         for name, fn in functions.items():
             if name not in self.functions:
-                self.functions[name] = (fn, 1.0)
+                self.functions[name] = (fn, weight)
                 self._shapes[name] = _call_shape(fn)
 
     @property

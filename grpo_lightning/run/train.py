@@ -219,7 +219,8 @@ def _train(cfg: TrainConfig, dict_cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     agent = Agent.from_config(cfg.agent, system_prompt=cfg.data.system_prompt)
     added = agent.reward_functions() if agent is not None else {}
-    reward = WeightedReward.from_config(cfg.reward, added)  # before the model: its errors come sooner
+    # before the model: its errors come sooner
+    reward = WeightedReward.from_config(cfg.reward, added, added_weight=cfg.agent.environment_reward_weight)
     policy = build_policy(cfg.model)
     prepare = None
     if isinstance(policy, CausalLMPolicy):  # text prompts, formatted for its tokenizer

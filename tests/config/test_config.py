@@ -197,6 +197,7 @@ TOOL = "agent.tools=[tests.policy.test_agent.multiply]"
         ((TOOL, "agent.max_total_tokens=0"), "agent.max_total_tokens must be >= 1 or null (got 0)"),
         ((TOOL, "agent.tool_timeout_s=0"), "agent.tool_timeout_s must be > 0 seconds (got 0.0)"),
         ((TOOL, "agent.tool_workers=0"), "agent.tool_workers must be >= 1 (got 0)"),
+        ((TOOL, "agent.environment_reward_weight=nan"), "agent.environment_reward_weight must be finite (got nan)"),
         ((TOOL, "agent.tool_call_format=xml"), "agent.tool_call_format='xml' is unknown"),
         ((TOOL,), "set data.apply_chat_template=true"),
         ((TOOL, "data.apply_chat_template=true", "generation.backend=vllm"), "with generation.backend=vllm"),

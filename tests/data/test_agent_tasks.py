@@ -155,6 +155,29 @@ def test_the_preset_reward_counts_every_turn(turns, secret, guesses, reward):
     assert total == pytest.approx(reward)
 
 
+@pytest.mark.parametrize(
+    ("turns", "secret", "expected"),
+    [
+        ([8], 8, [1.0]),
+        (["malformed", 8], 8, [-1 / 6, 1.0]),
+        ([8, "malformed", 2, 4], 4, [-1 / 6, -1 / 6, -1 / 6, 1.0]),  # a found number: 1 - (turns - 1) / 6 in all
+        ([8, "answer"], 4, [-1 / 6, -1 / 6]),
+    ],
+)
+def test_turn_rewards_credit_the_turn_that_finds_the_number(turns, secret, expected):
+    game = GuessingGame()
+    game.reset(secret=secret)
+    messages = [{"role": "user", "content": guessing_game.PROMPT}]
+    for turn in turns:
+        messages.append({"role": "assistant", "content": ""})
+        if isinstance(turn, int):
+            messages.append({"role": "tool", "name": "guess", "content": game.guess(turn)})
+        elif turn == "malformed":
+            messages.append({"role": "tool", "name": "error", "content": "error: malformed tool call"})
+    rewards = guessing_game.turn_rewards(conversations=[messages], environments=[game])
+    assert rewards == [pytest.approx(expected)]
+
+
 def test_every_number_is_spelled_digit_by_digit(tokenizer):
     assert tokenizer.tokenize("1234567890") == list("1234567890")
     assert tokenizer.unk_token_id not in tokenizer("-9876543210", add_special_tokens=False)["input_ids"]

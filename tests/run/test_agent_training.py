@@ -107,6 +107,19 @@ def test_an_environment_that_owns_its_reward(tmp_path):
     assert trainer.callback_metrics["agent/ended_by/environment"].item() == 1
 
 
+def test_an_environment_reward_can_be_logged_without_training_on_it(tmp_path):
+    policy = tiny_policy(chat_tokenizer())
+    script_sampler(policy, lambda context: '<tool_call>{"name": "add", "arguments": {"amount": 2}}</tool_call>')
+    agent = Agent(environment=Counter, max_turns=4, environment_reward_weight=0.0)
+    reward = WeightedReward({"alt": (alternating_by_row, 1.0)})
+    gen = GenerationConfig(max_new_tokens=96)
+    module = GRPOModule(policy, reward, algorithm=GRPOConfig(group_size=2), generation=gen, agent=agent)
+    assert reward.functions["Counter"][1] == 0.0
+    trainer = fit(module, {"prompt": ["Count.", "Count."], "target": [4, 5]}, 1, tmp_path)
+    assert trainer.callback_metrics["reward/Counter/mean"].item() == 0.5  # logged
+    assert trainer.callback_metrics["reward/mean"].item() == 0.5  # alt's 1, 0, 1, 0 only
+
+
 def test_turn_rewards_credit_each_turn_with_what_follows_it(tmp_path, monkeypatch):
     policy = tiny_policy(chat_tokenizer())
     script_sampler(policy, lambda context: '<tool_call>{"name": "add", "arguments": {"amount": 2}}</tool_call>')

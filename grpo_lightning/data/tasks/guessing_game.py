@@ -17,7 +17,8 @@ The secret is the rows' ``secret`` column, which TRL passes to :meth:`GuessingGa
 the row's other columns. The shipped warm-start policy (``${asset:agent-policy}``, made by
 ``scripts/make_agent_policy.py``) was trained on episodes of the consistent random search, so
 it reads the feedback (not always: 60 ruled-out guesses in 120 sampled games) but does not halve
-the range, which the reward favours (the README records how far a run gets, and why not further).
+the range, which the reward favours (the README records how far a run gets with turn rewards, and
+why whole-episode rewards do not get there).
 """
 
 from __future__ import annotations
@@ -106,8 +107,9 @@ def wasted_turns(*, conversations: list[list[dict]], environments: list[Guessing
 
     The game only sees the calls that reach :meth:`GuessingGame.guess`, so its own reward leaves a
     wasted turn free: nothing in it pushes against the malformed calls that sampling makes. With
-    this added (``experiment=agent_guessing`` does), a found number earns
-    ``1 - (turns - 1) / max_guesses``: the fewer turns, the more.
+    this added to it (``reward=environment '+reward.functions.wasted={fn:...wasted_turns}'``), a found
+    number earns ``1 - (turns - 1) / max_guesses``: the fewer turns, the more. The preset trains on
+    :func:`turn_rewards` instead, the same total split by turn.
 
     >>> game = GuessingGame()
     >>> _ = game.reset(secret=3), game.guess(3)
@@ -119,6 +121,38 @@ def wasted_turns(*, conversations: list[list[dict]], environments: list[Guessing
         -(sum(message["role"] == "assistant" for message in messages) - len(game.guesses)) / game.max_guesses
         for messages, game in zip(conversations, environments)
     ]
+
+
+def turn_rewards(
+    *, conversations: list[list[dict]], environments: list[GuessingGame], **_: object
+) -> list[list[float]]:
+    """A reward function with one reward per assistant turn (turn rewards, grpo_lightning.rewards):
+    1 for the turn whose guess finds the number, ``-1/max_guesses`` for every other turn (a wrong
+    guess, a malformed call, an answer without a call).
+
+    A found number earns ``1 - (turns - 1) / max_guesses`` in all, as the game's reward with
+    :func:`wasted_turns` does, and an unfound one ``-turns / max_guesses``; but each turn is
+    credited with the rewards from it on, so a late guess does not answer for the turns before it.
+    ``experiment=agent_guessing`` trains on it, with the game's own reward logged only
+    (``agent.environment_reward_weight=0``).
+
+    >>> game = GuessingGame()
+    >>> _ = game.reset(secret=3), game.guess(8), game.guess(3)
+    >>> turns = [{"role": "user"}, {"role": "assistant"}, {"role": "tool", "name": "guess", "content": "lower"},
+    ...          {"role": "assistant"}, {"role": "tool", "name": "guess", "content": "correct"}]
+    >>> [round(r, 3) for r in turn_rewards(conversations=[turns], environments=[game])[0]]
+    [-0.167, 1.0]
+    """
+    rewards = []
+    for messages, game in zip(conversations, environments):
+        episode: list[float] = []
+        for message in messages:
+            if message["role"] == "assistant":
+                episode.append(-1.0 / game.max_guesses)
+            elif message["role"] == "tool" and message.get("name") == "guess" and message.get("content") == CORRECT:
+                episode[-1] = 1.0
+        rewards.append(episode)
+    return rewards
 
 
 def load_splits(num_train: int = 3000, num_val: int = 30, seed: int = 0) -> tuple[list[dict], list[dict]]:

@@ -11,7 +11,8 @@ instance), once per episode, and then:
 * ``done`` (optional attribute or property, ours): when true after a turn's tool calls, the episode
   ends there (TRL ends an episode only when the model answers without a tool call);
 * ``get_reward()`` (optional): the environment owns a reward, read once per finished episode and
-  added to the reward functions with weight 1 under the class's name (TRL's rule).
+  added to the reward functions with weight 1 under the class's name (TRL's rule; ours:
+  ``agent.environment_reward_weight`` sets another, 0 to log it without training on it).
 
 Reward functions receive the episodes' instances as ``environments=`` (rewards/__init__.py).
 """

@@ -86,8 +86,10 @@ class Agent:
         system_prompt: Optional[str] = None,
         tool_origins: Optional[Sequence[str]] = None,
         environment_origin: str = "agent.environment",
+        environment_reward_weight: float = 1.0,
     ):
         limits = AgentConfig(
+            environment_reward_weight=environment_reward_weight,
             max_turns=max_turns,
             max_tool_calls=max_tool_calls,
             max_tokens_per_turn=max_tokens_per_turn,
@@ -132,6 +134,7 @@ class Agent:
             system_prompt=system_prompt,
             tool_origins=[f"agent.tools[{i}]={path}" for i, path in enumerate(cfg.tools)],
             environment_origin=f"agent.environment={cfg.environment}",
+            environment_reward_weight=cfg.environment_reward_weight,
         )
 
     @property
@@ -148,7 +151,8 @@ class Agent:
         return most if self.limits.max_total_tokens is None else min(most, self.limits.max_total_tokens)
 
     def reward_functions(self) -> dict[str, Callable[..., list[Optional[float]]]]:
-        """The environment's own reward (``get_reward``), named after its class; none otherwise."""
+        """The environment's own reward (``get_reward``), named after its class; none otherwise. Its
+        weight in the total is ``self.limits.environment_reward_weight``."""
         if self.environment is None or not self.environment.owns_reward:
             return {}
         return {self.environment.name: self.environment.reward_function()}
