@@ -326,7 +326,7 @@ class GRPOModule(L.LightningModule):
             return rollout, scores
 
         if not alg.filter_zero_std_groups:
-            return self._gamma_checked(experience_from_rollout(*draw(0), alg.group_size))
+            return experience_from_rollout(*draw(0), alg.group_size)
         rounds_cap = alg.max_generation_rounds or DEFAULT_MAX_GENERATION_ROUNDS
         rollout, scores, rounds, kept = dynamic_sample(
             draw,
@@ -337,16 +337,7 @@ class GRPOModule(L.LightningModule):
             filter_groups_by=alg.filter_groups_by,
         )
         self.train_means.update({"sampling/rounds": rounds, "sampling/kept_group_frac": kept})
-        return self._gamma_checked(experience_from_rollout(rollout, scores, alg.group_size))
-
-    def _gamma_checked(self, experience: Experience) -> Experience:
-        """Warn once where algorithm.gamma is set and this experience has nothing it discounts."""
-        alg = self.algorithm
-        turn_rewards = experience.scores is not None and experience.scores.turn_rewards is not None
-        if alg.gamma != 1.0 and alg.adv_estimator not in PER_TOKEN and not turn_rewards and not self._warned_gamma:
-            warnings.warn(GAMMA_UNUSED, stacklevel=3)
-            self._warned_gamma = True
-        return experience
+        return experience_from_rollout(rollout, scores, alg.group_size)
 
     def _more_prompts(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
         """The next batch of prompts for another dynamic-sampling round (data.datamodule.refill_stream)."""
@@ -413,6 +404,10 @@ class GRPOModule(L.LightningModule):
         if alg.rollout_correction is not None and experience.sampling_logprobs is None and not self._warned_correction:
             warnings.warn(NOTHING_TO_CORRECT.format(alg.rollout_correction), stacklevel=2)
             self._warned_correction = True
+        turn_rewards = experience.scores is not None and experience.scores.turn_rewards is not None
+        if alg.gamma != 1.0 and alg.adv_estimator not in PER_TOKEN and not turn_rewards and not self._warned_gamma:
+            warnings.warn(GAMMA_UNUSED, stacklevel=2)
+            self._warned_gamma = True
         update, logged = prepare_update(experience, alg, self._score_in_chunks, self.kl_estimator)
         self.train_means.update(logged, weight=experience.rewards.numel())
         return update

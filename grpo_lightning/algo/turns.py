@@ -47,20 +47,25 @@ def turn_token_rewards(
     ([[0.0, -0.5, 0.0, 1.0], [0.0, 0.0, 2.0, 0.0]], [[0, 1, 0, 1], [0, 0, 1, 0]])
     """
     ends = turn_ends(mask)  # [B, T]
+    counts = ends.sum(dim=1)  # [B] turns sampled
+    last = ends & (ends.long().cumsum(dim=1) == counts.unsqueeze(1))  # [B, T] the last turn's end
+    whole = torch.tensor([turns is None for turns in turn_rewards], device=mask.device)  # [B]
+    steps = torch.where(whole.unsqueeze(1), last, ends)  # [B, T]
+    given = torch.tensor([1 if turns is None else len(turns) for turns in turn_rewards], device=mask.device)  # [B]
+    placed = steps.sum(dim=1)  # [B]
+    wrong = (given != placed) & (counts > 0)  # an episode with nothing sampled has no token to carry a reward
+    if wrong.any():
+        row = int(wrong.nonzero()[0])
+        raise ValueError(
+            f"episode {row} has {int(given[row])} turn rewards but {int(counts[row])} runs of sampled tokens; the "
+            "turn rewards must come from the rollout whose mask this is"
+        )
+    values = [
+        value
+        for turns, total, count in zip(turn_rewards, totals.tolist(), counts.tolist())
+        if count > 0
+        for value in ([total] if turns is None else turns)
+    ]  # row by row, as boolean indexing walks steps
     token_rewards = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)  # [B, T]
-    steps = torch.zeros_like(ends)  # [B, T]
-    for row, (turns, total) in enumerate(zip(turn_rewards, totals.tolist())):
-        positions = ends[row].nonzero().view(-1)  # [turns]
-        if positions.numel() == 0:
-            continue  # nothing sampled: no token to carry a reward
-        values = [total] if turns is None else list(turns)
-        if turns is None:
-            positions = positions[-1:]
-        elif len(values) != positions.numel():
-            raise ValueError(
-                f"episode {row} has {len(values)} turn rewards but {positions.numel()} runs of sampled tokens; the "
-                "turn rewards must come from the rollout whose mask this is"
-            )
-        token_rewards[row, positions] = torch.tensor(values, dtype=torch.float32, device=mask.device)
-        steps[row, positions] = True
+    token_rewards[steps] = torch.tensor(values, dtype=torch.float32, device=mask.device)
     return token_rewards, steps

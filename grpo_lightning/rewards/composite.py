@@ -156,7 +156,7 @@ class WeightedReward:
                     any_per_turn = True
                     turn_parts[row] = [part + weight * turn for part, turn in zip(turn_parts[row], value)]
                 elif value is not None:
-                    outcome_parts[row] += weight * float(value)
+                    outcome_parts[row] += weight * value
             mask = torch.tensor([v is not None for v in function_values])
             scores = torch.tensor([_episode_value(v) for v in function_values], dtype=torch.float32)
             total += weight * scores
