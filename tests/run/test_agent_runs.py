@@ -43,6 +43,8 @@ def test_the_agent_experiments_train(experiment, compose_config, tmp_path):
     if experiment == "agent_guessing":  # every game needs several guesses: several turns, results inserted
         assert all(float(step["agent/inserted_tokens"]) > 0 for step in rows.values())
         assert any(row.get("reward/GuessingGame/mean") for row in rows.values())
+        # agent.environment_reward_weight=0 (the preset): the game's reward is logged, the turn rewards trained on
+        assert all(step["reward/mean"] == step["reward/turns/mean"] for step in rows.values())
 
 
 def test_a_resumed_agent_run_matches_the_uninterrupted_one_bitwise(compose_config, tmp_path):
